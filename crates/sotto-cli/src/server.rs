@@ -1,0 +1,113 @@
+//! `sotto server`: runs the server on its embedded SQLite storage.
+
+use clap::Args;
+use sotto_client::ClientError;
+use sotto_server::storage::sqlite::SqliteStorage;
+use sotto_server::{AppState, Config, SUPPORTED_SUITES};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Arguments of `sotto server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Data directory of the embedded storage.
+    #[arg(long, default_value = "./sotto-data")]
+    data: PathBuf,
+    /// External database URL. Only the embedded SQLite storage exists so far.
+    #[arg(long)]
+    database: Option<String>,
+    /// MLS ciphersuite of all groups: 0x004D (X-Wing hybrid, default) or 0x0001.
+    #[arg(long, default_value = "0x004D", value_parser = parse_suite)]
+    ciphersuite: u16,
+    /// Serve plain HTTP on a non-loopback address, because a TLS-terminating proxy is in front.
+    #[arg(long)]
+    behind_tls_proxy: bool,
+}
+
+fn parse_suite(s: &str) -> Result<u16, String> {
+    let digits = s.trim_start_matches("0x").trim_start_matches("0X");
+    let code = u16::from_str_radix(digits, 16).map_err(|e| e.to_string())?;
+    if SUPPORTED_SUITES.contains(&code) {
+        Ok(code)
+    } else {
+        Err("supported ciphersuites: 0x004D, 0x0001".into())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(url) = &args.database {
+        return Err(ClientError::Usage(format!(
+            "--database {url}: only the embedded SQLite storage (--data) is available in this version"
+        )));
+    }
+    if !args.listen.ip().is_loopback() && !args.behind_tls_proxy {
+        return Err(ClientError::Usage(format!(
+            "refusing to serve plain HTTP on {}: Sotto serves plain HTTP only on loopback. \
+             Put a TLS-terminating proxy in front and pass --behind-tls-proxy",
+            args.listen
+        )));
+    }
+    let storage = SqliteStorage::open(&args.data)
+        .map_err(|e| ClientError::Store(format!("{}: {e}", args.data.display())))?;
+    let state = AppState::new(
+        Arc::new(storage),
+        Config {
+            ciphersuite: args.ciphersuite,
+            ..Config::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| ClientError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    tracing::info!(
+        %addr,
+        data = %args.data.display(),
+        ciphersuite = format!("0x{:04X}", args.ciphersuite),
+        "sotto server listening"
+    );
+    eprintln!(
+        "sotto server listening on http://{addr} (data in {})",
+        args.data.display()
+    );
+    sotto_server::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,214 @@
+//! The HTTP side of the `/v1` API. Every call maps transport failures to
+//! [`ClientError::Unreachable`] and error bodies to [`ClientError::Refused`].
+
+use crate::ClientError;
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sotto_proto::api::{
+    AckRequest, ChallengeRequest, ChallengeResponse, ClaimRequest, ClaimResponse, KeyPackageCount,
+    QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
+    TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
+};
+use sotto_proto::{ErrorBody, ErrorCode, GroupId, Username};
+use std::time::Duration;
+
+/// A connection to one Sotto server.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Api({})", self.base)
+    }
+}
+
+impl Api {
+    /// A client for the server at `base` (`http://` or `https://`).
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Usage(format!(
+                "server URL must start with http:// or https://, got {base:?}"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        Ok(Api { http, base })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The WebSocket URL of the push channel.
+    pub fn ws_url(&self) -> String {
+        let rest = self
+            .base
+            .strip_prefix("https://")
+            .map(|r| format!("wss://{r}"))
+            .or_else(|| {
+                self.base
+                    .strip_prefix("http://")
+                    .map(|r| format!("ws://{r}"))
+            })
+            .unwrap_or_default();
+        format!("{rest}/v1/ws")
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&B>,
+    ) -> Result<Option<T>, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.base)))?;
+        let status = resp.status();
+        if status.is_success() {
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            return resp
+                .json::<T>()
+                .await
+                .map(Some)
+                .map_err(|e| ClientError::Unreachable(format!("bad response from server: {e}")));
+        }
+        let body = resp.json::<ErrorBody>().await.unwrap_or(ErrorBody {
+            code: ErrorCode::Internal,
+            message: format!("HTTP {status}"),
+            epoch: None,
+        });
+        Err(ClientError::Refused(body))
+    }
+
+    async fn json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.call(method, path, token, body)
+            .await?
+            .ok_or_else(|| ClientError::Unreachable("empty response from server".into()))
+    }
+
+    /// `GET /v1/config`.
+    pub async fn config(&self) -> Result<ServerConfig, ClientError> {
+        self.json::<(), _>(Method::GET, "/v1/config", None, None)
+            .await
+    }
+
+    /// `POST /v1/accounts`.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.json(Method::POST, "/v1/accounts", None, Some(req))
+            .await
+    }
+
+    /// `POST /v1/auth/challenge`.
+    pub async fn challenge(
+        &self,
+        req: &ChallengeRequest,
+    ) -> Result<ChallengeResponse, ClientError> {
+        self.json(Method::POST, "/v1/auth/challenge", None, Some(req))
+            .await
+    }
+
+    /// `POST /v1/auth/token`.
+    pub async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError> {
+        self.json(Method::POST, "/v1/auth/token", None, Some(req))
+            .await
+    }
+
+    /// `GET /v1/users/{user}`.
+    pub async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError> {
+        self.json::<(), _>(Method::GET, &format!("/v1/users/{user}"), Some(token), None)
+            .await
+    }
+
+    /// `POST /v1/keypackages`.
+    pub async fn upload_key_packages(
+        &self,
+        token: &str,
+        req: &UploadKeyPackagesRequest,
+    ) -> Result<KeyPackageCount, ClientError> {
+        self.json(Method::POST, "/v1/keypackages", Some(token), Some(req))
+            .await
+    }
+
+    /// `GET /v1/keypackages/count`.
+    pub async fn key_package_count(&self, token: &str) -> Result<KeyPackageCount, ClientError> {
+        self.json::<(), _>(Method::GET, "/v1/keypackages/count", Some(token), None)
+            .await
+    }
+
+    /// `POST /v1/keypackages/claim`.
+    pub async fn claim(&self, token: &str, user: &Username) -> Result<ClaimResponse, ClientError> {
+        let req = ClaimRequest { user: user.clone() };
+        self.json(
+            Method::POST,
+            "/v1/keypackages/claim",
+            Some(token),
+            Some(&req),
+        )
+        .await
+    }
+
+    /// `POST /v1/groups/{group}/messages`.
+    pub async fn send(
+        &self,
+        token: &str,
+        group: &GroupId,
+        req: &SendRequest,
+    ) -> Result<SendResponse, ClientError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/groups/{group}/messages"),
+            Some(token),
+            Some(req),
+        )
+        .await
+    }
+
+    /// `GET /v1/queue`.
+    pub async fn queue(&self, token: &str, limit: u32) -> Result<QueueResponse, ClientError> {
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/queue?limit={limit}"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/queue/ack`.
+    pub async fn ack(&self, token: &str, ids: Vec<u64>) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::POST,
+            "/v1/queue/ack",
+            Some(token),
+            Some(&AckRequest { ids }),
+        )
+        .await
+        .map(|_| ())
+    }
+}

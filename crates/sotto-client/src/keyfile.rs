@@ -1,0 +1,147 @@
+//! The data key of the local store, wrapped under Argon2id(passcode) with XChaCha20-Poly1305.
+//!
+//! The wrapped key lives in `keyfile.json`; the store itself is encrypted with the data key,
+//! so changing the passcode rewrites one small file. Software cannot stop an attacker who
+//! copies these files from guessing offline: the Argon2id cost is what protects the passcode.
+
+use crate::ClientError;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sotto_proto::Bytes;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+const KEYFILE_VERSION: u32 = 1;
+const AAD: &[u8] = b"sotto-keyfile-v1";
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory, KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// The production cost: 64 MiB, 3 passes, 1 lane.
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 1,
+    };
+
+    /// A cheap cost for tests only; chosen solely through the explicit
+    /// `SOTTO_INSECURE_TEST_KDF=1` setting, never by default.
+    pub const INSECURE_TEST: KdfParams = KdfParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
+
+    /// The cost for new stores: [`KdfParams::DEFAULT`] unless the test setting is present.
+    pub fn for_new_store() -> KdfParams {
+        if std::env::var("SOTTO_INSECURE_TEST_KDF").as_deref() == Ok("1") {
+            KdfParams::INSECURE_TEST
+        } else {
+            KdfParams::DEFAULT
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    version: u32,
+    kdf: KdfParams,
+    salt: Bytes,
+    nonce: Bytes,
+    wrapped: Bytes,
+}
+
+fn derive(passcode: &str, salt: &[u8], kdf: KdfParams) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+    let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
+        .map_err(|e| ClientError::Locked(format!("invalid key file parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passcode.as_bytes(), salt, out.as_mut())
+        .map_err(|e| ClientError::Locked(format!("key derivation failed: {e}")))?;
+    Ok(out)
+}
+
+/// Creates `path` holding a fresh random data key wrapped under `passcode`; returns the key.
+pub fn create(
+    path: &Path,
+    passcode: &str,
+    kdf: KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+    let mut rng = rand::rngs::OsRng;
+    let mut data_key = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(data_key.as_mut());
+    let mut salt = [0u8; 16];
+    rng.fill_bytes(&mut salt);
+    let mut nonce = [0u8; 24];
+    rng.fill_bytes(&mut nonce);
+    let kek = derive(passcode, &salt, kdf)?;
+    let wrapped = XChaCha20Poly1305::new(kek.as_ref().into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: data_key.as_ref(),
+                aad: AAD,
+            },
+        )
+        .map_err(|_| ClientError::Store("wrapping the data key failed".into()))?;
+    let file = KeyFile {
+        version: KEYFILE_VERSION,
+        kdf,
+        salt: salt.to_vec().into(),
+        nonce: nonce.to_vec().into(),
+        wrapped: wrapped.into(),
+    };
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| ClientError::Store(e.to_string()))?;
+    std::fs::write(path, json)
+        .map_err(|e| ClientError::Store(format!("{}: {e}", path.display())))?;
+    Ok(data_key)
+}
+
+/// Unwraps the data key in `path` with `passcode`.
+pub fn unlock(path: &Path, passcode: &str) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+    let raw = std::fs::read(path).map_err(|_| {
+        ClientError::Locked(format!(
+            "no Sotto account here ({}); run `sotto init` first",
+            path.parent().unwrap_or(path).display()
+        ))
+    })?;
+    let file: KeyFile = serde_json::from_slice(&raw)
+        .map_err(|_| ClientError::Locked("the key file is damaged".into()))?;
+    if file.version != KEYFILE_VERSION {
+        return Err(ClientError::Locked(format!(
+            "key file version {} is not supported",
+            file.version
+        )));
+    }
+    let kek = derive(passcode, file.salt.as_slice(), file.kdf)?;
+    if file.nonce.len() != 24 {
+        return Err(ClientError::Locked("the key file is damaged".into()));
+    }
+    let key = XChaCha20Poly1305::new(kek.as_ref().into())
+        .decrypt(
+            XNonce::from_slice(file.nonce.as_slice()),
+            Payload {
+                msg: file.wrapped.as_slice(),
+                aad: AAD,
+            },
+        )
+        .map_err(|_| ClientError::Locked("wrong passcode".into()))?;
+    let key = Zeroizing::new(key);
+    let arr: [u8; 32] = key
+        .as_slice()
+        .try_into()
+        .map_err(|_| ClientError::Locked("the key file is damaged".into()))?;
+    Ok(Zeroizing::new(arr))
+}

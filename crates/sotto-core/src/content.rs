@@ -1,0 +1,77 @@
+//! What travels inside an MLS application message: a versioned JSON envelope. Decoding is
+//! for untrusted bytes: any other version, an unknown type or an oversized field is an error.
+
+use crate::CoreError;
+use serde::{Deserialize, Serialize};
+
+/// Envelope format version.
+pub const CONTENT_VERSION: u32 = 1;
+/// Longest text message, in bytes.
+pub const MAX_TEXT: usize = 64 * 1024;
+/// Longest group name, in characters.
+pub const MAX_GROUP_NAME: usize = 128;
+
+/// The content of an application message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Content {
+    /// A text message.
+    Text {
+        /// UTF-8 text.
+        body: String,
+    },
+    /// The conversation's metadata, sent after a commit that adds members so they learn it.
+    GroupInfo {
+        /// The group's name; `None` for a one-to-one conversation.
+        name: Option<String>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u32,
+    #[serde(flatten)]
+    content: Content,
+}
+
+impl Content {
+    /// Encodes for encryption.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&Envelope {
+            v: CONTENT_VERSION,
+            content: self.clone(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes decrypted bytes from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CoreError> {
+        if bytes.len() > MAX_TEXT + 1024 {
+            return Err(CoreError::Malformed("content too large".into()));
+        }
+        let env: Envelope = serde_json::from_slice(bytes)
+            .map_err(|_| CoreError::Malformed("content is not a known envelope".into()))?;
+        if env.v != CONTENT_VERSION {
+            return Err(CoreError::Malformed(format!(
+                "unsupported content version {}",
+                env.v
+            )));
+        }
+        env.content.check()
+    }
+
+    /// Checks the limits of a content value.
+    pub fn check(self) -> Result<Self, CoreError> {
+        match &self {
+            Content::Text { body } if body.len() > MAX_TEXT => {
+                Err(CoreError::Malformed("text too long".into()))
+            }
+            Content::GroupInfo { name: Some(n) }
+                if n.chars().count() > MAX_GROUP_NAME || n.is_empty() =>
+            {
+                Err(CoreError::Malformed("invalid group name".into()))
+            }
+            _ => Ok(self),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Every MLS operation a Sotto client performs, over any provider.
+//!
+//! All conversations, one-to-one included, are MLS groups with the ratchet tree in the
+//! Welcome and every handshake message encrypted (pure-ciphertext wire format), so the
+//! delivery service sees only group id, epoch and content type. Functions return the RFC 9420
+//! wire encoding of what must be sent.
+
+use crate::identity::DeviceKey;
+use crate::{Content, CoreError, mls_err};
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use sotto_proto::DeviceAddr;
+use tls_codec::{Deserialize as _, Serialize as _};
+
+/// How many past epochs' secrets a member keeps. The server accepts messages only in a group's
+/// current epoch, so none are needed; zero keeps forward secrecy tight.
+const MAX_PAST_EPOCHS: usize = 0;
+
+/// A group member as the ratchet tree shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDevice {
+    /// Who.
+    pub addr: DeviceAddr,
+    /// Its MLS signature key.
+    pub signature_key: Vec<u8>,
+}
+
+fn capabilities(suite: Ciphersuite) -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[suite]),
+        // A last-resort KeyPackage must list this extension or openmls rejects it on receipt.
+        Some(&[ExtensionType::LastResort]),
+        None,
+        Some(&[CredentialType::Basic]),
+    )
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, CoreError> {
+    msg.tls_serialize_detached().map_err(mls_err)
+}
+
+/// Freshly generated KeyPackages, in wire encoding.
+#[derive(Debug)]
+pub struct NewKeyPackages {
+    /// One-time KeyPackages.
+    pub one_time: Vec<Vec<u8>>,
+    /// A last-resort KeyPackage, if one was asked for.
+    pub last_resort: Option<Vec<u8>>,
+}
+
+/// `count` one-time KeyPackages, plus a last-resort one if asked.
+pub fn new_key_packages<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    suite: Ciphersuite,
+    count: usize,
+    last_resort: bool,
+) -> Result<NewKeyPackages, CoreError> {
+    let build = |last: bool| -> Result<Vec<u8>, CoreError> {
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities(suite));
+        if last {
+            builder = builder.mark_as_last_resort();
+        }
+        let bundle = builder
+            .build(suite, provider, device, device.credential_with_key())
+            .map_err(mls_err)?;
+        serialize(&MlsMessageOut::from(bundle.key_package().clone()))
+    };
+    let one_time = (0..count).map(|_| build(false)).collect::<Result<_, _>>()?;
+    let last = if last_resort {
+        Some(build(true)?)
+    } else {
+        None
+    };
+    Ok(NewKeyPackages {
+        one_time,
+        last_resort: last,
+    })
+}
+
+/// Parses and verifies a claimed KeyPackage, and checks that it belongs to `expected` with
+/// `signature_key` (from the owner's verified device list) on `suite`.
+pub fn verify_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    bytes: &[u8],
+    expected: &DeviceAddr,
+    signature_key: &[u8],
+    suite: Ciphersuite,
+) -> Result<KeyPackage, CoreError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| CoreError::Malformed("KeyPackage encoding".into()))?;
+    let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+        return Err(CoreError::Malformed("not a KeyPackage".into()));
+    };
+    let kp = kp
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| CoreError::Security(format!("KeyPackage does not verify: {e:?}")))?;
+    if kp.ciphersuite() != suite {
+        return Err(CoreError::Security(
+            "KeyPackage on another ciphersuite".into(),
+        ));
+    }
+    let member = member_device(
+        kp.leaf_node().credential(),
+        kp.leaf_node().signature_key().as_slice(),
+    )?;
+    if &member.addr != expected || member.signature_key != signature_key {
+        return Err(CoreError::Security(format!(
+            "KeyPackage for {expected} does not match its device list"
+        )));
+    }
+    Ok(kp)
+}
+
+fn member_device(credential: &Credential, signature_key: &[u8]) -> Result<MemberDevice, CoreError> {
+    let basic = BasicCredential::try_from(credential.clone())
+        .map_err(|_| CoreError::Malformed("credential type".into()))?;
+    Ok(MemberDevice {
+        addr: DeviceAddr::from_credential_identity(basic.identity())?,
+        signature_key: signature_key.to_vec(),
+    })
+}
+
+/// Creates a group with this device as its only member.
+pub fn create<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    suite: Ciphersuite,
+) -> Result<MlsGroup, CoreError> {
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(suite)
+        .capabilities(capabilities(suite))
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build();
+    MlsGroup::new(provider, device, &config, device.credential_with_key()).map_err(mls_err)
+}
+
+/// Loads a group from storage.
+pub fn load<P: OpenMlsProvider>(provider: &P, group_id: &[u8]) -> Result<MlsGroup, CoreError> {
+    MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        .map_err(mls_err)?
+        .ok_or_else(|| CoreError::State("no such group on this device".into()))
+}
+
+/// The members of a group, as the ratchet tree lists them.
+pub fn members(group: &MlsGroup) -> Result<Vec<MemberDevice>, CoreError> {
+    group
+        .members()
+        .map(|m| member_device(&m.credential, &m.signature_key))
+        .collect()
+}
+
+/// A commit with its Welcome, in wire encoding. The commit is pending in the group until
+/// [`merge_pending`] or [`discard_pending`].
+#[derive(Debug)]
+pub struct CommitOut {
+    /// The commit.
+    pub commit: Vec<u8>,
+    /// The Welcome for added devices.
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// Stages a commit adding `key_packages` (each verified by [`verify_key_package`]).
+pub fn add<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    group: &mut MlsGroup,
+    key_packages: &[KeyPackage],
+) -> Result<CommitOut, CoreError> {
+    let (commit, welcome, _) = group
+        .add_members(provider, device, key_packages)
+        .map_err(mls_err)?;
+    Ok(CommitOut {
+        commit: serialize(&commit)?,
+        welcome: Some(serialize(&welcome)?),
+    })
+}
+
+/// Stages a commit removing `devices` from the group.
+pub fn remove<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    group: &mut MlsGroup,
+    devices: &[DeviceAddr],
+) -> Result<CommitOut, CoreError> {
+    let mut leaves = Vec::new();
+    for m in group.members() {
+        if devices.contains(&member_device(&m.credential, &m.signature_key)?.addr) {
+            leaves.push(m.index);
+        }
+    }
+    if leaves.is_empty() {
+        return Err(CoreError::State(
+            "none of those devices is in the group".into(),
+        ));
+    }
+    let (commit, _, _) = group
+        .remove_members(provider, device, &leaves)
+        .map_err(mls_err)?;
+    Ok(CommitOut {
+        commit: serialize(&commit)?,
+        welcome: None,
+    })
+}
+
+/// Applies this device's pending commit after the server accepted it.
+pub fn merge_pending<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<(), CoreError> {
+    group.merge_pending_commit(provider).map_err(mls_err)
+}
+
+/// Drops this device's pending commit after the server refused it.
+pub fn discard_pending<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<(), CoreError> {
+    group
+        .clear_pending_commit(provider.storage())
+        .map_err(mls_err)
+}
+
+/// Encrypts `content` for the group.
+pub fn encrypt<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    group: &mut MlsGroup,
+    content: &Content,
+) -> Result<Vec<u8>, CoreError> {
+    let msg = group
+        .create_message(provider, device, &content.encode())
+        .map_err(mls_err)?;
+    serialize(&msg)
+}
+
+/// Joins a group from a Welcome.
+pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, CoreError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(welcome)
+        .map_err(|_| CoreError::Malformed("Welcome encoding".into()))?;
+    let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+        return Err(CoreError::Malformed("not a Welcome".into()));
+    };
+    StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+        .map_err(mls_err)?
+        .into_group(provider)
+        .map_err(mls_err)
+}
+
+/// A processed group message.
+#[derive(Debug)]
+pub enum Received {
+    /// Decrypted content from a member.
+    Content {
+        /// The sending device, authenticated by MLS.
+        sender: DeviceAddr,
+        /// What it sent.
+        content: Content,
+    },
+    /// A commit, staged but not yet merged: check [`CommitSummary::added`] against the
+    /// directory, then [`merge_staged`].
+    Commit(StagedCommitIn),
+}
+
+/// A staged commit and what it changes.
+#[derive(Debug)]
+pub struct StagedCommitIn {
+    staged: Box<StagedCommit>,
+    /// What it changes.
+    pub summary: CommitSummary,
+}
+
+/// The membership changes of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// Who committed.
+    pub committer: DeviceAddr,
+    /// Devices added, with the signature keys the group will trust.
+    pub added: Vec<MemberDevice>,
+    /// Devices removed.
+    pub removed: Vec<DeviceAddr>,
+    /// Whether this device is removed.
+    pub self_removed: bool,
+}
+
+/// Decrypts and verifies one group message.
+pub fn process<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+    bytes: &[u8],
+) -> Result<Received, CoreError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| CoreError::Malformed("MLS message encoding".into()))?;
+    let protocol = msg
+        .try_into_protocol_message()
+        .map_err(|_| CoreError::Malformed("not a group message".into()))?;
+    let processed = group.process_message(provider, protocol).map_err(mls_err)?;
+    let sender_cred = processed.credential().clone();
+    let sender = member_device(&sender_cred, &[])?.addr;
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => Ok(Received::Content {
+            sender,
+            content: Content::decode(&app.into_bytes())?,
+        }),
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let added = staged
+                .add_proposals()
+                .map(|p| {
+                    let leaf = p.add_proposal().key_package().leaf_node();
+                    member_device(leaf.credential(), leaf.signature_key().as_slice())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut removed = Vec::new();
+            for p in staged.remove_proposals() {
+                let leaf = p.remove_proposal().removed();
+                if let Some(m) = group.member_at(leaf) {
+                    removed.push(member_device(&m.credential, &m.signature_key)?.addr);
+                }
+            }
+            let summary = CommitSummary {
+                committer: sender,
+                added,
+                removed,
+                self_removed: staged.self_removed(),
+            };
+            Ok(Received::Commit(StagedCommitIn { staged, summary }))
+        }
+        ProcessedMessageContent::ProposalMessage(_)
+        | ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(CoreError::State(
+            "standalone proposals are not used by Sotto".into(),
+        )),
+        _ => Err(CoreError::State("unexpected message content".into())),
+    }
+}
+
+/// Merges a staged commit received from another member.
+pub fn merge_staged<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+    staged: StagedCommitIn,
+) -> Result<CommitSummary, CoreError> {
+    group
+        .merge_staged_commit(provider, *staged.staged)
+        .map_err(mls_err)?;
+    Ok(staged.summary)
+}

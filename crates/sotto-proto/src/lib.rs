@@ -1,0 +1,50 @@
+//! Sotto's wire format: the versioned JSON API between clients and the server, and the
+//! parsing of every untrusted byte string that crosses it.
+//!
+//! Bytes from the network become an unchecked `*In` type; only a consuming `validate()`
+//! yields the trusted type, with every size limit and syntax rule checked. This crate does
+//! no I/O and holds no secrets.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod bytes;
+pub mod device_list;
+pub mod error;
+pub mod framing;
+pub mod ids;
+
+pub use bytes::Bytes;
+pub use error::{ErrorBody, ErrorCode, ProtoError};
+pub use ids::{DeviceAddr, DeviceId, GroupId, Username};
+
+/// The API version this crate speaks; it is the `/v1` in every path.
+pub const API_VERSION: u32 = 1;
+
+/// Size limits on every field that crosses the wire.
+pub mod limits {
+    /// Largest request body the server reads (an add-commit for 1,000 members on the
+    /// post-quantum suite is about 2.7 MB, plus its Welcome).
+    pub const MAX_BODY: usize = 16 * 1024 * 1024;
+    /// Largest MLS message (commit, Welcome or application message).
+    pub const MAX_MLS_MESSAGE: usize = 6 * 1024 * 1024;
+    /// Largest KeyPackage.
+    pub const MAX_KEY_PACKAGE: usize = 16 * 1024;
+    /// Most KeyPackages uploaded in one request.
+    pub const MAX_KEY_PACKAGE_BATCH: usize = 200;
+    /// Most one-time KeyPackages a device may hold on the server.
+    pub const MAX_KEY_PACKAGES_STORED: usize = 1000;
+    /// Most recipient devices of one message.
+    pub const MAX_RECIPIENTS: usize = 5000;
+    /// Most devices in one account's device list.
+    pub const MAX_DEVICES: usize = 64;
+    /// Largest signed device list body.
+    pub const MAX_DEVICE_LIST: usize = 16 * 1024;
+    /// Longest device name.
+    pub const MAX_DEVICE_NAME: usize = 64;
+    /// Most messages returned by one queue fetch.
+    pub const MAX_FETCH: u32 = 500;
+    /// Most message ids acknowledged at once.
+    pub const MAX_ACK: usize = 1000;
+    /// Length of a client-chosen idempotency key, in hex characters.
+    pub const CLIENT_ID_HEX: usize = 32;
+}

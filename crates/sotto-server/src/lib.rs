@@ -1,0 +1,180 @@
+//! The Sotto server: account directory, KeyPackage directory, ordered MLS delivery with
+//! per-device queues, and WebSocket push.
+//!
+//! It never holds a group secret and never sees plaintext: it reads only the public MLS
+//! framing (group id, epoch, content type) to order and route. [`app`] builds the router over
+//! any [`storage::Storage`]; [`serve`] runs it on a listener the caller bound.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+pub mod push;
+pub mod routes;
+pub mod storage;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use sotto_proto::{ErrorCode, limits};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::ApiError;
+use crate::push::Push;
+use crate::storage::Storage;
+
+/// The post-quantum hybrid suite MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519.
+pub const SUITE_XWING: u16 = 0x004D;
+/// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
+pub const SUITE_X25519: u16 = 0x0001;
+/// The ciphersuites a server may be configured with.
+pub const SUPPORTED_SUITES: &[u16] = &[SUITE_XWING, SUITE_X25519];
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The MLS ciphersuite of every group on this server.
+    pub ciphersuite: u16,
+    /// How long an undelivered message is kept, in seconds.
+    pub retention: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ciphersuite: SUITE_XWING,
+            retention: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    storage: Arc<dyn Storage>,
+    push: Arc<Push>,
+    config: Arc<Config>,
+}
+
+impl AppState {
+    /// State over `storage`.
+    pub fn new(storage: Arc<dyn Storage>, config: Config) -> Self {
+        AppState {
+            storage,
+            push: Arc::new(Push::default()),
+            config: Arc::new(config),
+        }
+    }
+
+    /// Runs a blocking storage operation off the async threads.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Storage) -> Result<T, ApiError> + Send + 'static,
+    {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || f(storage.as_ref()))
+            .await
+            .map_err(ApiError::internal)?
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The OpenAPI description of the `/v1` API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn fallback(uri: Uri) -> ApiError {
+    let path = uri.path();
+    let version = path
+        .strip_prefix("/v")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    match version {
+        Some(v) if v != sotto_proto::API_VERSION.to_string() => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnsupportedVersion,
+            "unsupported API version; this server speaks /v1",
+        ),
+        _ => ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route"),
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    ApiError::internal("handler panicked").into_response()
+}
+
+/// The router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/config", get(routes::config))
+        .route("/v1/accounts", post(routes::register))
+        .route("/v1/auth/challenge", post(auth::challenge))
+        .route("/v1/auth/token", post(auth::token))
+        .route("/v1/users/{user}", get(routes::user))
+        .route("/v1/keypackages", post(routes::upload_key_packages))
+        .route("/v1/keypackages/count", get(routes::key_package_count))
+        .route("/v1/keypackages/claim", post(routes::claim_key_packages))
+        .route("/v1/groups/{group_id}/messages", post(routes::send))
+        .route("/v1/queue", get(routes::fetch_queue))
+        .route("/v1/queue/ack", post(routes::ack))
+        .route("/v1/ws", get(push::websocket))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on an already-bound listener until `shutdown` resolves, purging
+/// expired messages hourly.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let purger = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let retention = state.config.retention;
+                let purged = state
+                    .blocking(move |s| Ok(s.purge(now().saturating_sub(retention), now())?))
+                    .await;
+                match purged {
+                    Ok(n) if n > 0 => tracing::info!(messages = n, "purged expired messages"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = ?e, "purge failed"),
+                }
+            }
+        })
+    };
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    purger.abort();
+    result
+}
