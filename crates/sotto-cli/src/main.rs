@@ -8,7 +8,7 @@
 mod server;
 
 use clap::{Parser, Subcommand};
-use sotto_client::{Client, ClientError, MessageView};
+use sotto_client::{Client, ClientError, KdfParams, MessageView};
 use sotto_proto::ErrorCode;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         Command::Server(args) => server::run(args).await,
         Command::Init { server, user } => {
             let pass = passcode(true)?;
-            let client = Client::init(&home, &server, &user, &pass).await?;
+            let client = Client::init(&home, &server, &user, &pass, KdfParams::from_env()).await?;
             let me = client.whoami();
             println!(
                 "created account {} (device {}) on {}",

@@ -188,12 +188,14 @@ fn crypto() -> Result<CryptoProvider, ClientError> {
 
 impl Client {
     /// Creates an account `user` on `server` with this device as its first device, and a
-    /// local store in `home` locked by `passcode`.
+    /// local store in `home` locked by `passcode` at Argon2id cost `kdf`
+    /// ([`KdfParams::DEFAULT`] outside tests).
     pub async fn init(
         home: &Path,
         server: &str,
         user: &str,
         passcode: &str,
+        kdf: KdfParams,
     ) -> Result<Client, ClientError> {
         let user = Username::parse(user).map_err(|e| ClientError::Usage(e.to_string()))?;
         if home.join(KEYFILE).exists() {
@@ -214,7 +216,7 @@ impl Client {
 
         std::fs::create_dir_all(home)
             .map_err(|e| ClientError::Store(format!("{}: {e}", home.display())))?;
-        let key = keyfile::create(&home.join(KEYFILE), passcode, KdfParams::for_new_store())?;
+        let key = keyfile::create(&home.join(KEYFILE), passcode, kdf)?;
         let conn = store::open(&home.join(STORE), &key)?;
         let setup = || -> Result<(), ClientError> {
             store::set_meta(&conn, "server", api.base().as_bytes())?;
@@ -590,8 +592,10 @@ impl Client {
                 }
                 let g = group::join(&provider, m.message.as_slice())?;
                 self.verify_members(&group::members(&g)?)?;
+                // Upsert: a member removed earlier and added back rejoins its conversation.
                 self.conn.execute(
-                    "INSERT INTO conversations (group_id, created_at) VALUES (?1, ?2)",
+                    "INSERT INTO conversations (group_id, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (group_id) DO UPDATE SET active = 1, announced = 0",
                     params![gid.as_bytes(), m.accepted_at as i64],
                 )?;
                 Ok(())

@@ -35,7 +35,7 @@ impl KdfParams {
         p: 1,
     };
 
-    /// A cheap cost for tests only; chosen solely through the explicit
+    /// A cheap cost for tests only; the CLI picks it solely through the explicit
     /// `SOTTO_INSECURE_TEST_KDF=1` setting, never by default.
     pub const INSECURE_TEST: KdfParams = KdfParams {
         m_kib: 64,
@@ -43,8 +43,9 @@ impl KdfParams {
         p: 1,
     };
 
-    /// The cost for new stores: [`KdfParams::DEFAULT`] unless the test setting is present.
-    pub fn for_new_store() -> KdfParams {
+    /// The cost for new stores: [`KdfParams::DEFAULT`] unless the environment holds the
+    /// explicit test setting `SOTTO_INSECURE_TEST_KDF=1`.
+    pub fn from_env() -> KdfParams {
         if std::env::var("SOTTO_INSECURE_TEST_KDF").as_deref() == Ok("1") {
             KdfParams::INSECURE_TEST
         } else {

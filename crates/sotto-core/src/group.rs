@@ -252,7 +252,11 @@ pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup
     let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
         return Err(CoreError::Malformed("not a Welcome".into()));
     };
-    StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+    // A device that was removed and is now added back replaces its old, inactive state.
+    StagedWelcome::build_from_welcome(provider, &join_config(), welcome)
+        .map_err(mls_err)?
+        .replace_old_group()
+        .build()
         .map_err(mls_err)?
         .into_group(provider)
         .map_err(mls_err)
