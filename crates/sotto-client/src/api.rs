@@ -70,17 +70,27 @@ impl Api {
         token: Option<&str>,
         body: Option<&B>,
     ) -> Result<Option<T>, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.base)))?;
+        let send = || {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            req.send()
+        };
+        // A pooled connection may have died with a server restart: try once more. Every
+        // request but registration and token exchange is safe to repeat (sends carry an
+        // idempotency key), and those two fail cleanly if repeated.
+        let resp = match send().await {
+            Ok(r) => r,
+            Err(_) => send()
+                .await
+                .map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.base)))?,
+        };
         let status = resp.status();
         if status.is_success() {
             if status == reqwest::StatusCode::NO_CONTENT {

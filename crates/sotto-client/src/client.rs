@@ -1163,12 +1163,17 @@ impl Client {
             Some(g) => g,
             None => {
                 self.fetch_device_list(&peer).await?;
-                let gid = self.create_local_group(None, Some(&peer))?;
-                self.change_members(&gid, std::slice::from_ref(&peer), &[])
-                    .await?;
-                gid
+                self.create_local_group(None, Some(&peer))?
             }
         };
+        // Also completes a conversation whose first add failed (network, refused device).
+        let joined = group::members(&self.load_active(&gid)?)?
+            .iter()
+            .any(|m| m.addr.user == peer);
+        if !joined {
+            self.change_members(&gid, std::slice::from_ref(&peer), &[])
+                .await?;
+        }
         self.send_content(&gid, &content).await
     }
 

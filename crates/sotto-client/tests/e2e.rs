@@ -1,3 +1,7 @@
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 //! End-to-end behaviour of Sotto: real server on loopback, real SQLite, real MLS, three or
 //! more users. Every scenario runs on both ciphersuites.
 
@@ -39,6 +43,7 @@ on_both_suites!(
     client_restart_reloads_encrypted_store,
     concurrent_syncs_of_one_device_show_each_message_once,
     server_data_never_holds_plaintext,
+    ghost_device_from_the_server_is_refused,
 );
 
 async fn one_to_one_both_ways(suite: u16) {
@@ -324,4 +329,73 @@ async fn unknown_group_and_unknown_user_are_user_errors() {
     let err = alice.send_text("alice", "x").await.unwrap_err();
     assert!(matches!(err, ClientError::Usage(_)), "{err:?}");
     assert!(alice.groups().unwrap().is_empty());
+}
+
+/// Plays a compromised server: adds a device of its own to `user`'s account in the server
+/// database, with a valid KeyPackage for it.
+fn plant_ghost_device(server: &Server, user: &str, suite: u16) {
+    use sotto_core::{DeviceKey, group, suite::ciphersuite};
+    let ghost = DeviceKey::generate(sotto_proto::Username::parse(user).unwrap());
+    let provider = openmls_libcrux_crypto::Provider::new().unwrap();
+    let kps =
+        group::new_key_packages(&provider, &ghost, ciphersuite(suite).unwrap(), 5, false).unwrap();
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
+    let device = ghost.addr().device.to_string();
+    db.execute(
+        "INSERT INTO devices (user, device, signature_key) VALUES (?1, ?2, ?3)",
+        rusqlite::params![user, device, ghost.public().to_vec()],
+    )
+    .unwrap();
+    for kp in &kps.one_time {
+        db.execute(
+            "INSERT INTO key_packages (user, device, data) VALUES (?1, ?2, ?3)",
+            rusqlite::params![user, device, kp],
+        )
+        .unwrap();
+    }
+}
+
+async fn ghost_device_from_the_server_is_refused(suite: u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), suite).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    plant_ghost_device(&server, "bob", suite);
+
+    let err = alice.send_text("bob", "for bob only").await.unwrap_err();
+    assert!(matches!(err, ClientError::Security(_)), "{err:?}");
+    let err = alice.create_group("g", &["bob".into()]).await.unwrap_err();
+    assert!(matches!(err, ClientError::Security(_)), "{err:?}");
+    // Nothing reached bob (or the ghost); a retry is refused again, never sent to nobody.
+    assert!(recv(&bob).await.is_empty());
+    let err = alice.send_text("bob", "again").await.unwrap_err();
+    assert!(matches!(err, ClientError::Security(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_device_list_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let _bob = client(&server, dir.path(), "bob").await;
+    // The server rewrites bob's device list (renames his device) without his identity key.
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
+    let body: Vec<u8> = db
+        .query_row(
+            "SELECT device_list_body FROM accounts WHERE user = 'bob'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let forged = String::from_utf8(body)
+        .unwrap()
+        .replace("\"cli\"", "\"evil\"");
+    assert!(forged.contains("evil"));
+    db.execute(
+        "UPDATE accounts SET device_list_body = ?1 WHERE user = 'bob'",
+        [forged.as_bytes()],
+    )
+    .unwrap();
+    let err = alice.send_text("bob", "hi").await.unwrap_err();
+    assert!(matches!(err, ClientError::Security(_)), "{err:?}");
 }

@@ -1,6 +1,6 @@
 //! A real Sotto server on a loopback port with its own SQLite directory, and clients with
 //! their own encrypted stores, for end-to-end tests.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use sotto_client::{Client, KdfParams};
 use sotto_server::storage::sqlite::SqliteStorage;
