@@ -367,6 +367,7 @@ mod tests {
     fn utc_formats_known_instants() {
         assert_eq!(super::utc(0), "1970-01-01 00:00");
         assert_eq!(super::utc(951_782_400), "2000-02-29 00:00");
-        assert_eq!(super::utc(1_795_790_000), "2026-11-27 13:53");
+        assert_eq!(super::utc(1_795_790_000), "2026-11-27 14:33");
+        assert_eq!(super::utc(4_102_444_799), "2099-12-31 23:59");
     }
 }

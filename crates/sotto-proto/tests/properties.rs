@@ -1,0 +1,229 @@
+//! Property tests: every wire type survives an encode/decode round trip unchanged, and every
+//! parser of untrusted bytes returns an error instead of panicking, whatever the input.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use proptest::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sotto_proto::api::*;
+use sotto_proto::device_list::{DeviceEntry, DeviceList, SignedDeviceListIn};
+use sotto_proto::framing::{check_key_package, check_welcome, parse_group_message};
+use sotto_proto::{Bytes, DeviceAddr, DeviceId, ErrorBody, ErrorCode, GroupId, Username};
+
+fn username() -> impl Strategy<Value = Username> {
+    "[a-z][a-z0-9_.-]{2,31}".prop_map(|s| Username::parse(&s).unwrap())
+}
+fn device_id() -> impl Strategy<Value = DeviceId> {
+    any::<u64>().prop_map(DeviceId::new)
+}
+fn addr() -> impl Strategy<Value = DeviceAddr> {
+    (username(), device_id()).prop_map(|(user, device)| DeviceAddr { user, device })
+}
+fn bytes() -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(any::<u8>(), 0..200).prop_map(Bytes)
+}
+fn group_id() -> impl Strategy<Value = GroupId> {
+    prop::collection::vec(any::<u8>(), 16..=64).prop_map(|b| GroupId::from_bytes(&b).unwrap())
+}
+fn signed_list() -> impl Strategy<Value = SignedDeviceListIn> {
+    (bytes(), bytes()).prop_map(|(body, signature)| SignedDeviceListIn { body, signature })
+}
+fn addrs() -> impl Strategy<Value = Vec<DeviceAddr>> {
+    prop::collection::vec(addr(), 0..5)
+}
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop::sample::select(vec![
+        ErrorCode::MalformedRequest,
+        ErrorCode::InvalidField,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::InvalidChallenge,
+        ErrorCode::InvalidSignature,
+        ErrorCode::UsernameTaken,
+        ErrorCode::UnknownUser,
+        ErrorCode::UnknownDevice,
+        ErrorCode::NoKeyPackage,
+        ErrorCode::InvalidMlsMessage,
+        ErrorCode::EpochConflict,
+        ErrorCode::NotAGroupMember,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ])
+}
+
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: &T) {
+    let json = serde_json::to_vec(v).unwrap();
+    let back: T = serde_json::from_slice(&json).unwrap();
+    assert_eq!(&back, v);
+}
+
+proptest! {
+    #[test]
+    fn ids_round_trip(u in username(), d in device_id(), g in group_id(), a in addr()) {
+        round_trip(&u);
+        round_trip(&d);
+        round_trip(&g);
+        round_trip(&a);
+        prop_assert_eq!(Username::parse(u.as_str()).unwrap(), u);
+        prop_assert_eq!(DeviceId::parse(&d.to_string()).unwrap(), d);
+        prop_assert_eq!(GroupId::parse(&g.to_string()).unwrap(), g);
+        prop_assert_eq!(DeviceAddr::from_credential_identity(&a.credential_identity()).unwrap(), a);
+    }
+
+    #[test]
+    fn error_body_round_trips(code in error_code(), message in ".{0,40}", epoch in any::<Option<u64>>()) {
+        round_trip(&ErrorBody { code, message, epoch });
+        let s = serde_json::to_string(&code).unwrap();
+        prop_assert_eq!(s, format!("\"{}\"", code.as_str()));
+    }
+
+    #[test]
+    fn account_and_auth_types_round_trip(
+        user in username(), a in addr(), b in bytes(), c in bytes(), list in signed_list(),
+        n in any::<u64>(), suite in any::<u16>(), token in "[0-9a-f]{64}",
+    ) {
+        round_trip(&ServerConfig { api_version: 1, ciphersuite: suite });
+        round_trip(&RegisterRequest { identity_key: b.clone(), device_list: list.clone() });
+        round_trip(&RegisterResponse { user: user.clone() });
+        round_trip(&ChallengeRequest { device: a.clone() });
+        round_trip(&ChallengeResponse { challenge: b.clone(), expires_at: n });
+        round_trip(&TokenRequest { device: a.clone(), challenge: b.clone(), signature: c.clone() });
+        round_trip(&TokenResponse { token, expires_at: n });
+        round_trip(&UserResponse { user, identity_key: b, device_list: list.clone() });
+        round_trip(&list);
+    }
+
+    #[test]
+    fn key_package_types_round_trip(
+        kps in prop::collection::vec(bytes(), 0..4), last in prop::option::of(bytes()),
+        user in username(), d in device_id(), kp in bytes(), n in any::<u64>(), lr in any::<bool>(),
+    ) {
+        round_trip(&UploadKeyPackagesRequest { key_packages: kps, last_resort: last });
+        round_trip(&KeyPackageCount { count: n, last_resort: lr });
+        round_trip(&ClaimRequest { user });
+        round_trip(&ClaimResponse { key_packages: vec![ClaimedKeyPackage { device: d, key_package: kp }] });
+    }
+
+    #[test]
+    fn delivery_types_round_trip(
+        g in group_id(), a in addr(), m in bytes(), w in bytes(), r in addrs(), roster in prop::option::of(addrs()),
+        with_welcome in any::<bool>(), n in any::<u64>(), ids in prop::collection::vec(any::<u64>(), 0..10),
+        client_id in "[0-9a-f]{32}", welcome_kind in any::<bool>(),
+    ) {
+        let welcome = with_welcome.then(|| WelcomeOut { message: w, recipients: r.clone() });
+        round_trip(&SendRequest { client_id, message: m.clone(), recipients: r, roster, welcome });
+        round_trip(&SendResponse { id: n, seq: n / 2, epoch: n / 3, accepted_at: n / 5 });
+        let q = QueuedMessage {
+            id: n, group_id: g, seq: n, sender: a,
+            kind: if welcome_kind { QueuedKind::Welcome } else { QueuedKind::Group },
+            message: m, accepted_at: n,
+        };
+        round_trip(&QueueResponse { messages: vec![q] });
+        round_trip(&AckRequest { ids });
+        round_trip(&PushEvent::NewMessages);
+    }
+
+    #[test]
+    fn signed_device_lists_verify_and_reject_tampering(
+        seed in any::<[u8; 32]>(), user in username(), ids in prop::collection::btree_set(any::<u64>(), 1..5),
+        revision in 1u64..1000, flip in any::<usize>(),
+    ) {
+        let identity = SigningKey::from_bytes(&seed);
+        let devices = ids.iter().map(|&id| DeviceEntry {
+            id: DeviceId::new(id),
+            signature_key: Bytes(vec![(id % 251) as u8; 32]),
+            name: "phone".into(),
+            added_at: 1,
+        }).collect();
+        let list = DeviceList { version: 1, user, revision, devices };
+        let body = list.encode();
+        let signature = identity.sign(&DeviceList::signing_input(&body)).to_bytes().to_vec();
+        let signed = SignedDeviceListIn { body: Bytes(body.clone()), signature: Bytes(signature) };
+        let verified = signed.clone().verify(&identity.verifying_key()).unwrap();
+        prop_assert_eq!(verified.list(), &list);
+
+        let mut tampered = body;
+        let i = flip % tampered.len();
+        tampered[i] ^= 0x01;
+        let bad = SignedDeviceListIn { body: Bytes(tampered), signature: signed.signature.clone() };
+        prop_assert!(bad.verify(&identity.verifying_key()).is_err());
+        let other = SigningKey::from_bytes(&[seed[0].wrapping_add(1); 32]);
+        prop_assert!(signed.verify(&other.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn parsers_never_panic_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = parse_group_message(&data);
+        let _ = check_welcome(&data);
+        let _ = check_key_package(&data);
+        let _ = DeviceAddr::from_credential_identity(&data);
+        let text = String::from_utf8_lossy(&data);
+        let _ = Username::parse(&text);
+        let _ = DeviceId::parse(&text);
+        let _ = GroupId::parse(&text);
+        let _ = serde_json::from_slice::<SendRequest>(&data).map(|r| r.validate(&GroupId::from_bytes(&[0; 16]).unwrap()));
+        let _ = serde_json::from_slice::<UploadKeyPackagesRequest>(&data).map(UploadKeyPackagesRequest::validate);
+        let _ = serde_json::from_slice::<TokenRequest>(&data).map(TokenRequest::validate);
+        let _ = serde_json::from_slice::<AckRequest>(&data).map(AckRequest::validate);
+        let key = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let _ = serde_json::from_slice::<SignedDeviceListIn>(&data).map(|l| l.verify(&key));
+        let _ = SignedDeviceListIn { body: Bytes(data.clone()), signature: Bytes(data) }.verify(&key);
+    }
+
+    #[test]
+    fn mls_parsers_never_panic_on_mutated_headers(tail in prop::collection::vec(any::<u8>(), 0..300), wire in 1u16..8) {
+        // A valid MLS 1.0 header with each wire format, then arbitrary bytes.
+        let mut data = vec![0, 1];
+        data.extend_from_slice(&wire.to_be_bytes());
+        data.extend(tail);
+        let _ = parse_group_message(&data);
+        let _ = check_welcome(&data);
+        let _ = check_key_package(&data);
+    }
+}
+
+#[test]
+fn malformed_names_are_rejected() {
+    for bad in [
+        "",
+        "ab",
+        "Alice",
+        "1abc",
+        "a b c",
+        "émile",
+        &"a".repeat(33),
+        "al/ce",
+    ] {
+        assert!(Username::parse(bad).is_err(), "{bad:?}");
+    }
+    for bad in [
+        "",
+        "0123",
+        "0123456789ABCDEF",
+        "0123456789abcdeg",
+        "0123456789abcdef0",
+    ] {
+        assert!(DeviceId::parse(bad).is_err(), "{bad:?}");
+    }
+    for bad in [
+        "",
+        "ab",
+        &"ab".repeat(15),
+        &"ab".repeat(65),
+        &"zz".repeat(16),
+    ] {
+        assert!(GroupId::parse(bad).is_err(), "{bad:?}");
+    }
+    let oversized = vec![0u8; sotto_proto::limits::MAX_MLS_MESSAGE + 1];
+    assert!(matches!(
+        parse_group_message(&oversized),
+        Err(sotto_proto::ProtoError::TooLarge(_))
+    ));
+}
