@@ -1,1 +1,189 @@
+//! Shared set-ups of the benchmark drivers: a two-member group held either in raw openmls
+//! memory storage (the baseline) or in Sotto's encrypted SQLCipher stores (the engine).
+//! Nothing here is used by the product.
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "benchmark set-up: a failure aborts the run"
+)]
 
+use openmls::prelude::{Ciphersuite, MlsGroup};
+use openmls_libcrux_crypto::{CryptoProvider, Provider};
+use rusqlite::{Connection, params};
+use sotto_client::store::{self, StoreProvider};
+use sotto_core::group::{self, Received};
+use sotto_core::{Content, DeviceKey};
+use sotto_proto::{DeviceAddr, Username};
+
+/// A device key for `name`.
+pub fn device(name: &str) -> DeviceKey {
+    DeviceKey::generate(Username::parse(name).unwrap())
+}
+
+fn verified_kp(
+    p: &impl openmls_traits::OpenMlsProvider,
+    bytes: &[u8],
+    who: &DeviceKey,
+    suite: Ciphersuite,
+) -> openmls::prelude::KeyPackage {
+    group::verify_key_package(p, bytes, who.addr(), &who.public(), suite).unwrap()
+}
+
+/// Raw openmls, in memory: alice and bob in one group.
+pub struct MemoryPair {
+    pa: Provider,
+    pb: Provider,
+    alice: DeviceKey,
+    ga: MlsGroup,
+    gb: MlsGroup,
+}
+
+impl MemoryPair {
+    /// Sets up the group.
+    pub fn new(suite: Ciphersuite) -> Self {
+        let (pa, pb) = (Provider::new().unwrap(), Provider::new().unwrap());
+        let (alice, bob) = (device("alice"), device("bob"));
+        let kp = group::new_key_packages(&pb, &bob, suite, 1, false).unwrap();
+        let mut ga = group::create(&pa, &alice, suite).unwrap();
+        let kp = verified_kp(&pa, &kp.one_time[0], &bob, suite);
+        let out = group::add(&pa, &alice, &mut ga, &[kp]).unwrap();
+        group::merge_pending(&pa, &mut ga).unwrap();
+        let gb = group::join(&pb, &out.welcome.unwrap()).unwrap();
+        MemoryPair {
+            pa,
+            pb,
+            alice,
+            ga,
+            gb,
+        }
+    }
+
+    /// Alice encrypts `text`, bob decrypts it.
+    pub fn send_receive(&mut self, text: &str) {
+        let content = Content::Text { body: text.into() };
+        let wire = group::encrypt(&self.pa, &self.alice, &mut self.ga, &content).unwrap();
+        match group::process(&self.pb, &mut self.gb, &wire).unwrap() {
+            Received::Content { .. } => {}
+            Received::Commit(_) => panic!("expected content"),
+        }
+    }
+}
+
+/// Sotto's engine with persistence: each device has its own SQLCipher store, and each step
+/// does the local work the client does per message, one transaction each: the sender loads
+/// the group, encrypts and writes the outbox entry, then records the sent message; the
+/// receiver checks the message id, loads the group, decrypts, stores the message and its id.
+pub struct StorePair {
+    _dir: tempfile::TempDir,
+    crypto: CryptoProvider,
+    ca: Connection,
+    cb: Connection,
+    alice: DeviceKey,
+    gid: Vec<u8>,
+    next_id: i64,
+}
+
+impl StorePair {
+    /// Sets up two stores and the group.
+    pub fn new(suite: Ciphersuite) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = store::open(&dir.path().join("a.db"), &[1; 32]).unwrap();
+        let cb = store::open(&dir.path().join("b.db"), &[2; 32]).unwrap();
+        let crypto = CryptoProvider::new().unwrap();
+        let (alice, bob) = (device("alice"), device("bob"));
+        let (pa, pb) = (
+            StoreProvider::new(&crypto, &ca),
+            StoreProvider::new(&crypto, &cb),
+        );
+        let kp = group::new_key_packages(&pb, &bob, suite, 1, false).unwrap();
+        let mut ga = group::create(&pa, &alice, suite).unwrap();
+        let kp = verified_kp(&pa, &kp.one_time[0], &bob, suite);
+        let out = group::add(&pa, &alice, &mut ga, &[kp]).unwrap();
+        group::merge_pending(&pa, &mut ga).unwrap();
+        let gb = group::join(&pb, &out.welcome.unwrap()).unwrap();
+        let gid = ga.group_id().as_slice().to_vec();
+        assert_eq!(gb.group_id().as_slice(), gid);
+        StorePair {
+            _dir: dir,
+            crypto,
+            ca,
+            cb,
+            alice,
+            gid,
+            next_id: 1,
+        }
+    }
+
+    /// Alice encrypts `text`, bob decrypts it, both persisting as the client does.
+    pub fn send_receive(&mut self, text: &str) {
+        let content = Content::Text { body: text.into() };
+        let id = self.next_id;
+        self.next_id += 1;
+        let wire = store::transaction(&self.ca, || {
+            let p = StoreProvider::new(&self.crypto, &self.ca);
+            let mut g = group::load(&p, &self.gid)?;
+            let wire = group::encrypt(&p, &self.alice, &mut g, &content)?;
+            self.ca.execute(
+                "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at)
+                 VALUES (?1, ?2, 'app', ?3, ?4, 0)",
+                params![
+                    id.to_string(),
+                    self.gid,
+                    wire,
+                    serde_json::to_string(&content).unwrap()
+                ],
+            )?;
+            Ok(wire)
+        })
+        .unwrap();
+        let sender = self.alice.addr().clone();
+        store::transaction(&self.ca, || {
+            self.ca
+                .execute("DELETE FROM outbox WHERE client_id = ?1", [id.to_string()])?;
+            insert_message(&self.ca, id, &self.gid, &sender, text)
+        })
+        .unwrap();
+        store::transaction(&self.cb, || {
+            let seen: i64 = self.cb.query_row(
+                "SELECT COUNT(*) FROM processed WHERE server_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            assert_eq!(seen, 0);
+            let p = StoreProvider::new(&self.crypto, &self.cb);
+            let mut g = group::load(&p, &self.gid)?;
+            let Received::Content { sender, content } = group::process(&p, &mut g, &wire)? else {
+                panic!("expected content")
+            };
+            let Content::Text { body } = content else {
+                panic!("expected text")
+            };
+            insert_message(&self.cb, id, &self.gid, &sender, &body)?;
+            self.cb
+                .execute("INSERT INTO processed (server_id) VALUES (?1)", [id])?;
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
+fn insert_message(
+    conn: &Connection,
+    id: i64,
+    gid: &[u8],
+    sender: &DeviceAddr,
+    body: &str,
+) -> Result<(), sotto_client::ClientError> {
+    conn.execute(
+        "INSERT INTO messages (id, group_id, sender_user, sender_device, sent_at, kind, body, outgoing)
+         VALUES (?1, ?2, ?3, ?4, 0, 'text', ?5, 0)",
+        params![
+            id.to_string(),
+            gid,
+            sender.user.as_str(),
+            sender.device.to_string(),
+            body
+        ],
+    )?;
+    Ok(())
+}

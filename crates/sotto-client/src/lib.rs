@@ -10,7 +10,7 @@ mod api;
 mod client;
 mod error;
 mod keyfile;
-mod store;
+pub mod store;
 
 pub use api::Api;
 pub use client::{Client, Conversation, Member, MessageView, Whoami};

@@ -104,13 +104,18 @@ pub fn open(path: &Path, data_key: &[u8; 32]) -> Result<Connection, ClientError>
     let mut conn = Connection::open(path)?;
     let key = Zeroizing::new(format!("x'{}'", hex::encode(data_key)));
     conn.pragma_update(None, "key", key.as_str())?;
+    conn.pragma_update(None, "cipher_hmac_algorithm", "HMAC_SHA512")?;
     // The first read fails if the key is wrong or the file is not a store.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     })
     .map_err(|_| ClientError::Locked("the local store does not open with this key".into()))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    // NORMAL in WAL mode survives a killed process (the WAL is in the OS page cache); what
+    // must also survive a power loss is made durable explicitly: the sync loop checkpoints
+    // before it acknowledges messages to the server. Lost sender-side state after a power
+    // loss cannot cause nonce reuse: MLS mixes a random reuse guard into every nonce.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     migrate(&mut conn)?;
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
