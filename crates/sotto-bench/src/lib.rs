@@ -69,18 +69,28 @@ impl MemoryPair {
     }
 }
 
-/// Sotto's engine with persistence: each device has its own SQLCipher store, and each step
-/// does the local work the client does per message, one transaction each: the sender loads
-/// the group, encrypts and writes the outbox entry, then records the sent message; the
-/// receiver checks the message id, loads the group, decrypts, stores the message and its id.
+/// Sotto's engine with persistence, doing per message the local work the client does: each
+/// device has its own SQLCipher store and keeps its group in memory, revalidated with
+/// `PRAGMA data_version`. The sender, in one transaction, records the previous accepted send
+/// (drops its outbox entry, stores the sent message), encrypts and writes the outbox entry;
+/// the receiver, in one transaction, checks the message id, decrypts, stores the message and
+/// its id. A batch of received messages shares one transaction in the client; here each
+/// message pays for its own.
 pub struct StorePair {
     _dir: tempfile::TempDir,
     crypto: CryptoProvider,
     ca: Connection,
     cb: Connection,
     alice: DeviceKey,
+    ga: MlsGroup,
+    gb: MlsGroup,
     gid: Vec<u8>,
     next_id: i64,
+    accepted: Option<(i64, String)>,
+}
+
+fn data_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
 impl StorePair {
@@ -102,15 +112,17 @@ impl StorePair {
         group::merge_pending(&pa, &mut ga).unwrap();
         let gb = group::join(&pb, &out.welcome.unwrap()).unwrap();
         let gid = ga.group_id().as_slice().to_vec();
-        assert_eq!(gb.group_id().as_slice(), gid);
         StorePair {
             _dir: dir,
             crypto,
             ca,
             cb,
             alice,
+            ga,
+            gb,
             gid,
             next_id: 1,
+            accepted: None,
         }
     }
 
@@ -119,10 +131,18 @@ impl StorePair {
         let content = Content::Text { body: text.into() };
         let id = self.next_id;
         self.next_id += 1;
+        let sender = self.alice.addr().clone();
         let wire = store::transaction(&self.ca, || {
+            data_version(&self.ca)?;
+            if let Some((prev, body)) = self.accepted.take() {
+                self.ca.execute(
+                    "DELETE FROM outbox WHERE client_id = ?1",
+                    [prev.to_string()],
+                )?;
+                insert_message(&self.ca, prev, &self.gid, &sender, &body)?;
+            }
             let p = StoreProvider::new(&self.crypto, &self.ca);
-            let mut g = group::load(&p, &self.gid)?;
-            let wire = group::encrypt(&p, &self.alice, &mut g, &content)?;
+            let wire = group::encrypt(&p, &self.alice, &mut self.ga, &content)?;
             self.ca.execute(
                 "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at)
                  VALUES (?1, ?2, 'app', ?3, ?4, 0)",
@@ -136,14 +156,9 @@ impl StorePair {
             Ok(wire)
         })
         .unwrap();
-        let sender = self.alice.addr().clone();
-        store::transaction(&self.ca, || {
-            self.ca
-                .execute("DELETE FROM outbox WHERE client_id = ?1", [id.to_string()])?;
-            insert_message(&self.ca, id, &self.gid, &sender, text)
-        })
-        .unwrap();
+        self.accepted = Some((id, text.to_owned()));
         store::transaction(&self.cb, || {
+            data_version(&self.cb)?;
             let seen: i64 = self.cb.query_row(
                 "SELECT COUNT(*) FROM processed WHERE server_id = ?1",
                 [id],
@@ -151,8 +166,8 @@ impl StorePair {
             )?;
             assert_eq!(seen, 0);
             let p = StoreProvider::new(&self.crypto, &self.cb);
-            let mut g = group::load(&p, &self.gid)?;
-            let Received::Content { sender, content } = group::process(&p, &mut g, &wire)? else {
+            let Received::Content { sender, content } = group::process(&p, &mut self.gb, &wire)?
+            else {
                 panic!("expected content")
             };
             let Content::Text { body } = content else {

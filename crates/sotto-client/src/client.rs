@@ -23,6 +23,7 @@ use sotto_proto::api::{
 };
 use sotto_proto::device_list::{DeviceList, parse_verifying_key};
 use sotto_proto::{DeviceAddr, DeviceId, ErrorCode, GroupId, Username};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
@@ -163,6 +164,24 @@ enum Handled {
     NeedLists(Vec<Username>),
 }
 
+/// Groups kept in memory between operations, valid while no other connection (another
+/// `sotto` process on this device) has committed: `PRAGMA data_version` tells.
+#[derive(Default)]
+struct GroupCache {
+    data_version: Option<i64>,
+    groups: HashMap<Vec<u8>, MlsGroup>,
+}
+
+/// An application message the server accepted whose local bookkeeping (dropping the outbox
+/// entry, recording the sent message) is folded into this device's next transaction. If the
+/// process dies first, the outbox entry is replayed and the server answers it idempotently.
+struct AcceptedSend {
+    group: GroupId,
+    client_id: String,
+    content: Content,
+    response: SendResponse,
+}
+
 /// A device's client.
 pub struct Client {
     conn: Connection,
@@ -174,6 +193,15 @@ pub struct Client {
     suite_code: u16,
     token: Mutex<Option<(String, u64)>>,
     lists: Mutex<HashMap<Username, DeviceList>>,
+    cache: RefCell<GroupCache>,
+    accepted: RefCell<Vec<AcceptedSend>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Best effort: anything left is replayed from the outbox on the next sync.
+        let _ = self.tx(|| Ok(()));
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -255,6 +283,8 @@ impl Client {
             suite_code: cfg.ciphersuite,
             token: Mutex::new(None),
             lists: Mutex::new(HashMap::new()),
+            cache: RefCell::default(),
+            accepted: RefCell::default(),
         };
         client.top_up_key_packages().await?;
         Ok(client)
@@ -291,6 +321,8 @@ impl Client {
             suite_code,
             token: Mutex::new(None),
             lists: Mutex::new(HashMap::new()),
+            cache: RefCell::default(),
+            accepted: RefCell::default(),
         })
     }
 
@@ -300,6 +332,53 @@ impl Client {
 
     fn me(&self) -> &DeviceAddr {
         self.device.addr()
+    }
+
+    /// Runs `f` in one transaction, after the bookkeeping of accepted sends. If it rolls
+    /// back, cached groups may be ahead of the store and are forgotten.
+    fn tx<T>(&self, f: impl FnOnce() -> Result<T, ClientError>) -> Result<T, ClientError> {
+        store::transaction(&self.conn, || {
+            for a in self.accepted.take() {
+                self.finish_app(&a.group, &a.client_id, &a.content, &a.response)?;
+            }
+            f()
+        })
+        .inspect_err(|_| self.forget_groups())
+    }
+
+    fn forget_groups(&self) {
+        self.cache.borrow_mut().groups.clear();
+    }
+
+    /// Runs `f` on the group, loading it unless the cached copy is still current. Every
+    /// change to a group goes through here, inside a transaction.
+    fn with_group<T, E: From<ClientError>>(
+        &self,
+        gid: &[u8],
+        f: impl FnOnce(&StoreProvider<'_>, &mut MlsGroup) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(ClientError::from)?;
+        let cached = {
+            let mut cache = self.cache.borrow_mut();
+            if cache.data_version != Some(version) {
+                cache.groups.clear();
+                cache.data_version = Some(version);
+            }
+            cache.groups.remove(gid)
+        };
+        let provider = self.provider();
+        let mut g = match cached {
+            Some(g) => g,
+            None => group::load(&provider, gid).map_err(ClientError::from)?,
+        };
+        let result = f(&provider, &mut g);
+        if result.is_ok() {
+            self.cache.borrow_mut().groups.insert(gid.to_vec(), g);
+        }
+        result
     }
 
     /// Who this device is.
@@ -352,7 +431,7 @@ impl Client {
         if count.count >= KEY_PACKAGE_LOW && count.last_resort {
             return Ok(());
         }
-        let fresh = store::transaction(&self.conn, || {
+        let fresh = self.tx(|| {
             Ok(group::new_key_packages(
                 &self.provider(),
                 &self.device,
@@ -483,34 +562,38 @@ impl Client {
                 break;
             }
             let mut acks = Vec::with_capacity(batch.len());
-            for m in &batch {
-                loop {
-                    match store::transaction(&self.conn, || self.handle(m, &mut report))? {
-                        Handled::Done => break,
-                        Handled::NeedLists(users) => {
-                            for u in users {
-                                if let Err(e) = self.fetch_device_list(&u).await {
-                                    // Record an unverifiable list as empty: the check then
-                                    // refuses the message with a clear reason.
-                                    if let Ok(mut l) = self.lists.lock() {
-                                        l.insert(
-                                            u.clone(),
-                                            DeviceList {
-                                                version: 1,
-                                                user: u.clone(),
-                                                revision: 0,
-                                                devices: vec![],
-                                            },
-                                        );
-                                    }
-                                    report.security_failures.push(e.to_string());
-                                }
-                            }
+            let mut next = 0;
+            while next < batch.len() {
+                // One transaction for as much of the batch as can be checked without network.
+                let need = self.tx(|| {
+                    while let Some(m) = batch.get(next) {
+                        if let Handled::NeedLists(users) = self.handle(m, &mut report)? {
+                            return Ok(Some(users));
                         }
+                        welcomed |= m.kind == QueuedKind::Welcome;
+                        acks.push(m.id);
+                        next += 1;
+                    }
+                    Ok(None)
+                })?;
+                for u in need.into_iter().flatten() {
+                    if let Err(e) = self.fetch_device_list(&u).await {
+                        // Record an unverifiable list as empty: the check then refuses the
+                        // message with a clear reason.
+                        if let Ok(mut l) = self.lists.lock() {
+                            l.insert(
+                                u.clone(),
+                                DeviceList {
+                                    version: 1,
+                                    user: u.clone(),
+                                    revision: 0,
+                                    devices: vec![],
+                                },
+                            );
+                        }
+                        report.security_failures.push(e.to_string());
                     }
                 }
-                welcomed |= m.kind == QueuedKind::Welcome;
-                acks.push(m.id);
             }
             // Make the processed batch durable before the server may delete it.
             self.conn
@@ -545,6 +628,7 @@ impl Client {
             let sql = if r.is_ok() {
                 "RELEASE apply"
             } else {
+                self.forget_groups();
                 "ROLLBACK TO apply; RELEASE apply"
             };
             self.conn.execute_batch(sql)?;
@@ -590,6 +674,7 @@ impl Client {
                 if self.conversation_exists(gid)? {
                     return Ok(());
                 }
+                self.cache.borrow_mut().groups.remove(gid.as_bytes());
                 let g = group::join(&provider, m.message.as_slice())?;
                 self.verify_members(&group::members(&g)?)?;
                 // Upsert: a member removed earlier and added back rejoins its conversation.
@@ -605,36 +690,37 @@ impl Client {
                     // Not (or no longer) in this group on this device: nothing to show.
                     return Ok(());
                 }
-                let mut g = group::load(&provider, gid.as_bytes())?;
-                match group::process(&provider, &mut g, m.message.as_slice())? {
-                    Received::Content { sender, content } => {
-                        self.apply_content(m, &sender, content)?;
-                    }
-                    Received::Commit(staged) => {
-                        self.verify_members(&staged.summary.added)?;
-                        let summary = group::merge_staged(&provider, &mut g, staged)?;
-                        let events =
-                            self.describe(&summary.committer, &summary.added, &summary.removed);
-                        for (i, text) in events.iter().enumerate() {
-                            self.insert_message(
-                                &format!("{}.{i}", m.id),
-                                gid,
-                                &summary.committer,
-                                m.accepted_at,
-                                "event",
-                                text,
-                                false,
-                            )?;
+                self.with_group(gid.as_bytes(), |provider, g| {
+                    match group::process(provider, g, m.message.as_slice())? {
+                        Received::Content { sender, content } => {
+                            self.apply_content(m, &sender, content)?;
                         }
-                        if summary.self_removed {
-                            self.conn.execute(
-                                "UPDATE conversations SET active = 0 WHERE group_id = ?1",
-                                [gid.as_bytes()],
-                            )?;
+                        Received::Commit(staged) => {
+                            self.verify_members(&staged.summary.added)?;
+                            let summary = group::merge_staged(provider, g, staged)?;
+                            let events =
+                                self.describe(&summary.committer, &summary.added, &summary.removed);
+                            for (i, text) in events.iter().enumerate() {
+                                self.insert_message(
+                                    &format!("{}.{i}", m.id),
+                                    gid,
+                                    &summary.committer,
+                                    m.accepted_at,
+                                    "event",
+                                    text,
+                                    false,
+                                )?;
+                            }
+                            if summary.self_removed {
+                                self.conn.execute(
+                                    "UPDATE conversations SET active = 0 WHERE group_id = ?1",
+                                    [gid.as_bytes()],
+                                )?;
+                            }
                         }
                     }
-                }
-                Ok(())
+                    Ok(())
+                })
             }
         }
     }
@@ -762,14 +848,25 @@ impl Client {
             .collect())
     }
 
-    fn load_active(&self, gid: &GroupId) -> Result<MlsGroup, ClientError> {
-        let g = group::load(&self.provider(), gid.as_bytes())?;
-        if !g.is_active() || !self.conversation_exists(gid)? {
+    /// Runs `f` on a group this device is still a member of.
+    fn with_active_group<T>(
+        &self,
+        gid: &GroupId,
+        f: impl FnOnce(&StoreProvider<'_>, &mut MlsGroup) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        if !self.conversation_exists(gid)? {
             return Err(ClientError::Usage(
                 "you are no longer a member of this conversation".into(),
             ));
         }
-        Ok(g)
+        self.with_group(gid.as_bytes(), |p, g| {
+            if !g.is_active() {
+                return Err(ClientError::Usage(
+                    "you are no longer a member of this conversation".into(),
+                ));
+            }
+            f(p, g)
+        })
     }
 
     async fn post(&self, gid: &GroupId, req: &SendRequest) -> Result<SendResponse, ClientError> {
@@ -784,16 +881,16 @@ impl Client {
         content: &Content,
     ) -> Result<SendResponse, ClientError> {
         for _ in 0..MAX_ATTEMPTS {
-            let req = store::transaction(&self.conn, || {
-                let mut g = self.load_active(gid)?;
-                let message = group::encrypt(&self.provider(), &self.device, &mut g, content)?;
-                let req = SendRequest {
-                    client_id: random_client_id(),
-                    message: message.into(),
-                    recipients: self.others(&g)?,
-                    roster: None,
-                    welcome: None,
-                };
+            let req = self.tx(|| {
+                let req = self.with_active_group(gid, |p, g| {
+                    Ok(SendRequest {
+                        client_id: random_client_id(),
+                        message: group::encrypt(p, &self.device, g, content)?.into(),
+                        recipients: self.others(g)?,
+                        roster: None,
+                        welcome: None,
+                    })
+                })?;
                 self.conn.execute(
                     "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at) VALUES (?1, ?2, 'app', ?3, ?4, ?5)",
                     params![req.client_id, gid.as_bytes(), json(&req)?, json(content)?, now() as i64],
@@ -802,9 +899,12 @@ impl Client {
             })?;
             match self.post(gid, &req).await {
                 Ok(resp) => {
-                    store::transaction(&self.conn, || {
-                        self.finish_app(gid, &req.client_id, content, &resp)
-                    })?;
+                    self.accepted.borrow_mut().push(AcceptedSend {
+                        group: gid.clone(),
+                        client_id: req.client_id,
+                        content: content.clone(),
+                        response: resp.clone(),
+                    });
                     return Ok(resp);
                 }
                 Err(e) if e.code() == Some(ErrorCode::EpochConflict) => {
@@ -822,6 +922,14 @@ impl Client {
         Err(ClientError::Engine(
             "the conversation kept changing; try again".into(),
         ))
+    }
+
+    /// Drops a commit the server refused, and its outbox entry.
+    fn abandon_commit(&self, gid: &GroupId, client_id: &str) -> Result<(), ClientError> {
+        self.tx(|| {
+            self.drop_outbox(client_id)?;
+            self.with_group(gid.as_bytes(), |p, g| Ok(group::discard_pending(p, g)?))
+        })
     }
 
     fn drop_outbox(&self, client_id: &str) -> Result<(), ClientError> {
@@ -860,11 +968,11 @@ impl Client {
         resp: &SendResponse,
     ) -> Result<Vec<String>, ClientError> {
         self.drop_outbox(client_id)?;
-        let provider = self.provider();
-        let mut g = group::load(&provider, gid.as_bytes())?;
-        let before = group::members(&g)?;
-        group::merge_pending(&provider, &mut g)?;
-        let after = group::members(&g)?;
+        let (before, after) = self.with_group(gid.as_bytes(), |p, g| {
+            let before = group::members(g)?;
+            group::merge_pending(p, g)?;
+            Ok::<_, ClientError>((before, group::members(g)?))
+        })?;
         let added: Vec<MemberDevice> = after
             .iter()
             .filter(|m| !before.contains(m))
@@ -894,6 +1002,8 @@ impl Client {
     /// Sends whatever an interrupted run left in the outbox, with its original idempotency
     /// key, so the server stores it at most once.
     async fn flush_outbox(&self) -> Result<(), ClientError> {
+        // Bookkeeping of sends already accepted first: they need no replay.
+        self.tx(|| Ok(()))?;
         let entries: Vec<OutboxEntry> = {
             let mut stmt = self.conn.prepare(
                 "SELECT client_id, group_id, kind, request, content FROM outbox ORDER BY created_at, rowid",
@@ -924,9 +1034,7 @@ impl Client {
                 (_, Err(e @ ClientError::Unreachable(_))) => return Err(e),
                 ("app", Ok(resp)) => {
                     let content: Content = from_json(content.as_deref().unwrap_or("null"))?;
-                    store::transaction(&self.conn, || {
-                        self.finish_app(&gid, &client_id, &content, &resp)
-                    })?;
+                    self.tx(|| self.finish_app(&gid, &client_id, &content, &resp))?;
                 }
                 ("app", Err(e)) => {
                     self.drop_outbox(&client_id)?;
@@ -937,19 +1045,9 @@ impl Client {
                     }
                 }
                 (_, Ok(resp)) => {
-                    store::transaction(&self.conn, || {
-                        self.finish_commit(&gid, &client_id, &req, &resp)
-                    })?;
+                    self.tx(|| self.finish_commit(&gid, &client_id, &req, &resp))?;
                 }
-                (_, Err(_)) => {
-                    store::transaction(&self.conn, || {
-                        self.drop_outbox(&client_id)?;
-                        let provider = self.provider();
-                        let mut g = group::load(&provider, gid.as_bytes())?;
-                        group::discard_pending(&provider, &mut g)?;
-                        Ok(())
-                    })?;
-                }
+                (_, Err(_)) => self.abandon_commit(&gid, &client_id)?,
             }
         }
         Ok(())
@@ -965,7 +1063,7 @@ impl Client {
     ) -> Result<Vec<String>, ClientError> {
         for _ in 0..MAX_ATTEMPTS {
             self.pull().await?;
-            let members = group::members(&self.load_active(gid)?)?;
+            let members = self.tx(|| self.with_active_group(gid, |_, g| Ok(group::members(g)?)))?;
             let is_member = |u: &Username| members.iter().any(|m| &m.addr.user == u);
             let to_add: Vec<&Username> = add.iter().filter(|u| !is_member(u)).collect();
             let to_remove: Vec<DeviceAddr> = members
@@ -1008,16 +1106,17 @@ impl Client {
                     key_packages.push((addr, kp));
                 }
             }
-            let req = store::transaction(&self.conn, || {
-                let provider = self.provider();
-                let mut g = self.load_active(gid)?;
-                let recipients = self.others(&g)?;
+            let req = self.tx(|| {
                 let kps: Vec<_> = key_packages.iter().map(|(_, kp)| kp.clone()).collect();
-                let out = if kps.is_empty() {
-                    group::remove(&provider, &self.device, &mut g, &to_remove)?
-                } else {
-                    group::add(&provider, &self.device, &mut g, &kps)?
-                };
+                let (recipients, out) = self.with_active_group(gid, |p, g| {
+                    let recipients = self.others(g)?;
+                    let out = if kps.is_empty() {
+                        group::remove(p, &self.device, g, &to_remove)?
+                    } else {
+                        group::add(p, &self.device, g, &kps)?
+                    };
+                    Ok((recipients, out))
+                })?;
                 let new_devices: Vec<DeviceAddr> =
                     key_packages.iter().map(|(a, _)| a.clone()).collect();
                 let mut roster: Vec<DeviceAddr> = members
@@ -1044,9 +1143,8 @@ impl Client {
             })?;
             match self.post(gid, &req).await {
                 Ok(resp) => {
-                    let mut events = store::transaction(&self.conn, || {
-                        self.finish_commit(gid, &req.client_id, &req, &resp)
-                    })?;
+                    let mut events =
+                        self.tx(|| self.finish_commit(gid, &req.client_id, &req, &resp))?;
                     if !to_add.is_empty() {
                         let name: Option<String> = self.conn.query_row(
                             "SELECT name FROM conversations WHERE group_id = ?1",
@@ -1062,13 +1160,7 @@ impl Client {
                 }
                 Err(e @ ClientError::Unreachable(_)) => return Err(e),
                 Err(e) => {
-                    store::transaction(&self.conn, || {
-                        self.drop_outbox(&req.client_id)?;
-                        let provider = self.provider();
-                        let mut g = group::load(&provider, gid.as_bytes())?;
-                        group::discard_pending(&provider, &mut g)?;
-                        Ok(())
-                    })?;
+                    self.abandon_commit(gid, &req.client_id)?;
                     if e.code() != Some(ErrorCode::EpochConflict) {
                         return Err(e);
                     }
@@ -1085,7 +1177,7 @@ impl Client {
         name: Option<&str>,
         peer: Option<&Username>,
     ) -> Result<GroupId, ClientError> {
-        store::transaction(&self.conn, || {
+        self.tx(|| {
             let g = group::create(&self.provider(), &self.device, self.suite)?;
             let gid = GroupId::from_bytes(g.group_id().as_slice())?;
             self.conn.execute(
@@ -1167,9 +1259,11 @@ impl Client {
             }
         };
         // Also completes a conversation whose first add failed (network, refused device).
-        let joined = group::members(&self.load_active(&gid)?)?
-            .iter()
-            .any(|m| m.addr.user == peer);
+        let joined = self.tx(|| {
+            self.with_active_group(&gid, |_, g| {
+                Ok(group::members(g)?.iter().any(|m| m.addr.user == peer))
+            })
+        })?;
         if !joined {
             self.change_members(&gid, std::slice::from_ref(&peer), &[])
                 .await?;

@@ -44,6 +44,8 @@ on_both_suites!(
     concurrent_syncs_of_one_device_show_each_message_once,
     server_data_never_holds_plaintext,
     ghost_device_from_the_server_is_refused,
+    one_device_in_two_processes_sends_alternately,
+    send_accepted_before_a_crash_is_completed_once,
 );
 
 async fn one_to_one_both_ways(suite: u16) {
@@ -398,4 +400,47 @@ async fn forged_device_list_is_refused() {
     .unwrap();
     let err = alice.send_text("bob", "hi").await.unwrap_err();
     assert!(matches!(err, ClientError::Security(_)), "{err:?}");
+}
+
+async fn one_device_in_two_processes_sends_alternately(suite: u16) {
+    // `recv --follow` in one terminal and `send` in another share one store: each must see
+    // the other's group changes (no stale cached MLS state, no reused ratchet position).
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), suite).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    alice.send_text("bob", "start").await.unwrap();
+    let bob2 = reopen(dir.path(), "bob");
+    assert_eq!(recv(&bob).await, lines(&["alice: start"]));
+    for i in 0..4 {
+        bob.send_text("alice", &format!("from one {i}"))
+            .await
+            .unwrap();
+        bob2.send_text("alice", &format!("from two {i}"))
+            .await
+            .unwrap();
+    }
+    let expected: Vec<String> = (0..4)
+        .flat_map(|i| [format!("bob: from one {i}"), format!("bob: from two {i}")])
+        .collect();
+    assert_eq!(recv(&alice).await, expected);
+}
+
+async fn send_accepted_before_a_crash_is_completed_once(suite: u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), suite).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    alice.send_text("bob", "two").await.unwrap();
+    // The process dies right after the server accepted "two": its local bookkeeping never
+    // runs (no Drop), so the outbox still holds the send.
+    std::mem::forget(alice);
+    let alice = reopen(dir.path(), "alice");
+    alice.sync().await.unwrap();
+    alice.send_text("bob", "three").await.unwrap();
+    assert_eq!(
+        recv(&bob).await,
+        lines(&["alice: one", "alice: two", "alice: three"])
+    );
 }
