@@ -31,39 +31,69 @@ fn send_receive(c: &mut Criterion) {
     }
 }
 
-/// Alternates baseline and engine in rounds so that machine noise hits both alike.
+/// Medians over `rounds` alternations of `base` and `engine`, each returning the time it
+/// measured per message, in ns.
+fn interleaved(
+    rounds: usize,
+    mut base: impl FnMut() -> f64,
+    mut engine: impl FnMut() -> f64,
+) -> (f64, f64) {
+    let (mut b, mut e): (Vec<f64>, Vec<f64>) = (0..rounds).map(|_| (base(), engine())).unzip();
+    b.sort_by(f64::total_cmp);
+    e.sort_by(f64::total_cmp);
+    (b[b.len() / 2], e[e.len() / 2])
+}
+
+/// Runs `f` `n` times and returns the time per run, in ns.
+fn per_run(n: usize, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    (0..n).for_each(|_| f());
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn report(bench: &str, suite: &str, (b, e): (f64, f64)) {
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": bench,
+            "suite": suite,
+            "openmls_in_memory_ns": b.round(),
+            "sotto_engine_sqlcipher_ns": e.round(),
+            "ratio": (e / b * 100.0).round() / 100.0,
+            "goal_ratio": 1.5,
+        })
+    );
+}
+
+/// Alternates baseline and engine in rounds so that machine noise hits both alike, and
+/// prints one JSON line per measurement.
 fn ratios() {
     for (name, code) in suites() {
         let suite = ciphersuite(code).unwrap();
         let mut memory = MemoryPair::new(suite);
         let mut stored = StorePair::new(suite);
-        let (mut base, mut engine) = (Vec::new(), Vec::new());
-        for _ in 0..30 {
-            let t = Instant::now();
-            for _ in 0..50 {
-                memory.send_receive(TEXT);
-            }
-            base.push(t.elapsed().as_nanos() as f64 / 50.0);
-            let t = Instant::now();
-            for _ in 0..50 {
-                stored.send_receive(TEXT);
-            }
-            engine.push(t.elapsed().as_nanos() as f64 / 50.0);
-        }
-        base.sort_by(f64::total_cmp);
-        engine.sort_by(f64::total_cmp);
-        let (b, e) = (base[base.len() / 2], engine[engine.len() / 2]);
-        println!(
-            "{}",
-            serde_json::json!({
-                "bench": "send_receive",
-                "suite": name,
-                "openmls_in_memory_ns": b.round(),
-                "sotto_engine_sqlcipher_ns": e.round(),
-                "ratio": (e / b * 100.0).round() / 100.0,
-                "goal_ratio": 1.5,
-            })
+        let per_message = interleaved(
+            30,
+            || per_run(50, || memory.send_receive(TEXT)),
+            || per_run(50, || stored.send_receive(TEXT)),
         );
+        report("send_receive", name, per_message);
+
+        // Receiving a queue of 100 messages: only the receive side is timed.
+        let mut memory = MemoryPair::new(suite);
+        let mut stored = StorePair::new(suite);
+        let batch = interleaved(
+            15,
+            || {
+                let wires: Vec<_> = (0..100).map(|_| memory.send(TEXT)).collect();
+                per_run(1, || memory.receive(&wires)) / 100.0
+            },
+            || {
+                let wires: Vec<_> = (0..100).map(|_| stored.send(TEXT)).collect();
+                per_run(1, || stored.receive(&wires)) / 100.0
+            },
+        );
+        report("receive_batch_of_100", name, batch);
     }
 }
 

@@ -60,11 +60,23 @@ impl MemoryPair {
 
     /// Alice encrypts `text`, bob decrypts it.
     pub fn send_receive(&mut self, text: &str) {
+        let wire = self.send(text);
+        self.receive(&[wire]);
+    }
+
+    /// Alice encrypts `text`.
+    pub fn send(&mut self, text: &str) -> Vec<u8> {
         let content = Content::Text { body: text.into() };
-        let wire = group::encrypt(&self.pa, &self.alice, &mut self.ga, &content).unwrap();
-        match group::process(&self.pb, &mut self.gb, &wire).unwrap() {
-            Received::Content { .. } => {}
-            Received::Commit(_) => panic!("expected content"),
+        group::encrypt(&self.pa, &self.alice, &mut self.ga, &content).unwrap()
+    }
+
+    /// Bob decrypts `wires`.
+    pub fn receive(&mut self, wires: &[Vec<u8>]) {
+        for wire in wires {
+            match group::process(&self.pb, &mut self.gb, wire).unwrap() {
+                Received::Content { .. } => {}
+                Received::Commit(_) => panic!("expected content"),
+            }
         }
     }
 }
@@ -74,8 +86,7 @@ impl MemoryPair {
 /// `PRAGMA data_version`. The sender, in one transaction, records the previous accepted send
 /// (drops its outbox entry, stores the sent message), encrypts and writes the outbox entry;
 /// the receiver, in one transaction, checks the message id, decrypts, stores the message and
-/// its id. A batch of received messages shares one transaction in the client; here each
-/// message pays for its own.
+/// its id; a batch fetched from the queue shares one transaction.
 pub struct StorePair {
     _dir: tempfile::TempDir,
     crypto: CryptoProvider,
@@ -128,6 +139,12 @@ impl StorePair {
 
     /// Alice encrypts `text`, bob decrypts it, both persisting as the client does.
     pub fn send_receive(&mut self, text: &str) {
+        let wire = self.send(text);
+        self.receive(&[wire]);
+    }
+
+    /// Alice encrypts `text` and writes her outbox, as the client does before posting.
+    pub fn send(&mut self, text: &str) -> (i64, Vec<u8>) {
         let content = Content::Text { body: text.into() };
         let id = self.next_id;
         self.next_id += 1;
@@ -157,25 +174,35 @@ impl StorePair {
         })
         .unwrap();
         self.accepted = Some((id, text.to_owned()));
+        (id, wire)
+    }
+
+    /// Bob processes `batch` in one transaction, as the client's sync loop does with a batch
+    /// fetched from its queue.
+    pub fn receive(&mut self, batch: &[(i64, Vec<u8>)]) {
         store::transaction(&self.cb, || {
             data_version(&self.cb)?;
-            let seen: i64 = self.cb.query_row(
-                "SELECT COUNT(*) FROM processed WHERE server_id = ?1",
-                [id],
-                |r| r.get(0),
-            )?;
-            assert_eq!(seen, 0);
-            let p = StoreProvider::new(&self.crypto, &self.cb);
-            let Received::Content { sender, content } = group::process(&p, &mut self.gb, &wire)?
-            else {
-                panic!("expected content")
-            };
-            let Content::Text { body } = content else {
-                panic!("expected text")
-            };
-            insert_message(&self.cb, id, &self.gid, &sender, &body)?;
-            self.cb
-                .execute("INSERT INTO processed (server_id) VALUES (?1)", [id])?;
+            for (id, wire) in batch {
+                let seen: i64 = self.cb.query_row(
+                    "SELECT COUNT(*) FROM processed WHERE server_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(seen, 0);
+                self.cb.execute_batch("SAVEPOINT apply")?;
+                let p = StoreProvider::new(&self.crypto, &self.cb);
+                let Received::Content { sender, content } = group::process(&p, &mut self.gb, wire)?
+                else {
+                    panic!("expected content")
+                };
+                let Content::Text { body } = content else {
+                    panic!("expected text")
+                };
+                insert_message(&self.cb, *id, &self.gid, &sender, &body)?;
+                self.cb.execute_batch("RELEASE apply")?;
+                self.cb
+                    .execute("INSERT INTO processed (server_id) VALUES (?1)", [id])?;
+            }
             Ok(())
         })
         .unwrap();

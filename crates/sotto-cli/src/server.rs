@@ -27,6 +27,16 @@ pub struct ServerArgs {
     /// Serve plain HTTP on a non-loopback address, because a TLS-terminating proxy is in front.
     #[arg(long)]
     behind_tls_proxy: bool,
+    /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How the server writes its log.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn parse_suite(s: &str) -> Result<u16, String> {
@@ -62,13 +72,16 @@ async fn shutdown_signal() {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if let Some(url) = &args.database {
         return Err(ClientError::Usage(format!(
             "--database {url}: only the embedded SQLite storage (--data) is available in this version"

@@ -4,6 +4,21 @@
 //! Bytes from the network become an unchecked `*In` type; only a consuming `validate()`
 //! yields the trusted type, with every size limit and syntax rule checked. This crate does
 //! no I/O and holds no secrets.
+//!
+//! ```
+//! use sotto_proto::{DeviceAddr, DeviceId, Username};
+//!
+//! let alice = DeviceAddr {
+//!     user: Username::parse("alice")?,
+//!     device: DeviceId::parse("00000000000000ff")?,
+//! };
+//! // The MLS credential of a device names it as `user/device`, and parses back.
+//! assert_eq!(alice.credential_identity(), b"alice/00000000000000ff");
+//! assert_eq!(DeviceAddr::from_credential_identity(&alice.credential_identity())?, alice);
+//! // Untrusted names are parsed, never trusted as they come.
+//! assert!(Username::parse("Not A Name").is_err());
+//! # Ok::<(), sotto_proto::ProtoError>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod api;

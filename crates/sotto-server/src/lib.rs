@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use sotto_proto::{ErrorCode, limits};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Level;
 
 use crate::error::ApiError;
 use crate::push::Push;
@@ -141,6 +142,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ws", get(push::websocket))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(limits::MAX_BODY))
+        // One structured line per request: method, path, status, latency. Headers (and so
+        // bearer tokens) and bodies are never logged.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(Level::INFO)),
+        )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
