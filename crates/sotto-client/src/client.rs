@@ -217,7 +217,7 @@ fn crypto() -> Result<CryptoProvider, ClientError> {
 impl Client {
     /// Creates an account `user` on `server` with this device as its first device, and a
     /// local store in `home` locked by `passcode` at Argon2id cost `kdf`
-    /// ([`KdfParams::DEFAULT`] outside tests).
+    /// ([`KdfParams::calibrated`] outside tests).
     pub async fn init(
         home: &Path,
         server: &str,

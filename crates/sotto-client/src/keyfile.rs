@@ -28,12 +28,15 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// The production cost: 64 MiB, 3 passes, 1 lane.
-    pub const DEFAULT: KdfParams = KdfParams {
+    /// The least cost any new store gets: 64 MiB, 3 passes, 1 lane.
+    pub const MINIMUM: KdfParams = KdfParams {
         m_kib: 64 * 1024,
         t: 3,
         p: 1,
     };
+
+    /// How long one passcode guess should take on the device that creates the store.
+    pub const TARGET_SECONDS: f64 = 0.5;
 
     /// A cheap cost for tests only; the CLI picks it solely through the explicit
     /// `SOTTO_INSECURE_TEST_KDF=1` setting, never by default.
@@ -43,13 +46,32 @@ impl KdfParams {
         p: 1,
     };
 
-    /// The cost for new stores: [`KdfParams::DEFAULT`] unless the environment holds the
+    /// The production cost, calibrated on this device: 64 MiB and as many passes as make one
+    /// derivation take [`KdfParams::TARGET_SECONDS`] (never fewer than 3), so a guess costs an
+    /// attacker at least that much on comparable hardware.
+    pub fn calibrated() -> KdfParams {
+        let one_pass = KdfParams {
+            t: 1,
+            ..KdfParams::MINIMUM
+        };
+        let start = std::time::Instant::now();
+        // The probe's result is discarded; only its duration matters.
+        let _ = derive("calibration", &[0; 16], one_pass);
+        let per_pass = start.elapsed().as_secs_f64().max(1e-3);
+        let passes = (Self::TARGET_SECONDS / per_pass).ceil();
+        KdfParams {
+            t: (passes as u32).clamp(Self::MINIMUM.t, 64),
+            ..KdfParams::MINIMUM
+        }
+    }
+
+    /// The cost for new stores: [`KdfParams::calibrated`] unless the environment holds the
     /// explicit test setting `SOTTO_INSECURE_TEST_KDF=1`.
     pub fn from_env() -> KdfParams {
         if std::env::var("SOTTO_INSECURE_TEST_KDF").as_deref() == Ok("1") {
             KdfParams::INSECURE_TEST
         } else {
-            KdfParams::DEFAULT
+            KdfParams::calibrated()
         }
     }
 }
@@ -145,4 +167,41 @@ pub fn unlock(path: &Path, passcode: &str) -> Result<Zeroizing<[u8; 32]>, Client
         .try_into()
         .map_err(|_| ClientError::Locked("the key file is damaged".into()))?;
     Ok(Zeroizing::new(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_never_goes_below_the_minimum() {
+        let k = KdfParams::calibrated();
+        assert_eq!((k.m_kib, k.p), (64 * 1024, 1));
+        assert!(k.t >= 3, "{k:?}");
+    }
+
+    #[test]
+    fn wrong_passcode_and_damaged_files_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyfile.json");
+        let key = create(&path, "right", KdfParams::INSECURE_TEST).unwrap();
+        assert_eq!(*unlock(&path, "right").unwrap(), *key);
+        assert!(matches!(
+            unlock(&path, "wrong"),
+            Err(ClientError::Locked(_))
+        ));
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        file["kdf"]["t"] = 2.into();
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        assert!(matches!(
+            unlock(&path, "right"),
+            Err(ClientError::Locked(_))
+        ));
+        std::fs::write(&path, b"{").unwrap();
+        assert!(matches!(
+            unlock(&path, "right"),
+            Err(ClientError::Locked(_))
+        ));
+    }
 }
