@@ -9,6 +9,7 @@
 
 use openmls::prelude::{Ciphersuite, MlsGroup};
 use openmls_libcrux_crypto::{CryptoProvider, Provider};
+use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, params};
 use sotto_client::store::{self, StoreProvider};
 use sotto_core::group::{self, Received};
@@ -20,13 +21,22 @@ pub fn device(name: &str) -> DeviceKey {
     DeviceKey::generate(Username::parse(name).unwrap())
 }
 
-fn verified_kp(
-    p: &impl openmls_traits::OpenMlsProvider,
-    bytes: &[u8],
-    who: &DeviceKey,
+/// Alice (on `pa`) creates a group and adds bob (on `pb`); returns alice's key and both
+/// members' views of the group.
+fn two_member_group<A: OpenMlsProvider, B: OpenMlsProvider>(
+    pa: &A,
+    pb: &B,
     suite: Ciphersuite,
-) -> openmls::prelude::KeyPackage {
-    group::verify_key_package(p, bytes, who.addr(), &who.public(), suite).unwrap()
+) -> (DeviceKey, MlsGroup, MlsGroup) {
+    let (alice, bob) = (device("alice"), device("bob"));
+    let kp = group::new_key_packages(pb, &bob, suite, 1, false).unwrap();
+    let kp =
+        group::verify_key_package(pa, &kp.one_time[0], bob.addr(), &bob.public(), suite).unwrap();
+    let mut ga = group::create(pa, &alice, suite).unwrap();
+    let out = group::add(pa, &alice, &mut ga, &[kp]).unwrap();
+    group::merge_pending(pa, &mut ga).unwrap();
+    let gb = group::join(pb, &out.welcome.unwrap()).unwrap();
+    (alice, ga, gb)
 }
 
 /// Raw openmls, in memory: alice and bob in one group.
@@ -42,13 +52,7 @@ impl MemoryPair {
     /// Sets up the group.
     pub fn new(suite: Ciphersuite) -> Self {
         let (pa, pb) = (Provider::new().unwrap(), Provider::new().unwrap());
-        let (alice, bob) = (device("alice"), device("bob"));
-        let kp = group::new_key_packages(&pb, &bob, suite, 1, false).unwrap();
-        let mut ga = group::create(&pa, &alice, suite).unwrap();
-        let kp = verified_kp(&pa, &kp.one_time[0], &bob, suite);
-        let out = group::add(&pa, &alice, &mut ga, &[kp]).unwrap();
-        group::merge_pending(&pa, &mut ga).unwrap();
-        let gb = group::join(&pb, &out.welcome.unwrap()).unwrap();
+        let (alice, ga, gb) = two_member_group(&pa, &pb, suite);
         MemoryPair {
             pa,
             pb,
@@ -111,17 +115,11 @@ impl StorePair {
         let ca = store::open(&dir.path().join("a.db"), &[1; 32]).unwrap();
         let cb = store::open(&dir.path().join("b.db"), &[2; 32]).unwrap();
         let crypto = CryptoProvider::new().unwrap();
-        let (alice, bob) = (device("alice"), device("bob"));
-        let (pa, pb) = (
-            StoreProvider::new(&crypto, &ca),
-            StoreProvider::new(&crypto, &cb),
+        let (alice, ga, gb) = two_member_group(
+            &StoreProvider::new(&crypto, &ca),
+            &StoreProvider::new(&crypto, &cb),
+            suite,
         );
-        let kp = group::new_key_packages(&pb, &bob, suite, 1, false).unwrap();
-        let mut ga = group::create(&pa, &alice, suite).unwrap();
-        let kp = verified_kp(&pa, &kp.one_time[0], &bob, suite);
-        let out = group::add(&pa, &alice, &mut ga, &[kp]).unwrap();
-        group::merge_pending(&pa, &mut ga).unwrap();
-        let gb = group::join(&pb, &out.welcome.unwrap()).unwrap();
         let gid = ga.group_id().as_slice().to_vec();
         StorePair {
             _dir: dir,

@@ -457,6 +457,25 @@ async fn each_one_time_key_package_goes_to_exactly_one_claimer() {
     assert_unchanged(&before, &s);
 }
 
+/// Bob uploads KeyPackages, alice claims one through the API and builds two different
+/// commits adding him at epoch 0 of a new group.
+async fn rival_commits_adding(
+    s: &TestServer,
+    alice: &User,
+    bob: &User,
+) -> (MlsGroup, Bytes, Bytes) {
+    upload_key_packages(s, bob, 1, true).await;
+    let (_, claimed) = s
+        .post(
+            "/v1/keypackages/claim",
+            Some(&alice.token),
+            &json!({ "user": "bob" }),
+        )
+        .await;
+    let bob_kp = base64_decode(claimed["key_packages"][0]["key_package"].as_str().unwrap());
+    two_rival_commits(&alice.device, &bob_kp, bob.device.addr())
+}
+
 /// Alice's group with bob's KeyPackage claimed: returns two different commits for epoch 0.
 fn two_rival_commits(
     alice: &DeviceKey,
@@ -485,18 +504,7 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
     let s = start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    upload_key_packages(&s, &bob, 2, true).await;
-    let (_, claimed) = s
-        .post(
-            "/v1/keypackages/claim",
-            Some(&alice.token),
-            &json!({ "user": "bob" }),
-        )
-        .await;
-    let bob_kp = Bytes::from(base64_decode(
-        claimed["key_packages"][0]["key_package"].as_str().unwrap(),
-    ));
-    let (g, first, second) = two_rival_commits(&alice.device, bob_kp.as_slice(), bob.device.addr());
+    let (g, first, second) = rival_commits_adding(&s, &alice, &bob).await;
     let gid = hex_of(g.group_id().as_slice());
     let roster = json!([alice.device.addr(), bob.device.addr()]);
     let send = |message: &Bytes, client_id: &str| {
@@ -735,16 +743,7 @@ async fn retention_purges_undelivered_messages() {
     let s = start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    upload_key_packages(&s, &bob, 1, true).await;
-    let (_, claimed) = s
-        .post(
-            "/v1/keypackages/claim",
-            Some(&alice.token),
-            &json!({ "user": "bob" }),
-        )
-        .await;
-    let bob_kp = base64_decode(claimed["key_packages"][0]["key_package"].as_str().unwrap());
-    let (g, commit, _) = two_rival_commits(&alice.device, &bob_kp, bob.device.addr());
+    let (g, commit, _) = rival_commits_adding(&s, &alice, &bob).await;
     let body = json!({
         "client_id": "4".repeat(32),
         "message": commit,
