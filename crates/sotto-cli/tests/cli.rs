@@ -190,6 +190,39 @@ fn recv_with_timeout_wakes_on_push() {
 }
 
 #[test]
+fn waiting_recv_rides_out_a_server_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("server"), free_addr());
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    ok(
+        &alice,
+        &["init", "--server", &server.url(), "--user", "alice"],
+    );
+    ok(&bob, &["init", "--server", &server.url(), "--user", "bob"]);
+    // Bob starts waiting while the server is down (killed), and keeps waiting through it.
+    server.kill9();
+    let waiting = sotto(&bob, &["recv", "--json", "--timeout", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give bob's first attempt time to meet the dead server (this only sets the scene; no
+    // outcome depends on how long it takes).
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart();
+    ok(&alice, &["send", "bob", "after the crash"]);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["text"], "after the crash");
+}
+
+#[test]
 fn exit_codes_follow_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("server"), free_addr());

@@ -1425,6 +1425,31 @@ impl Client {
         Ok(())
     }
 
+    /// Opens the push WebSocket, signed in with this device's token.
+    async fn connect_push(
+        &self,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        ClientError,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut req = self
+            .api
+            .ws_url()
+            .into_client_request()
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let auth = format!("Bearer {}", self.token().await?)
+            .parse()
+            .map_err(|_| ClientError::Engine("token is not a valid header".into()))?;
+        req.headers_mut().insert("authorization", auth);
+        let (stream, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        Ok(stream)
+    }
+
     /// Syncs and hands new messages to `emit` until `deadline` (forever if `None`), waking on
     /// WebSocket pushes. With `until_first`, returns after the first non-empty batch.
     pub async fn follow(
@@ -1433,12 +1458,22 @@ impl Client {
         until_first: bool,
         mut emit: impl FnMut(&[MessageView]) -> Result<(), ClientError>,
     ) -> Result<SyncReport, ClientError> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
         let mut report = SyncReport::default();
         let mut ws = None;
         loop {
-            let r = self.sync().await?;
-            report.security_failures.extend(r.security_failures);
+            match self.sync().await {
+                Ok(r) => report.security_failures.extend(r.security_failures),
+                // A server restart or a network blip: keep following, try again shortly.
+                Err(ClientError::Unreachable(_)) => {
+                    ws = None;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(report);
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let batch = self.unshown()?;
             if !batch.is_empty() {
                 emit(&batch)?;
@@ -1451,20 +1486,11 @@ impl Client {
                 return Ok(report);
             }
             if ws.is_none() {
-                let mut req = self
-                    .api
-                    .ws_url()
-                    .into_client_request()
-                    .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-                let auth = format!("Bearer {}", self.token().await?)
-                    .parse()
-                    .map_err(|_| ClientError::Engine("bad token".into()))?;
-                req.headers_mut().insert("authorization", auth);
-                match tokio_tungstenite::connect_async(req).await {
-                    Ok((stream, _)) => ws = Some(stream),
-                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-                }
                 // The socket opens with one push event; the loop fetches again on it.
+                ws = self.connect_push().await.ok();
+                if ws.is_none() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
             let far = Instant::now() + Duration::from_secs(3600);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or(far));
