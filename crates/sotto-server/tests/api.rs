@@ -516,6 +516,16 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
         })
     };
     let path = format!("/v1/groups/{gid}/messages");
+    // A recipient device that does not exist: refused, and the new group is not created.
+    let before = s.snapshot();
+    let mut to_ghost = send(&first, &"9".repeat(32));
+    to_ghost["recipients"] = json!([{ "user": "bob", "device": "00000000deadbeef" }]);
+    let (status, b) = s.post(&path, Some(&alice.token), &to_ghost).await;
+    assert_eq!(
+        (status, code(&b)),
+        (StatusCode::NOT_FOUND, "unknown_device")
+    );
+    assert_unchanged(&before, &s);
     let (status, b) = s
         .post(&path, Some(&alice.token), &send(&first, &"1".repeat(32)))
         .await;
