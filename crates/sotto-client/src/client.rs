@@ -696,7 +696,7 @@ impl Client {
                             self.apply_content(m, &sender, content)?;
                         }
                         Received::Commit(staged) => {
-                            self.verify_members(&staged.summary.added)?;
+                            self.verify_members(&staged.summary.proven_devices())?;
                             let summary = group::merge_staged(provider, g, staged)?;
                             let events =
                                 self.describe(&summary.committer, &summary.added, &summary.removed);

@@ -272,8 +272,8 @@ pub enum Received {
         /// What it sent.
         content: Content,
     },
-    /// A commit, staged but not yet merged: check [`CommitSummary::added`] against the
-    /// directory, then [`merge_staged`].
+    /// A commit, staged but not yet merged: check [`CommitSummary::proven_devices`] against
+    /// the directory, then [`merge_staged`].
     Commit(StagedCommitIn),
 }
 
@@ -294,6 +294,9 @@ pub struct CommitSummary {
     pub added: Vec<MemberDevice>,
     /// Devices removed.
     pub removed: Vec<DeviceAddr>,
+    /// The committer's new leaf, if the commit carries an update path: its signature key
+    /// must be proven like an added device's.
+    pub updated: Option<MemberDevice>,
     /// Whether this device is removed.
     pub self_removed: bool,
 }
@@ -332,10 +335,20 @@ pub fn process<P: OpenMlsProvider>(
                     removed.push(member_device(&m.credential, &m.signature_key)?.addr);
                 }
             }
+            let updated = staged
+                .update_path_leaf_node()
+                .map(|leaf| member_device(leaf.credential(), leaf.signature_key().as_slice()))
+                .transpose()?;
+            if updated.as_ref().is_some_and(|u| u.addr != sender) {
+                return Err(CoreError::Security(
+                    "a commit's update path names another device than its sender".into(),
+                ));
+            }
             let summary = CommitSummary {
                 committer: sender,
                 added,
                 removed,
+                updated,
                 self_removed: staged.self_removed(),
             };
             Ok(Received::Commit(StagedCommitIn { staged, summary }))
@@ -345,6 +358,14 @@ pub fn process<P: OpenMlsProvider>(
             "standalone proposals are not used by Sotto".into(),
         )),
         _ => Err(CoreError::State("unexpected message content".into())),
+    }
+}
+
+impl CommitSummary {
+    /// Every device whose signature key this commit introduces into the group: the added
+    /// devices and the committer's updated leaf.
+    pub fn proven_devices(&self) -> Vec<MemberDevice> {
+        self.added.iter().chain(&self.updated).cloned().collect()
     }
 }
 
