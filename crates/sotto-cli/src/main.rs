@@ -20,8 +20,8 @@ use zeroize::Zeroizing;
 #[derive(Debug, Parser)]
 #[command(name = "sotto", version)]
 struct Cli {
-    /// Where this device's encrypted store lives [env: SOTTO_HOME; default: the platform data
-    /// directory].
+    /// Where this device's encrypted store lives [default: the platform data directory,
+    /// e.g. ~/.local/share/sotto]
     #[arg(long, global = true, env = "SOTTO_HOME")]
     home: Option<PathBuf>,
     #[command(subcommand)]
@@ -47,8 +47,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send a message to a user (one-to-one) or to a group: `send USER TEXT` or
-    /// `send --group NAME TEXT`.
+    /// Send a message to a user (one-to-one) or to a group.
+    #[command(override_usage = "sotto send USER TEXT\n       sotto send --group NAME TEXT")]
     Send {
         /// The group to send to (then give only TEXT).
         #[arg(long)]
