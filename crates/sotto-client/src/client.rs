@@ -964,7 +964,6 @@ impl Client {
         &self,
         gid: &GroupId,
         client_id: &str,
-        req: &SendRequest,
         resp: &SendResponse,
     ) -> Result<Vec<String>, ClientError> {
         self.drop_outbox(client_id)?;
@@ -995,7 +994,6 @@ impl Client {
                 true,
             )?;
         }
-        debug_assert!(req.roster.is_some());
         Ok(events)
     }
 
@@ -1045,7 +1043,7 @@ impl Client {
                     }
                 }
                 (_, Ok(resp)) => {
-                    self.tx(|| self.finish_commit(&gid, &client_id, &req, &resp))?;
+                    self.tx(|| self.finish_commit(&gid, &client_id, &resp))?;
                 }
                 (_, Err(_)) => self.abandon_commit(&gid, &client_id)?,
             }
@@ -1143,8 +1141,7 @@ impl Client {
             })?;
             match self.post(gid, &req).await {
                 Ok(resp) => {
-                    let mut events =
-                        self.tx(|| self.finish_commit(gid, &req.client_id, &req, &resp))?;
+                    let mut events = self.tx(|| self.finish_commit(gid, &req.client_id, &resp))?;
                     if !to_add.is_empty() {
                         let name: Option<String> = self.conn.query_row(
                             "SELECT name FROM conversations WHERE group_id = ?1",
