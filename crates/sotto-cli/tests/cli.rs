@@ -101,16 +101,20 @@ fn json_lines(s: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Creates the accounts alice and bob; returns their homes.
+fn alice_and_bob(server: &ServerProcess, dir: &Path) -> (PathBuf, PathBuf) {
+    let homes = (dir.join("alice"), dir.join("bob"));
+    for (home, name) in [(&homes.0, "alice"), (&homes.1, "bob")] {
+        ok(home, &["init", "--server", &server.url(), "--user", name]);
+    }
+    homes
+}
+
 #[test]
 fn messages_survive_a_killed_server_and_show_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&dir.path().join("server"), free_addr());
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    ok(
-        &alice,
-        &["init", "--server", &server.url(), "--user", "alice"],
-    );
-    ok(&bob, &["init", "--server", &server.url(), "--user", "bob"]);
+    let (alice, bob) = alice_and_bob(&server, dir.path());
 
     for i in 1..=3 {
         ok(&alice, &["send", "bob", &format!("message {i}")]);
@@ -170,12 +174,7 @@ fn messages_survive_a_killed_server_and_show_once() {
 fn recv_with_timeout_wakes_on_push() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("server"), free_addr());
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    ok(
-        &alice,
-        &["init", "--server", &server.url(), "--user", "alice"],
-    );
-    ok(&bob, &["init", "--server", &server.url(), "--user", "bob"]);
+    let (alice, bob) = alice_and_bob(&server, dir.path());
     // Bob waits (up to a generous bound) for the first message; the WebSocket push wakes him.
     let waiting = sotto(&bob, &["recv", "--json", "--timeout", "120"])
         .stdout(Stdio::piped())
@@ -193,12 +192,7 @@ fn recv_with_timeout_wakes_on_push() {
 fn waiting_recv_rides_out_a_server_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&dir.path().join("server"), free_addr());
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    ok(
-        &alice,
-        &["init", "--server", &server.url(), "--user", "alice"],
-    );
-    ok(&bob, &["init", "--server", &server.url(), "--user", "bob"]);
+    let (alice, bob) = alice_and_bob(&server, dir.path());
     // Bob starts waiting while the server is down (killed), and keeps waiting through it.
     server.kill9();
     let waiting = sotto(&bob, &["recv", "--json", "--timeout", "120"])

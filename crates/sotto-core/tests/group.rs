@@ -4,7 +4,7 @@
     reason = "test code: a failed unwrap is a failed test"
 )]
 
-use openmls::prelude::{CredentialWithKey, LeafNodeParameters, NewSignerBundle};
+use openmls::prelude::{CredentialWithKey, LeafNodeParameters, MlsGroup, NewSignerBundle};
 use openmls_libcrux_crypto::Provider;
 use sotto_core::group::{self, Received};
 use sotto_core::suite::{XWING, ciphersuite};
@@ -39,6 +39,22 @@ fn key_package(of: &Member, checker: &Member) -> openmls::prelude::KeyPackage {
         suite,
     )
     .unwrap()
+}
+
+/// Alice creates a group and adds bob; returns both views of it.
+fn alice_adds_bob(alice: &Member, bob: &Member) -> (MlsGroup, MlsGroup) {
+    let suite = ciphersuite(XWING).unwrap();
+    let mut ga = group::create(&alice.provider, &alice.key, suite).unwrap();
+    let out = group::add(
+        &alice.provider,
+        &alice.key,
+        &mut ga,
+        &[key_package(bob, alice)],
+    )
+    .unwrap();
+    group::merge_pending(&alice.provider, &mut ga).unwrap();
+    let gb = group::join(&bob.provider, &out.welcome.unwrap()).unwrap();
+    (ga, gb)
 }
 
 #[test]
@@ -99,23 +115,13 @@ fn key_packages_must_match_the_device_list() {
 
 #[test]
 fn a_losing_commit_is_discarded_and_redone_after_the_winner() {
-    let suite = ciphersuite(XWING).unwrap();
     let (alice, bob, carol, dave) = (
         member("alice"),
         member("bob"),
         member("carol"),
         member("dave"),
     );
-    let mut ga = group::create(&alice.provider, &alice.key, suite).unwrap();
-    let out = group::add(
-        &alice.provider,
-        &alice.key,
-        &mut ga,
-        &[key_package(&bob, &alice)],
-    )
-    .unwrap();
-    group::merge_pending(&alice.provider, &mut ga).unwrap();
-    let mut gb = group::join(&bob.provider, &out.welcome.unwrap()).unwrap();
+    let (mut ga, mut gb) = alice_adds_bob(&alice, &bob);
 
     // Both commit at epoch 1; the server takes alice's.
     let winner = group::add(
@@ -161,18 +167,8 @@ fn a_losing_commit_is_discarded_and_redone_after_the_winner() {
 
 #[test]
 fn a_rotated_signature_key_is_surfaced_for_the_directory_check() {
-    let suite = ciphersuite(XWING).unwrap();
     let (alice, bob) = (member("alice"), member("bob"));
-    let mut ga = group::create(&alice.provider, &alice.key, suite).unwrap();
-    let out = group::add(
-        &alice.provider,
-        &alice.key,
-        &mut ga,
-        &[key_package(&bob, &alice)],
-    )
-    .unwrap();
-    group::merge_pending(&alice.provider, &mut ga).unwrap();
-    let mut gb = group::join(&bob.provider, &out.welcome.unwrap()).unwrap();
+    let (mut ga, mut gb) = alice_adds_bob(&alice, &bob);
 
     // Bob's device swaps in a signature key that is not in his signed device list.
     let rogue = DeviceKey::from_secret(bob.key.addr().clone(), &[42; 32]).unwrap();
