@@ -110,7 +110,6 @@ pub fn open(path: &Path, data_key: &[u8; 32]) -> Result<Connection, ClientError>
     // Every dirty page is encrypted and authenticated whole; a message dirties about five,
     // so 2 KiB pages cost ~12% less per message than 4 KiB (docs/benchmarks.md).
     conn.pragma_update(None, "cipher_page_size", 2048)?;
-    conn.pragma_update(None, "cipher_hmac_algorithm", "HMAC_SHA512")?;
     // The first read fails if the key is wrong or the file is not a store.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
