@@ -13,6 +13,17 @@ use sotto_proto::api::{
 use sotto_proto::{ErrorBody, ErrorCode, GroupId, Username};
 use std::time::Duration;
 
+/// Whether a request may be sent a second time after a transport failure.
+#[derive(Debug, Clone, Copy)]
+enum Repeat {
+    /// Repeating changes nothing: reads, and writes the server deduplicates (a send carries
+    /// an idempotency key; a second claim costs at most one KeyPackage).
+    Safe,
+    /// A repeat could do harm or mislead: registering twice would report the name as taken
+    /// although the first attempt created it.
+    Never,
+}
+
 /// A connection to one Sotto server.
 #[derive(Clone)]
 pub struct Api {
@@ -69,6 +80,7 @@ impl Api {
         path: &str,
         token: Option<&str>,
         body: Option<&B>,
+        repeat: Repeat,
     ) -> Result<Option<T>, ClientError> {
         let send = || {
             let mut req = self
@@ -82,15 +94,13 @@ impl Api {
             }
             req.send()
         };
-        // A pooled connection may have died with a server restart: try once more. Every
-        // request but registration and token exchange is safe to repeat (sends carry an
-        // idempotency key), and those two fail cleanly if repeated.
-        let resp = match send().await {
-            Ok(r) => r,
-            Err(_) => send()
-                .await
-                .map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.base)))?,
-        };
+        // A pooled connection may have died with a server restart: a request that is safe to
+        // repeat gets a second try.
+        let resp = match (send().await, repeat) {
+            (Err(_), Repeat::Safe) => send().await,
+            (first, _) => first,
+        }
+        .map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.base)))?;
         let status = resp.status();
         if status.is_success() {
             if status == reqwest::StatusCode::NO_CONTENT {
@@ -116,21 +126,22 @@ impl Api {
         path: &str,
         token: Option<&str>,
         body: Option<&B>,
+        repeat: Repeat,
     ) -> Result<T, ClientError> {
-        self.call(method, path, token, body)
+        self.call(method, path, token, body, repeat)
             .await?
             .ok_or_else(|| ClientError::Unreachable("empty response from server".into()))
     }
 
     /// `GET /v1/config`.
     pub async fn config(&self) -> Result<ServerConfig, ClientError> {
-        self.json::<(), _>(Method::GET, "/v1/config", None, None)
+        self.json::<(), _>(Method::GET, "/v1/config", None, None, Repeat::Safe)
             .await
     }
 
     /// `POST /v1/accounts`.
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.json(Method::POST, "/v1/accounts", None, Some(req))
+        self.json(Method::POST, "/v1/accounts", None, Some(req), Repeat::Never)
             .await
     }
 
@@ -139,20 +150,38 @@ impl Api {
         &self,
         req: &ChallengeRequest,
     ) -> Result<ChallengeResponse, ClientError> {
-        self.json(Method::POST, "/v1/auth/challenge", None, Some(req))
-            .await
+        self.json(
+            Method::POST,
+            "/v1/auth/challenge",
+            None,
+            Some(req),
+            Repeat::Safe,
+        )
+        .await
     }
 
     /// `POST /v1/auth/token`.
     pub async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError> {
-        self.json(Method::POST, "/v1/auth/token", None, Some(req))
-            .await
+        self.json(
+            Method::POST,
+            "/v1/auth/token",
+            None,
+            Some(req),
+            Repeat::Never,
+        )
+        .await
     }
 
     /// `GET /v1/users/{user}`.
     pub async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError> {
-        self.json::<(), _>(Method::GET, &format!("/v1/users/{user}"), Some(token), None)
-            .await
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/users/{user}"),
+            Some(token),
+            None,
+            Repeat::Safe,
+        )
+        .await
     }
 
     /// `POST /v1/keypackages`.
@@ -161,14 +190,26 @@ impl Api {
         token: &str,
         req: &UploadKeyPackagesRequest,
     ) -> Result<KeyPackageCount, ClientError> {
-        self.json(Method::POST, "/v1/keypackages", Some(token), Some(req))
-            .await
+        self.json(
+            Method::POST,
+            "/v1/keypackages",
+            Some(token),
+            Some(req),
+            Repeat::Safe,
+        )
+        .await
     }
 
     /// `GET /v1/keypackages/count`.
     pub async fn key_package_count(&self, token: &str) -> Result<KeyPackageCount, ClientError> {
-        self.json::<(), _>(Method::GET, "/v1/keypackages/count", Some(token), None)
-            .await
+        self.json::<(), _>(
+            Method::GET,
+            "/v1/keypackages/count",
+            Some(token),
+            None,
+            Repeat::Safe,
+        )
+        .await
     }
 
     /// `POST /v1/keypackages/claim`.
@@ -179,6 +220,7 @@ impl Api {
             "/v1/keypackages/claim",
             Some(token),
             Some(&req),
+            Repeat::Safe,
         )
         .await
     }
@@ -195,6 +237,7 @@ impl Api {
             &format!("/v1/groups/{group}/messages"),
             Some(token),
             Some(req),
+            Repeat::Safe,
         )
         .await
     }
@@ -206,6 +249,7 @@ impl Api {
             &format!("/v1/queue?limit={limit}"),
             Some(token),
             None,
+            Repeat::Safe,
         )
         .await
     }
@@ -217,6 +261,7 @@ impl Api {
             "/v1/queue/ack",
             Some(token),
             Some(&AckRequest { ids }),
+            Repeat::Safe,
         )
         .await
         .map(|_| ())
