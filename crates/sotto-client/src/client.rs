@@ -200,7 +200,7 @@ pub struct Client {
 impl Drop for Client {
     fn drop(&mut self) {
         // Best effort: anything left is replayed from the outbox on the next sync.
-        let _ = self.tx(|| Ok(()));
+        let _ = self.finish_accepted();
     }
 }
 
@@ -332,6 +332,14 @@ impl Client {
 
     fn me(&self) -> &DeviceAddr {
         self.device.addr()
+    }
+
+    /// Records the sends the server accepted since the last transaction, if there are any.
+    fn finish_accepted(&self) -> Result<(), ClientError> {
+        if self.accepted.borrow().is_empty() {
+            return Ok(());
+        }
+        self.tx(|| Ok(()))
     }
 
     /// Runs `f` in one transaction, after the bookkeeping of accepted sends. If it rolls
@@ -1001,7 +1009,7 @@ impl Client {
     /// key, so the server stores it at most once.
     async fn flush_outbox(&self) -> Result<(), ClientError> {
         // Bookkeeping of sends already accepted first: they need no replay.
-        self.tx(|| Ok(()))?;
+        self.finish_accepted()?;
         let entries: Vec<OutboxEntry> = {
             let mut stmt = self.conn.prepare(
                 "SELECT client_id, group_id, kind, request, content FROM outbox ORDER BY created_at, rowid",
@@ -1059,8 +1067,11 @@ impl Client {
         add: &[Username],
         remove: &[Username],
     ) -> Result<Vec<String>, ClientError> {
-        for _ in 0..MAX_ATTEMPTS {
-            self.pull().await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            // Callers sync first; a retry must first process the commit that won the race.
+            if attempt > 0 {
+                self.pull().await?;
+            }
             let members = self.tx(|| self.with_active_group(gid, |_, g| Ok(group::members(g)?)))?;
             let is_member = |u: &Username| members.iter().any(|m| &m.addr.user == u);
             let to_add: Vec<&Username> = add.iter().filter(|u| !is_member(u)).collect();
