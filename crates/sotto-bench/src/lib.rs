@@ -13,7 +13,7 @@ use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, params};
 use sotto_client::store::{self, StoreProvider};
 use sotto_core::group::{self, Received};
-use sotto_core::{Content, DeviceKey};
+use sotto_core::{Content, DeviceKey, Envelope};
 use sotto_proto::{DeviceAddr, Username};
 
 /// A device key for `name`.
@@ -33,7 +33,7 @@ fn two_member_group<A: OpenMlsProvider, B: OpenMlsProvider>(
     let kp =
         group::verify_key_package(pa, &kp.one_time[0], bob.addr(), &bob.public(), suite).unwrap();
     let mut ga = group::create(pa, &alice, suite).unwrap();
-    let out = group::add(pa, &alice, &mut ga, &[kp]).unwrap();
+    let out = group::add(pa, &alice, &mut ga, &[kp], 0).unwrap();
     group::merge_pending(pa, &mut ga).unwrap();
     let gb = group::join(pb, &out.welcome.unwrap()).unwrap();
     (alice, ga, gb)
@@ -70,8 +70,11 @@ impl MemoryPair {
 
     /// Alice encrypts `text`.
     pub fn send(&mut self, text: &str) -> Vec<u8> {
-        let content = Content::Text { body: text.into() };
-        group::encrypt(&self.pa, &self.alice, &mut self.ga, &content).unwrap()
+        let envelope = Envelope {
+            sent_at: 0,
+            content: Content::Text { body: text.into() },
+        };
+        group::encrypt(&self.pa, &self.alice, &mut self.ga, &envelope).unwrap()
     }
 
     /// Bob decrypts `wires`.
@@ -143,7 +146,10 @@ impl StorePair {
 
     /// Alice encrypts `text` and writes her outbox, as the client does before posting.
     pub fn send(&mut self, text: &str) -> (i64, Vec<u8>) {
-        let content = Content::Text { body: text.into() };
+        let envelope = Envelope {
+            sent_at: 0,
+            content: Content::Text { body: text.into() },
+        };
         let id = self.next_id;
         self.next_id += 1;
         let sender = self.alice.addr().clone();
@@ -157,7 +163,7 @@ impl StorePair {
                 insert_message(&self.ca, prev, &self.gid, &sender, &body)?;
             }
             let p = StoreProvider::new(&self.crypto, &self.ca);
-            let wire = group::encrypt(&p, &self.alice, &mut self.ga, &content)?;
+            let wire = group::encrypt(&p, &self.alice, &mut self.ga, &envelope)?;
             self.ca.execute(
                 "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at)
                  VALUES (?1, ?2, 'app', ?3, ?4, 0)",
@@ -165,7 +171,7 @@ impl StorePair {
                     id.to_string(),
                     self.gid,
                     wire,
-                    serde_json::to_string(&content).unwrap()
+                    serde_json::to_string(&envelope.content).unwrap()
                 ],
             )?;
             Ok(wire)
@@ -189,11 +195,12 @@ impl StorePair {
                 assert_eq!(seen, 0);
                 self.cb.execute_batch("SAVEPOINT apply")?;
                 let p = StoreProvider::new(&self.crypto, &self.cb);
-                let Received::Content { sender, content } = group::process(&p, &mut self.gb, wire)?
+                let Received::Content { sender, envelope } =
+                    group::process(&p, &mut self.gb, wire)?
                 else {
                     panic!("expected content")
                 };
-                let Content::Text { body } = content else {
+                let Content::Text { body } = envelope.content else {
                     panic!("expected text")
                 };
                 insert_message(&self.cb, *id, &self.gid, &sender, &body)?;
@@ -215,8 +222,8 @@ fn insert_message(
     body: &str,
 ) -> Result<(), sotto_client::ClientError> {
     conn.execute(
-        "INSERT INTO messages (id, group_id, sender_user, sender_device, sent_at, kind, body, outgoing)
-         VALUES (?1, ?2, ?3, ?4, 0, 'text', ?5, 0)",
+        "INSERT INTO messages (id, group_id, sender_user, sender_device, sent_at, received_at,
+         kind, body, outgoing) VALUES (?1, ?2, ?3, ?4, 0, 0, 'text', ?5, 0)",
         params![
             id.to_string(),
             gid,

@@ -8,7 +8,9 @@
 mod server;
 
 use clap::{Parser, Subcommand};
-use sotto_client::{Client, ClientError, KdfParams, MessageView};
+use sotto_client::{
+    Client, ClientError, FollowStatus, InitOptions, KdfParams, MessageKind, MessageView,
+};
 use sotto_proto::ErrorCode;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,10 @@ enum Command {
         /// Username: 3-32 of a-z 0-9 _ . -, starting with a letter.
         #[arg(long)]
         user: String,
+        /// Allow plain http:// to a server that is not on this machine. For test networks
+        /// only: everything, sign-in included, then crosses the network without TLS.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Show this device's account, device id, server and identity key.
     Whoami {
@@ -198,9 +204,17 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let home = cli.home.unwrap_or_else(default_home);
     match cli.command {
         Command::Server(args) => server::run(args).await,
-        Command::Init { server, user } => {
+        Command::Init {
+            server,
+            user,
+            insecure_http,
+        } => {
             let pass = passcode(true)?;
-            let client = Client::init(&home, &server, &user, &pass, KdfParams::from_env()).await?;
+            let options = InitOptions {
+                kdf: KdfParams::from_env(),
+                insecure_http,
+            };
+            let client = Client::init(&home, &server, &user, &pass, options).await?;
             let me = client.whoami();
             println!(
                 "created account {} (device {}) on {}",
@@ -209,8 +223,48 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             println!("identity key: {}", me.identity_key);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Recv {
+            json,
+            follow,
+            timeout,
+        } => {
+            let client = open(&home)?;
+            recv(&client, json, follow, timeout).await
+        }
+        command => {
+            let client = open(&home)?;
+            let result = client_command(&client, command).await;
+            report_security(&client, result)
+        }
+    }
+}
+
+/// Ends a command other than `recv`: security events `recv` has not shown yet are printed,
+/// and make the exit code 3, until `recv` shows them.
+fn report_security(
+    client: &Client,
+    result: Result<ExitCode, ClientError>,
+) -> Result<ExitCode, ClientError> {
+    let unseen = client.unseen_security_events()?;
+    for event in &unseen {
+        eprintln!("security: {}", event.text);
+    }
+    if unseen.is_empty() {
+        return result;
+    }
+    match result {
+        // A security failure that ended the command is among the events just printed.
+        Err(ClientError::Security(_)) | Ok(_) => {}
+        Err(e) => eprintln!("error: {e}"),
+    }
+    eprintln!("run `sotto recv` to see these security events in their conversations");
+    Ok(ExitCode::from(3))
+}
+
+async fn client_command(client: &Client, command: Command) -> Result<ExitCode, ClientError> {
+    match command {
         Command::Whoami { json } => {
-            let me = open(&home)?.whoami();
+            let me = client.whoami();
             if json {
                 println!("{}", to_json(&me));
             } else {
@@ -223,7 +277,6 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { group, args } => {
-            let client = open(&home)?;
             let sent = match (group.as_deref(), args.as_slice()) {
                 (Some(g), [text]) => client.send_group_text(g, text).await?,
                 (None, [user, text]) => client.send_text(user, text).await?,
@@ -237,39 +290,55 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             eprintln!("sent (message {})", sent.id);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Recv {
-            json,
-            follow,
-            timeout,
-        } => {
-            let client = open(&home)?;
-            let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-            let report = if follow || timeout.is_some() {
-                client
-                    .follow(deadline, !follow, |batch| print_messages(batch, json))
-                    .await?
-            } else {
-                let report = client.sync().await?;
-                let batch = client.unshown()?;
-                print_messages(&batch, json)?;
-                client.mark_shown(&batch)?;
-                report
-            };
-            if report.security_failures.is_empty() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                for f in &report.security_failures {
-                    eprintln!("security: {f}");
-                }
-                Ok(ExitCode::from(3))
-            }
-        }
-        Command::Group(cmd) => group(&home, cmd).await,
+        Command::Group(cmd) => group(client, cmd).await,
+        Command::Server(_) | Command::Init { .. } | Command::Recv { .. } => Err(
+            ClientError::Usage("this command does not run on an account".into()),
+        ),
     }
 }
 
-async fn group(home: &Path, cmd: GroupCommand) -> Result<ExitCode, ClientError> {
-    let client = open(home)?;
+/// `recv`: prints what is new, security events included; exits 3 if it showed any.
+async fn recv(
+    client: &Client,
+    json: bool,
+    follow: bool,
+    timeout: Option<u64>,
+) -> Result<ExitCode, ClientError> {
+    let mut saw_security = false;
+    let mut print = |batch: &[MessageView]| {
+        saw_security |= batch.iter().any(|m| m.kind == MessageKind::Security);
+        print_messages(batch, json)
+    };
+    if follow || timeout.is_some() {
+        let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+        let server = client.whoami().server;
+        let status = |s: &FollowStatus| match s {
+            FollowStatus::Listening => {
+                eprintln!("waiting for new messages (connected to {server})");
+            }
+            FollowStatus::Polling => {
+                eprintln!("no push connection; checking for new messages every few seconds");
+            }
+            FollowStatus::Unreachable(e) => {
+                eprintln!("cannot reach the server ({e}); trying again every few seconds");
+            }
+            _ => {}
+        };
+        client.follow(deadline, !follow, &mut print, status).await?;
+    } else {
+        client.sync().await?;
+        let batch = client.unshown()?;
+        print(&batch)?;
+        client.mark_shown(&batch)?;
+    }
+    Ok(if saw_security {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn group(client: &Client, cmd: GroupCommand) -> Result<ExitCode, ClientError> {
     let events = match cmd {
         GroupCommand::Create { name, members } => {
             let ev = client.create_group(&name, &members).await?;
@@ -322,10 +391,12 @@ fn print_messages(batch: &[MessageView], json: bool) -> Result<(), ClientError> 
                 (Some(g), _) => format!("#{g} "),
                 _ => String::new(),
             };
-            let body = if m.kind == "event" {
-                format!("* {}", m.text)
-            } else {
-                format!("{}: {}", m.from, m.text)
+            let body = match m.kind {
+                MessageKind::Text => {
+                    format!("{}: {}", m.from.as_deref().unwrap_or("?"), m.text)
+                }
+                MessageKind::Security => format!("SECURITY: {}", m.text),
+                _ => format!("* {}", m.text),
             };
             format!("[{}] {place}{body}", utc(m.sent_at))
         };

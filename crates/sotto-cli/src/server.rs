@@ -2,9 +2,10 @@
 
 use clap::Args;
 use sotto_client::ClientError;
+use sotto_server::limits::Limits;
 use sotto_server::storage::sqlite::SqliteStorage;
 use sotto_server::{AppState, Config, SUPPORTED_SUITES};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,6 +28,14 @@ pub struct ServerArgs {
     /// Serve plain HTTP on a non-loopback address, because a TLS-terminating proxy is in front.
     #[arg(long)]
     behind_tls_proxy: bool,
+    /// A reverse proxy whose X-Forwarded-For header names the client (repeatable). From
+    /// anyone else the header is ignored.
+    #[arg(long, value_name = "ADDR")]
+    trusted_proxy: Vec<IpAddr>,
+    /// Change a rate limit or quota, e.g. `--limit claim_per_target=20/1m` (repeatable; the
+    /// limits and their defaults are listed in docs/design.md).
+    #[arg(long, value_name = "NAME=VALUE")]
+    limit: Vec<String>,
     /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -96,15 +105,22 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
             args.listen
         )));
     }
+    let mut limits = Limits::default();
+    for setting in &args.limit {
+        limits.set(setting).map_err(ClientError::Usage)?;
+    }
     let storage = SqliteStorage::open(&args.data)
         .map_err(|e| ClientError::Store(format!("{}: {e}", args.data.display())))?;
     let state = AppState::new(
         Arc::new(storage),
         Config {
             ciphersuite: args.ciphersuite,
+            limits,
+            trusted_proxies: args.trusted_proxy,
             ..Config::default()
         },
-    );
+    )
+    .map_err(|e| ClientError::Store(format!("{}: {e}", args.data.display())))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| ClientError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;

@@ -6,45 +6,95 @@
 )]
 
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const SOTTO: &str = env!("CARGO_BIN_EXE_sotto");
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A bound on waits that only a broken program reaches; never a measurement.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The lines a child writes to one of its streams, read on a thread as they come.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    fn of(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let all = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                all.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx, seen }
+    }
+
+    /// Waits for the first line containing `needle`, and returns it.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            match self.rx.recv_timeout(PATIENCE) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line containing {needle:?} ({e}); saw {:?}", self.all()),
+            }
+        }
+    }
+
+    /// Every line so far.
+    fn all(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 struct ServerProcess {
     child: Child,
     addr: SocketAddr,
     data: PathBuf,
+    log: Lines,
 }
 
 impl ServerProcess {
-    fn start(data: &Path, addr: SocketAddr) -> ServerProcess {
-        let child = Command::new(SOTTO)
-            .args(["server", "--listen", &addr.to_string(), "--data"])
+    /// Starts `sotto server` on a port the system picks, and reads the port from its
+    /// `listening on` line.
+    fn start(data: &Path) -> ServerProcess {
+        Self::start_on(data, "127.0.0.1:0")
+    }
+
+    fn start_on(data: &Path, listen: &str) -> ServerProcess {
+        let mut child = Command::new(SOTTO)
+            .args(["server", "--listen", listen, "--data"])
             .arg(data)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Wait until it accepts connections (bounded; not a timing assertion).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = Lines::of(child.stderr.take().unwrap());
+        let line = log.wait_for("sotto server listening on http://");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
         ServerProcess {
             child,
             addr,
             data: data.to_owned(),
+            log,
         }
     }
 
@@ -58,8 +108,9 @@ impl ServerProcess {
         self.child.wait().unwrap();
     }
 
+    /// Starts it again on the same address: clients know the server by its URL.
     fn restart(&mut self) {
-        *self = ServerProcess::start(&self.data.clone(), self.addr);
+        *self = ServerProcess::start_on(&self.data.clone(), &self.addr.to_string());
     }
 }
 
@@ -113,7 +164,7 @@ fn alice_and_bob(server: &ServerProcess, dir: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn messages_survive_a_killed_server_and_show_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(&dir.path().join("server"), free_addr());
+    let mut server = ServerProcess::start(&dir.path().join("server"));
     let (alice, bob) = alice_and_bob(&server, dir.path());
 
     for i in 1..=3 {
@@ -143,12 +194,14 @@ fn messages_survive_a_killed_server_and_show_once() {
             "from",
             "device",
             "sent_at",
+            "received_at",
             "kind",
             "text",
         ] {
             assert!(!m[field].is_null(), "{field} missing in {m}");
         }
         assert_eq!(m["from"], "alice");
+        assert_eq!(m["sender_verified"], true);
     }
     assert!(got[0].get("group").is_none(), "a 1:1 message has no group");
     assert_eq!(got[0]["kind"], "text");
@@ -170,47 +223,47 @@ fn messages_survive_a_killed_server_and_show_once() {
     assert_eq!(who["ciphersuite"], 0x004D);
 }
 
-#[test]
-fn recv_with_timeout_wakes_on_push() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&dir.path().join("server"), free_addr());
-    let (alice, bob) = alice_and_bob(&server, dir.path());
-    // Bob waits (up to a generous bound) for the first message; the WebSocket push wakes him.
-    let waiting = sotto(&bob, &["recv", "--json", "--timeout", "120"])
+/// Starts `sotto recv` with the given arguments, reading its output and status lines.
+fn waiting_recv(home: &Path, args: &[&str]) -> (Child, Lines) {
+    let mut child = sotto(home, args)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let status = Lines::of(child.stderr.take().unwrap());
+    (child, status)
+}
+
+#[test]
+fn a_waiting_recv_is_woken_by_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"));
+    let (alice, bob) = alice_and_bob(&server, dir.path());
+    let (waiting, status) = waiting_recv(&bob, &["recv", "--json", "--timeout", "120"]);
+    // Bob is subscribed and has found nothing: from here only a push can wake him before
+    // his timeout (he does not poll while his socket is up).
+    status.wait_for("waiting for new messages");
     ok(&alice, &["send", "bob", "are you there?"]);
     let out = waiting.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{:?}", status.all());
     let got = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["text"], "are you there?");
 }
 
 #[test]
-fn waiting_recv_rides_out_a_server_crash() {
+fn a_waiting_recv_rides_out_a_server_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(&dir.path().join("server"), free_addr());
+    let mut server = ServerProcess::start(&dir.path().join("server"));
     let (alice, bob) = alice_and_bob(&server, dir.path());
     // Bob starts waiting while the server is down (killed), and keeps waiting through it.
     server.kill9();
-    let waiting = sotto(&bob, &["recv", "--json", "--timeout", "120"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Give bob's first attempt time to meet the dead server (this only sets the scene; no
-    // outcome depends on how long it takes).
-    std::thread::sleep(Duration::from_millis(500));
+    let (waiting, status) = waiting_recv(&bob, &["recv", "--json", "--timeout", "120"]);
+    status.wait_for("cannot reach the server");
     server.restart();
     ok(&alice, &["send", "bob", "after the crash"]);
     let out = waiting.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{:?}", status.all());
     let got = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["text"], "after the crash");
@@ -219,7 +272,7 @@ fn waiting_recv_rides_out_a_server_crash() {
 #[test]
 fn exit_codes_follow_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&dir.path().join("server"), free_addr());
+    let server = ServerProcess::start(&dir.path().join("server"));
     let alice = dir.path().join("alice");
     ok(
         &alice,
@@ -246,28 +299,203 @@ fn exit_codes_follow_the_contract() {
         )),
         1
     );
+    let short = sotto(
+        &other,
+        &["init", "--server", &server.url(), "--user", "carol"],
+    )
+    .env("SOTTO_PASSCODE", "12345")
+    .output()
+    .unwrap();
+    assert_eq!(code(short), 1);
     assert_eq!(code(run(&alice, &["server", "--listen", "0.0.0.0:0"])), 1);
     assert_eq!(
         code(run(&alice, &["server", "--database", "postgres://x"])),
         1
     );
-    // 2: server unreachable.
-    let closed = format!("http://{}", free_addr());
+    assert_eq!(code(run(&alice, &["server", "--limit", "nope=1"])), 1);
+    // A home with no account in it is a user error, not a lock.
+    assert_eq!(code(run(&dir.path().join("nobody-here"), &["whoami"])), 1);
+    // 2: server unreachable (nothing listens on the reserved port 1).
     assert_eq!(
         code(run(
             &other,
-            &["init", "--server", &closed, "--user", "carol"]
+            &["init", "--server", "http://127.0.0.1:1", "--user", "carol"]
         )),
         2
     );
-    // 4: locked or wrong passcode; no account at all.
+    // 4: locked or wrong passcode.
     let wrong = sotto(&alice, &["whoami"])
-        .env("SOTTO_PASSCODE", "wrong")
+        .env("SOTTO_PASSCODE", "wrong passcode")
         .output()
         .unwrap();
     assert_eq!(code(wrong), 4);
-    assert_eq!(code(run(&dir.path().join("nobody-here"), &["whoami"])), 4);
     // 0, and the failed attempts above left no half-made account behind.
     assert_eq!(code(run(&alice, &["whoami"])), 0);
-    assert!(!other.join("keyfile.json").exists());
+    assert!(!other.exists(), "a failed init left {other:?} behind");
+}
+
+/// The operator rewrites `user`'s signed device list in the server's database (renaming its
+/// device), so that it no longer verifies under the user's identity key.
+fn forge_device_list(server: &ServerProcess, user: &str) {
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
+    let body: Vec<u8> = db
+        .query_row(
+            "SELECT device_list_body FROM accounts WHERE user = ?1",
+            [user],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let forged = String::from_utf8(body)
+        .unwrap()
+        .replace("\"cli\"", "\"evil\"");
+    assert!(forged.contains("evil"));
+    db.execute(
+        "UPDATE accounts SET device_list_body = ?1 WHERE user = ?2",
+        rusqlite::params![forged.as_bytes(), user],
+    )
+    .unwrap();
+}
+
+#[test]
+fn security_events_are_kept_and_exit_3_until_recv_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"));
+    let (alice, bob) = alice_and_bob(&server, dir.path());
+    let carol = dir.path().join("carol");
+    ok(
+        &carol,
+        &["init", "--server", &server.url(), "--user", "carol"],
+    );
+    ok(&alice, &["group", "create", "team", "--members", "bob"]);
+    ok(&bob, &["recv"]);
+    ok(&alice, &["group", "add", "team", "carol"]);
+    // Before bob sees that commit, the server swaps carol's device list for a forged one.
+    forge_device_list(&server, "carol");
+
+    // Bob's send syncs first, meets the commit, refuses it, and still sends: exit 3.
+    let out = run(&bob, &["send", "alice", "still here"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("security:"), "{stderr}");
+    assert!(
+        stderr.contains("the device list of carol does not verify"),
+        "{stderr}"
+    );
+    let got = json_lines(&ok(&alice, &["recv", "--json"]));
+    assert_eq!(got.last().unwrap()["text"], "still here");
+
+    // Every command reports it until recv has shown it, with its full reason.
+    assert_eq!(run(&bob, &["whoami"]).status.code(), Some(3));
+    let out = run(&bob, &["recv", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let shown = json_lines(&String::from_utf8(out.stdout).unwrap());
+    let security: Vec<&Value> = shown.iter().filter(|m| m["kind"] == "security").collect();
+    assert_eq!(security.len(), 1, "{shown:?}");
+    assert!(
+        security[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("the device list of carol does not verify"),
+        "{shown:?}"
+    );
+    assert_eq!(security[0]["sender_verified"], false);
+    assert_eq!(run(&bob, &["whoami"]).status.code(), Some(0));
+
+    // A security failure that stops a command is kept too.
+    let out = run(&bob, &["send", "carol", "hi"]);
+    assert_eq!(out.status.code(), Some(3));
+    let shown = json_lines(&String::from_utf8(run(&bob, &["recv", "--json"]).stdout).unwrap());
+    assert!(
+        shown
+            .iter()
+            .any(|m| m["kind"] == "security" && m["text"].as_str().unwrap().contains("carol")),
+        "{shown:?}"
+    );
+}
+
+/// Runs `sotto ARGS` in an empty network namespace, where nothing can leave the machine (or
+/// reach anything at all). `None` if this machine cannot make one.
+fn without_network(home: &Path, args: &[&str]) -> Option<Output> {
+    let probe = Command::new("unshare").args(["-rn", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: `unshare -rn` cannot make a network namespace on this machine");
+        return None;
+    }
+    let out = Command::new("unshare")
+        .args(["-rn", SOTTO, "--home"])
+        .arg(home)
+        .args(args)
+        .env("SOTTO_PASSCODE", "correct horse")
+        .env("SOTTO_INSECURE_TEST_KDF", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Some(out)
+}
+
+#[test]
+fn init_refuses_plain_http_to_a_host_that_is_not_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("alice");
+    let remote = [
+        "init",
+        "--server",
+        "http://10.20.30.40:8787",
+        "--user",
+        "alice",
+    ];
+    let Some(out) = without_network(&home, &remote) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing plain http://"), "{stderr}");
+    assert!(!home.exists());
+    // https:// is tried (and cannot connect here); so is http:// with the explicit override.
+    let tls = ["init", "--server", "https://10.20.30.40", "--user", "alice"];
+    let out = without_network(&home, &tls).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut insecure = remote.to_vec();
+    insecure.push("--insecure-http");
+    let out = without_network(&home, &insecure).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!home.exists());
+}
+
+#[test]
+fn server_logs_name_routes_not_users_or_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("server"));
+    let (alice, bob) = alice_and_bob(&server, dir.path());
+    ok(&alice, &["group", "create", "crew", "--members", "bob"]);
+    ok(&alice, &["send", "--group", "crew", "hi"]);
+    let got = json_lines(&ok(&bob, &["recv", "--json"]));
+    let group = got[0]["conversation"].as_str().unwrap().to_owned();
+    server.kill9();
+    // The start-up lines name the data directory, whose temporary name is random.
+    let log: Vec<String> = server.log.all();
+    let log = log
+        .iter()
+        .filter(|l| !l.contains("listening"))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(log.contains(r#"route="/v1/users/{user}""#), "{log}");
+    assert!(
+        log.contains(r#"route="/v1/groups/{group_id}/messages""#),
+        "{log}"
+    );
+    for secret in ["alice", "bob", "crew", group.as_str()] {
+        assert!(!log.contains(secret), "the log names {secret:?}:\n{log}");
+    }
 }

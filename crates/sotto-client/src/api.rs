@@ -37,18 +37,46 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// Checks that the server at `base` may be spoken to: `https://` anywhere, plain `http://`
+/// only to a loopback address (or `localhost`) unless `insecure_http` allows it everywhere.
+/// Returns whether the connection is plain HTTP.
+pub fn check_server_url(base: &str, insecure_http: bool) -> Result<bool, ClientError> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| ClientError::Usage(format!("invalid server URL {base:?}: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(false),
+        "http" if loopback || insecure_http => Ok(true),
+        "http" => Err(ClientError::Usage(format!(
+            "refusing plain http:// to {}: everything, sign-in included, would cross the \
+             network without TLS. Use https://, or, on a test network only, \
+             `sotto init --insecure-http`",
+            url.host_str().unwrap_or("that host")
+        ))),
+        other => Err(ClientError::Usage(format!(
+            "server URL must start with https:// (or http:// for loopback), not {other}://"
+        ))),
+    }
+}
+
 impl Api {
-    /// A client for the server at `base` (`http://` or `https://`).
-    pub fn new(base: &str) -> Result<Self, ClientError> {
+    /// A client for the server at `base`, under the rules of [`check_server_url`].
+    pub fn new(base: &str, insecure_http: bool) -> Result<Self, ClientError> {
+        let plain = check_server_url(base, insecure_http)?;
         let base = base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::Usage(format!(
-                "server URL must start with http:// or https://, got {base:?}"
-            )));
-        }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60));
+        if plain {
+            // A proxy from the environment would carry plain HTTP off the machine.
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         Ok(Api { http, base })
@@ -265,5 +293,36 @@ impl Api {
         )
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_url;
+
+    #[test]
+    fn plain_http_is_refused_unless_to_loopback_or_explicitly_allowed() {
+        for ok in [
+            "http://127.0.0.1:8787",
+            "http://127.0.0.2:8787/",
+            "http://[::1]:8787",
+            "http://localhost:8787",
+            "https://chat.example.org",
+            "https://10.1.2.3",
+        ] {
+            assert!(check_server_url(ok, false).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://10.1.2.3:8787",
+            "http://chat.example.org",
+            "http://127.0.0.1.nip.io",
+            "http://[::ffff:10.0.0.1]",
+            "ftp://127.0.0.1",
+            "127.0.0.1:8787",
+        ] {
+            assert!(check_server_url(refused, false).is_err(), "{refused}");
+        }
+        assert!(check_server_url("http://10.1.2.3:8787", true).is_ok());
+        assert!(check_server_url("ftp://127.0.0.1", true).is_err());
     }
 }

@@ -46,21 +46,39 @@ impl KdfParams {
         p: 1,
     };
 
+    /// Most passes calibration chooses.
+    const MAX_PASSES: u32 = 64;
+
+    /// Passes timed by calibration, after a warm-up pass.
+    const PROBE_PASSES: u32 = 2;
+
     /// The production cost, calibrated on this device: 64 MiB and as many passes as make one
     /// derivation take [`KdfParams::TARGET_SECONDS`] (never fewer than 3), so a guess costs an
     /// attacker at least that much on comparable hardware.
     pub fn calibrated() -> KdfParams {
-        let one_pass = KdfParams {
-            t: 1,
-            ..KdfParams::MINIMUM
-        };
-        let start = std::time::Instant::now();
-        // The probe's result is discarded; only its duration matters.
-        let _ = derive("calibration", &[0; 16], one_pass);
-        let per_pass = start.elapsed().as_secs_f64().max(1e-3);
-        let passes = (Self::TARGET_SECONDS / per_pass).ceil();
+        let mut memory = vec![argon2::Block::new(); Self::MINIMUM.m_kib as usize];
+        Self::calibrate(|t| {
+            let kdf = KdfParams {
+                t,
+                ..KdfParams::MINIMUM
+            };
+            let start = std::time::Instant::now();
+            // Only the duration matters; the output is thrown away.
+            let _ = derive_into(&mut memory, "calibration", &[0; 16], kdf);
+            start.elapsed()
+        })
+    }
+
+    /// Chooses the passes from `time(t)`, the time of a derivation of `t` passes run in the
+    /// same memory each time. The first run also faults in 64 MiB of fresh memory: an unlock
+    /// pays that once, not per pass, so it is run once untimed and the passes are timed warm.
+    /// (Timing one cold pass overestimated a pass and gave unlocks of 0.18-0.24 s here.)
+    fn calibrate(mut time: impl FnMut(u32) -> std::time::Duration) -> KdfParams {
+        time(1);
+        let per_pass = time(Self::PROBE_PASSES).as_secs_f64() / f64::from(Self::PROBE_PASSES);
+        let passes = (Self::TARGET_SECONDS / per_pass.max(1e-4)).ceil();
         KdfParams {
-            t: (passes as u32).clamp(Self::MINIMUM.t, 64),
+            t: (passes as u32).clamp(Self::MINIMUM.t, Self::MAX_PASSES),
             ..KdfParams::MINIMUM
         }
     }
@@ -85,13 +103,34 @@ struct KeyFile {
     wrapped: Bytes,
 }
 
-fn derive(passcode: &str, salt: &[u8], kdf: KdfParams) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+fn argon(kdf: KdfParams) -> Result<argon2::Argon2<'static>, ClientError> {
     let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
         .map_err(|e| ClientError::Locked(format!("invalid key file parameters: {e}")))?;
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    Ok(argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
+}
+
+fn derive(passcode: &str, salt: &[u8], kdf: KdfParams) -> Result<Zeroizing<[u8; 32]>, ClientError> {
     let mut out = Zeroizing::new([0u8; 32]);
-    argon
+    argon(kdf)?
         .hash_password_into(passcode.as_bytes(), salt, out.as_mut())
+        .map_err(|e| ClientError::Locked(format!("key derivation failed: {e}")))?;
+    Ok(out)
+}
+
+/// [`derive`] in memory the caller keeps, for calibration.
+fn derive_into(
+    memory: &mut [argon2::Block],
+    passcode: &str,
+    salt: &[u8],
+    kdf: KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    argon(kdf)?
+        .hash_password_into_with_memory(passcode.as_bytes(), salt, out.as_mut(), memory)
         .map_err(|e| ClientError::Locked(format!("key derivation failed: {e}")))?;
     Ok(out)
 }
@@ -127,18 +166,25 @@ pub fn create(
         wrapped: wrapped.into(),
     };
     let json = serde_json::to_vec_pretty(&file).map_err(|e| ClientError::Store(e.to_string()))?;
-    std::fs::write(path, json)
-        .map_err(|e| ClientError::Store(format!("{}: {e}", path.display())))?;
+    let failed = |e: std::io::Error| ClientError::Store(format!("{}: {e}", path.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(failed)?;
+    std::io::Write::write_all(&mut f, &json).map_err(failed)?;
+    f.sync_all().map_err(failed)?;
     Ok(data_key)
 }
 
 /// Unwraps the data key in `path` with `passcode`.
 pub fn unlock(path: &Path, passcode: &str) -> Result<Zeroizing<[u8; 32]>, ClientError> {
-    let raw = std::fs::read(path).map_err(|_| {
-        ClientError::Locked(format!(
-            "no Sotto account here ({}); run `sotto init` first",
+    let raw = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ClientError::Usage(format!(
+            "no Sotto account in {}; run `sotto init` first, or pass --home",
             path.parent().unwrap_or(path).display()
-        ))
+        )),
+        _ => ClientError::Store(format!("{}: {e}", path.display())),
     })?;
     let file: KeyFile = serde_json::from_slice(&raw)
         .map_err(|_| ClientError::Locked("the key file is damaged".into()))?;
@@ -178,6 +224,22 @@ mod tests {
         let k = KdfParams::calibrated();
         assert_eq!((k.m_kib, k.p), (64 * 1024, 1));
         assert!(k.t >= 3, "{k:?}");
+    }
+
+    #[test]
+    fn calibration_times_passes_on_warm_memory_not_the_first_cold_one() {
+        use std::time::Duration;
+        // A device whose first derivation pays 200 ms of page faults and whose passes then
+        // take 30 ms each: 0.5 s needs 17 passes, not the 3 a cold pass would suggest.
+        let mut first = true;
+        let k = KdfParams::calibrate(|t| {
+            let faults = if std::mem::take(&mut first) { 200 } else { 0 };
+            Duration::from_millis(faults + 30 * u64::from(t))
+        });
+        assert_eq!(k.t, 17);
+        // Very fast and very slow devices stay within bounds.
+        assert_eq!(KdfParams::calibrate(|_| Duration::from_secs(5)).t, 3);
+        assert_eq!(KdfParams::calibrate(|_| Duration::ZERO).t, 64);
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! plaintext anywhere but the local store, and never logs content.
 #![forbid(unsafe_code)]
 
+// Unit tests share the integration tests' harness, which names this crate.
+#[cfg(test)]
+extern crate self as sotto_client;
+
 mod api;
 mod client;
 mod error;
@@ -13,6 +17,9 @@ mod keyfile;
 pub mod store;
 
 pub use api::Api;
-pub use client::{Client, Conversation, Member, MessageView, Whoami};
+pub use client::{
+    Client, Conversation, FollowStatus, InitOptions, MIN_PASSCODE_CHARS, Member, MessageKind,
+    MessageView, Whoami,
+};
 pub use error::ClientError;
 pub use keyfile::KdfParams;

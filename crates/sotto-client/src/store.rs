@@ -6,11 +6,13 @@ use openmls_libcrux_crypto::CryptoProvider;
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::Connection;
+use std::fmt::Write as _;
 use std::path::Path;
 use zeroize::Zeroizing;
 
 /// Numbered migrations of Sotto's own tables; entry `i` moves from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE conversations (
     group_id BLOB PRIMARY KEY,
@@ -47,7 +49,31 @@ CREATE TABLE outbox (
     content TEXT,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE messages_v2 (
+    local_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    group_id BLOB,
+    sender_user TEXT,
+    sender_device TEXT,
+    sender_verified INTEGER NOT NULL DEFAULT 1,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    shown INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO messages_v2 (local_id, id, group_id, sender_user, sender_device, sent_at,
+                         received_at, kind, body, outgoing, shown)
+    SELECT local_id, id, group_id, sender_user, sender_device, sent_at, sent_at, kind, body,
+           outgoing, shown FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v2 RENAME TO messages;
+CREATE INDEX messages_unshown ON messages(shown, local_id);
+"#,
+];
 
 /// JSON codec for openmls state in SQLite.
 #[derive(Default)]
@@ -99,11 +125,52 @@ impl<'a> OpenMlsProvider for StoreProvider<'a> {
     }
 }
 
-/// Opens (creating if needed) the store at `path` with `data_key`, and migrates it.
+/// Creates `dir` (and its parents) if needed, and makes it readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
+    let failed = |e: std::io::Error| ClientError::Store(format!("{}: {e}", dir.display()));
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(failed)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(failed)?;
+    Ok(())
+}
+
+/// Creates `path` empty, readable by its owner only, unless it exists.
+pub fn create_private_file(path: &Path) -> Result<(), ClientError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| ClientError::Store(format!("{}: {e}", path.display())))
+}
+
+/// The statement that hands SQLCipher its raw key. The hex form is a copy of the key, so it
+/// lives only in memory that is wiped when dropped.
+fn key_statement(data_key: &[u8; 32]) -> Zeroizing<String> {
+    let mut sql = Zeroizing::new(String::with_capacity(80));
+    sql.push_str("PRAGMA key = \"x'");
+    for b in data_key {
+        // Writing to a String cannot fail.
+        let _ = write!(sql, "{b:02x}");
+    }
+    sql.push_str("'\";");
+    sql
+}
+
+/// Opens (creating if needed) the store at `path` with `data_key`, and migrates it. A new
+/// store file is created readable by its owner only; SQLite gives its WAL and shared-memory
+/// files the same permissions.
 pub fn open(path: &Path, data_key: &[u8; 32]) -> Result<Connection, ClientError> {
+    create_private_file(path)?;
     let mut conn = Connection::open(path)?;
-    let key = Zeroizing::new(format!("x'{}'", hex::encode(data_key)));
-    conn.pragma_update(None, "key", key.as_str())?;
+    conn.execute_batch(&key_statement(data_key))?;
     // Page HMAC with SHA-256 rather than SQLCipher's default SHA-512: the same integrity
     // guarantee for a 256-bit key, and about 10% less time per message (docs/benchmarks.md).
     conn.pragma_update(None, "cipher_hmac_algorithm", "HMAC_SHA256")?;
@@ -179,4 +246,15 @@ pub fn set_meta(conn: &Connection, key: &str, value: &[u8]) -> Result<(), Client
         rusqlite::params![key, value],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_statement;
+
+    #[test]
+    fn the_key_statement_is_wiped_memory_holding_the_raw_key() {
+        let sql: zeroize::Zeroizing<String> = key_statement(&[0xab; 32]);
+        assert_eq!(*sql, format!("PRAGMA key = \"x'{}'\";", "ab".repeat(32)));
+    }
 }

@@ -38,7 +38,7 @@ on_both_suites!(
     one_to_one_both_ways,
     group_add_and_remove,
     offline_member_catches_up_across_epochs,
-    concurrent_commits_both_land,
+    concurrent_member_changes_both_land,
     server_restart_loses_nothing,
     client_restart_reloads_encrypted_store,
     concurrent_syncs_of_one_device_show_each_message_once,
@@ -163,7 +163,10 @@ async fn offline_member_catches_up_across_epochs(suite: u16) {
     assert_eq!(recv(&alice).await.last().unwrap(), "carol: back online");
 }
 
-async fn concurrent_commits_both_land(suite: u16) {
+/// Two members change the group at once. Whichever order the server takes them in (one may
+/// get `409` and rebase, which `a_commit_that_lost_its_epoch_is_redone_from_the_outbox` makes
+/// certain), both changes land and every member ends in the same group.
+async fn concurrent_member_changes_both_land(suite: u16) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"), suite).await;
     let alice = client(&server, dir.path(), "alice").await;

@@ -1,11 +1,12 @@
-//! What travels inside an MLS application message: a versioned JSON envelope. Decoding is
-//! for untrusted bytes: any other version, an unknown type or an oversized field is an error.
+//! What travels inside an MLS application message: a versioned JSON envelope with the
+//! sender's time. Decoding is for untrusted bytes: any other version, an unknown type or an
+//! oversized field is an error.
 
 use crate::CoreError;
 use serde::{Deserialize, Serialize};
 
-/// Envelope format version.
-pub const CONTENT_VERSION: u32 = 1;
+/// Envelope format version: 2 added the sender's `sent_at`.
+pub const CONTENT_VERSION: u32 = 2;
 /// Longest text message, in bytes.
 pub const MAX_TEXT: usize = 64 * 1024;
 /// Longest group name, in characters.
@@ -27,19 +28,32 @@ pub enum Content {
     },
 }
 
+/// Content as it travels: with the sender's own clock reading, which MLS authenticates along
+/// with everything else, so the time shown for a message is the sender's word, not the
+/// server's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// When the sender sent it, by its clock: seconds since the Unix epoch.
+    pub sent_at: u64,
+    /// What it carries.
+    pub content: Content,
+}
+
 #[derive(Serialize, Deserialize)]
-struct Envelope {
+struct Wire {
     v: u32,
+    sent_at: u64,
     #[serde(flatten)]
     content: Content,
 }
 
-impl Content {
+impl Envelope {
     /// Encodes for encryption.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&Envelope {
+        serde_json::to_vec(&Wire {
             v: CONTENT_VERSION,
-            content: self.clone(),
+            sent_at: self.sent_at,
+            content: self.content.clone(),
         })
         .unwrap_or_default()
     }
@@ -49,17 +63,22 @@ impl Content {
         if bytes.len() > MAX_TEXT + 1024 {
             return Err(CoreError::Malformed("content too large".into()));
         }
-        let env: Envelope = serde_json::from_slice(bytes)
+        let wire: Wire = serde_json::from_slice(bytes)
             .map_err(|_| CoreError::Malformed("content is not a known envelope".into()))?;
-        if env.v != CONTENT_VERSION {
+        if wire.v != CONTENT_VERSION {
             return Err(CoreError::Malformed(format!(
                 "unsupported content version {}",
-                env.v
+                wire.v
             )));
         }
-        env.content.check()
+        Ok(Envelope {
+            sent_at: wire.sent_at,
+            content: wire.content.check()?,
+        })
     }
+}
 
+impl Content {
     /// Checks the limits of a content value.
     pub fn check(self) -> Result<Self, CoreError> {
         match &self {

@@ -4,9 +4,13 @@
 //! Welcome and every handshake message encrypted (pure-ciphertext wire format), so the
 //! delivery service sees only group id, epoch and content type. Functions return the RFC 9420
 //! wire encoding of what must be sent.
+//!
+//! The sender's clock travels with everything: inside the encrypted envelope of application
+//! messages, and as the authenticated data of commits (8 bytes, big-endian seconds), which
+//! MLS signs. The server already knows when it accepted a commit; it learns nothing new.
 
 use crate::identity::DeviceKey;
-use crate::{Content, CoreError, mls_err};
+use crate::{CoreError, Envelope, mls_err};
 use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
 use sotto_proto::DeviceAddr;
@@ -171,13 +175,16 @@ pub struct CommitOut {
     pub welcome: Option<Vec<u8>>,
 }
 
-/// Stages a commit adding `key_packages` (each verified by [`verify_key_package`]).
+/// Stages a commit adding `key_packages` (each verified by [`verify_key_package`]), sent at
+/// `sent_at` by this device's clock.
 pub fn add<P: OpenMlsProvider>(
     provider: &P,
     device: &DeviceKey,
     group: &mut MlsGroup,
     key_packages: &[KeyPackage],
+    sent_at: u64,
 ) -> Result<CommitOut, CoreError> {
+    group.set_aad(sent_at.to_be_bytes().to_vec());
     let (commit, welcome, _) = group
         .add_members(provider, device, key_packages)
         .map_err(mls_err)?;
@@ -187,12 +194,13 @@ pub fn add<P: OpenMlsProvider>(
     })
 }
 
-/// Stages a commit removing `devices` from the group.
+/// Stages a commit removing `devices` from the group, sent at `sent_at`.
 pub fn remove<P: OpenMlsProvider>(
     provider: &P,
     device: &DeviceKey,
     group: &mut MlsGroup,
     devices: &[DeviceAddr],
+    sent_at: u64,
 ) -> Result<CommitOut, CoreError> {
     let mut leaves = Vec::new();
     for m in group.members() {
@@ -205,6 +213,7 @@ pub fn remove<P: OpenMlsProvider>(
             "none of those devices is in the group".into(),
         ));
     }
+    group.set_aad(sent_at.to_be_bytes().to_vec());
     let (commit, _, _) = group
         .remove_members(provider, device, &leaves)
         .map_err(mls_err)?;
@@ -232,15 +241,15 @@ pub fn discard_pending<P: OpenMlsProvider>(
         .map_err(mls_err)
 }
 
-/// Encrypts `content` for the group.
+/// Encrypts `envelope` for the group.
 pub fn encrypt<P: OpenMlsProvider>(
     provider: &P,
     device: &DeviceKey,
     group: &mut MlsGroup,
-    content: &Content,
+    envelope: &Envelope,
 ) -> Result<Vec<u8>, CoreError> {
     let msg = group
-        .create_message(provider, device, &content.encode())
+        .create_message(provider, device, &envelope.encode())
         .map_err(mls_err)?;
     serialize(&msg)
 }
@@ -269,8 +278,8 @@ pub enum Received {
     Content {
         /// The sending device, authenticated by MLS.
         sender: DeviceAddr,
-        /// What it sent.
-        content: Content,
+        /// What it sent, and when by its clock.
+        envelope: Envelope,
     },
     /// A commit, staged but not yet merged: check [`CommitSummary::proven_devices`] against
     /// the directory, then [`merge_staged`].
@@ -290,6 +299,8 @@ pub struct StagedCommitIn {
 pub struct CommitSummary {
     /// Who committed.
     pub committer: DeviceAddr,
+    /// When, by the committer's clock; `None` if its commit did not say.
+    pub sent_at: Option<u64>,
     /// Devices added, with the signature keys the group will trust.
     pub added: Vec<MemberDevice>,
     /// Devices removed.
@@ -315,10 +326,13 @@ pub fn process<P: OpenMlsProvider>(
     let processed = group.process_message(provider, protocol).map_err(mls_err)?;
     let sender_cred = processed.credential().clone();
     let sender = member_device(&sender_cred, &[])?.addr;
+    let sent_at = <[u8; 8]>::try_from(processed.aad())
+        .ok()
+        .map(u64::from_be_bytes);
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => Ok(Received::Content {
             sender,
-            content: Content::decode(&app.into_bytes())?,
+            envelope: Envelope::decode(&app.into_bytes())?,
         }),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
             let added = staged
@@ -346,6 +360,7 @@ pub fn process<P: OpenMlsProvider>(
             }
             let summary = CommitSummary {
                 committer: sender,
+                sent_at,
                 added,
                 removed,
                 updated,

@@ -9,7 +9,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use openmls::prelude::{BasicCredential, CredentialWithKey, SignatureScheme};
 use openmls_traits::signatures::{Signer, SignerError};
 use sotto_proto::device_list::{DEVICE_LIST_VERSION, DeviceEntry, DeviceList, SignedDeviceListIn};
-use sotto_proto::{DeviceAddr, DeviceId, Username};
+use sotto_proto::{DeviceAddr, DeviceId, ServerId, Username};
 use zeroize::Zeroizing;
 
 fn generate_signing_key() -> SigningKey {
@@ -144,10 +144,12 @@ impl DeviceKey {
         }
     }
 
-    /// Answers a sign-in challenge.
-    pub fn sign_challenge(&self, challenge: &[u8]) -> Vec<u8> {
+    /// Answers a sign-in challenge of the server `server`.
+    pub fn sign_challenge(&self, server: &ServerId, challenge: &[u8]) -> Vec<u8> {
         self.key
-            .sign(&sotto_proto::api::auth_signing_input(&self.addr, challenge))
+            .sign(&sotto_proto::api::auth_signing_input(
+                server, &self.addr, challenge,
+            ))
             .to_bytes()
             .to_vec()
     }

@@ -11,7 +11,7 @@ pub mod group;
 pub mod identity;
 pub mod suite;
 
-pub use content::Content;
+pub use content::{Content, Envelope};
 pub use identity::{DeviceKey, IdentityKey};
 
 /// Errors of the engine.

@@ -8,7 +8,7 @@ use openmls::prelude::{CredentialWithKey, LeafNodeParameters, MlsGroup, NewSigne
 use openmls_libcrux_crypto::Provider;
 use sotto_core::group::{self, Received};
 use sotto_core::suite::{XWING, ciphersuite};
-use sotto_core::{Content, CoreError, DeviceKey};
+use sotto_core::{Content, CoreError, DeviceKey, Envelope};
 use sotto_proto::Username;
 use tls_codec::Serialize as _;
 
@@ -50,6 +50,7 @@ fn alice_adds_bob(alice: &Member, bob: &Member) -> (MlsGroup, MlsGroup) {
         &alice.key,
         &mut ga,
         &[key_package(bob, alice)],
+        1_700_000_000,
     )
     .unwrap();
     group::merge_pending(&alice.provider, &mut ga).unwrap();
@@ -129,6 +130,7 @@ fn a_losing_commit_is_discarded_and_redone_after_the_winner() {
         &alice.key,
         &mut ga,
         &[key_package(&carol, &alice)],
+        1_700_000_000,
     )
     .unwrap();
     group::add(
@@ -136,6 +138,7 @@ fn a_losing_commit_is_discarded_and_redone_after_the_winner() {
         &bob.key,
         &mut gb,
         &[key_package(&dave, &bob)],
+        1_700_000_000,
     )
     .unwrap();
     group::merge_pending(&alice.provider, &mut ga).unwrap();
@@ -152,6 +155,7 @@ fn a_losing_commit_is_discarded_and_redone_after_the_winner() {
         &bob.key,
         &mut gb,
         &[key_package(&dave, &bob)],
+        1_700_000_000,
     )
     .unwrap();
     group::merge_pending(&bob.provider, &mut gb).unwrap();
@@ -198,28 +202,67 @@ fn a_rotated_signature_key_is_surfaced_for_the_directory_check() {
     assert_ne!(proven[0].signature_key, bob.key.public().to_vec());
 }
 
+fn envelope(content: Content) -> Envelope {
+    Envelope {
+        sent_at: 1_700_000_000,
+        content,
+    }
+}
+
 #[test]
 fn content_decoding_rejects_what_it_does_not_know() {
-    let text = Content::Text { body: "hi".into() };
-    assert_eq!(Content::decode(&text.encode()).unwrap(), text);
-    let info = Content::GroupInfo {
+    let text = envelope(Content::Text { body: "hi".into() });
+    assert_eq!(Envelope::decode(&text.encode()).unwrap(), text);
+    let info = envelope(Content::GroupInfo {
         name: Some("team".into()),
-    };
-    assert_eq!(Content::decode(&info.encode()).unwrap(), info);
+    });
+    assert_eq!(Envelope::decode(&info.encode()).unwrap(), info);
     for bad in [
-        &br#"{"v":2,"type":"text","body":"hi"}"#[..],
-        br#"{"v":1,"type":"video","url":"x"}"#,
-        br#"{"v":1,"type":"group_info","name":""}"#,
+        // Version 1 had no sender time.
+        &br#"{"v":1,"type":"text","body":"hi"}"#[..],
+        br#"{"v":3,"sent_at":1,"type":"text","body":"hi"}"#,
+        br#"{"v":2,"type":"text","body":"hi"}"#,
+        br#"{"v":2,"sent_at":1,"type":"video","url":"x"}"#,
+        br#"{"v":2,"sent_at":1,"type":"group_info","name":""}"#,
+        br#"{"v":2,"sent_at":-1,"type":"text","body":"hi"}"#,
         b"\xff\x00",
     ] {
         assert!(
-            Content::decode(bad).is_err(),
+            Envelope::decode(bad).is_err(),
             "{}",
             String::from_utf8_lossy(bad)
         );
     }
-    let long = Content::Text {
+    let long = envelope(Content::Text {
         body: "x".repeat(sotto_core::content::MAX_TEXT + 1),
+    });
+    assert!(Envelope::decode(&long.encode()).is_err());
+}
+
+#[test]
+fn messages_and_commits_carry_the_senders_own_time() {
+    let (alice, bob, carol) = (member("alice"), member("bob"), member("carol"));
+    let (mut ga, mut gb) = alice_adds_bob(&alice, &bob);
+    let sent = envelope(Content::Text { body: "hi".into() });
+    let wire = group::encrypt(&alice.provider, &alice.key, &mut ga, &sent).unwrap();
+    let Received::Content { sender, envelope } =
+        group::process(&bob.provider, &mut gb, &wire).unwrap()
+    else {
+        panic!("expected content")
     };
-    assert!(Content::decode(&long.encode()).is_err());
+    assert_eq!((sender, envelope), (alice.key.addr().clone(), sent));
+
+    let commit = group::add(
+        &alice.provider,
+        &alice.key,
+        &mut ga,
+        &[key_package(&carol, &alice)],
+        1_234_567,
+    )
+    .unwrap();
+    let Received::Commit(staged) = group::process(&bob.provider, &mut gb, &commit.commit).unwrap()
+    else {
+        panic!("expected a commit")
+    };
+    assert_eq!(staged.summary.sent_at, Some(1_234_567));
 }

@@ -1,8 +1,8 @@
 //! Request and response bodies of the `/v1` API. Field-level checks that serde cannot express
 //! live in each request's `validate`.
 
-use crate::device_list::SignedDeviceListIn;
-use crate::{Bytes, DeviceAddr, DeviceId, GroupId, ProtoError, Username, limits};
+use crate::device_list::{SignedDeviceListIn, VerifiedDeviceList, parse_verifying_key};
+use crate::{Bytes, DeviceAddr, DeviceId, GroupId, ProtoError, ServerId, Username, limits};
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/config`: what a client needs before creating an account.
@@ -12,15 +12,97 @@ pub struct ServerConfig {
     pub api_version: u32,
     /// The MLS ciphersuite every group on this server uses (IANA code point).
     pub ciphersuite: u16,
+    /// The server's identity, pinned by clients at `init` and bound into every sign-in.
+    pub server_id: ServerId,
 }
 
-/// `POST /v1/accounts`: create an account with its first device.
+/// `POST /v1/accounts`: create an account with its first device and that device's first
+/// KeyPackages, all or nothing, so an account can never exist that nobody can add.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterRequest {
     /// Ed25519 identity public key.
     pub identity_key: Bytes,
     /// The first device list (revision 1, one device), signed by the identity key.
     pub device_list: SignedDeviceListIn,
+    /// The device's one-time KeyPackages.
+    pub key_packages: Vec<Bytes>,
+    /// The device's last-resort KeyPackage.
+    pub last_resort: Bytes,
+}
+
+/// A [`RegisterRequest`] that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidRegistration {
+    /// Ed25519 identity public key, a valid point.
+    pub identity_key: Vec<u8>,
+    /// The first device list, signed by that key: revision 1, one device.
+    pub device_list: VerifiedDeviceList,
+    /// One-time KeyPackages, each naming the listed device and its key.
+    pub key_packages: Vec<Vec<u8>>,
+    /// The last-resort KeyPackage, likewise.
+    pub last_resort: Vec<u8>,
+}
+
+impl RegisterRequest {
+    /// Verifies the device list with the identity key, and checks that every KeyPackage
+    /// names the account's one device and its signature key.
+    pub fn validate(self) -> Result<ValidRegistration, ProtoError> {
+        let identity = parse_verifying_key(self.identity_key.as_slice())?;
+        let list = self.device_list.verify(&identity)?;
+        let device = match list.list().devices.as_slice() {
+            [device] if list.list().revision == 1 => device,
+            _ => {
+                return Err(ProtoError::Invalid(
+                    "first device list (revision 1, one device)",
+                ));
+            }
+        };
+        let owner = DeviceAddr {
+            user: list.list().user.clone(),
+            device: device.id,
+        };
+        let key_packages = check_own_key_packages(
+            self.key_packages,
+            Some(self.last_resort),
+            &owner,
+            device.signature_key.as_slice(),
+        )?;
+        let (last_resort, one_time) = key_packages
+            .split_last()
+            .ok_or(ProtoError::Invalid("last_resort"))?;
+        Ok(ValidRegistration {
+            identity_key: self.identity_key.into_vec(),
+            key_packages: one_time.to_vec(),
+            last_resort: last_resort.clone(),
+            device_list: list,
+        })
+    }
+}
+
+/// Checks a batch of one-time KeyPackages (and a last-resort one, returned last): the count,
+/// that each is a KeyPackage, and that each names `owner` with `signature_key`.
+fn check_own_key_packages(
+    one_time: Vec<Bytes>,
+    last_resort: Option<Bytes>,
+    owner: &DeviceAddr,
+    signature_key: &[u8],
+) -> Result<Vec<Vec<u8>>, ProtoError> {
+    if one_time.len() > limits::MAX_KEY_PACKAGE_BATCH {
+        return Err(ProtoError::TooLarge("key_packages"));
+    }
+    one_time
+        .into_iter()
+        .chain(last_resort)
+        .map(|kp| {
+            if crate::framing::check_key_package(kp.as_slice())?.is(owner, signature_key) {
+                Ok(kp.into_vec())
+            } else {
+                Err(ProtoError::Invalid(
+                    "KeyPackage credential (must name the uploading device and its key)",
+                ))
+            }
+        })
+        .collect()
 }
 
 /// Response to a successful registration.
@@ -46,13 +128,16 @@ pub struct ChallengeResponse {
     pub expires_at: u64,
 }
 
-/// Domain separation prefix of a challenge signature.
-pub const AUTH_CONTEXT: &[u8] = b"sotto-auth-v1\0";
+/// Domain separation prefix of a challenge signature, with its purpose.
+pub const AUTH_CONTEXT: &[u8] = b"sotto-auth-v2\0sign-in\0";
 
-/// The bytes a device signs to answer `challenge`.
-pub fn auth_signing_input(device: &DeviceAddr, challenge: &[u8]) -> Vec<u8> {
+/// The bytes a device signs to answer `challenge` from the server `server`. Naming the
+/// server means a signature one server obtained cannot be replayed at another.
+pub fn auth_signing_input(server: &ServerId, device: &DeviceAddr, challenge: &[u8]) -> Vec<u8> {
     [
         AUTH_CONTEXT,
+        server.as_str().as_bytes(),
+        b"\0",
         device.to_string().as_bytes(),
         b"\0",
         challenge,
@@ -124,16 +209,31 @@ pub struct UploadKeyPackagesRequest {
     pub last_resort: Option<Bytes>,
 }
 
+/// An [`UploadKeyPackagesRequest`] that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidUpload {
+    /// One-time KeyPackages.
+    pub one_time: Vec<Vec<u8>>,
+    /// A new last-resort KeyPackage, if any.
+    pub last_resort: Option<Vec<u8>>,
+}
+
 impl UploadKeyPackagesRequest {
-    /// Checks counts and that each entry is a KeyPackage.
-    pub fn validate(self) -> Result<Self, ProtoError> {
-        if self.key_packages.len() > limits::MAX_KEY_PACKAGE_BATCH {
-            return Err(ProtoError::TooLarge("key_packages"));
-        }
-        for kp in self.key_packages.iter().chain(self.last_resort.iter()) {
-            crate::framing::check_key_package(kp.as_slice())?;
-        }
-        Ok(self)
+    /// Checks the count, and that each entry is a KeyPackage naming `owner` (the uploading
+    /// device) with its `signature_key`.
+    pub fn validate(
+        self,
+        owner: &DeviceAddr,
+        signature_key: &[u8],
+    ) -> Result<ValidUpload, ProtoError> {
+        let has_last_resort = self.last_resort.is_some();
+        let mut all =
+            check_own_key_packages(self.key_packages, self.last_resort, owner, signature_key)?;
+        let last_resort = if has_last_resort { all.pop() } else { None };
+        Ok(ValidUpload {
+            one_time: all,
+            last_resort,
+        })
     }
 }
 
@@ -226,6 +326,9 @@ impl SendRequest {
             return Err(ProtoError::Mls("group id does not match the path"));
         }
         let is_commit = framing.kind == crate::framing::MessageKind::Commit;
+        if is_commit && framing.epoch >= limits::MAX_EPOCH {
+            return Err(ProtoError::Mls("epoch out of range for a commit"));
+        }
         if !is_commit && (self.roster.is_some() || self.welcome.is_some()) {
             return Err(ProtoError::Invalid("roster/welcome only go with a commit"));
         }
@@ -289,6 +392,11 @@ pub struct QueuedMessage {
 pub struct QueueResponse {
     /// Oldest first.
     pub messages: Vec<QueuedMessage>,
+    /// How many messages for this device the server has dropped unread since the device
+    /// was created (its queue was over quota, or they outlived the retention period). It
+    /// only grows; a client shows the difference to the total it saw last.
+    #[serde(default)]
+    pub dropped_total: u64,
 }
 
 /// `POST /v1/queue/ack`.

@@ -64,18 +64,46 @@ impl DeviceList {
             return Err(ProtoError::Invalid("device list (1 to 64 devices)"));
         }
         for (i, d) in self.devices.iter().enumerate() {
-            if d.signature_key.len() != 32 {
-                return Err(ProtoError::Invalid("device signature key (32 bytes)"));
-            }
-            if d.name.chars().count() > limits::MAX_DEVICE_NAME {
-                return Err(ProtoError::TooLarge("device name"));
-            }
+            // A key that is not an Ed25519 point could never sign in; refuse it here rather
+            // than fail later when it is used.
+            parse_verifying_key(d.signature_key.as_slice())
+                .map_err(|_| ProtoError::Invalid("device signature key (an Ed25519 key)"))?;
+            check_device_name(&d.name)?;
             if self.devices[..i].iter().any(|o| o.id == d.id) {
                 return Err(ProtoError::Invalid("device list (duplicate device id)"));
             }
         }
         Ok(self)
     }
+}
+
+/// Whether `c` may appear in a name shown to people: no control characters and no
+/// invisible formatting that reorders or hides text (bidi overrides and isolates, zero-width
+/// characters), which could make one device look like another.
+pub fn is_displayable(c: char) -> bool {
+    !(c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}'   // zero-width space/joiners, LRM, RLM
+            | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
+            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}' // bidi isolates
+            | '\u{061C}'               // Arabic letter mark
+            | '\u{FEFF}'               // zero-width no-break space
+        ))
+}
+
+/// Checks a device name: 1 to [`limits::MAX_DEVICE_NAME`] displayable characters.
+pub fn check_device_name(name: &str) -> Result<(), ProtoError> {
+    let count = name.chars().count();
+    if count > limits::MAX_DEVICE_NAME {
+        return Err(ProtoError::TooLarge("device name"));
+    }
+    if count == 0 || !name.chars().all(is_displayable) {
+        return Err(ProtoError::Invalid(
+            "device name (1 to 64 characters, no control or invisible formatting characters)",
+        ));
+    }
+    Ok(())
 }
 
 /// A signed device list as received: nothing in it is trusted yet.

@@ -2,74 +2,73 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Every error the API returns carries one of these codes. The strings are part of the
-/// wire contract: add new ones, never rename.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// The body is not valid JSON of the expected shape.
-    MalformedRequest,
-    /// A field breaks a size limit or a syntax rule.
-    InvalidField,
-    /// The request body is larger than the server accepts.
-    PayloadTooLarge,
-    /// The API version in the path is not one this server speaks.
-    UnsupportedVersion,
-    /// No token, or a token the server does not know.
-    Unauthorized,
-    /// The token was valid but has expired.
-    TokenExpired,
-    /// The challenge is unknown, already used or expired.
-    InvalidChallenge,
-    /// The signature does not verify.
-    InvalidSignature,
-    /// The username is already registered.
-    UsernameTaken,
-    /// No such user.
-    UnknownUser,
-    /// No such device.
-    UnknownDevice,
-    /// The device has no KeyPackage left, not even a last-resort one.
-    NoKeyPackage,
-    /// The MLS message is not valid RFC 9420 framing, or is not for this group.
-    InvalidMlsMessage,
-    /// The message's epoch is not the group's current epoch; the body carries the epoch.
-    EpochConflict,
-    /// The sender is not a member of the group according to the delivery service.
-    NotAGroupMember,
-    /// No such route.
-    NotFound,
-    /// Too many requests.
-    RateLimited,
-    /// The server failed; details are in its log, never in the response.
-    Internal,
+/// Declares [`ErrorCode`] from one list, so that the enum, its wire strings and
+/// [`ErrorCode::ALL`] can never disagree: a new code is in `ALL` (and so in every test that
+/// walks it) the moment it is written.
+macro_rules! error_codes {
+    ($( $(#[doc = $doc:literal])* $variant:ident => $wire:literal, )*) => {
+        /// Every error the API returns carries one of these codes. The strings are part of
+        /// the wire contract: add new ones, never rename.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[doc = $doc])* #[serde(rename = $wire)] $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            /// The stable string form, as it appears on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $wire,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// The stable string form, as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::MalformedRequest => "malformed_request",
-            ErrorCode::InvalidField => "invalid_field",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::UnsupportedVersion => "unsupported_version",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::TokenExpired => "token_expired",
-            ErrorCode::InvalidChallenge => "invalid_challenge",
-            ErrorCode::InvalidSignature => "invalid_signature",
-            ErrorCode::UsernameTaken => "username_taken",
-            ErrorCode::UnknownUser => "unknown_user",
-            ErrorCode::UnknownDevice => "unknown_device",
-            ErrorCode::NoKeyPackage => "no_key_package",
-            ErrorCode::InvalidMlsMessage => "invalid_mls_message",
-            ErrorCode::EpochConflict => "epoch_conflict",
-            ErrorCode::NotAGroupMember => "not_a_group_member",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Internal => "internal",
-        }
-    }
+error_codes! {
+    /// The body is not valid JSON of the expected shape, or a path or query parameter is
+    /// malformed.
+    MalformedRequest => "malformed_request",
+    /// A field breaks a size limit or a syntax rule.
+    InvalidField => "invalid_field",
+    /// The request body is larger than the server accepts.
+    PayloadTooLarge => "payload_too_large",
+    /// The API version in the path is not one this server speaks.
+    UnsupportedVersion => "unsupported_version",
+    /// No token, or a token the server does not know.
+    Unauthorized => "unauthorized",
+    /// The token was valid but has expired.
+    TokenExpired => "token_expired",
+    /// The challenge is unknown, already used or expired.
+    InvalidChallenge => "invalid_challenge",
+    /// The signature does not verify.
+    InvalidSignature => "invalid_signature",
+    /// The username is already registered.
+    UsernameTaken => "username_taken",
+    /// No such user.
+    UnknownUser => "unknown_user",
+    /// No such device.
+    UnknownDevice => "unknown_device",
+    /// A device of the user has no KeyPackage left, not even a last-resort one.
+    NoKeyPackage => "no_key_package",
+    /// The MLS message is not valid RFC 9420 framing, or is not for this group.
+    InvalidMlsMessage => "invalid_mls_message",
+    /// The message's epoch is not the group's current epoch; the body carries the epoch.
+    EpochConflict => "epoch_conflict",
+    /// The sender is not a member of the group according to the delivery service.
+    NotAGroupMember => "not_a_group_member",
+    /// No such route.
+    NotFound => "not_found",
+    /// Too many requests; the `Retry-After` header says when to try again.
+    RateLimited => "rate_limited",
+    /// The server failed; details are in its log, never in the response.
+    Internal => "internal",
+    /// The route exists, but not with this HTTP method.
+    MethodNotAllowed => "method_not_allowed",
 }
 
 /// The JSON body of every error response.
@@ -113,6 +112,51 @@ impl ProtoError {
             ProtoError::Mls(_) => ErrorCode::InvalidMlsMessage,
             ProtoError::BadSignature => ErrorCode::InvalidSignature,
             ProtoError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    /// Codes that have shipped. A rename breaks clients, so it must fail here; a new code only
+    /// needs adding to this list.
+    const SHIPPED: &[&str] = &[
+        "malformed_request",
+        "invalid_field",
+        "payload_too_large",
+        "unsupported_version",
+        "unauthorized",
+        "token_expired",
+        "invalid_challenge",
+        "invalid_signature",
+        "username_taken",
+        "unknown_user",
+        "unknown_device",
+        "no_key_package",
+        "invalid_mls_message",
+        "epoch_conflict",
+        "not_a_group_member",
+        "not_found",
+        "rate_limited",
+        "internal",
+        "method_not_allowed",
+    ];
+
+    #[test]
+    fn every_code_is_shipped_and_no_shipped_code_was_renamed() {
+        let wire: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(wire, SHIPPED, "ErrorCode::ALL and the shipped list differ");
+    }
+
+    #[test]
+    fn serde_uses_the_wire_strings() {
+        for &code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).expect("a code serialises");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            let back: ErrorCode = serde_json::from_str(&json).expect("a code parses");
+            assert_eq!(back, code);
         }
     }
 }

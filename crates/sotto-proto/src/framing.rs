@@ -1,8 +1,9 @@
 //! The public part of MLS framing (RFC 9420 §6) that the delivery service reads to order and
 //! route messages: group id, epoch and content type. The server learns nothing else.
 
-use crate::{GroupId, ProtoError, limits};
+use crate::{DeviceAddr, GroupId, ProtoError, limits};
 use openmls::framing::{ContentType, MlsMessageBodyIn, MlsMessageIn};
+use openmls::prelude::BasicCredential;
 use tls_codec::Deserialize as _;
 
 /// What kind of group message this is.
@@ -52,6 +53,9 @@ pub fn parse_group_message(bytes: &[u8]) -> Result<Framing, ProtoError> {
         ContentType::Proposal => MessageKind::Proposal,
         ContentType::Commit => MessageKind::Commit,
     };
+    if epoch > limits::MAX_EPOCH {
+        return Err(ProtoError::Mls("epoch out of range"));
+    }
     Ok(Framing {
         group_id: GroupId::from_bytes(group_id.as_slice())?,
         epoch,
@@ -67,14 +71,38 @@ pub fn check_welcome(bytes: &[u8]) -> Result<(), ProtoError> {
     }
 }
 
-/// Checks that `bytes` is an MLS KeyPackage (its signature is checked by the clients that
-/// claim it, against the owner's device list).
-pub fn check_key_package(bytes: &[u8]) -> Result<(), ProtoError> {
+/// Whom a KeyPackage claims to belong to, read from its leaf credential. Nothing here is
+/// verified: the server compares it with the uploading device, and clients that claim the
+/// KeyPackage verify its signature against the owner's device list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPackageOwner {
+    /// The device its credential names.
+    pub device: DeviceAddr,
+    /// The signature key in its leaf.
+    pub signature_key: Vec<u8>,
+}
+
+impl KeyPackageOwner {
+    /// Whether this is `device` with `signature_key`.
+    pub fn is(&self, device: &DeviceAddr, signature_key: &[u8]) -> bool {
+        &self.device == device && self.signature_key == signature_key
+    }
+}
+
+/// Checks that `bytes` is an MLS KeyPackage with a basic `user/device` credential, and
+/// returns whom it names.
+pub fn check_key_package(bytes: &[u8]) -> Result<KeyPackageOwner, ProtoError> {
     if bytes.len() > limits::MAX_KEY_PACKAGE {
         return Err(ProtoError::TooLarge("KeyPackage"));
     }
-    match decode(bytes)? {
-        MlsMessageBodyIn::KeyPackage(_) => Ok(()),
-        _ => Err(ProtoError::Mls("expected a KeyPackage")),
-    }
+    let MlsMessageBodyIn::KeyPackage(kp) = decode(bytes)? else {
+        return Err(ProtoError::Mls("expected a KeyPackage"));
+    };
+    let credential = kp.unverified_credential();
+    let basic = BasicCredential::try_from(credential.credential)
+        .map_err(|_| ProtoError::Mls("KeyPackage credential is not a basic credential"))?;
+    Ok(KeyPackageOwner {
+        device: DeviceAddr::from_credential_identity(basic.identity())?,
+        signature_key: credential.signature_key.as_slice().to_vec(),
+    })
 }

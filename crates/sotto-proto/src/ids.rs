@@ -194,3 +194,56 @@ impl fmt::Display for GroupId {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
+
+/// A server's identity: 16 random bytes it chose once, written as 32 lowercase hex digits.
+/// Clients pin it at `init` and bind every sign-in signature to it, so a signature made for one
+/// server is worthless at another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServerId(String);
+
+impl ServerId {
+    /// Length of the hex form.
+    pub const HEX_LEN: usize = 32;
+
+    /// Parses the 32-hex-digit form.
+    pub fn parse(s: &str) -> Result<Self, ProtoError> {
+        if s.len() == Self::HEX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(ServerId(s.to_owned()))
+        } else {
+            Err(ProtoError::Invalid("server id (32 lowercase hex digits)"))
+        }
+    }
+
+    /// The id of 16 random bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        ServerId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The hex form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ServerId {
+    type Error = ProtoError;
+    fn try_from(s: String) -> Result<Self, ProtoError> {
+        ServerId::parse(&s)
+    }
+}
+
+impl From<ServerId> for String {
+    fn from(s: ServerId) -> String {
+        s.0
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

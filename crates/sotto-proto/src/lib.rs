@@ -30,7 +30,7 @@ pub mod ids;
 
 pub use bytes::Bytes;
 pub use error::{ErrorBody, ErrorCode, ProtoError};
-pub use ids::{DeviceAddr, DeviceId, GroupId, Username};
+pub use ids::{DeviceAddr, DeviceId, GroupId, ServerId, Username};
 
 /// The API version this crate speaks; it is the `/v1` in every path.
 pub const API_VERSION: u32 = 1;
@@ -46,8 +46,6 @@ pub mod limits {
     pub const MAX_KEY_PACKAGE: usize = 16 * 1024;
     /// Most KeyPackages uploaded in one request.
     pub const MAX_KEY_PACKAGE_BATCH: usize = 200;
-    /// Most one-time KeyPackages a device may hold on the server.
-    pub const MAX_KEY_PACKAGES_STORED: usize = 1000;
     /// Most recipient devices of one message.
     pub const MAX_RECIPIENTS: usize = 5000;
     /// Most devices in one account's device list.
@@ -62,4 +60,7 @@ pub mod limits {
     pub const MAX_ACK: usize = 1000;
     /// Length of a client-chosen idempotency key, in hex characters.
     pub const CLIENT_ID_HEX: usize = 32;
+    /// Largest epoch a group message may carry: epochs are stored as signed 64-bit integers,
+    /// and a commit must leave room for the next epoch.
+    pub const MAX_EPOCH: u64 = i64::MAX as u64;
 }

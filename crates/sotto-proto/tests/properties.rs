@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use sotto_proto::api::*;
 use sotto_proto::device_list::{DeviceEntry, DeviceList, SignedDeviceListIn};
 use sotto_proto::framing::{check_key_package, check_welcome, parse_group_message};
-use sotto_proto::{Bytes, DeviceAddr, DeviceId, ErrorBody, ErrorCode, GroupId, Username};
+use sotto_proto::{Bytes, DeviceAddr, DeviceId, ErrorBody, ErrorCode, GroupId, ServerId, Username};
 
 fn username() -> impl Strategy<Value = Username> {
     "[a-z][a-z0-9_.-]{2,31}".prop_map(|s| Username::parse(&s).unwrap())
@@ -36,26 +36,54 @@ fn addrs() -> impl Strategy<Value = Vec<DeviceAddr>> {
     prop::collection::vec(addr(), 0..5)
 }
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    prop::sample::select(vec![
-        ErrorCode::MalformedRequest,
-        ErrorCode::InvalidField,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::UnsupportedVersion,
-        ErrorCode::Unauthorized,
-        ErrorCode::TokenExpired,
-        ErrorCode::InvalidChallenge,
-        ErrorCode::InvalidSignature,
-        ErrorCode::UsernameTaken,
-        ErrorCode::UnknownUser,
-        ErrorCode::UnknownDevice,
-        ErrorCode::NoKeyPackage,
-        ErrorCode::InvalidMlsMessage,
-        ErrorCode::EpochConflict,
-        ErrorCode::NotAGroupMember,
-        ErrorCode::NotFound,
-        ErrorCode::RateLimited,
-        ErrorCode::Internal,
-    ])
+    prop::sample::select(ErrorCode::ALL)
+}
+fn server_id() -> impl Strategy<Value = ServerId> {
+    any::<[u8; 16]>().prop_map(ServerId::from_bytes)
+}
+
+/// A valid Ed25519 public key derived from `seed`.
+fn device_key(seed: u8) -> Vec<u8> {
+    SigningKey::from_bytes(&[seed; 32])
+        .verifying_key()
+        .to_bytes()
+        .to_vec()
+}
+
+/// Signs a one-device list whose device has `key` and `name`, and verifies it.
+fn verify_one_device_list(key: Vec<u8>, name: &str) -> Result<(), sotto_proto::ProtoError> {
+    let identity = SigningKey::from_bytes(&[1; 32]);
+    let list = DeviceList {
+        version: 1,
+        user: Username::parse("alice").unwrap(),
+        revision: 1,
+        devices: vec![DeviceEntry {
+            id: DeviceId::new(1),
+            signature_key: Bytes(key),
+            name: name.into(),
+            added_at: 1,
+        }],
+    };
+    let body = list.encode();
+    let signature = identity
+        .sign(&DeviceList::signing_input(&body))
+        .to_bytes()
+        .to_vec();
+    SignedDeviceListIn {
+        body: Bytes(body),
+        signature: Bytes(signature),
+    }
+    .verify(&identity.verifying_key())
+    .map(|_| ())
+}
+
+/// An MLS PrivateMessage (RFC 9420 §6.3.1) with the given header and empty payloads.
+fn private_message(group: &[u8], epoch: u64, content_type: u8) -> Vec<u8> {
+    let mut m = vec![0, 1, 0, 2, group.len() as u8];
+    m.extend_from_slice(group);
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.extend_from_slice(&[content_type, 0, 0, 0]);
+    m
 }
 
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: &T) {
@@ -66,7 +94,9 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: 
 
 proptest! {
     #[test]
-    fn ids_round_trip(u in username(), d in device_id(), g in group_id(), a in addr()) {
+    fn ids_round_trip(u in username(), d in device_id(), g in group_id(), a in addr(), s in server_id()) {
+        round_trip(&s);
+        prop_assert_eq!(ServerId::parse(s.as_str()).unwrap(), s);
         round_trip(&u);
         round_trip(&d);
         round_trip(&g);
@@ -87,10 +117,13 @@ proptest! {
     #[test]
     fn account_and_auth_types_round_trip(
         user in username(), a in addr(), b in bytes(), c in bytes(), list in signed_list(),
-        n in any::<u64>(), suite in any::<u16>(), token in "[0-9a-f]{64}",
+        n in any::<u64>(), suite in any::<u16>(), token in "[0-9a-f]{64}", server in server_id(),
+        kps in prop::collection::vec(bytes(), 0..3),
     ) {
-        round_trip(&ServerConfig { api_version: 1, ciphersuite: suite });
-        round_trip(&RegisterRequest { identity_key: b.clone(), device_list: list.clone() });
+        round_trip(&ServerConfig { api_version: 1, ciphersuite: suite, server_id: server });
+        round_trip(&RegisterRequest {
+            identity_key: b.clone(), device_list: list.clone(), key_packages: kps, last_resort: c.clone(),
+        });
         round_trip(&RegisterResponse { user: user.clone() });
         round_trip(&ChallengeRequest { device: a.clone() });
         round_trip(&ChallengeResponse { challenge: b.clone(), expires_at: n });
@@ -125,7 +158,7 @@ proptest! {
             kind: if welcome_kind { QueuedKind::Welcome } else { QueuedKind::Group },
             message: m, accepted_at: n,
         };
-        round_trip(&QueueResponse { messages: vec![q] });
+        round_trip(&QueueResponse { messages: vec![q], dropped_total: n });
         round_trip(&AckRequest { ids });
         round_trip(&PushEvent::NewMessages);
     }
@@ -138,7 +171,7 @@ proptest! {
         let identity = SigningKey::from_bytes(&seed);
         let devices = ids.iter().map(|&id| DeviceEntry {
             id: DeviceId::new(id),
-            signature_key: Bytes(vec![(id % 251) as u8; 32]),
+            signature_key: Bytes(device_key((id % 251) as u8)),
             name: "phone".into(),
             added_at: 1,
         }).collect();
@@ -169,7 +202,9 @@ proptest! {
         let _ = DeviceId::parse(&text);
         let _ = GroupId::parse(&text);
         let _ = serde_json::from_slice::<SendRequest>(&data).map(|r| r.validate(&GroupId::from_bytes(&[0; 16]).unwrap()));
-        let _ = serde_json::from_slice::<UploadKeyPackagesRequest>(&data).map(UploadKeyPackagesRequest::validate);
+        let owner = DeviceAddr { user: Username::parse("alice").unwrap(), device: DeviceId::new(1) };
+        let _ = serde_json::from_slice::<UploadKeyPackagesRequest>(&data).map(|r| r.validate(&owner, &[7; 32]));
+        let _ = serde_json::from_slice::<RegisterRequest>(&data).map(RegisterRequest::validate);
         let _ = serde_json::from_slice::<TokenRequest>(&data).map(TokenRequest::validate);
         let _ = serde_json::from_slice::<AckRequest>(&data).map(AckRequest::validate);
         let key = SigningKey::from_bytes(&[7; 32]).verifying_key();
@@ -226,4 +261,68 @@ fn malformed_names_are_rejected() {
         parse_group_message(&oversized),
         Err(sotto_proto::ProtoError::TooLarge(_))
     ));
+}
+
+#[test]
+fn device_lists_refuse_keys_that_are_not_ed25519_points() {
+    verify_one_device_list(device_key(3), "phone").unwrap();
+    // 32 bytes whose y coordinate is not on the curve: found by trying, the same every run.
+    let not_a_point = (0u8..=255)
+        .map(|b| {
+            let mut k = [b; 32];
+            k[31] &= 0x7f;
+            k
+        })
+        .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
+        .expect("some constant byte string is not a point");
+    let err = verify_one_device_list(not_a_point.to_vec(), "phone").unwrap_err();
+    assert!(err.to_string().contains("Ed25519"), "{err}");
+}
+
+#[test]
+fn device_names_refuse_control_and_invisible_formatting_characters() {
+    for name in ["laptop", "Jürgen's phone", "電話", "a"] {
+        verify_one_device_list(device_key(3), name).unwrap();
+    }
+    for name in [
+        "",
+        "evil\u{202E}enohp",
+        "nul\0",
+        "esc\u{1b}[31m",
+        "new\nline",
+        "zero\u{200B}width",
+        "isolate\u{2066}x",
+        &"x".repeat(65),
+    ] {
+        assert!(
+            verify_one_device_list(device_key(3), name).is_err(),
+            "{name:?}"
+        );
+    }
+}
+
+#[test]
+fn epochs_beyond_the_database_range_are_refused() {
+    let group = [0x5a; 16];
+    let gid = GroupId::from_bytes(&group).unwrap();
+    assert_eq!(
+        parse_group_message(&private_message(&group, 7, 3))
+            .unwrap()
+            .epoch,
+        7
+    );
+    let max = sotto_proto::limits::MAX_EPOCH;
+    assert!(parse_group_message(&private_message(&group, max, 1)).is_ok());
+    assert!(parse_group_message(&private_message(&group, max + 1, 1)).is_err());
+    assert!(parse_group_message(&private_message(&group, u64::MAX, 3)).is_err());
+    let send = |epoch: u64| SendRequest {
+        client_id: "0".repeat(32),
+        message: Bytes(private_message(&group, epoch, 3)),
+        recipients: vec![],
+        roster: Some(vec![]),
+        welcome: None,
+    };
+    assert!(send(max - 1).validate(&gid).is_ok());
+    // A commit at the last storable epoch would need one more.
+    assert!(send(max).validate(&gid).is_err());
 }

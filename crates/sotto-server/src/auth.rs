@@ -12,6 +12,7 @@ use sotto_proto::api::{
 use sotto_proto::device_list::parse_verifying_key;
 use sotto_proto::{DeviceAddr, ErrorCode};
 
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiJson};
 use crate::{AppState, now};
 
@@ -27,11 +28,15 @@ fn token_hash(token: &str) -> Vec<u8> {
 /// `POST /v1/auth/challenge`.
 pub async fn challenge(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<ChallengeRequest>,
 ) -> Result<ApiJson<ChallengeResponse>, ApiError> {
+    // Buckets of made-up device names refill within seconds and are forgotten each minute.
+    state.rate.challenge(ip, &req.device)?;
     let mut challenge = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut challenge);
     let expires_at = now() + CHALLENGE_TTL;
+    let outstanding = state.config.limits.challenges_outstanding;
     state
         .blocking(move |s| {
             if s.device_key(&req.device)?.is_none() {
@@ -41,7 +46,7 @@ pub async fn challenge(
                     "no such device",
                 ));
             }
-            s.put_challenge(&challenge, &req.device, expires_at)?;
+            s.put_challenge(&challenge, &req.device, expires_at, outstanding)?;
             Ok(ApiJson(ChallengeResponse {
                 challenge: challenge.to_vec().into(),
                 expires_at,
@@ -56,6 +61,7 @@ pub async fn token(
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<ApiJson<TokenResponse>, ApiError> {
     let req = req.validate()?;
+    let server = state.server_id.clone();
     state
         .blocking(move |s| {
             let invalid_challenge = || {
@@ -74,7 +80,7 @@ pub async fn token(
             let sig = ed25519_dalek::Signature::from_slice(req.signature.as_slice())
                 .map_err(|_| ApiError::from(sotto_proto::ProtoError::BadSignature))?;
             key.verify_strict(
-                &auth_signing_input(&req.device, req.challenge.as_slice()),
+                &auth_signing_input(&server, &req.device, req.challenge.as_slice()),
                 &sig,
             )
             .map_err(|_| {

@@ -4,9 +4,10 @@
 use axum::Json;
 use axum::extract::FromRequest;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sotto_proto::{ErrorBody, ErrorCode, ProtoError};
+use std::time::Duration;
 
 use crate::storage::StorageError;
 
@@ -15,6 +16,8 @@ use crate::storage::StorageError;
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Seconds until a rate-limited request may be tried again.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,7 +30,24 @@ impl ApiError {
                 message: message.into(),
                 epoch: None,
             },
+            retry_after: None,
         }
+    }
+
+    /// `429 rate_limited`, to be retried after `wait` (rounded up to whole seconds).
+    pub fn rate_limited(wait: Duration) -> Self {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many requests; see Retry-After",
+        );
+        e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        e
+    }
+
+    /// The `Retry-After` seconds, for a rate-limited request.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
     }
 
     /// `409 epoch_conflict` carrying the group's current epoch.
@@ -71,8 +91,48 @@ impl From<StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
+}
+
+/// Gives every error response the JSON [`ErrorBody`], the framework's own rejections (a bad
+/// path or query parameter, a wrong method, a failed WebSocket upgrade) included: a client
+/// always finds a stable code. Responses that already are JSON pass unchanged.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorCode::MethodNotAllowed,
+            "this route does not take that method",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
+        StatusCode::TOO_MANY_REQUESTS => (ErrorCode::RateLimited, "too many requests"),
+        s if s.is_server_error() => (ErrorCode::Internal, "internal server error"),
+        _ => (
+            ErrorCode::MalformedRequest,
+            "malformed request (path, query or headers)",
+        ),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = ApiError::new(status, code, message).into_response();
+    let (body_parts, body) = body.into_parts();
+    parts.headers.extend(body_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 /// A JSON body whose rejections are [`ApiError`]s with stable codes.

@@ -7,24 +7,28 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client_ip;
 pub mod error;
+pub mod limits;
 pub mod push;
 pub mod routes;
 pub mod storage;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::http::{Request, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use sotto_proto::{ErrorCode, limits};
+use sotto_proto::{ErrorCode, ServerId};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Level;
 
 use crate::error::ApiError;
+use crate::limits::{Limits, RateLimiters};
 use crate::push::Push;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 /// The post-quantum hybrid suite MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519.
 pub const SUITE_XWING: u16 = 0x004D;
@@ -40,6 +44,10 @@ pub struct Config {
     pub ciphersuite: u16,
     /// How long an undelivered message is kept, in seconds.
     pub retention: u64,
+    /// Rate limits and quotas.
+    pub limits: Limits,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for Config {
@@ -47,6 +55,8 @@ impl Default for Config {
         Config {
             ciphersuite: SUITE_XWING,
             retention: 30 * 24 * 3600,
+            limits: Limits::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -57,16 +67,25 @@ pub struct AppState {
     storage: Arc<dyn Storage>,
     push: Arc<Push>,
     config: Arc<Config>,
+    rate: Arc<RateLimiters>,
+    server_id: ServerId,
 }
 
 impl AppState {
     /// State over `storage`.
-    pub fn new(storage: Arc<dyn Storage>, config: Config) -> Self {
-        AppState {
+    pub fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
+        Ok(AppState {
+            server_id: storage.server_id()?,
             storage,
             push: Arc::new(Push::default()),
+            rate: Arc::new(RateLimiters::new(&config.limits)),
             config: Arc::new(config),
-        }
+        })
+    }
+
+    /// The server's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Runs a blocking storage operation off the async threads.
@@ -123,6 +142,16 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
     ApiError::internal("handler panicked").into_response()
 }
 
+/// The span of one request: method and route template, never the path itself, whose
+/// parameters name users and groups.
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<no route>", MatchedPath::as_str);
+    tracing::info_span!("request", method = %req.method(), route)
+}
+
 /// The router.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -141,48 +170,53 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queue/ack", post(routes::ack))
         .route("/v1/ws", get(push::websocket))
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(limits::MAX_BODY))
-        // One structured line per request: method, path, status, latency. Headers (and so
-        // bearer tokens) and bodies are never logged.
+        .layer(DefaultBodyLimit::max(sotto_proto::limits::MAX_BODY))
+        // One structured line per request: method, route template, status, latency. Paths
+        // (which name users and groups), headers (bearer tokens) and bodies are never logged.
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(request_span)
                 .on_response(tower_http::trace::DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 
-/// Serves `app(state)` on an already-bound listener until `shutdown` resolves, purging
-/// expired messages hourly.
+/// Serves `app(state)` on an already-bound listener until `shutdown` resolves. Every minute it
+/// forgets idle rate-limit buckets; every hour it purges expired messages.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let purger = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(3600));
-            loop {
-                tick.tick().await;
-                let retention = state.config.retention;
-                let purged = state
-                    .blocking(move |s| Ok(s.purge(now().saturating_sub(retention), now())?))
-                    .await;
-                match purged {
-                    Ok(n) if n > 0 => tracing::info!(messages = n, "purged expired messages"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = ?e, "purge failed"),
-                }
-            }
-        })
-    };
-    let result = axum::serve(listener, app(state))
+    let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
-    purger.abort();
+    housekeeping.abort();
     result
+}
+
+async fn housekeeping(state: AppState) {
+    let mut minute = tokio::time::interval(Duration::from_secs(60));
+    for n in 0u64.. {
+        minute.tick().await;
+        state.rate.forget_idle();
+        if n % 60 != 0 {
+            continue;
+        }
+        let retention = state.config.retention;
+        let purged = state
+            .blocking(move |s| Ok(s.purge(now().saturating_sub(retention), now())?))
+            .await;
+        match purged {
+            Ok(n) if n > 0 => tracing::info!(messages = n, "purged expired messages"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = ?e, "purge failed"),
+        }
+    }
 }

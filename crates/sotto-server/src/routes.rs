@@ -5,16 +5,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use sotto_proto::api::{
-    AckRequest, ClaimRequest, ClaimResponse, ClaimedKeyPackage, KeyPackageCount, QueueResponse,
-    RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
-    UploadKeyPackagesRequest, UserResponse,
+    AckRequest, ClaimRequest, ClaimResponse, KeyPackageCount, QueueResponse, RegisterRequest,
+    RegisterResponse, SendRequest, SendResponse, ServerConfig, UploadKeyPackagesRequest,
+    UserResponse,
 };
-use sotto_proto::device_list::{SignedDeviceListIn, parse_verifying_key};
+use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::{API_VERSION, ErrorCode, GroupId, Username, limits};
 
 use crate::auth::AuthDevice;
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiJson};
-use crate::storage::Submitted;
+use crate::storage::{Claim, Submitted};
 use crate::{AppState, now};
 
 /// `GET /v1/config`.
@@ -22,25 +23,24 @@ pub async fn config(State(state): State<AppState>) -> ApiJson<ServerConfig> {
     ApiJson(ServerConfig {
         api_version: API_VERSION,
         ciphersuite: state.config.ciphersuite,
+        server_id: state.server_id.clone(),
     })
 }
 
 /// `POST /v1/accounts`.
 pub async fn register(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, ApiJson<RegisterResponse>), ApiError> {
-    let identity = parse_verifying_key(req.identity_key.as_slice())?;
-    let list = req.device_list.verify(&identity)?;
-    if list.list().revision != 1 || list.list().devices.len() != 1 {
-        return Err(
-            sotto_proto::ProtoError::Invalid("first device list (revision 1, one device)").into(),
-        );
+    state.rate.register(ip)?;
+    let account = req.validate()?;
+    if account.key_packages.len() as u64 > state.config.limits.key_packages_per_device {
+        return Err(too_many_key_packages());
     }
-    let user = list.list().user.clone();
-    let identity_key = req.identity_key.into_vec();
+    let user = account.device_list.list().user.clone();
     let created = state
-        .blocking(move |s| Ok(s.create_account(&identity_key, &list, now())?))
+        .blocking(move |s| Ok(s.create_account(&account, now())?))
         .await?;
     if !created {
         return Err(ApiError::new(
@@ -49,7 +49,7 @@ pub async fn register(
             "username taken",
         ));
     }
-    tracing::info!(user = %user, "account created");
+    tracing::debug!(user = %user, "account created");
     Ok((StatusCode::CREATED, ApiJson(RegisterResponse { user })))
 }
 
@@ -83,25 +83,33 @@ pub async fn user(
     }))
 }
 
+fn too_many_key_packages() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidField,
+        "too many KeyPackages stored for this device",
+    )
+}
+
 /// `POST /v1/keypackages`.
 pub async fn upload_key_packages(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
     ApiJson(req): ApiJson<UploadKeyPackagesRequest>,
 ) -> Result<ApiJson<KeyPackageCount>, ApiError> {
-    let req = req.validate()?;
-    let one_time: Vec<Vec<u8>> = req.key_packages.into_iter().map(|k| k.into_vec()).collect();
-    let last_resort = req.last_resort.map(|k| k.into_vec());
+    let max_stored = state.config.limits.key_packages_per_device;
     let count = state
-        .blocking(move |s| Ok(s.add_key_packages(&device, &one_time, last_resort.as_deref())?))
+        .blocking(move |s| {
+            let key = s
+                .device_key(&device)?
+                .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
+            // Each KeyPackage must name this device and its key: a device cannot publish
+            // KeyPackages in another's name.
+            let upload = req.validate(&device, &key)?;
+            Ok(s.add_key_packages(&device, &upload, max_stored)?)
+        })
         .await?;
-    count.map(ApiJson).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidField,
-            "too many KeyPackages stored for this device",
-        )
-    })
+    count.map(ApiJson).ok_or_else(too_many_key_packages)
 }
 
 /// `GET /v1/keypackages/count`.
@@ -117,51 +125,44 @@ pub async fn key_package_count(
 /// `POST /v1/keypackages/claim`.
 pub async fn claim_key_packages(
     State(state): State<AppState>,
-    _auth: AuthDevice,
+    ClientIp(ip): ClientIp,
+    AuthDevice(claimer): AuthDevice,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<ApiJson<ClaimResponse>, ApiError> {
-    let claimed = state
+    state.rate.claim(ip, &claimer, &req.user)?;
+    match state
         .blocking(move |s| Ok(s.claim_key_packages(&req.user)?))
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::UnknownUser,
-                "no such user",
-            )
-        })?;
-    let key_packages = claimed
-        .into_iter()
-        .map(|c| {
-            c.key_package
-                .map(|kp| ClaimedKeyPackage {
-                    device: c.device,
-                    key_package: kp.into(),
-                })
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        ErrorCode::NoKeyPackage,
-                        "a device of this user has no KeyPackage left",
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ApiJson(ClaimResponse { key_packages }))
+    {
+        Claim::Claimed(key_packages) => Ok(ApiJson(ClaimResponse { key_packages })),
+        Claim::UnknownUser => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownUser,
+            "no such user",
+        )),
+        Claim::Exhausted => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::NoKeyPackage,
+            "a device of this user has no KeyPackage left",
+        )),
+    }
 }
 
 /// `POST /v1/groups/{group_id}/messages`.
 pub async fn send(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     AuthDevice(sender): AuthDevice,
     Path(group): Path<String>,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> Result<(StatusCode, ApiJson<SendResponse>), ApiError> {
+    state.rate.send(ip, &sender)?;
     let group = GroupId::parse(&group)?;
     let valid = req.validate(&group)?;
     let from = sender.clone();
+    let quota = state.config.limits.queue_quota();
     let outcome = state
-        .blocking(move |s| Ok(s.submit(&from, &valid, now())?))
+        .blocking(move |s| Ok(s.submit(&from, &valid, now(), quota)?))
         .await?;
     match outcome {
         Submitted::Accepted { response, wake } => {
@@ -198,11 +199,7 @@ pub async fn fetch_queue(
 ) -> Result<ApiJson<QueueResponse>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, limits::MAX_FETCH);
     state
-        .blocking(move |s| {
-            Ok(ApiJson(QueueResponse {
-                messages: s.fetch(&device, limit)?,
-            }))
-        })
+        .blocking(move |s| Ok(ApiJson(s.fetch(&device, limit)?)))
         .await
 }
 

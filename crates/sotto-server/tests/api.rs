@@ -6,205 +6,18 @@
     reason = "test code: a failed unwrap is a failed test"
 )]
 
-use openmls::prelude::MlsGroup;
+mod common;
+
+use common::{assert_unchanged, code, hex_of, private_message, start, start_with};
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sotto_core::group;
 use sotto_core::{DeviceKey, IdentityKey};
-use sotto_proto::api::{
-    ChallengeResponse, KeyPackageCount, QueueResponse, SendResponse, TokenResponse,
-};
-use sotto_proto::{Bytes, DeviceAddr, Username};
-use sotto_server::storage::sqlite::SqliteStorage;
+use sotto_proto::api::{KeyPackageCount, QueueResponse, SendResponse};
+use sotto_proto::{Bytes, ErrorCode, Username};
+use sotto_server::Config;
+use sotto_server::limits::Limits;
 use sotto_server::storage::{AuthStore, DeliveryStore};
-use sotto_server::{AppState, Config};
-use std::path::PathBuf;
-use std::sync::Arc;
-
-struct TestServer {
-    url: String,
-    data: PathBuf,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let state = AppState::new(
-        Arc::new(SqliteStorage::open(&data).unwrap()),
-        Config::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(sotto_server::serve(listener, state, std::future::pending()));
-    TestServer {
-        url,
-        data,
-        http: reqwest::Client::new(),
-        _dir: dir,
-    }
-}
-
-struct User {
-    device: DeviceKey,
-    token: String,
-}
-
-impl TestServer {
-    async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.url)).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        (resp.status(), resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post_raw(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: Vec<u8>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        (resp.status(), resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.http.get(format!("{}{path}", self.url));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        (resp.status(), resp.json().await.unwrap_or(Value::Null))
-    }
-
-    fn register_body(&self, identity: &IdentityKey, device: &DeviceKey) -> Value {
-        let list = identity.sign_device_list(&device.first_device_list("test", 1));
-        json!({ "identity_key": Bytes(identity.public().to_vec()), "device_list": list })
-    }
-
-    async fn challenge(&self, device: &DeviceKey) -> Vec<u8> {
-        let (status, body) = self
-            .post(
-                "/v1/auth/challenge",
-                None,
-                &json!({ "device": device.addr() }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let ch: ChallengeResponse = serde_json::from_value(body).unwrap();
-        ch.challenge.into_vec()
-    }
-
-    async fn sign_in(&self, device: &DeviceKey) -> String {
-        let challenge = self.challenge(device).await;
-        let body = json!({
-            "device": device.addr(),
-            "signature": Bytes(device.sign_challenge(&challenge)),
-            "challenge": Bytes(challenge),
-        });
-        let (status, body) = self.post("/v1/auth/token", None, &body).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        serde_json::from_value::<TokenResponse>(body).unwrap().token
-    }
-
-    async fn user(&self, name: &str) -> User {
-        let identity = IdentityKey::generate();
-        let device = DeviceKey::generate(Username::parse(name).unwrap());
-        let (status, body) = self
-            .post(
-                "/v1/accounts",
-                None,
-                &self.register_body(&identity, &device),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        let token = self.sign_in(&device).await;
-        User { device, token }
-    }
-
-    /// Every row of every table, as text: equal snapshots mean no state changed.
-    fn snapshot(&self) -> String {
-        let db = rusqlite::Connection::open(self.data.join("sotto.db")).unwrap();
-        let mut out = String::new();
-        for table in [
-            "accounts",
-            "devices",
-            "tokens",
-            "key_packages",
-            "last_resort_key_packages",
-            "groups",
-            "group_roster",
-            "messages",
-            "queue",
-            "sends",
-        ] {
-            let mut stmt = db.prepare(&format!("SELECT * FROM {table}")).unwrap();
-            let n = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    (0..n)
-                        .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .unwrap();
-            for row in rows {
-                out.push_str(&format!("{table}: {}\n", row.unwrap().join(",")));
-            }
-        }
-        out
-    }
-}
-
-/// Fails (without printing whole tables) if the database differs from `before`.
-fn assert_unchanged(before: &str, s: &TestServer) {
-    let after = s.snapshot();
-    let changed: Vec<&str> = after.lines().filter(|l| !before.contains(l)).collect();
-    assert!(
-        before == after,
-        "state changed: {} row(s) differ, in tables {:?}",
-        changed.len(),
-        changed
-            .iter()
-            .map(|l| l.split(':').next().unwrap_or(""))
-            .collect::<Vec<_>>()
-    );
-}
-
-fn code(body: &Value) -> &str {
-    body["code"].as_str().unwrap_or("<none>")
-}
-
-fn provider() -> openmls_libcrux_crypto::Provider {
-    openmls_libcrux_crypto::Provider::new().unwrap()
-}
-
-fn suite() -> openmls::prelude::Ciphersuite {
-    sotto_core::suite::ciphersuite(sotto_server::SUITE_XWING).unwrap()
-}
-
-async fn upload_key_packages(s: &TestServer, u: &User, n: usize, last_resort: bool) -> Value {
-    let p = provider();
-    let kps = group::new_key_packages(&p, &u.device, suite(), n, last_resort).unwrap();
-    let body = json!({
-        "key_packages": kps.one_time.into_iter().map(Bytes).collect::<Vec<_>>(),
-        "last_resort": kps.last_resort.map(Bytes),
-    });
-    let (status, body) = s.post("/v1/keypackages", Some(&u.token), &body).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
 
 #[tokio::test]
 async fn health_config_and_openapi_cover_every_route() {
@@ -261,11 +74,15 @@ async fn health_config_and_openapi_cover_every_route() {
         }
     }
     // The error codes the document lists are exactly the ones the code has.
-    let documented = doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert_eq!(documented, 18);
+    let documented: Vec<&str> =
+        doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+    let in_code: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(documented, in_code);
 }
 
 #[tokio::test]
@@ -336,11 +153,7 @@ async fn sign_in_challenges_are_single_use_and_tokens_expire() {
 
     // A valid answer, then the same answer replayed.
     let challenge = s.challenge(&alice.device).await;
-    let answer = json!({
-        "device": alice.device.addr(),
-        "signature": Bytes(alice.device.sign_challenge(&challenge)),
-        "challenge": Bytes(challenge.clone()),
-    });
+    let answer = s.answer(&alice.device, &challenge);
     let (status, _) = s.post("/v1/auth/token", None, &answer).await;
     assert_eq!(status, StatusCode::OK);
     let (status, b) = s.post("/v1/auth/token", None, &answer).await;
@@ -351,21 +164,14 @@ async fn sign_in_challenges_are_single_use_and_tokens_expire() {
 
     // A wrong signature burns the challenge too.
     let challenge = s.challenge(&alice.device).await;
-    let wrong = json!({
-        "device": alice.device.addr(),
-        "signature": Bytes(ghost.sign_challenge(&challenge)),
-        "challenge": Bytes(challenge.clone()),
-    });
+    let mut wrong = s.answer(&alice.device, &challenge);
+    wrong["signature"] = json!(Bytes(ghost.sign_challenge(&s.server_id, &challenge)));
     let (status, b) = s.post("/v1/auth/token", None, &wrong).await;
     assert_eq!(
         (status, code(&b)),
         (StatusCode::UNAUTHORIZED, "invalid_signature")
     );
-    let retry = json!({
-        "device": alice.device.addr(),
-        "signature": Bytes(alice.device.sign_challenge(&challenge)),
-        "challenge": Bytes(challenge),
-    });
+    let retry = s.answer(&alice.device, &challenge);
     let (status, b) = s.post("/v1/auth/token", None, &retry).await;
     assert_eq!(
         (status, code(&b)),
@@ -382,7 +188,7 @@ async fn sign_in_challenges_are_single_use_and_tokens_expire() {
         );
     }
     // A token that expired a second ago.
-    let storage = SqliteStorage::open(&s.data).unwrap();
+    let storage = s.storage();
     let expired = "ab".repeat(32);
     let hash = <sha2::Sha256 as sha2::Digest>::digest(expired.as_bytes()).to_vec();
     storage
@@ -397,10 +203,16 @@ async fn sign_in_challenges_are_single_use_and_tokens_expire() {
 
 #[tokio::test]
 async fn each_one_time_key_package_goes_to_exactly_one_claimer() {
-    let s = start().await;
+    let mut limits = Limits::default();
+    limits.set("claim_per_target=100/1m").unwrap();
+    let s = start_with(Config {
+        limits,
+        ..Config::default()
+    })
+    .await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let count = upload_key_packages(&s, &bob, 5, true).await;
+    let count = s.upload_key_packages(&bob, 5, true).await;
     assert_eq!(count["count"], 5);
     assert_eq!(count["last_resort"], true);
 
@@ -437,14 +249,6 @@ async fn each_one_time_key_package_goes_to_exactly_one_claimer() {
     assert_eq!((status, code(&b)), (StatusCode::NOT_FOUND, "unknown_user"));
     let (status, b) = s
         .post(
-            "/v1/keypackages/claim",
-            Some(&bob.token),
-            &json!({ "user": "alice" }),
-        )
-        .await;
-    assert_eq!((status, code(&b)), (StatusCode::CONFLICT, "no_key_package"));
-    let (status, b) = s
-        .post(
             "/v1/keypackages",
             Some(&alice.token),
             &json!({ "key_packages": [Bytes(vec![1, 2, 3])] }),
@@ -457,54 +261,12 @@ async fn each_one_time_key_package_goes_to_exactly_one_claimer() {
     assert_unchanged(&before, &s);
 }
 
-/// Bob uploads KeyPackages, alice claims one through the API and builds two different
-/// commits adding him at epoch 0 of a new group.
-async fn rival_commits_adding(
-    s: &TestServer,
-    alice: &User,
-    bob: &User,
-) -> (MlsGroup, Bytes, Bytes) {
-    upload_key_packages(s, bob, 1, true).await;
-    let (_, claimed) = s
-        .post(
-            "/v1/keypackages/claim",
-            Some(&alice.token),
-            &json!({ "user": "bob" }),
-        )
-        .await;
-    let bob_kp = base64_decode(claimed["key_packages"][0]["key_package"].as_str().unwrap());
-    two_rival_commits(&alice.device, &bob_kp, bob.device.addr())
-}
-
-/// Alice's group with bob's KeyPackage claimed: returns two different commits for epoch 0.
-fn two_rival_commits(
-    alice: &DeviceKey,
-    bob_kp: &[u8],
-    bob: &DeviceAddr,
-) -> (MlsGroup, Bytes, Bytes) {
-    let p = provider();
-    let mut g = group::create(&p, alice, suite()).unwrap();
-    let bob_sig = {
-        use openmls::prelude::tls_codec::Deserialize as _;
-        let msg = openmls::prelude::MlsMessageIn::tls_deserialize_exact(bob_kp).unwrap();
-        let openmls::prelude::MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
-            panic!("not a KeyPackage")
-        };
-        kp.unverified_credential().signature_key.as_slice().to_vec()
-    };
-    let kp = group::verify_key_package(&p, bob_kp, bob, &bob_sig, suite()).unwrap();
-    let first = group::add(&p, alice, &mut g, std::slice::from_ref(&kp)).unwrap();
-    group::discard_pending(&p, &mut g).unwrap();
-    let second = group::add(&p, alice, &mut g, &[kp]).unwrap();
-    (g, Bytes(first.commit), Bytes(second.commit))
-}
-
 #[tokio::test]
 async fn one_commit_per_epoch_and_queues_deliver_once() {
     let s = start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let (g, first, second) = rival_commits_adding(&s, &alice, &bob).await;
+    let (g, first, second) = s.rival_commits_adding(&alice, &bob).await;
     let gid = hex_of(g.group_id().as_slice());
     let roster = json!([alice.device.addr(), bob.device.addr()]);
     let send = |message: &Bytes, client_id: &str| {
@@ -563,7 +325,7 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
     assert_eq!(q.messages[0].id, accepted.id);
     let (_, q2) = s.get("/v1/queue", Some(&bob.token)).await;
     assert_eq!(serde_json::from_value::<QueueResponse>(q2).unwrap(), q);
-    // Alice cannot acknowledge bob's messages.
+    // Alice cannot acknowledge bob's messages: her ack touches only her own queue.
     let (status, _) = s
         .post(
             "/v1/queue/ack",
@@ -572,6 +334,8 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, q3) = s.get("/v1/queue", Some(&bob.token)).await;
+    assert_eq!(serde_json::from_value::<QueueResponse>(q3).unwrap(), q);
     let (status, _) = s
         .post(
             "/v1/queue/ack",
@@ -587,16 +351,6 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
         .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
         .unwrap();
     assert_eq!(left, 0, "a fully acknowledged message is deleted");
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    serde_json::from_value::<Bytes>(json!(s))
-        .unwrap()
-        .into_vec()
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[tokio::test]
@@ -753,7 +507,7 @@ async fn retention_purges_undelivered_messages() {
     let s = start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let (g, commit, _) = rival_commits_adding(&s, &alice, &bob).await;
+    let (g, commit, _) = s.rival_commits_adding(&alice, &bob).await;
     let body = json!({
         "client_id": "4".repeat(32),
         "message": commit,
@@ -764,11 +518,270 @@ async fn retention_purges_undelivered_messages() {
     let (status, _) = s.post(&path, Some(&alice.token), &body).await;
     assert_eq!(status, StatusCode::CREATED);
 
-    let storage = SqliteStorage::open(&s.data).unwrap();
+    let storage = s.storage();
     let now = sotto_server::now();
-    // A cutoff before the message keeps it; one after it deletes it with its queue entry.
+    // A cutoff before the message keeps it; one after it deletes it with its queue entry,
+    // and bob is told one message expired unread.
     assert_eq!(storage.purge(now - 60, now).unwrap(), 0);
-    assert_eq!(storage.fetch(bob.device.addr(), 10).unwrap().len(), 1);
+    let queue = storage.fetch(bob.device.addr(), 10).unwrap();
+    assert_eq!((queue.messages.len(), queue.dropped_total), (1, 0));
     assert_eq!(storage.purge(now + 1, now).unwrap(), 1);
-    assert!(storage.fetch(bob.device.addr(), 10).unwrap().is_empty());
+    let queue = storage.fetch(bob.device.addr(), 10).unwrap();
+    assert_eq!((queue.messages.len(), queue.dropped_total), (0, 1));
+}
+
+#[tokio::test]
+async fn a_sign_in_signature_made_for_another_server_is_refused() {
+    // A malicious server relays this server's challenge to alice, who signs it as a sign-in
+    // to the server she is talking to; the signature names that server, so it fails here.
+    let s = start().await;
+    let elsewhere = start().await;
+    assert_ne!(s.server_id, elsewhere.server_id);
+    let alice = s.user("alice").await;
+    let challenge = s.challenge(&alice.device).await;
+    let relayed = elsewhere.answer(&alice.device, &challenge);
+    let (status, b) = s.post("/v1/auth/token", None, &relayed).await;
+    assert_eq!(
+        (status, code(&b)),
+        (StatusCode::UNAUTHORIZED, "invalid_signature")
+    );
+    // The server's id is stable across restarts: it is stored with its data.
+    assert_eq!(
+        sotto_server::storage::ServerStore::server_id(&s.storage()).unwrap(),
+        s.server_id
+    );
+}
+
+#[tokio::test]
+async fn a_commit_at_an_epoch_the_database_cannot_hold_is_refused_and_the_server_carries_on() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let before = s.snapshot();
+    let group = [0x6b; 16];
+    let path = format!("/v1/groups/{}/messages", hex_of(&group));
+    for epoch in [u64::MAX, i64::MAX as u64, i64::MAX as u64 + 1] {
+        let body = json!({
+            "client_id": "7".repeat(32),
+            "message": Bytes(private_message(&group, epoch, 3)),
+            "recipients": [],
+            "roster": [alice.device.addr()],
+        });
+        let (status, b) = s.post(&path, Some(&alice.token), &body).await;
+        assert_eq!(
+            (status, code(&b)),
+            (StatusCode::BAD_REQUEST, "invalid_mls_message"),
+            "epoch {epoch}"
+        );
+    }
+    assert_unchanged(&before, &s);
+    // The server still serves: the largest epoch that leaves room for one more commit works.
+    let body = json!({
+        "client_id": "8".repeat(32),
+        "message": Bytes(private_message(&group, i64::MAX as u64 - 1, 3)),
+        "recipients": [],
+        "roster": [alice.device.addr()],
+    });
+    let (status, b) = s.post(&path, Some(&alice.token), &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{b}");
+    assert_eq!(b["epoch"], json!(i64::MAX as u64));
+    let (status, _) = s.get("/v1/keypackages/count", Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_message_with_no_recipients_moves_the_epoch_but_is_not_stored() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let group = [0x3c; 16];
+    let path = format!("/v1/groups/{}/messages", hex_of(&group));
+    let mut ids = Vec::new();
+    for (i, (epoch, kind)) in [(0, 3), (1, 1), (1, 3)].into_iter().enumerate() {
+        let body = json!({
+            "client_id": format!("{i:032}"),
+            "message": Bytes(private_message(&group, epoch, kind)),
+            "recipients": [],
+            "roster": if kind == 3 { json!([alice.device.addr()]) } else { Value::Null },
+        });
+        let (status, b) = s.post(&path, Some(&alice.token), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{b}");
+        ids.push(b["id"].as_u64().unwrap());
+    }
+    // Ordered (the epoch moved twice), each with its own id, and nothing kept for 30 days.
+    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
+    let epoch: i64 = db
+        .query_row("SELECT epoch FROM groups", [], |r| r.get(0))
+        .unwrap();
+    let stored: i64 = db
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((epoch, stored), (2, 0));
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+}
+
+#[tokio::test]
+async fn registration_refuses_keys_that_are_not_ed25519_points_and_unprintable_names() {
+    let s = start().await;
+    let identity = IdentityKey::generate();
+    let device = DeviceKey::generate(Username::parse("mallory").unwrap());
+    let not_a_point = (0u8..=255)
+        .map(|b| {
+            let mut k = [b; 32];
+            k[31] &= 0x7f;
+            k
+        })
+        .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
+        .unwrap();
+    let before = s.snapshot();
+    let with_device = |signature_key: Vec<u8>, name: &str| {
+        let mut list = device.first_device_list(name, 1);
+        list.devices[0].signature_key = Bytes(signature_key);
+        list.devices[0].name = name.to_owned();
+        let mut body = s.register_body(&identity, &device);
+        body["device_list"] = json!(identity.sign_device_list(&list));
+        body
+    };
+    for (body, why) in [
+        (with_device(not_a_point.to_vec(), "phone"), "not a point"),
+        (
+            with_device(device.public().to_vec(), "\u{202E}enohp"),
+            "bidi override",
+        ),
+        (with_device(device.public().to_vec(), "a\0b"), "NUL"),
+        (with_device(device.public().to_vec(), "\u{1b}[2J"), "ESC"),
+    ] {
+        let (status, b) = s.post("/v1/accounts", None, &body).await;
+        assert_eq!(
+            (status, code(&b)),
+            (StatusCode::BAD_REQUEST, "invalid_field"),
+            "{why}: {b}"
+        );
+    }
+    let mut bad_identity = s.register_body(&identity, &device);
+    bad_identity["identity_key"] = json!(Bytes(not_a_point.to_vec()));
+    let (status, b) = s.post("/v1/accounts", None, &bad_identity).await;
+    assert_eq!(
+        (status, code(&b)),
+        (StatusCode::BAD_REQUEST, "invalid_field"),
+        "{b}"
+    );
+    assert_unchanged(&before, &s);
+}
+
+#[tokio::test]
+async fn key_packages_must_name_the_device_that_uploads_them() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let before = s.snapshot();
+    // Alice uploads KeyPackages made in bob's name (his real device and key).
+    let (forged, _) = common::key_packages(&bob.device, 2, false);
+    let (status, b) = s
+        .post(
+            "/v1/keypackages",
+            Some(&alice.token),
+            &json!({ "key_packages": forged }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&b)),
+        (StatusCode::BAD_REQUEST, "invalid_field")
+    );
+    // Or in her own name with a key that is not her device's.
+    let impostor = DeviceKey::from_secret(alice.device.addr().clone(), &[9; 32]).unwrap();
+    let (forged, last_resort) = common::key_packages(&impostor, 1, true);
+    let (status, b) = s
+        .post(
+            "/v1/keypackages",
+            Some(&alice.token),
+            &json!({ "key_packages": forged, "last_resort": last_resort }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&b)),
+        (StatusCode::BAD_REQUEST, "invalid_field")
+    );
+    // A registration whose KeyPackages name another device is refused whole.
+    let identity = IdentityKey::generate();
+    let carol = DeviceKey::generate(Username::parse("carol").unwrap());
+    let mut body = s.register_body(&identity, &carol);
+    body["last_resort"] = json!(common::key_packages(&bob.device, 0, true).1);
+    let (status, b) = s.post("/v1/accounts", None, &body).await;
+    assert_eq!(
+        (status, code(&b)),
+        (StatusCode::BAD_REQUEST, "invalid_field")
+    );
+    assert_unchanged(&before, &s);
+    // Her own are taken.
+    let count = s.upload_key_packages(&alice, 3, false).await;
+    assert_eq!(count["count"], 3);
+}
+
+#[tokio::test]
+async fn every_rejection_has_a_json_body_with_a_stable_code() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let t = Some(alice.token.as_str());
+    let raw = |method: reqwest::Method, path: &str| {
+        s.http
+            .request(method, format!("{}{path}", s.url))
+            .bearer_auth(&alice.token)
+    };
+    let cases = [
+        (
+            raw(reqwest::Method::GET, "/v1/queue?limit=abc"),
+            400,
+            "malformed_request",
+        ),
+        (
+            raw(reqwest::Method::GET, "/v1/queue?limit=-1"),
+            400,
+            "malformed_request",
+        ),
+        (
+            raw(reqwest::Method::GET, "/v1/users/%FF"),
+            400,
+            "malformed_request",
+        ),
+        (
+            raw(reqwest::Method::GET, "/v1/ws"),
+            400,
+            "malformed_request",
+        ),
+        (
+            raw(reqwest::Method::GET, "/v1/queue/ack"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            raw(reqwest::Method::DELETE, "/v1/accounts"),
+            405,
+            "method_not_allowed",
+        ),
+        (raw(reqwest::Method::GET, "/nothing/here"), 404, "not_found"),
+        (raw(reqwest::Method::GET, "/v1/"), 404, "not_found"),
+        (
+            raw(reqwest::Method::POST, "/v1/queue/ack").body("{}"),
+            400,
+            "malformed_request",
+        ),
+    ];
+    for (req, status, expected) in cases {
+        let resp = req.send().await.unwrap();
+        let got = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (got, code(&body)),
+            (status, expected),
+            "{body} ({content_type:?})"
+        );
+        assert!(body["message"].is_string(), "{body}");
+    }
+    // The queue itself still answers, with its limit clamped.
+    let (status, _) = s.get("/v1/queue?limit=99999", t).await;
+    assert_eq!(status, StatusCode::OK);
 }

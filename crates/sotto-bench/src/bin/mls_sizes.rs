@@ -49,7 +49,7 @@ fn main() {
                 .collect();
             let mut g = group::create(&creator, &alice, suite).unwrap();
             let t = Instant::now();
-            let out = group::add(&creator, &alice, &mut g, &kps).unwrap();
+            let out = group::add(&creator, &alice, &mut g, &kps, 0).unwrap();
             let add_ms = t.elapsed().as_secs_f64() * 1000.0;
             group::merge_pending(&creator, &mut g).unwrap();
             println!(

@@ -6,9 +6,11 @@
 
 pub mod sqlite;
 
-use sotto_proto::api::{KeyPackageCount, QueuedMessage, SendResponse, ValidSend};
-use sotto_proto::device_list::VerifiedDeviceList;
-use sotto_proto::{DeviceAddr, DeviceId, Username};
+use sotto_proto::api::{
+    ClaimedKeyPackage, KeyPackageCount, QueueResponse, SendResponse, ValidRegistration, ValidSend,
+    ValidUpload,
+};
+use sotto_proto::{DeviceAddr, ServerId, Username};
 
 /// The storage failed (I/O, corruption, a bug). Never shown to a peer.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,12 @@ impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
         StorageError(e.to_string())
     }
+}
+
+/// Facts about the server itself.
+pub trait ServerStore {
+    /// The server's identity, chosen at random when the storage was created and never changed.
+    fn server_id(&self) -> Result<ServerId, StorageError>;
 }
 
 /// A registered account.
@@ -34,13 +42,9 @@ pub struct Account {
 
 /// Accounts and their device lists.
 pub trait AccountStore {
-    /// Creates the account; `Ok(false)` if the username is taken (nothing changes then).
-    fn create_account(
-        &self,
-        identity_key: &[u8],
-        list: &VerifiedDeviceList,
-        now: u64,
-    ) -> Result<bool, StorageError>;
+    /// Creates the account with its first device and that device's KeyPackages; `Ok(false)`
+    /// if the username is taken (nothing changes then).
+    fn create_account(&self, account: &ValidRegistration, now: u64) -> Result<bool, StorageError>;
     /// The account, if it exists.
     fn account(&self, user: &Username) -> Result<Option<Account>, StorageError>;
     /// A device's signature (authentication) key, if the device exists.
@@ -49,12 +53,15 @@ pub trait AccountStore {
 
 /// Sign-in challenges and bearer tokens.
 pub trait AuthStore {
-    /// Stores a fresh challenge for `device`.
+    /// Stores a fresh challenge for `device`. If the device then has more than
+    /// `max_outstanding` unexpired challenges, the oldest are dropped: a flood of challenge
+    /// requests for someone else's device can cost it at most a retry, never a lock-out.
     fn put_challenge(
         &self,
         challenge: &[u8],
         device: &DeviceAddr,
         expires_at: u64,
+        max_outstanding: u32,
     ) -> Result<(), StorageError>;
     /// Deletes the challenge and says whether it was issued to `device` and unexpired at
     /// `now`. A challenge can be taken once only.
@@ -75,31 +82,43 @@ pub trait AuthStore {
     fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError>;
 }
 
-/// What a claim found for one device.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    /// The device.
-    pub device: DeviceId,
-    /// Its KeyPackage: a one-time one (now deleted) or the last-resort one; `None` if it has
-    /// neither.
-    pub key_package: Option<Vec<u8>>,
+/// What a claim of one KeyPackage per device of a user found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No such user; nothing was taken.
+    UnknownUser,
+    /// A device of the user has no KeyPackage at all; nothing was taken.
+    Exhausted,
+    /// One KeyPackage for each device: a one-time one (now deleted) or the last-resort one.
+    Claimed(Vec<ClaimedKeyPackage>),
 }
 
 /// The KeyPackage directory.
 pub trait KeyPackageStore {
     /// Adds one-time KeyPackages and replaces the last-resort one if given. `Ok(None)` if the
-    /// device would then hold more than the limit (nothing changes then).
+    /// device would then hold more than `max_stored` one-time KeyPackages (nothing changes).
     fn add_key_packages(
         &self,
         device: &DeviceAddr,
-        one_time: &[Vec<u8>],
-        last_resort: Option<&[u8]>,
+        upload: &ValidUpload,
+        max_stored: u64,
     ) -> Result<Option<KeyPackageCount>, StorageError>;
     /// How many the device has left.
     fn key_package_count(&self, device: &DeviceAddr) -> Result<KeyPackageCount, StorageError>;
-    /// Atomically takes one KeyPackage for every device of `user`; each one-time KeyPackage
-    /// goes to exactly one claimer. `Ok(None)` if the user does not exist.
-    fn claim_key_packages(&self, user: &Username) -> Result<Option<Vec<Claimed>>, StorageError>;
+    /// Atomically takes one KeyPackage for every device of `user`, all or nothing: each
+    /// one-time KeyPackage goes to exactly one claimer, and a claim that cannot serve every
+    /// device takes none.
+    fn claim_key_packages(&self, user: &Username) -> Result<Claim, StorageError>;
+}
+
+/// The most a device's queue may hold. Past either bound the oldest entries are dropped
+/// (and counted in the device's `dropped_total`), so an abandoned device never blocks a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueQuota {
+    /// Entries.
+    pub messages: u64,
+    /// Bytes of the messages the entries refer to.
+    pub bytes: u64,
 }
 
 /// Result of submitting a group message.
@@ -124,28 +143,34 @@ pub enum Submitted {
 pub trait DeliveryStore {
     /// Orders and stores one group message (with its Welcome, if any), all or nothing: at most
     /// one commit per (group, epoch), a sequence number per message, one stored copy and a
-    /// queue entry per recipient device. A repeated `client_id` from the same device returns
-    /// the first answer and stores nothing.
+    /// queue entry per recipient device, within each recipient's `quota`. A message with no
+    /// recipients is ordered (it may move the epoch) but not stored. A repeated `client_id`
+    /// from the same device returns the first answer and stores nothing.
     fn submit(
         &self,
         sender: &DeviceAddr,
         send: &ValidSend,
         now: u64,
+        quota: QueueQuota,
     ) -> Result<Submitted, StorageError>;
-    /// The oldest `limit` messages queued for `device`.
-    fn fetch(&self, device: &DeviceAddr, limit: u32) -> Result<Vec<QueuedMessage>, StorageError>;
+    /// The oldest `limit` messages queued for `device`, with its `dropped_total`.
+    fn fetch(&self, device: &DeviceAddr, limit: u32) -> Result<QueueResponse, StorageError>;
     /// Removes the acknowledged entries of `device`'s queue, and every message no queue refers
     /// to any more. Returns how many entries were removed.
     fn ack(&self, device: &DeviceAddr, ids: &[u64]) -> Result<u64, StorageError>;
-    /// Deletes messages accepted before `cutoff` with their queue entries, and expired
-    /// challenges, tokens and idempotency records. Returns the number of messages deleted.
+    /// Deletes messages accepted before `cutoff` with their queue entries (counting each
+    /// entry in its device's `dropped_total`), and expired challenges, tokens and idempotency
+    /// records. Returns the number of messages deleted.
     fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError>;
 }
 
 /// Everything the server stores.
 pub trait Storage:
-    AccountStore + AuthStore + KeyPackageStore + DeliveryStore + Send + Sync
+    ServerStore + AccountStore + AuthStore + KeyPackageStore + DeliveryStore + Send + Sync
 {
 }
 
-impl<T: AccountStore + AuthStore + KeyPackageStore + DeliveryStore + Send + Sync> Storage for T {}
+impl<T: ServerStore + AccountStore + AuthStore + KeyPackageStore + DeliveryStore + Send + Sync>
+    Storage for T
+{
+}

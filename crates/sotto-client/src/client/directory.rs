@@ -1,0 +1,124 @@
+//! Contacts' identity keys and signed device lists: fetched, verified, pinned on first
+//! contact, and checked against every device a group introduces (the ghost-device check).
+//!
+//! Only a verified mismatch is a security failure. A list that could not be fetched (the
+//! network, a server error) decides nothing: the message that needed it waits in the queue.
+
+use super::*;
+use std::sync::{MutexGuard, PoisonError};
+
+impl Client {
+    pub(super) fn lists(&self) -> MutexGuard<'_, HashMap<Username, Result<DeviceList, String>>> {
+        // A map of independent entries: a panic elsewhere cannot leave it half-changed.
+        self.lists.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the lists fetched so far: they change when devices are added.
+    pub(super) fn forget_lists(&self) {
+        self.lists().clear();
+    }
+
+    /// Fetches `user`'s identity key and device list, verifies the list with the key, and
+    /// pins the key on first contact. Errors: `Security` for a verified mismatch, `Usage`
+    /// when the server says there is no such user, anything else when nothing was learned.
+    pub(super) async fn fetch_device_list(
+        &self,
+        user: &Username,
+    ) -> Result<DeviceList, ClientError> {
+        if let Some(known) = self.lists().get(user).cloned() {
+            return known.map_err(ClientError::Security);
+        }
+        let token = self.token().await?;
+        let resp = self
+            .api
+            .user(&token, user)
+            .await
+            .map_err(|e| match e.code() {
+                Some(ErrorCode::UnknownUser) => ClientError::Usage(format!("no such user: {user}")),
+                _ => e,
+            })?;
+        let key = parse_verifying_key(resp.identity_key.as_slice())
+            .map_err(|_| ClientError::Security(format!("{user} has a malformed identity key")))?;
+        let pinned: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT identity_key FROM contacts WHERE user = ?1",
+                [user.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let expected = if *user == self.me().user {
+            Some(self.identity.public().to_vec())
+        } else {
+            pinned.clone()
+        };
+        if expected.is_some_and(|k| k != resp.identity_key.as_slice()) {
+            return Err(ClientError::Security(format!(
+                "the identity key of {user} changed; refusing to trust it"
+            )));
+        }
+        let verified = resp.device_list.verify(&key).map_err(|e| {
+            ClientError::Security(format!("the device list of {user} does not verify: {e}"))
+        })?;
+        if verified.list().user != *user {
+            return Err(ClientError::Security(format!(
+                "the server returned another account's device list for {user}"
+            )));
+        }
+        // Pinned only once the list it signs has verified.
+        if pinned.is_none() && *user != self.me().user {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO contacts (user, identity_key, first_seen) VALUES (?1, ?2, ?3)",
+                params![user.as_str(), resp.identity_key.as_slice(), now() as i64],
+            )?;
+        }
+        let list = verified.list().clone();
+        self.lists().insert(user.clone(), Ok(list.clone()));
+        Ok(list)
+    }
+
+    /// Records that `user`'s devices cannot be verified, and why: the ghost-device check then
+    /// refuses them with that reason for the rest of this sync.
+    pub(super) fn list_unverifiable(&self, user: &Username, reason: String) {
+        self.lists().insert(user.clone(), Err(reason));
+    }
+
+    /// Checks every device against its owner's signed device list (the ghost-device check).
+    pub(super) fn verify_members(&self, devices: &[MemberDevice]) -> Result<(), ApplyError> {
+        let lists = self.lists();
+        let mut missing: Vec<Username> = devices
+            .iter()
+            .map(|d| d.addr.user.clone())
+            .filter(|u| !lists.contains_key(u))
+            .collect();
+        if !missing.is_empty() {
+            missing.sort();
+            missing.dedup();
+            return Err(ApplyError::NeedLists(missing));
+        }
+        for d in devices {
+            let list = match lists.get(&d.addr.user) {
+                Some(Ok(list)) => list,
+                Some(Err(reason)) => {
+                    return Err(ClientError::Security(format!(
+                        "cannot verify the devices of {}: {reason}",
+                        d.addr.user
+                    ))
+                    .into());
+                }
+                None => return Err(ApplyError::NeedLists(vec![d.addr.user.clone()])),
+            };
+            let listed = list
+                .device(d.addr.device)
+                .is_some_and(|e| e.signature_key.as_slice() == d.signature_key);
+            if !listed {
+                return Err(ClientError::Security(format!(
+                    "device {} is not in the signed device list of {}; refusing it",
+                    d.addr.device, d.addr.user
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! Rate limits and quotas: their values ([`Limits`], set with `sotto server --limit
+//! NAME=VALUE`) and the in-memory token buckets that enforce the rates ([`RateLimiters`]).
+//!
+//! Every limit is declared once, in the list below; that list makes the struct, its
+//! defaults, the `--limit` parser and the table in `docs/design.md` (a test keeps the two
+//! equal). Buckets are per server process: several nodes each enforce their own.
+
+use crate::error::ApiError;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use sotto_proto::{DeviceAddr, Username};
+use std::fmt;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// "N per PERIOD": a bucket of N requests, refilled evenly over PERIOD. Written `N/PERIOD`,
+/// e.g. `20/1m`; PERIOD is a number with `s`, `m` or `h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests per period, and the burst allowed.
+    pub count: NonZeroU32,
+    /// The period.
+    pub per: Seconds,
+}
+
+impl Rate {
+    const fn new(count: u32, per: u64) -> Rate {
+        Rate {
+            count: match NonZeroU32::new(count) {
+                Some(c) => c,
+                None => NonZeroU32::MIN,
+            },
+            per: Seconds(per),
+        }
+    }
+
+    fn quota(self) -> Quota {
+        let every = Duration::from_secs(self.per.0) / self.count.get();
+        Quota::with_period(every.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(self.count))
+            .allow_burst(self.count)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.per)
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (count, per) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected N/PERIOD, e.g. 20/1m"))?;
+        let count = count
+            .parse::<NonZeroU32>()
+            .map_err(|_| format!("{count:?}: expected a positive count"))?;
+        let per: Seconds = per.parse()?;
+        if per.0 == 0 {
+            return Err("the period must be positive".into());
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+/// A duration in whole seconds, written with `s`, `m` or `h` (`90s`, `30m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub u64);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            s if s > 0 && s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+            s if s > 0 && s.is_multiple_of(60) => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected a duration such as 30s, 5m or 1h");
+        let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let scale = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(scale).map(Seconds).ok_or_else(bad)
+    }
+}
+
+/// A number of bytes, written plainly or with a binary suffix (`512M`, `2G`, `64K`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+        match UNITS.iter().find(|(n, _)| self.0 > 0 && self.0.is_multiple_of(*n)) {
+            Some((n, unit)) => write!(f, "{}{unit}", self.0 / n),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected a byte count such as 1048576, 64K, 512M or 2G");
+        let (digits, scale) = match s.chars().last() {
+            Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+            Some('M') => (&s[..s.len() - 1], 1 << 20),
+            Some('G') => (&s[..s.len() - 1], 1 << 30),
+            _ => (s, 1),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(scale).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+macro_rules! limits {
+    ($( $(#[doc = $doc:literal])+ $field:ident: $ty:ty = $default:expr; )*) => {
+        /// Every rate limit and quota of the server. Tests raise them only by setting fields
+        /// explicitly; production sets them with `--limit NAME=VALUE`.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Limits {
+            $( $(#[doc = $doc])+ pub $field: $ty, )*
+        }
+
+        impl Default for Limits {
+            fn default() -> Self {
+                Limits { $( $field: $default, )* }
+            }
+        }
+
+        impl Limits {
+            /// Every limit as `(name, value, meaning)`, values written as `--limit` takes them.
+            pub fn describe(&self) -> Vec<(&'static str, String, String)> {
+                vec![$(
+                    (stringify!($field), self.$field.to_string(), concat!($($doc),+).trim().to_owned()),
+                )*]
+            }
+
+            /// Applies one `NAME=VALUE` setting.
+            pub fn set(&mut self, setting: &str) -> Result<(), String> {
+                let (name, value) = setting
+                    .split_once('=')
+                    .ok_or_else(|| format!("{setting:?}: expected NAME=VALUE"))?;
+                match name {
+                    $( stringify!($field) => {
+                        self.$field = value.parse().map_err(|e| format!("{name}: {e}"))?;
+                    } )*
+                    other => {
+                        let known = [$(stringify!($field)),*].join(", ");
+                        return Err(format!("unknown limit {other:?}; the limits are: {known}"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 3600;
+
+limits! {
+    /// Sign-in challenges one IP address may request.
+    challenge_per_ip: Rate = Rate::new(300, MINUTE);
+    /// Sign-in challenges anyone may request for one device.
+    challenge_per_device: Rate = Rate::new(60, MINUTE);
+    /// Unexpired challenges one device may have; a new one past it drops the oldest.
+    challenges_outstanding: u32 = 8;
+    /// Accounts one IP address may register.
+    register_per_ip: Rate = Rate::new(10, HOUR);
+    /// KeyPackage claims one IP address may make.
+    claim_per_ip: Rate = Rate::new(600, MINUTE);
+    /// KeyPackage claims one device may make.
+    claim_per_device: Rate = Rate::new(300, MINUTE);
+    /// Claims of one user's KeyPackages, by anyone: how fast an account can be drained.
+    claim_per_target: Rate = Rate::new(10, MINUTE);
+    /// Messages one IP address may send.
+    send_per_ip: Rate = Rate::new(6000, MINUTE);
+    /// Messages one device may send.
+    send_per_device: Rate = Rate::new(600, MINUTE);
+    /// WebSocket connections one IP address may open.
+    websocket_per_ip: Rate = Rate::new(120, MINUTE);
+    /// WebSocket connections one device may open.
+    websocket_per_device: Rate = Rate::new(30, MINUTE);
+    /// Open WebSockets per device; a new one past it closes the oldest.
+    sockets_per_device: u32 = 3;
+    /// Time between pings on an idle WebSocket; a ping unanswered by the next one closes it.
+    websocket_ping: Seconds = Seconds(30);
+    /// Entries one device's queue may hold; past it the oldest are dropped, and counted.
+    queue_messages: u64 = 20_000;
+    /// Bytes one device's queue may hold; past it the oldest are dropped, and counted.
+    queue_bytes: ByteSize = ByteSize(512 << 20);
+    /// One-time KeyPackages one device may keep on the server.
+    key_packages_per_device: u64 = 1000;
+}
+
+impl Limits {
+    /// The queue quota of one device.
+    pub fn queue_quota(&self) -> crate::storage::QueueQuota {
+        crate::storage::QueueQuota {
+            messages: self.queue_messages,
+            bytes: self.queue_bytes.0,
+        }
+    }
+}
+
+/// The key of a per-address bucket: an IPv4 address, or the /64 prefix of an IPv6 one (a
+/// single host usually holds a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpKey(IpAddr);
+
+impl From<IpAddr> for IpKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpKey(IpAddr::V6(prefix.into()))
+            }
+            IpAddr::V6(v6) => IpKey(v6.to_ipv4_mapped().map_or(ip, IpAddr::V4)),
+            v4 => IpKey(v4),
+        }
+    }
+}
+
+struct Bucket<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+}
+
+impl<K: Hash + Eq + Clone> Bucket<K> {
+    fn new(rate: Rate) -> Self {
+        Bucket {
+            limiter: DefaultKeyedRateLimiter::keyed(rate.quota()),
+        }
+    }
+
+    fn check(&self, key: &K) -> Result<(), ApiError> {
+        self.limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::rate_limited(wait)
+        })
+    }
+}
+
+/// The token buckets of every rate in [`Limits`], keyed by IP address, device or user.
+pub struct RateLimiters {
+    challenge_per_ip: Bucket<IpKey>,
+    challenge_per_device: Bucket<DeviceAddr>,
+    register_per_ip: Bucket<IpKey>,
+    claim_per_ip: Bucket<IpKey>,
+    claim_per_device: Bucket<DeviceAddr>,
+    claim_per_target: Bucket<Username>,
+    send_per_ip: Bucket<IpKey>,
+    send_per_device: Bucket<DeviceAddr>,
+    websocket_per_ip: Bucket<IpKey>,
+    websocket_per_device: Bucket<DeviceAddr>,
+}
+
+impl RateLimiters {
+    /// Empty buckets for `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        RateLimiters {
+            challenge_per_ip: Bucket::new(limits.challenge_per_ip),
+            challenge_per_device: Bucket::new(limits.challenge_per_device),
+            register_per_ip: Bucket::new(limits.register_per_ip),
+            claim_per_ip: Bucket::new(limits.claim_per_ip),
+            claim_per_device: Bucket::new(limits.claim_per_device),
+            claim_per_target: Bucket::new(limits.claim_per_target),
+            send_per_ip: Bucket::new(limits.send_per_ip),
+            send_per_device: Bucket::new(limits.send_per_device),
+            websocket_per_ip: Bucket::new(limits.websocket_per_ip),
+            websocket_per_device: Bucket::new(limits.websocket_per_device),
+        }
+    }
+
+    /// A sign-in challenge requested from `ip` for `device`.
+    pub fn challenge(&self, ip: IpKey, device: &DeviceAddr) -> Result<(), ApiError> {
+        self.challenge_per_ip.check(&ip)?;
+        self.challenge_per_device.check(device)
+    }
+
+    /// A registration from `ip`.
+    pub fn register(&self, ip: IpKey) -> Result<(), ApiError> {
+        self.register_per_ip.check(&ip)
+    }
+
+    /// A claim by `claimer` (from `ip`) of `target`'s KeyPackages.
+    pub fn claim(
+        &self,
+        ip: IpKey,
+        claimer: &DeviceAddr,
+        target: &Username,
+    ) -> Result<(), ApiError> {
+        self.claim_per_ip.check(&ip)?;
+        self.claim_per_device.check(claimer)?;
+        self.claim_per_target.check(target)
+    }
+
+    /// A message sent by `sender` from `ip`.
+    pub fn send(&self, ip: IpKey, sender: &DeviceAddr) -> Result<(), ApiError> {
+        self.send_per_ip.check(&ip)?;
+        self.send_per_device.check(sender)
+    }
+
+    /// A WebSocket opened by `device` from `ip`.
+    pub fn websocket(&self, ip: IpKey, device: &DeviceAddr) -> Result<(), ApiError> {
+        self.websocket_per_ip.check(&ip)?;
+        self.websocket_per_device.check(device)
+    }
+
+    /// Forgets buckets that are full again, so memory follows recent traffic only.
+    pub fn forget_idle(&self) {
+        self.challenge_per_ip.limiter.retain_recent();
+        self.challenge_per_device.limiter.retain_recent();
+        self.register_per_ip.limiter.retain_recent();
+        self.claim_per_ip.limiter.retain_recent();
+        self.claim_per_device.limiter.retain_recent();
+        self.claim_per_target.limiter.retain_recent();
+        self.send_per_ip.limiter.retain_recent();
+        self.send_per_device.limiter.retain_recent();
+        self.websocket_per_ip.limiter.retain_recent();
+        self.websocket_per_device.limiter.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_values_parse_and_print_the_same_way() {
+        let mut l = Limits::default();
+        l.set("claim_per_target=5/30s").expect("a rate");
+        l.set("queue_bytes=64K").expect("a size");
+        l.set("queue_messages=7").expect("a count");
+        l.set("websocket_ping=2m").expect("a duration");
+        assert_eq!(l.claim_per_target.to_string(), "5/30s");
+        assert_eq!(l.queue_bytes, ByteSize(64 << 10));
+        assert_eq!(l.queue_messages, 7);
+        assert_eq!(l.websocket_ping, Seconds(120));
+        for (name, value, _) in Limits::default().describe() {
+            let mut again = Limits::default();
+            again
+                .set(&format!("{name}={value}"))
+                .expect("a printed value parses");
+            assert_eq!(again, Limits::default(), "{name}={value}");
+        }
+        for bad in [
+            "claim_per_target",
+            "nope=1",
+            "claim_per_target=0/1m",
+            "claim_per_target=5/0s",
+            "claim_per_target=5/1d",
+            "queue_bytes=1T",
+            "queue_messages=-1",
+        ] {
+            assert!(Limits::default().set(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_share_a_bucket_per_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("an address");
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("an address");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("an address");
+        assert_eq!(IpKey::from(a), IpKey::from(b));
+        assert_ne!(IpKey::from(a), IpKey::from(c));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("an address");
+        let v4: IpAddr = "127.0.0.1".parse().expect("an address");
+        assert_eq!(IpKey::from(mapped), IpKey::from(v4));
+    }
+
+    #[test]
+    fn a_bucket_refuses_past_its_burst_and_says_when_to_retry() {
+        let bucket = Bucket::new(Rate::new(3, HOUR));
+        let key = IpKey::from(IpAddr::from([127, 0, 0, 1]));
+        for _ in 0..3 {
+            bucket.check(&key).expect("within the burst");
+        }
+        let refused = bucket.check(&key).expect_err("past the burst");
+        assert_eq!(
+            refused.retry_after(),
+            Some(1200),
+            "one request per 20 minutes"
+        );
+        let other = IpKey::from(IpAddr::from([127, 0, 0, 2]));
+        bucket
+            .check(&other)
+            .expect("another key has its own bucket");
+    }
+}

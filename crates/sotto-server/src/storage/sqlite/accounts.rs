@@ -1,0 +1,153 @@
+//! Accounts, their devices, and sign-in (challenges and token hashes) in SQLite.
+
+use super::{SqliteStorage, addr, to_i64, to_u64};
+use crate::storage::{Account, AccountStore, AuthStore, StorageError};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use sotto_proto::api::ValidRegistration;
+use sotto_proto::{DeviceAddr, Username};
+
+impl AccountStore for SqliteStorage {
+    fn create_account(&self, account: &ValidRegistration, now: u64) -> Result<bool, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let list = account.device_list.list();
+        let user = list.user.as_str();
+        let inserted = tx.execute(
+            "INSERT INTO accounts (user, identity_key, device_list_body, device_list_signature, revision, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (user) DO NOTHING",
+            params![
+                user,
+                account.identity_key,
+                account.device_list.signed().body.as_slice(),
+                account.device_list.signed().signature.as_slice(),
+                to_i64(list.revision),
+                to_i64(now)
+            ],
+        )?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        for d in &list.devices {
+            let device = d.id.to_string();
+            tx.execute(
+                "INSERT INTO devices (user, device, signature_key) VALUES (?1, ?2, ?3)",
+                params![user, device, d.signature_key.as_slice()],
+            )?;
+            // Registration carries the KeyPackages of its one device.
+            for kp in &account.key_packages {
+                tx.execute(
+                    "INSERT INTO key_packages (user, device, data) VALUES (?1, ?2, ?3)",
+                    params![user, device, kp],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO last_resort_key_packages (user, device, data) VALUES (?1, ?2, ?3)",
+                params![user, device, account.last_resort],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn account(&self, user: &Username) -> Result<Option<Account>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT identity_key, device_list_body, device_list_signature FROM accounts WHERE user = ?1",
+                [user.as_str()],
+                |r| {
+                    Ok(Account {
+                        identity_key: r.get(0)?,
+                        device_list_body: r.get(1)?,
+                        device_list_signature: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT signature_key FROM devices WHERE user = ?1 AND device = ?2")?
+            .query_row(
+                params![device.user.as_str(), device.device.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
+
+impl AuthStore for SqliteStorage {
+    fn put_challenge(
+        &self,
+        challenge: &[u8],
+        device: &DeviceAddr,
+        expires_at: u64,
+        max_outstanding: u32,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (user, dev) = (device.user.as_str(), device.device.to_string());
+        tx.execute(
+            "INSERT INTO challenges (challenge, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![challenge, user, dev, to_i64(expires_at)],
+        )?;
+        // Keep the newest `max_outstanding`; equal expiries are ordered by insertion.
+        tx.execute(
+            "DELETE FROM challenges WHERE user = ?1 AND device = ?2 AND rowid NOT IN
+               (SELECT rowid FROM challenges WHERE user = ?1 AND device = ?2
+                ORDER BY expires_at DESC, rowid DESC LIMIT ?3)",
+            params![user, dev, i64::from(max_outstanding)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn take_challenge(
+        &self,
+        challenge: &[u8],
+        device: &DeviceAddr,
+        now: u64,
+    ) -> Result<bool, StorageError> {
+        let row: Option<(String, String, i64)> = self
+            .conn()
+            .query_row(
+                "DELETE FROM challenges WHERE challenge = ?1 RETURNING user, device, expires_at",
+                [challenge],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.is_some_and(|(u, d, exp)| {
+            u == device.user.as_str() && d == device.device.to_string() && to_u64(exp) > now
+        }))
+    }
+
+    fn put_token(
+        &self,
+        token_hash: &[u8],
+        device: &DeviceAddr,
+        expires_at: u64,
+    ) -> Result<(), StorageError> {
+        self.conn().execute(
+            "INSERT INTO tokens (token_hash, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                token_hash,
+                device.user.as_str(),
+                device.device.to_string(),
+                to_i64(expires_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError> {
+        let row: Option<(String, String, i64)> = self
+            .conn()
+            .prepare_cached("SELECT user, device, expires_at FROM tokens WHERE token_hash = ?1")?
+            .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        row.map(|(u, d, exp)| Ok((addr(u, d)?, to_u64(exp))))
+            .transpose()
+    }
+}

@@ -1,0 +1,349 @@
+//! Abuse limits over a real listener: all-or-nothing KeyPackage claims, rate limits with
+//! `429` and `Retry-After` (per address, per device, per claimed user), `X-Forwarded-For` from
+//! trusted proxies only, the cap on outstanding challenges, and per-device queue quotas.
+//! Every limit here is set explicitly; the loops are bounded.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use common::{TestServer, User, code, hex_of, private_message, start, start_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sotto_core::{DeviceKey, IdentityKey};
+use sotto_proto::api::{KeyPackageCount, QueueResponse};
+use sotto_proto::{Bytes, Username};
+use sotto_server::Config;
+use sotto_server::limits::Limits;
+use sotto_server::storage::KeyPackageStore;
+
+fn with_limits(settings: &[&str]) -> Config {
+    let mut limits = Limits::default();
+    for s in settings {
+        limits.set(s).unwrap();
+    }
+    Config {
+        limits,
+        ..Config::default()
+    }
+}
+
+async fn key_package_count(s: &TestServer, u: &User) -> u64 {
+    let (_, count) = s.get("/v1/keypackages/count", Some(&u.token)).await;
+    serde_json::from_value::<KeyPackageCount>(count)
+        .unwrap()
+        .count
+}
+
+async fn claim(s: &TestServer, claimer: &User, user: &str) -> (StatusCode, Value) {
+    s.post(
+        "/v1/keypackages/claim",
+        Some(&claimer.token),
+        &json!({ "user": user }),
+    )
+    .await
+}
+
+/// Posts `body` to `path` with an `X-Forwarded-For` header.
+async fn post_forwarded(s: &TestServer, path: &str, forwarded: &str, body: &Value) -> StatusCode {
+    s.http
+        .post(format!("{}{path}", s.url))
+        .header("x-forwarded-for", forwarded)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+fn registration(s: &TestServer, name: &str) -> Value {
+    let device = DeviceKey::generate(Username::parse(name).unwrap());
+    s.register_body(&IdentityKey::generate(), &device)
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_serve_every_device_takes_no_key_package() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    s.upload_key_packages(&bob, 3, false).await;
+    // The operator gives bob a second device that has no KeyPackage at all.
+    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
+    db.execute(
+        "INSERT INTO devices (user, device, signature_key) VALUES ('bob', '00000000000000aa', ?1)",
+        [vec![1u8; 32]],
+    )
+    .unwrap();
+    let (status, b) = claim(&s, &alice, "bob").await;
+    assert_eq!((status, code(&b)), (StatusCode::CONFLICT, "no_key_package"));
+    // The one-time KeyPackage the claim took from bob's real device went back.
+    assert_eq!(key_package_count(&s, &bob).await, 3);
+    let storage = s.storage();
+    assert_eq!(
+        storage.key_package_count(bob.device.addr()).unwrap().count,
+        3
+    );
+}
+
+#[tokio::test]
+async fn claims_of_one_users_key_packages_are_rate_limited() {
+    // The defaults: anyone may take at most 10 of one user's KeyPackages a minute.
+    let s = start().await;
+    let (alice, bob, carol, dave) = (
+        s.user("alice").await,
+        s.user("bob").await,
+        s.user("carol").await,
+        s.user("dave").await,
+    );
+    s.upload_key_packages(&bob, 50, false).await;
+    let mut granted = 0;
+    let mut refused = Vec::new();
+    for _ in 0..55 {
+        let (status, b) = claim(&s, &alice, "bob").await;
+        match status {
+            StatusCode::OK => granted += 1,
+            _ => refused.push((status, code(&b).to_owned())),
+        }
+    }
+    assert_eq!(granted, 10);
+    assert!(
+        refused
+            .iter()
+            .all(|r| *r == (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into())),
+        "{refused:?}"
+    );
+    assert_eq!(key_package_count(&s, &bob).await, 40);
+    // The limit is per claimed user: another claimer is refused for bob too, while alice may
+    // still claim someone else.
+    assert_eq!(
+        claim(&s, &carol, "bob").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(claim(&s, &alice, "dave").await.0, StatusCode::OK);
+    let _ = dave;
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_per_device() {
+    let s = start_with(with_limits(&[
+        "register_per_ip=3/1h",
+        "challenge_per_device=3/1h",
+        "send_per_device=2/1h",
+        "claim_per_device=2/1h",
+        "websocket_per_device=1/1h",
+    ]))
+    .await;
+    let alice = s.user("alice").await;
+    let _bob = s.user("bob").await;
+    let expect_limited = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=3600).contains(&retry), "Retry-After {retry}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(code(&body), "rate_limited");
+    };
+    let post = |path: &str, token: Option<&str>, body: &Value| {
+        let mut req = s.http.post(format!("{}{path}", s.url)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    // Registration, per address: alice and bob used two of three.
+    let carol = registration(&s, "carol");
+    assert_eq!(
+        post("/v1/accounts", None, &carol).await.unwrap().status(),
+        201
+    );
+    expect_limited(
+        post("/v1/accounts", None, &registration(&s, "dan"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Challenges for one device: signing in used one of three.
+    let ask = json!({ "device": alice.device.addr() });
+    for _ in 0..2 {
+        assert_eq!(
+            post("/v1/auth/challenge", None, &ask)
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    expect_limited(post("/v1/auth/challenge", None, &ask).await.unwrap()).await;
+    // Sends by one device.
+    let group = [0x11; 16];
+    let path = format!("/v1/groups/{}/messages", hex_of(&group));
+    for i in 0..3 {
+        let body = json!({
+            "client_id": format!("{i:032}"),
+            "message": Bytes(private_message(&group, 0, 1)),
+            "recipients": [],
+        });
+        let resp = post(&path, Some(&alice.token), &body).await.unwrap();
+        if i < 2 {
+            assert_eq!(resp.status(), StatusCode::CREATED);
+        } else {
+            expect_limited(resp).await;
+        }
+    }
+    // Claims by one device.
+    let want = json!({ "user": "bob" });
+    for _ in 0..2 {
+        let resp = post("/v1/keypackages/claim", Some(&alice.token), &want).await;
+        assert_eq!(resp.unwrap().status(), StatusCode::OK);
+    }
+    expect_limited(
+        post("/v1/keypackages/claim", Some(&alice.token), &want)
+            .await
+            .unwrap(),
+    )
+    .await;
+    // WebSockets opened by one device: the second upgrade is refused before it happens.
+    let _first = common::websocket(&s, &alice.token).await;
+    let resp = s
+        .http
+        .get(format!("{}/v1/ws", s.url))
+        .bearer_auth(&alice.token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    expect_limited(resp).await;
+}
+
+#[tokio::test]
+async fn per_address_limits_read_forwarded_for_only_from_a_trusted_proxy() {
+    let mut config = with_limits(&["register_per_ip=1/1h"]);
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let behind_proxy = start_with(config).await;
+    // Two clients behind the proxy (loopback here) each get their own bucket.
+    let s = &behind_proxy;
+    let first = registration(s, "alice");
+    assert_eq!(
+        post_forwarded(s, "/v1/accounts", "192.0.2.1", &first).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post_forwarded(s, "/v1/accounts", "192.0.2.1", &registration(s, "bob")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        post_forwarded(s, "/v1/accounts", "192.0.2.2", &registration(s, "carol")).await,
+        StatusCode::CREATED
+    );
+    // A client that claims another address to an untrusted peer gains nothing: without a
+    // trusted proxy the header is ignored and the connection's address counts.
+    let direct = start_with(with_limits(&["register_per_ip=1/1h"])).await;
+    let s = &direct;
+    assert_eq!(
+        post_forwarded(s, "/v1/accounts", "192.0.2.1", &registration(s, "alice")).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post_forwarded(s, "/v1/accounts", "192.0.2.9", &registration(s, "bob")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn outstanding_challenges_per_device_are_capped_and_the_oldest_dropped() {
+    let s = start_with(with_limits(&["challenges_outstanding=2"])).await;
+    let alice = s.user("alice").await;
+    let c1 = s.challenge(&alice.device).await;
+    let c2 = s.challenge(&alice.device).await;
+    let c3 = s.challenge(&alice.device).await;
+    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
+    let held: i64 = db
+        .query_row("SELECT COUNT(*) FROM challenges", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(held, 2);
+    let (status, b) = s
+        .post("/v1/auth/token", None, &s.answer(&alice.device, &c1))
+        .await;
+    assert_eq!(
+        (status, code(&b)),
+        (StatusCode::UNAUTHORIZED, "invalid_challenge")
+    );
+    for c in [c3, c2] {
+        let (status, _) = s
+            .post("/v1/auth/token", None, &s.answer(&alice.device, &c))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_its_oldest_entries_and_counts_them() {
+    let s = start_with(with_limits(&["queue_messages=3"])).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let group = [0x22; 16];
+    let path = format!("/v1/groups/{}/messages", hex_of(&group));
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let body = json!({
+            "client_id": format!("{i:032}"),
+            "message": Bytes(private_message(&group, 0, 1)),
+            "recipients": [bob.device.addr()],
+        });
+        let (status, b) = s.post(&path, Some(&alice.token), &body).await;
+        // Bob's full queue never blocks alice.
+        assert_eq!(status, StatusCode::CREATED, "{b}");
+        ids.push(b["id"].as_u64().unwrap());
+    }
+    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
+    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let kept: Vec<u64> = q.messages.iter().map(|m| m.id).collect();
+    assert_eq!(kept, ids[2..]);
+    assert_eq!(q.dropped_total, 2);
+    // Dropped messages are gone from the server, not just from the queue.
+    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
+    let stored: i64 = db
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 3);
+    // Acknowledging frees room; the total only grows.
+    let (status, _) = s
+        .post("/v1/queue/ack", Some(&bob.token), &json!({ "ids": kept }))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
+    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    assert_eq!((q.messages.len(), q.dropped_total), (0, 2));
+}
+
+#[tokio::test]
+async fn a_queue_over_its_byte_quota_drops_its_oldest_entries() {
+    let s = start_with(with_limits(&["queue_bytes=100"])).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let group = [0x33; 16];
+    let path = format!("/v1/groups/{}/messages", hex_of(&group));
+    // Each message is 33 bytes: three fit in 100, a fourth pushes the first out.
+    for i in 0..4 {
+        let message = private_message(&group, 0, 1);
+        assert_eq!(message.len(), 33);
+        let body = json!({
+            "client_id": format!("{i:032}"),
+            "message": Bytes(message),
+            "recipients": [bob.device.addr()],
+        });
+        let (status, _) = s.post(&path, Some(&alice.token), &body).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
+    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    assert_eq!((q.messages.len(), q.dropped_total), (3, 1));
+}

@@ -1,0 +1,153 @@
+//! The push WebSocket from the client's side of a real connection: every open socket of a
+//! device is woken, a device keeps only its newest few sockets, and a client can hold no
+//! more than a few KiB of the server's memory or keep a dead connection open.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use common::{TestServer, hex_of, private_message, start, start_with, websocket};
+use futures_util::{SinkExt as _, StreamExt as _};
+use reqwest::StatusCode;
+use serde_json::json;
+use sotto_proto::Bytes;
+use sotto_server::Config;
+use sotto_server::limits::Limits;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// A bound on waits that only a broken server reaches; never a measurement.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The next frame that is not a ping or pong.
+async fn next_frame<S>(ws: &mut S) -> Option<Message>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(m)) => return Some(m),
+            _ => return None,
+        }
+    }
+}
+
+/// Alice sends one message to bob's device.
+async fn message_for_bob(s: &TestServer, alice: &common::User, bob: &common::User, n: u8) {
+    let group = [0x44; 16];
+    let body = json!({
+        "client_id": format!("{n:032}"),
+        "message": Bytes(private_message(&group, 0, 1)),
+        "recipients": [bob.device.addr()],
+    });
+    let path = format!("/v1/groups/{}/messages", hex_of(&group));
+    let (status, b) = s.post(&path, Some(&alice.token), &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{b}");
+}
+
+#[tokio::test]
+async fn a_device_keeps_its_newest_sockets_and_every_one_is_woken() {
+    let s = start().await; // at most 3 sockets per device
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut oldest = websocket(&s, &bob.token).await;
+    let mut newer = Vec::new();
+    for _ in 0..3 {
+        newer.push(websocket(&s, &bob.token).await);
+    }
+    // The fourth socket closed the first, saying why.
+    match next_frame(&mut oldest).await {
+        Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::from(4000)),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // Each of the three (say `recv --follow` and the web app) is told of a new message.
+    message_for_bob(&s, &alice, &bob, 1).await;
+    for ws in &mut newer {
+        match next_frame(ws).await {
+            Some(Message::Text(t)) => assert_eq!(t.as_str(), r#"{"type":"new_messages"}"#),
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_frame_over_a_few_kib_closes_the_socket() {
+    let s = start().await;
+    let bob = s.user("bob").await;
+    let mut ws = websocket(&s, &bob.token).await;
+    ws.send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .unwrap();
+    assert!(
+        !matches!(next_frame(&mut ws).await, Some(Message::Text(_))),
+        "the socket stays open"
+    );
+    // The socket is gone: nothing more arrives, not even a push.
+    assert!(next_frame(&mut ws).await.is_none());
+}
+
+/// Opens a WebSocket by hand on a raw TCP stream, so that nothing answers pings.
+async fn raw_websocket(s: &TestServer, token: &str) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n",
+        s.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// Reads until the server closes the connection; panics if it never does.
+async fn until_closed(tcp: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(PATIENCE, async {
+        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await
+    .expect("the server kept the connection open");
+}
+
+fn quick_pings() -> Config {
+    let mut limits = Limits::default();
+    limits.set("websocket_ping=1s").unwrap();
+    Config {
+        limits,
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn a_socket_that_never_answers_pings_is_closed() {
+    let s = start_with(quick_pings()).await;
+    let bob = s.user("bob").await;
+    let mut tcp = raw_websocket(&s, &bob.token).await;
+    until_closed(&mut tcp).await;
+}
+
+#[tokio::test]
+async fn a_half_sent_huge_frame_closes_the_socket() {
+    let s = start_with(quick_pings()).await;
+    let bob = s.user("bob").await;
+    let mut tcp = raw_websocket(&s, &bob.token).await;
+    // A masked text frame announcing 60 MiB, then nothing more.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(60u64 << 20).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    tcp.write_all(&header).await.unwrap();
+    until_closed(&mut tcp).await;
+}
