@@ -105,7 +105,10 @@ pub struct ByteSize(pub u64);
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
-        match UNITS.iter().find(|(n, _)| self.0 > 0 && self.0.is_multiple_of(*n)) {
+        match UNITS
+            .iter()
+            .find(|(n, _)| self.0 > 0 && self.0.is_multiple_of(*n))
+        {
             Some((n, unit)) => write!(f, "{}{unit}", self.0 / n),
             None => write!(f, "{}", self.0),
         }
@@ -198,7 +201,7 @@ limits! {
     websocket_per_device: Rate = Rate::new(30, MINUTE);
     /// Open WebSockets per device; a new one past it closes the oldest.
     sockets_per_device: u32 = 3;
-    /// Time between pings on an idle WebSocket; a ping unanswered by the next one closes it.
+    /// Time between the server's pings on a WebSocket; one not answered by the next closes it.
     websocket_ping: Seconds = Seconds(30);
     /// Entries one device's queue may hold; past it the oldest are dropped, and counted.
     queue_messages: u64 = 20_000;

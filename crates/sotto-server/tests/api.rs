@@ -785,3 +785,21 @@ async fn every_rejection_has_a_json_body_with_a_stable_code() {
     let (status, _) = s.get("/v1/queue?limit=99999", t).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[test]
+fn the_limits_table_in_the_design_notes_matches_the_code() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/design.md"),
+    )
+    .unwrap();
+    let rows: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `") && !l.contains("| limit |"))
+        .collect();
+    let expected: Vec<String> = Limits::default()
+        .describe()
+        .into_iter()
+        .map(|(name, value, meaning)| format!("| `{name}` | `{value}` | {meaning} |"))
+        .collect();
+    assert_eq!(rows, expected);
+}

@@ -238,7 +238,7 @@ impl Client {
         }
         let content = Self::text_content(text)?;
         let sent = async {
-            self.sync().await?;
+            self.exchange().await?;
             let gid = match self.direct_conversation(&peer)? {
                 Some(g) => g,
                 None => {
@@ -278,7 +278,7 @@ impl Client {
     ) -> Result<SendResponse, ClientError> {
         let content = Self::text_content(text)?;
         let sent = async {
-            self.sync().await?;
+            self.exchange().await?;
             let gid = self.group_by_name(name)?;
             self.send_content(&gid, &content, now()).await
         }
@@ -306,7 +306,7 @@ impl Client {
         .map_err(|e| ClientError::Usage(e.to_string()))?;
         let members = Self::parse_users(members)?;
         let created = async {
-            self.sync().await?;
+            self.exchange().await?;
             if self.group_by_name(name).is_ok() {
                 return Err(ClientError::Usage(format!(
                     "you already have a group named {name:?}"
@@ -333,7 +333,7 @@ impl Client {
     ) -> Result<Vec<String>, ClientError> {
         let users = Self::parse_users(users)?;
         let changed = async {
-            self.sync().await?;
+            self.exchange().await?;
             let gid = self.group_by_name(name)?;
             self.change_members(&gid, &users, &[]).await
         }
@@ -354,7 +354,7 @@ impl Client {
             ));
         }
         let changed = async {
-            self.sync().await?;
+            self.exchange().await?;
             let gid = self.group_by_name(name)?;
             self.change_members(&gid, &[], &users).await
         }

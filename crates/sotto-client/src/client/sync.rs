@@ -52,12 +52,14 @@ impl Client {
     /// security failure met on the way is stored as a security event (see
     /// [`Client::unseen_security_events`]); the sync itself goes on.
     pub async fn sync(&self) -> Result<(), ClientError> {
-        let result = async {
-            self.flush_outbox().await?;
-            self.pull().await
-        }
-        .await;
+        let result = self.exchange().await;
         self.recorded(result)
+    }
+
+    /// [`Client::sync`] for operations that record security failures themselves.
+    pub(super) async fn exchange(&self) -> Result<(), ClientError> {
+        self.flush_outbox().await?;
+        self.pull().await
     }
 
     pub(super) async fn pull(&self) -> Result<(), ClientError> {
