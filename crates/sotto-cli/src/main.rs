@@ -326,10 +326,12 @@ async fn recv(
         };
         client.follow(deadline, !follow, &mut print, status).await?;
     } else {
-        client.sync().await?;
+        // What is stored is shown even if the sync fails: a security event it met included.
+        let synced = client.sync().await;
         let batch = client.unshown()?;
         print(&batch)?;
         client.mark_shown(&batch)?;
+        synced?;
     }
     Ok(if saw_security {
         ExitCode::from(3)
@@ -353,7 +355,10 @@ async fn group(client: &Client, cmd: GroupCommand) -> Result<ExitCode, ClientErr
                 if json {
                     println!("{}", to_json(&g));
                 } else {
-                    let name = g.name.as_deref().unwrap_or("(name not received yet)");
+                    let name = g
+                        .name
+                        .as_deref()
+                        .map_or("(name not received yet)".into(), printable);
                     let state = if g.active { "" } else { " (removed)" };
                     println!("{name}\t{} devices\tepoch {}{state}", g.devices, g.epoch);
                 }
@@ -387,16 +392,15 @@ fn print_messages(batch: &[MessageView], json: bool) -> Result<(), ClientError> 
         let line = if json {
             to_json(m)
         } else {
-            let place = match (&m.group, &m.peer) {
-                (Some(g), _) => format!("#{g} "),
-                _ => String::new(),
+            let place = match &m.group {
+                Some(g) => format!("#{} ", printable(g)),
+                None => String::new(),
             };
+            let text = printable(&m.text);
             let body = match m.kind {
-                MessageKind::Text => {
-                    format!("{}: {}", m.from.as_deref().unwrap_or("?"), m.text)
-                }
-                MessageKind::Security => format!("SECURITY: {}", m.text),
-                _ => format!("* {}", m.text),
+                MessageKind::Text => format!("{}: {text}", m.from.as_deref().unwrap_or("?")),
+                MessageKind::Security => format!("SECURITY: {text}"),
+                _ => format!("* {text}"),
             };
             format!("[{}] {place}{body}", utc(m.sent_at))
         };
@@ -404,6 +408,22 @@ fn print_messages(batch: &[MessageView], json: bool) -> Result<(), ClientError> 
     }
     out.flush()
         .map_err(|e| ClientError::Usage(format!("stdout: {e}")))
+}
+
+/// `s` as it may reach a terminal: what a peer wrote cannot move the cursor, clear the screen
+/// or reverse the text around it. Control characters (but newline and tab) and invisible
+/// formatting become U+FFFD.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let safe = |c: char| c == '\n' || c == '\t' || sotto_proto::device_list::is_displayable(c);
+    if s.chars().all(safe) {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(
+            s.chars()
+                .map(|c| if safe(c) { c } else { '\u{FFFD}' })
+                .collect(),
+        )
+    }
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC (civil-from-days, H. Hinnant's algorithm).
@@ -432,6 +452,16 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn peer_text_cannot_steer_the_terminal() {
+        assert_eq!(super::printable("hi\nthere\tyou"), "hi\nthere\tyou");
+        assert_eq!(super::printable("مرحبا Jürgen 😀"), "مرحبا Jürgen 😀");
+        assert_eq!(
+            super::printable("\u{1b}[2Jgone\u{202E}txet\u{7}"),
+            "\u{FFFD}[2Jgone\u{FFFD}txet\u{FFFD}"
+        );
     }
 
     #[test]

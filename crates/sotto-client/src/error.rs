@@ -9,7 +9,7 @@ pub enum ClientError {
     /// The user asked for something that cannot be done (unknown group, bad name, ...).
     #[error("{0}")]
     Usage(String),
-    /// The local store is locked: wrong passcode, or no account on this device.
+    /// The local store is locked: wrong passcode, or a key file that does not unlock.
     #[error("{0}")]
     Locked(String),
     /// The server could not be reached.

@@ -253,7 +253,7 @@ mod tests {
     use super::key_statement;
 
     #[test]
-    fn the_key_statement_is_wiped_memory_holding_the_raw_key() {
+    fn the_key_statement_is_built_in_zeroizing_memory() {
         let sql: zeroize::Zeroizing<String> = key_statement(&[0xab; 32]);
         assert_eq!(*sql, format!("PRAGMA key = \"x'{}'\";", "ab".repeat(32)));
     }

@@ -117,7 +117,7 @@ async fn key_packages_are_topped_up_on_every_sync_after_being_drained() {
     assert_eq!(storage.key_package_count(&me).unwrap().count, 50);
     for _ in 0..45 {
         storage
-            .claim_key_packages(&Username::parse("alice").unwrap())
+            .claim_key_packages(&Username::parse("alice").unwrap(), true)
             .unwrap();
     }
     assert_eq!(storage.key_package_count(&me).unwrap().count, 5);

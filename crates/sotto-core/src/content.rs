@@ -86,7 +86,9 @@ impl Content {
                 Err(CoreError::Malformed("text too long".into()))
             }
             Content::GroupInfo { name: Some(n) }
-                if n.chars().count() > MAX_GROUP_NAME || n.is_empty() =>
+                if n.chars().count() > MAX_GROUP_NAME
+                    || n.is_empty()
+                    || !n.chars().all(sotto_proto::device_list::is_displayable) =>
             {
                 Err(CoreError::Malformed("invalid group name".into()))
             }

@@ -7,7 +7,9 @@
 //!
 //! The sender's clock travels with everything: inside the encrypted envelope of application
 //! messages, and as the authenticated data of commits (8 bytes, big-endian seconds), which
-//! MLS signs. The server already knows when it accepted a commit; it learns nothing new.
+//! MLS signs but does not encrypt. So for commits the server reads the committer's clock:
+//! it already knows which device committed and when it accepted the commit, so what it
+//! learns is that device's clock error.
 
 use crate::identity::DeviceKey;
 use crate::{CoreError, Envelope, mls_err};

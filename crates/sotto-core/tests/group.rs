@@ -224,6 +224,8 @@ fn content_decoding_rejects_what_it_does_not_know() {
         br#"{"v":2,"type":"text","body":"hi"}"#,
         br#"{"v":2,"sent_at":1,"type":"video","url":"x"}"#,
         br#"{"v":2,"sent_at":1,"type":"group_info","name":""}"#,
+        br#"{"v":2,"sent_at":1,"type":"group_info","name":"a\u202eb"}"#,
+        br#"{"v":2,"sent_at":1,"type":"group_info","name":"a\u001bb"}"#,
         br#"{"v":2,"sent_at":-1,"type":"text","body":"hi"}"#,
         b"\xff\x00",
     ] {

@@ -416,6 +416,10 @@ impl AckRequest {
     }
 }
 
+/// WebSocket close code with which the server closes a device's oldest socket when the
+/// device opens one more than it may keep.
+pub const CLOSE_REPLACED: u16 = 4000;
+
 /// Sent over the WebSocket when the device's queue has something new.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

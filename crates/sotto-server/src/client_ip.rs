@@ -34,8 +34,12 @@ impl FromRequestParts<AppState> for ClientIp {
 /// entries further left than that are whatever the client claimed). A malformed entry stops
 /// the walk at the last trusted hop.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    let canonical = |ip: IpAddr| ip.to_canonical();
-    if !trusted.contains(&canonical(peer)) {
+    let is_trusted = |ip: IpAddr| {
+        trusted
+            .iter()
+            .any(|t| t.to_canonical() == ip.to_canonical())
+    };
+    if !is_trusted(peer) {
         return peer;
     }
     let hops: Vec<&str> = headers
@@ -48,7 +52,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
     let mut client = peer;
     for hop in hops.iter().rev() {
         match hop.parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&canonical(ip)) => client = ip,
+            Ok(ip) if is_trusted(ip) => client = ip,
             Ok(ip) => return ip,
             Err(_) => return client,
         }
@@ -98,9 +102,13 @@ mod tests {
         // A malformed hop stops the walk at the last trusted one.
         let h = xff(&["198.51.100.7, not-an-address, 127.0.0.8"]);
         assert_eq!(client_ip(inner, &h, &[inner, outer]), outer);
-        // An IPv4-mapped peer matches its IPv4 form.
+        // An IPv4-mapped peer matches its IPv4 form, and the other way round.
         assert_eq!(
             client_ip(ip("::ffff:127.0.0.9"), &xff(&["198.51.100.7"]), &[inner]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(inner, &xff(&["198.51.100.7"]), &[ip("::ffff:127.0.0.9")]),
             ip("198.51.100.7")
         );
     }

@@ -86,14 +86,11 @@ impl FromStr for Seconds {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?}: expected a duration such as 30s, 5m or 1h");
-        let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+        let (digits, scale) = [("s", 1), ("m", 60), ("h", 3600)]
+            .into_iter()
+            .find_map(|(unit, scale)| s.strip_suffix(unit).map(|d| (d, scale)))
+            .ok_or_else(bad)?;
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        let scale = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            _ => return Err(bad()),
-        };
         n.checked_mul(scale).map(Seconds).ok_or_else(bad)
     }
 }
@@ -119,12 +116,10 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?}: expected a byte count such as 1048576, 64K, 512M or 2G");
-        let (digits, scale) = match s.chars().last() {
-            Some('K') => (&s[..s.len() - 1], 1u64 << 10),
-            Some('M') => (&s[..s.len() - 1], 1 << 20),
-            Some('G') => (&s[..s.len() - 1], 1 << 30),
-            _ => (s, 1),
-        };
+        let (digits, scale) = [("K", 1u64 << 10), ("M", 1 << 20), ("G", 1 << 30)]
+            .into_iter()
+            .find_map(|(unit, scale)| s.strip_suffix(unit).map(|d| (d, scale)))
+            .unwrap_or((s, 1));
         let n: u64 = digits.parse().map_err(|_| bad())?;
         n.checked_mul(scale).map(ByteSize).ok_or_else(bad)
     }
@@ -160,7 +155,11 @@ macro_rules! limits {
                     .ok_or_else(|| format!("{setting:?}: expected NAME=VALUE"))?;
                 match name {
                     $( stringify!($field) => {
-                        self.$field = value.parse().map_err(|e| format!("{name}: {e}"))?;
+                        let parsed: $ty = value.parse().map_err(|e| format!("{name}: {e}"))?;
+                        if !parsed.is_usable() {
+                            return Err(format!("{name}: {value} would stop the server working"));
+                        }
+                        self.$field = parsed;
                     } )*
                     other => {
                         let known = [$(stringify!($field)),*].join(", ");
@@ -173,14 +172,51 @@ macro_rules! limits {
     };
 }
 
+/// Whether a limit value lets the server work at all: a rate, count or interval of zero
+/// would refuse every sign-in or socket.
+trait Usable {
+    fn is_usable(&self) -> bool;
+}
+
+impl Usable for Rate {
+    fn is_usable(&self) -> bool {
+        true
+    }
+}
+
+impl Usable for Seconds {
+    fn is_usable(&self) -> bool {
+        self.0 > 0
+    }
+}
+
+impl Usable for ByteSize {
+    fn is_usable(&self) -> bool {
+        self.0 > 0
+    }
+}
+
+impl Usable for u32 {
+    fn is_usable(&self) -> bool {
+        *self > 0
+    }
+}
+
+impl Usable for u64 {
+    fn is_usable(&self) -> bool {
+        *self > 0
+    }
+}
+
 const MINUTE: u64 = 60;
 const HOUR: u64 = 3600;
 
 limits! {
     /// Sign-in challenges one IP address may request.
     challenge_per_ip: Rate = Rate::new(300, MINUTE);
-    /// Sign-in challenges anyone may request for one device.
-    challenge_per_device: Rate = Rate::new(60, MINUTE);
+    /// Sign-in challenges one IP address may request for one device. Counted per address:
+    /// asking needs no sign-in, so a bucket per device alone would let anyone use it up.
+    challenge_per_device_and_ip: Rate = Rate::new(60, MINUTE);
     /// Unexpired challenges one device may have; a new one past it drops the oldest.
     challenges_outstanding: u32 = 8;
     /// Accounts one IP address may register.
@@ -189,8 +225,11 @@ limits! {
     claim_per_ip: Rate = Rate::new(600, MINUTE);
     /// KeyPackage claims one device may make.
     claim_per_device: Rate = Rate::new(300, MINUTE);
-    /// Claims of one user's KeyPackages, by anyone: how fast an account can be drained.
-    claim_per_target: Rate = Rate::new(10, MINUTE);
+    /// Claims one device may make of one user's KeyPackages.
+    claim_per_pair: Rate = Rate::new(10, HOUR);
+    /// One-time KeyPackages of one user handed out, to anyone; past it a claim gets the
+    /// user's last-resort KeyPackage: nobody can drain an account fast, or make it unaddable.
+    claim_per_target: Rate = Rate::new(10, 10 * MINUTE);
     /// Messages one IP address may send.
     send_per_ip: Rate = Rate::new(6000, MINUTE);
     /// Messages one device may send.
@@ -261,10 +300,11 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
 /// The token buckets of every rate in [`Limits`], keyed by IP address, device or user.
 pub struct RateLimiters {
     challenge_per_ip: Bucket<IpKey>,
-    challenge_per_device: Bucket<DeviceAddr>,
+    challenge_per_device_and_ip: Bucket<(DeviceAddr, IpKey)>,
     register_per_ip: Bucket<IpKey>,
     claim_per_ip: Bucket<IpKey>,
     claim_per_device: Bucket<DeviceAddr>,
+    claim_per_pair: Bucket<(DeviceAddr, Username)>,
     claim_per_target: Bucket<Username>,
     send_per_ip: Bucket<IpKey>,
     send_per_device: Bucket<DeviceAddr>,
@@ -277,10 +317,11 @@ impl RateLimiters {
     pub fn new(limits: &Limits) -> Self {
         RateLimiters {
             challenge_per_ip: Bucket::new(limits.challenge_per_ip),
-            challenge_per_device: Bucket::new(limits.challenge_per_device),
+            challenge_per_device_and_ip: Bucket::new(limits.challenge_per_device_and_ip),
             register_per_ip: Bucket::new(limits.register_per_ip),
             claim_per_ip: Bucket::new(limits.claim_per_ip),
             claim_per_device: Bucket::new(limits.claim_per_device),
+            claim_per_pair: Bucket::new(limits.claim_per_pair),
             claim_per_target: Bucket::new(limits.claim_per_target),
             send_per_ip: Bucket::new(limits.send_per_ip),
             send_per_device: Bucket::new(limits.send_per_device),
@@ -292,7 +333,8 @@ impl RateLimiters {
     /// A sign-in challenge requested from `ip` for `device`.
     pub fn challenge(&self, ip: IpKey, device: &DeviceAddr) -> Result<(), ApiError> {
         self.challenge_per_ip.check(&ip)?;
-        self.challenge_per_device.check(device)
+        self.challenge_per_device_and_ip
+            .check(&(device.clone(), ip))
     }
 
     /// A registration from `ip`.
@@ -300,16 +342,20 @@ impl RateLimiters {
         self.register_per_ip.check(&ip)
     }
 
-    /// A claim by `claimer` (from `ip`) of `target`'s KeyPackages.
+    /// A claim by `claimer` (from `ip`) of `target`'s KeyPackages: refused past the
+    /// claimer's rates; otherwise says whether it may take one-time KeyPackages (true) or
+    /// only the last-resort ones, once `target`'s one-time rate is used up.
     pub fn claim(
         &self,
         ip: IpKey,
         claimer: &DeviceAddr,
         target: &Username,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         self.claim_per_ip.check(&ip)?;
         self.claim_per_device.check(claimer)?;
-        self.claim_per_target.check(target)
+        self.claim_per_pair
+            .check(&(claimer.clone(), target.clone()))?;
+        Ok(self.claim_per_target.check(target).is_ok())
     }
 
     /// A message sent by `sender` from `ip`.
@@ -327,10 +373,11 @@ impl RateLimiters {
     /// Forgets buckets that are full again, so memory follows recent traffic only.
     pub fn forget_idle(&self) {
         self.challenge_per_ip.limiter.retain_recent();
-        self.challenge_per_device.limiter.retain_recent();
+        self.challenge_per_device_and_ip.limiter.retain_recent();
         self.register_per_ip.limiter.retain_recent();
         self.claim_per_ip.limiter.retain_recent();
         self.claim_per_device.limiter.retain_recent();
+        self.claim_per_pair.limiter.retain_recent();
         self.claim_per_target.limiter.retain_recent();
         self.send_per_ip.limiter.retain_recent();
         self.send_per_device.limiter.retain_recent();
@@ -369,6 +416,12 @@ mod tests {
             "claim_per_target=5/1d",
             "queue_bytes=1T",
             "queue_messages=-1",
+            "websocket_ping=5é",
+            "websocket_ping=é",
+            "queue_bytes=é",
+            "challenges_outstanding=0",
+            "sockets_per_device=0",
+            "websocket_ping=0s",
         ] {
             assert!(Limits::default().set(bad).is_err(), "{bad}");
         }

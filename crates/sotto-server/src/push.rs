@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use sotto_proto::DeviceAddr;
-use sotto_proto::api::PushEvent;
+use sotto_proto::api::{CLOSE_REPLACED, PushEvent};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -24,8 +24,6 @@ use crate::error::ApiError;
 
 /// Largest frame or message a client may send on its socket.
 pub const MAX_CLIENT_FRAME: usize = 4 * 1024;
-/// WebSocket close code telling a client that a newer socket of its device replaced it.
-pub const CLOSE_REPLACED: u16 = 4000;
 
 /// The open sockets of one device.
 struct DeviceSockets {

@@ -129,9 +129,9 @@ pub async fn claim_key_packages(
     AuthDevice(claimer): AuthDevice,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<ApiJson<ClaimResponse>, ApiError> {
-    state.rate.claim(ip, &claimer, &req.user)?;
+    let one_time = state.rate.claim(ip, &claimer, &req.user)?;
     match state
-        .blocking(move |s| Ok(s.claim_key_packages(&req.user)?))
+        .blocking(move |s| Ok(s.claim_key_packages(&req.user, one_time)?))
         .await?
     {
         Claim::Claimed(key_packages) => Ok(ApiJson(ClaimResponse { key_packages })),

@@ -88,9 +88,15 @@ async fn a_claim_that_cannot_serve_every_device_takes_no_key_package() {
 }
 
 #[tokio::test]
-async fn claims_of_one_users_key_packages_are_rate_limited() {
-    // The defaults: anyone may take at most 10 of one user's KeyPackages a minute.
-    let s = start().await;
+async fn claims_cannot_drain_a_user_nor_stop_others_adding_them() {
+    // Explicit rates (an hour, so that no refill happens during the test): one device may
+    // claim one user's KeyPackages 10 times; 20 one-time KeyPackages of one user go out, to
+    // anyone, and after that claims get the last-resort one.
+    let s = start_with(with_limits(&[
+        "claim_per_pair=10/1h",
+        "claim_per_target=20/1h",
+    ]))
+    .await;
     let (alice, bob, carol, dave) = (
         s.user("alice").await,
         s.user("bob").await,
@@ -115,21 +121,34 @@ async fn claims_of_one_users_key_packages_are_rate_limited() {
         "{refused:?}"
     );
     assert_eq!(key_package_count(&s, &bob).await, 40);
-    // The limit is per claimed user: another claimer is refused for bob too, while alice may
-    // still claim someone else.
-    assert_eq!(
-        claim(&s, &carol, "bob").await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    // Another claimer takes one-time KeyPackages until bob's one-time rate is used up...
+    for _ in 0..10 {
+        assert_eq!(claim(&s, &carol, "bob").await.0, StatusCode::OK);
+    }
+    assert_eq!(key_package_count(&s, &bob).await, 30);
+    // ...and then anyone can still add bob, through his last-resort KeyPackage.
+    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
+    let last_resort: Vec<u8> = db
+        .query_row(
+            "SELECT data FROM last_resort_key_packages WHERE user = 'bob'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let (status, b) = claim(&s, &dave, "bob").await;
+    assert_eq!(status, StatusCode::OK);
+    let handed = common::base64_decode(b["key_packages"][0]["key_package"].as_str().unwrap());
+    assert_eq!(handed, last_resort);
+    assert_eq!(key_package_count(&s, &bob).await, 30);
+    // The limits are per claimed user: alice may still add someone else.
     assert_eq!(claim(&s, &alice, "dave").await.0, StatusCode::OK);
-    let _ = dave;
 }
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_per_device() {
     let s = start_with(with_limits(&[
         "register_per_ip=3/1h",
-        "challenge_per_device=3/1h",
+        "challenge_per_device_and_ip=3/1h",
         "send_per_device=2/1h",
         "claim_per_device=2/1h",
         "websocket_per_device=1/1h",
@@ -167,7 +186,7 @@ async fn rate_limits_answer_429_with_retry_after_per_device() {
             .unwrap(),
     )
     .await;
-    // Challenges for one device: signing in used one of three.
+    // Challenges for one device from one address: signing in used one of three.
     let ask = json!({ "device": alice.device.addr() });
     for _ in 0..2 {
         assert_eq!(
@@ -346,4 +365,47 @@ async fn a_queue_over_its_byte_quota_drops_its_oldest_entries() {
     let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
     let q: QueueResponse = serde_json::from_value(q).unwrap();
     assert_eq!((q.messages.len(), q.dropped_total), (3, 1));
+}
+
+#[tokio::test]
+async fn a_message_larger_than_the_byte_quota_is_still_queued_for_every_recipient() {
+    let s = start_with(with_limits(&["queue_bytes=10"])).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let group = [0x55; 16];
+    let path = format!("/v1/groups/{}/messages", hex_of(&group));
+    for i in 0..2 {
+        let body = json!({
+            "client_id": format!("{i:032}"),
+            "message": Bytes(private_message(&group, 0, 1)),
+            "recipients": [bob.device.addr(), carol.device.addr()],
+        });
+        let (status, b) = s.post(&path, Some(&alice.token), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{b}");
+    }
+    // Each queue keeps the newest message, over quota by that one, and counts the other.
+    for u in [&bob, &carol] {
+        let (_, q) = s.get("/v1/queue", Some(&u.token)).await;
+        let q: QueueResponse = serde_json::from_value(q).unwrap();
+        assert_eq!((q.messages.len(), q.dropped_total), (1, 1));
+    }
+}
+
+#[test]
+fn the_limits_table_in_the_design_notes_matches_the_code() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/design.md"),
+    )
+    .unwrap();
+    let rows: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `") && !l.contains("| limit |"))
+        .collect();
+    let expected: Vec<String> = Limits::default()
+        .describe()
+        .into_iter()
+        .map(|(name, value, meaning)| format!("| `{name}` | `{value}` | {meaning} |"))
+        .collect();
+    assert_eq!(rows, expected);
 }

@@ -141,7 +141,14 @@ async fn a_socket_that_never_answers_pings_is_closed() {
 
 #[tokio::test]
 async fn a_half_sent_huge_frame_closes_the_socket() {
-    let s = start_with(quick_pings()).await;
+    // Pings an hour apart: only the frame cap can close this socket within the wait.
+    let mut limits = Limits::default();
+    limits.set("websocket_ping=1h").unwrap();
+    let s = start_with(Config {
+        limits,
+        ..Config::default()
+    })
+    .await;
     let bob = s.user("bob").await;
     let mut tcp = raw_websocket(&s, &bob.token).await;
     // A masked text frame announcing 60 MiB, then nothing more.

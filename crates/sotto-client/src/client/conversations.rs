@@ -141,7 +141,8 @@ impl Client {
                     }
                     return Ok(events);
                 }
-                Err(e @ ClientError::Unreachable(_)) => return Err(e),
+                // The server may have taken it: the outbox keeps it, the next sync replays it.
+                Err(e) if is_transient(&e) => return Err(e),
                 Err(e) => {
                     self.abandon_commit(gid, &req.client_id)?;
                     if e.code() != Some(ErrorCode::EpochConflict) {

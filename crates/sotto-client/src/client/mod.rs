@@ -106,8 +106,9 @@ pub struct Client {
     api: Api,
     device: DeviceKey,
     identity: IdentityKey,
-    /// The server's identity, pinned at `init`; every sign-in signature names it.
-    server_id: ServerId,
+    /// The server's identity, pinned at `init` (or, for a store made before there was one, at
+    /// its first sign-in); every sign-in signature names it.
+    server_id: Mutex<Option<ServerId>>,
     suite: Ciphersuite,
     suite_code: u16,
     token: Mutex<Option<(String, u64)>>,
@@ -128,6 +129,14 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Client({})", self.device.addr())
     }
+}
+
+/// Whether the server may still take what failed with `e`, or answer the next time: it
+/// could not be reached, failed (a 5xx, from it or a proxy in front), or asked for patience.
+/// Whatever failed so stays in the outbox, to be sent again with the same idempotency key.
+fn is_transient(e: &ClientError) -> bool {
+    matches!(e, ClientError::Unreachable(_))
+        || matches!(e.code(), Some(ErrorCode::Internal | ErrorCode::RateLimited))
 }
 
 fn crypto() -> Result<CryptoProvider, ClientError> {
@@ -162,9 +171,10 @@ const HOME_FILES: [&str; 4] = [KEYFILE, STORE, "store.db-wal", "store.db-shm"];
 
 impl Client {
     /// Creates an account `user` on `server` with this device as its first device, and a
-    /// local store in `home` locked by `passcode`. On failure nothing is left behind: no
-    /// account on the server (registration carries the first KeyPackages, all or nothing) and
-    /// no files in `home`.
+    /// local store in `home` locked by `passcode`. On failure nothing is left in `home`, and
+    /// the server holds no half-made account: registration carries the first KeyPackages, all
+    /// or nothing. (If the server created the account but its answer was lost, the name stays
+    /// taken: registration is never sent twice.)
     pub async fn init(
         home: &Path,
         server: &str,
@@ -221,7 +231,7 @@ impl Client {
             api,
             device,
             identity,
-            server_id: cfg.server_id.clone(),
+            server_id: Mutex::new(Some(cfg.server_id.clone())),
             suite,
             suite_code: cfg.ciphersuite,
             token: Mutex::new(None),
@@ -277,10 +287,17 @@ impl Client {
             .try_into()
             .map_err(|_| ClientError::Store("bad suite".into()))?;
         let suite_code = u16::from_be_bytes(suite_raw);
-        let insecure_http = get("insecure_http")? == [1];
+        // Stores made before these settings existed have neither.
+        let insecure_http = store::meta(&conn, "insecure_http")?.is_some_and(|v| v == [1]);
         let api = Api::new(&text("server")?, insecure_http)?;
-        let server_id = ServerId::parse(&text("server_id")?)
-            .map_err(|_| ClientError::Store("bad server_id".into()))?;
+        let server_id = store::meta(&conn, "server_id")?
+            .map(|id| {
+                std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|id| ServerId::parse(id).ok())
+                    .ok_or_else(|| ClientError::Store("bad server_id".into()))
+            })
+            .transpose()?;
         let identity = IdentityKey::from_secret(&get("identity_secret")?)?;
         let device = DeviceKey::from_secret(DeviceAddr { user, device }, &get("device_secret")?)?;
         Ok(Client {
@@ -289,7 +306,7 @@ impl Client {
             api,
             device,
             identity,
-            server_id,
+            server_id: Mutex::new(server_id),
             suite: sotto_core::suite::ciphersuite(suite_code)?,
             suite_code,
             token: Mutex::new(None),
@@ -386,6 +403,7 @@ impl Client {
         {
             return Ok(t);
         }
+        let server_id = self.server_id().await?;
         let ch = self
             .api
             .challenge(&ChallengeRequest {
@@ -398,7 +416,7 @@ impl Client {
                 device: self.me().clone(),
                 signature: self
                     .device
-                    .sign_challenge(&self.server_id, ch.challenge.as_slice())
+                    .sign_challenge(&server_id, ch.challenge.as_slice())
                     .into(),
                 challenge: ch.challenge,
             })
@@ -407,6 +425,19 @@ impl Client {
             *g = Some((tok.token.clone(), tok.expires_at));
         }
         Ok(tok.token)
+    }
+
+    /// The pinned server identity; a store made before there was one pins it now.
+    async fn server_id(&self) -> Result<ServerId, ClientError> {
+        if let Some(id) = self.server_id.lock().ok().and_then(|g| g.clone()) {
+            return Ok(id);
+        }
+        let id = self.api.config().await?.server_id;
+        store::set_meta(&self.conn, "server_id", id.as_str().as_bytes())?;
+        if let Ok(mut pinned) = self.server_id.lock() {
+            *pinned = Some(id.clone());
+        }
+        Ok(id)
     }
 
     /// Makes a batch of one-time KeyPackages (and a last-resort one if asked), keeping their

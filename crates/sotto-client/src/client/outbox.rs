@@ -140,8 +140,8 @@ impl Client {
                     self.drop_outbox(&req.client_id)?;
                     self.pull().await?;
                 }
-                // Unreachable: the outbox keeps it and the next sync sends it.
-                Err(e @ ClientError::Unreachable(_)) => return Err(e),
+                // The server may have taken it: the outbox keeps it, the next sync replays it.
+                Err(e) if is_transient(&e) => return Err(e),
                 Err(e) => {
                     self.drop_outbox(&req.client_id)?;
                     return Err(e);
@@ -262,68 +262,100 @@ impl Client {
     }
 
     /// Sends whatever an interrupted run left in the outbox, with its original idempotency
-    /// key, so the server stores it at most once.
+    /// key, so the server stores it at most once. Entries go in order; one the server may yet
+    /// take (it could not be reached, failed, or asked for patience) stops the flush and waits
+    /// for the next sync with those after it. An entry that can never be sent is dropped and
+    /// told to the user, so that it cannot block this device's receiving.
     pub(super) async fn flush_outbox(&self) -> Result<(), ClientError> {
         // Bookkeeping of sends already accepted first: they need no replay.
         self.finish_accepted()?;
         for entry in self.outbox()? {
-            let gid = GroupId::from_bytes(&entry.group_id)?;
-            let req: SendRequest = from_json(&entry.request)?;
-            let content = entry.content.as_deref().unwrap_or("null");
-            let result = self.post(&gid, &req).await;
-            let conflict = result
-                .as_ref()
-                .is_err_and(|e| e.code() == Some(ErrorCode::EpochConflict));
-            match (entry.kind, result) {
-                (_, Err(e @ ClientError::Unreachable(_))) => return Err(e),
-                (OutboxKind::App, Ok(response)) => {
-                    let accepted = AcceptedSend {
-                        group: gid,
-                        client_id: entry.client_id,
-                        envelope: Envelope {
-                            sent_at: entry.created_at,
-                            content: from_json(content)?,
-                        },
-                        response,
-                    };
-                    self.tx(|| self.finish_app(&accepted))?;
-                }
-                (OutboxKind::Commit, Ok(resp)) => {
-                    self.tx(|| self.finish_commit(&gid, &entry.client_id, &resp))?;
-                }
-                (OutboxKind::App, Err(e)) => {
-                    self.drop_outbox(&entry.client_id)?;
-                    if !conflict {
-                        self.record_undelivered(&gid, &e)?;
-                        continue;
-                    }
-                    self.pull().await?;
-                    self.send_content(&gid, &from_json(content)?, entry.created_at)
-                        .await?;
-                }
-                (OutboxKind::Commit, Err(e)) => {
-                    self.abandon_commit(&gid, &entry.client_id)?;
-                    if !conflict {
-                        self.record_undelivered(&gid, &e)?;
-                        continue;
-                    }
-                    let change: MemberChange = from_json(content)?;
-                    self.pull().await?;
-                    self.change_members(&gid, &change.add, &change.remove)
-                        .await?;
-                }
+            match self.replay(&entry).await {
+                Ok(()) => {}
+                Err(e @ ClientError::Unreachable(_)) => return Err(e),
+                Err(e) if is_transient(&e) => return Ok(()),
+                Err(e) => self.give_up(&entry, &e)?,
             }
         }
         Ok(())
     }
 
+    /// Sends one outbox entry again; a message or change that lost its epoch is redone.
+    async fn replay(&self, entry: &OutboxEntry) -> Result<(), ClientError> {
+        let gid = GroupId::from_bytes(&entry.group_id)?;
+        let req: SendRequest = from_json(&entry.request)?;
+        let content = entry.content.as_deref().unwrap_or("null");
+        let result = self.post(&gid, &req).await;
+        if let Err(e) = &result
+            && (is_transient(e) || e.code() != Some(ErrorCode::EpochConflict))
+        {
+            return result.map(drop);
+        }
+        match (entry.kind, result) {
+            (OutboxKind::App, Ok(response)) => {
+                let accepted = AcceptedSend {
+                    group: gid,
+                    client_id: entry.client_id.clone(),
+                    envelope: Envelope {
+                        sent_at: entry.created_at,
+                        content: from_json(content)?,
+                    },
+                    response,
+                };
+                self.tx(|| self.finish_app(&accepted))
+            }
+            (OutboxKind::Commit, Ok(resp)) => self
+                .tx(|| self.finish_commit(&gid, &entry.client_id, &resp))
+                .map(drop),
+            // The group moved on: process what moved it, then redo this against the new
+            // state. The entry stays until then, so a failure on the way loses nothing (its
+            // replay gets 409 again).
+            (OutboxKind::App, Err(_)) => {
+                self.pull().await?;
+                self.drop_outbox(&entry.client_id)?;
+                self.send_content(&gid, &from_json(content)?, entry.created_at)
+                    .await
+                    .map(drop)
+            }
+            (OutboxKind::Commit, Err(_)) => {
+                let change: MemberChange = from_json(content)?;
+                self.tx(|| {
+                    self.with_group(gid.as_bytes(), |p, g| Ok(group::discard_pending(p, g)?))
+                })?;
+                self.pull().await?;
+                self.drop_outbox(&entry.client_id)?;
+                self.change_members(&gid, &change.add, &change.remove)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    /// Drops an entry that can never be sent (and its pending commit), and tells the user
+    /// why: as a security event if that was the reason.
+    fn give_up(&self, entry: &OutboxEntry, e: &ClientError) -> Result<(), ClientError> {
+        let gid = GroupId::from_bytes(&entry.group_id).ok();
+        match (&gid, entry.kind) {
+            (Some(gid), OutboxKind::Commit) => self.abandon_commit(gid, &entry.client_id)?,
+            _ => self.drop_outbox(&entry.client_id)?,
+        }
+        match e {
+            ClientError::Security(reason) => self.record_security(gid.as_ref(), reason),
+            other => self.record_undelivered(gid.as_ref(), other),
+        }
+    }
+
     /// Tells the user that something this device sent earlier was refused for good.
-    fn record_undelivered(&self, gid: &GroupId, e: &ClientError) -> Result<(), ClientError> {
+    fn record_undelivered(
+        &self,
+        gid: Option<&GroupId>,
+        e: &ClientError,
+    ) -> Result<(), ClientError> {
         let text = format!("something you sent could not be delivered: {e}");
         self.tx(|| {
             self.insert_message(NewEntry {
                 id: format!("local-{}", random_client_id()),
-                group: Some(gid),
+                group: gid,
                 sender: None,
                 sent_at: now(),
                 received_at: now(),

@@ -48,9 +48,10 @@ type PushSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Client {
-    /// Sends what the outbox holds, then processes everything queued for this device. A
+    /// Sends what the outbox holds, then processes everything queued for this device. Every
     /// security failure met on the way is stored as a security event (see
-    /// [`Client::unseen_security_events`]); the sync itself goes on.
+    /// [`Client::unseen_security_events`]); one met while processing a message refuses that
+    /// message and the sync goes on.
     pub async fn sync(&self) -> Result<(), ClientError> {
         let result = self.exchange().await;
         self.recorded(result)
@@ -115,7 +116,9 @@ impl Client {
                 break;
             }
         }
-        self.top_up_key_packages(&token).await
+        // Best effort: what was received is done; a failed top-up is tried on the next sync.
+        let _ = self.top_up_key_packages(&token).await;
+        Ok(())
     }
 
     /// Writes everything committed so far back into the database file and syncs it (a
@@ -145,7 +148,11 @@ impl Client {
         let seen = store::meta(&self.conn, "dropped_seen")?
             .and_then(|v| <[u8; 8]>::try_from(v).ok())
             .map_or(0, u64::from_be_bytes);
-        if total <= seen {
+        if total < seen {
+            // The server's count went back (its data was reset): count from there.
+            return store::set_meta(&self.conn, "dropped_seen", &total.to_be_bytes());
+        }
+        if total == seen {
             return Ok(());
         }
         let text = format!(
@@ -452,6 +459,8 @@ impl Client {
         mut status: impl FnMut(&FollowStatus),
     ) -> Result<(), ClientError> {
         let mut ws: Option<PushSocket> = None;
+        // Closed by a newer socket of this device: reconnecting would only close that one.
+        let mut replaced = false;
         let mut last: Option<FollowStatus> = None;
         let mut report = |now: FollowStatus| {
             if last.as_ref() != Some(&now) {
@@ -461,11 +470,12 @@ impl Client {
         };
         let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
         loop {
-            if ws.is_none() {
+            if ws.is_none() && !replaced {
                 ws = self.connect_push().await.ok();
             }
             match self.sync().await {
-                Ok(()) => {}
+                // A security failure is stored, and shown with the batch below.
+                Ok(()) | Err(ClientError::Security(_)) => {}
                 Err(e) if is_transient(&e) => {
                     ws = None;
                     report(FollowStatus::Unreachable(e.to_string()));
@@ -494,8 +504,13 @@ impl Client {
             match ws.as_mut() {
                 Some(stream) => {
                     report(FollowStatus::Listening);
-                    if !wait_for_push(stream, &mut sleep).await {
-                        ws = None;
+                    match wait_for_push(stream, &mut sleep).await {
+                        Woken::Push => {}
+                        Woken::Lost => ws = None,
+                        Woken::Replaced => {
+                            ws = None;
+                            replaced = true;
+                        }
                     }
                 }
                 None => {
@@ -510,28 +525,36 @@ impl Client {
     }
 }
 
-/// Waits for a push event or for `sleep`; false if the socket was lost.
+/// Why [`wait_for_push`] returned.
+enum Woken {
+    /// A push event, or the deadline: time to sync.
+    Push,
+    /// The socket closed or failed.
+    Lost,
+    /// The server closed the socket for a newer one of this device.
+    Replaced,
+}
+
+/// Waits for a push event or for `sleep`.
 async fn wait_for_push(
     stream: &mut PushSocket,
     sleep: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-) -> bool {
+) -> Woken {
     use tokio_tungstenite::tungstenite::Message;
     loop {
         tokio::select! {
             frame = stream.next() => match frame {
-                Some(Ok(Message::Text(_))) => return true,
+                Some(Ok(Message::Text(_))) => return Woken::Push,
                 // Pings are answered by the stream itself while it is read.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                _ => return false,
+                Some(Ok(Message::Close(Some(frame))))
+                    if u16::from(frame.code) == sotto_proto::api::CLOSE_REPLACED =>
+                {
+                    return Woken::Replaced;
+                }
+                _ => return Woken::Lost,
             },
-            () = sleep.as_mut() => return true,
+            () = sleep.as_mut() => return Woken::Push,
         }
     }
-}
-
-/// Whether `follow` should ride out `e` and try again: the server is unreachable, failing,
-/// or asking for patience.
-fn is_transient(e: &ClientError) -> bool {
-    matches!(e, ClientError::Unreachable(_))
-        || matches!(e.code(), Some(ErrorCode::Internal | ErrorCode::RateLimited))
 }

@@ -185,3 +185,25 @@ async fn a_ghost_device_added_by_a_member_is_refused_by_the_others() {
         .collect();
     assert_eq!(members, lines(&["alice", "bob"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_made_before_server_ids_pins_one_at_its_first_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    let pinned = alice.server_id().await.unwrap();
+    alice
+        .conn
+        .execute(
+            "DELETE FROM meta WHERE key IN ('server_id', 'insecure_http')",
+            [],
+        )
+        .unwrap();
+    drop(alice);
+    let alice = harness::reopen(dir.path(), "alice");
+    alice.send_text("bob", "still works").await.unwrap();
+    assert_eq!(recv(&bob).await, lines(&["alice: still works"]));
+    let stored = store::meta(&alice.conn, "server_id").unwrap().unwrap();
+    assert_eq!(stored, pinned.as_str().as_bytes());
+}

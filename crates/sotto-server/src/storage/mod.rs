@@ -107,8 +107,9 @@ pub trait KeyPackageStore {
     fn key_package_count(&self, device: &DeviceAddr) -> Result<KeyPackageCount, StorageError>;
     /// Atomically takes one KeyPackage for every device of `user`, all or nothing: each
     /// one-time KeyPackage goes to exactly one claimer, and a claim that cannot serve every
-    /// device takes none.
-    fn claim_key_packages(&self, user: &Username) -> Result<Claim, StorageError>;
+    /// device takes none. With `one_time` false, every device's last-resort KeyPackage is
+    /// handed out instead (nothing is taken).
+    fn claim_key_packages(&self, user: &Username, one_time: bool) -> Result<Claim, StorageError>;
 }
 
 /// The most a device's queue may hold. Past either bound the oldest entries are dropped

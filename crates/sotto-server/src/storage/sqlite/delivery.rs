@@ -82,7 +82,7 @@ impl Stored<'_> {
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )?;
             if to_u64(count) > quota.messages || to_u64(bytes) > quota.bytes {
-                drop_oldest(conn, r, quota)?;
+                drop_oldest(conn, r, quota, id)?;
             }
             wake.push(r.clone());
         }
@@ -92,11 +92,13 @@ impl Stored<'_> {
 }
 
 /// Drops the oldest entries of `device`'s queue until it is within `quota`, counting each in
-/// the device's `dropped_total`.
+/// the device's `dropped_total`. The entry of message `keep`, the one being queued, always
+/// stays: the quota may be exceeded by that one message, never by losing it.
 fn drop_oldest(
     conn: &Connection,
     device: &DeviceAddr,
     quota: QueueQuota,
+    keep: u64,
 ) -> Result<(), StorageError> {
     let (user, dev) = (device.user.as_str(), device.device.to_string());
     loop {
@@ -108,16 +110,16 @@ fn drop_oldest(
         if to_u64(count) <= quota.messages && to_u64(bytes) <= quota.bytes {
             return Ok(());
         }
-        let oldest: Option<(i64, i64, i64)> = conn
+        let oldest: Option<(i64, i64)> = conn
             .query_row(
                 "DELETE FROM queue WHERE id = (SELECT id FROM queue WHERE user = ?1 AND device = ?2
-                 ORDER BY id LIMIT 1) RETURNING id, message_id, size",
-                params![user, dev],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                 AND message_id != ?3 ORDER BY id LIMIT 1) RETURNING message_id, size",
+                params![user, dev, to_i64(keep)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some((_, message_id, size)) = oldest else {
-            return Err(corrupt("device_queues counts entries that do not exist"));
+        let Some((message_id, size)) = oldest else {
+            return Ok(());
         };
         conn.execute(
             "UPDATE device_queues SET count = count - 1, bytes = bytes - ?3,

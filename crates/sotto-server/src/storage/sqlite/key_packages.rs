@@ -64,7 +64,7 @@ impl KeyPackageStore for SqliteStorage {
         count_key_packages(&self.conn(), device)
     }
 
-    fn claim_key_packages(&self, user: &Username) -> Result<Claim, StorageError> {
+    fn claim_key_packages(&self, user: &Username, one_time: bool) -> Result<Claim, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let devices: Vec<String> = {
@@ -78,15 +78,18 @@ impl KeyPackageStore for SqliteStorage {
         }
         let mut claimed = Vec::with_capacity(devices.len());
         for dev in devices {
-            let one_time: Option<Vec<u8>> = tx
-                .query_row(
+            let taken: Option<Vec<u8>> = if one_time {
+                tx.query_row(
                     "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages
                      WHERE user = ?1 AND device = ?2 ORDER BY id LIMIT 1) RETURNING data",
                     params![user.as_str(), dev],
                     |r| r.get(0),
                 )
-                .optional()?;
-            let key_package = match one_time {
+                .optional()?
+            } else {
+                None
+            };
+            let key_package = match taken {
                 Some(kp) => kp,
                 None => {
                     let last_resort: Option<Vec<u8>> = tx

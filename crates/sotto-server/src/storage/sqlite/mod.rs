@@ -207,3 +207,25 @@ impl ServerStore for SqliteStorage {
             .map_err(|_| corrupt("server_id"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SqliteStorage;
+    use crate::storage::ServerStore as _;
+
+    #[test]
+    fn a_panic_while_holding_the_connection_does_not_fail_every_later_call() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let storage = std::sync::Arc::new(SqliteStorage::open(dir.path()).expect("storage"));
+        let id = storage.server_id().expect("an id");
+        let holder = storage.clone();
+        let panicked = std::thread::spawn(move || {
+            let _conn = holder.conn();
+            panic!("a bug while the lock is held");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(storage.conn.is_poisoned());
+        assert_eq!(storage.server_id().expect("still serving"), id);
+    }
+}
