@@ -245,3 +245,32 @@ async fn messages_the_server_dropped_are_told_to_the_user() {
     alice.send_text("bob", "seven").await.unwrap();
     assert_eq!(recv(&bob).await, lines(&["alice: seven"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_server_failed_on_is_kept_and_sent_once_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    assert_eq!(recv(&bob).await, lines(&["alice: one"]));
+    // The server fails on this group (a row it cannot read): 500 to the send.
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
+    let next_seq: i64 = db
+        .query_row("SELECT next_seq FROM groups", [], |r| r.get(0))
+        .unwrap();
+    db.execute("UPDATE groups SET next_seq = 'broken'", [])
+        .unwrap();
+    let err = alice.send_text("bob", "two").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(sotto_proto::ErrorCode::Internal),
+        "{err:?}"
+    );
+    // Once it is mended, alice's next sync sends what it kept, once.
+    db.execute("UPDATE groups SET next_seq = ?1", [next_seq])
+        .unwrap();
+    alice.sync().await.unwrap();
+    alice.send_text("bob", "three").await.unwrap();
+    assert_eq!(recv(&bob).await, lines(&["alice: two", "alice: three"]));
+}

@@ -409,3 +409,38 @@ fn the_limits_table_in_the_design_notes_matches_the_code() {
         .collect();
     assert_eq!(rows, expected);
 }
+
+#[tokio::test]
+async fn a_flood_of_challenges_from_one_address_does_not_lock_a_device_out() {
+    let mut config = with_limits(&["challenge_per_device_and_ip=3/1h"]);
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let s = start_with(config).await;
+    let alice = s.user("alice").await;
+    let ask = json!({ "device": alice.device.addr() });
+    // Someone at one address asks for alice's challenges until refused...
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(post_forwarded(&s, "/v1/auth/challenge", "192.0.2.66", &ask).await);
+    }
+    assert_eq!(statuses[..3], [StatusCode::OK; 3]);
+    assert_eq!(statuses[3..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+    // ...and alice, elsewhere, still signs in.
+    let resp = s
+        .http
+        .post(format!("{}/v1/auth/challenge", s.url))
+        .header("x-forwarded-for", "192.0.2.7")
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let challenge: sotto_proto::api::ChallengeResponse = resp.json().await.unwrap();
+    let (status, _) = s
+        .post(
+            "/v1/auth/token",
+            None,
+            &s.answer(&alice.device, challenge.challenge.as_slice()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
