@@ -133,14 +133,26 @@ impl Client {
         group: Option<&GroupId>,
         reason: &str,
     ) -> Result<(), ClientError> {
+        let id = format!("local-{}", random_client_id());
+        self.record_notice(id, group, MessageKind::Security, reason)
+    }
+
+    /// Stores something this device noticed itself (no sender; both times are now).
+    pub(super) fn record_notice(
+        &self,
+        id: String,
+        group: Option<&GroupId>,
+        kind: MessageKind,
+        text: &str,
+    ) -> Result<(), ClientError> {
         self.insert_message(NewEntry {
-            id: format!("local-{}", random_client_id()),
+            id,
             group,
             sender: None,
             sent_at: now(),
             received_at: now(),
-            kind: MessageKind::Security,
-            body: reason,
+            kind,
+            body: text,
             outgoing: false,
         })
     }

@@ -352,17 +352,7 @@ impl Client {
         e: &ClientError,
     ) -> Result<(), ClientError> {
         let text = format!("something you sent could not be delivered: {e}");
-        self.tx(|| {
-            self.insert_message(NewEntry {
-                id: format!("local-{}", random_client_id()),
-                group: gid,
-                sender: None,
-                sent_at: now(),
-                received_at: now(),
-                kind: MessageKind::Event,
-                body: &text,
-                outgoing: false,
-            })
-        })
+        let id = format!("local-{}", random_client_id());
+        self.tx(|| self.record_notice(id, gid, MessageKind::Event, &text))
     }
 }

@@ -161,16 +161,8 @@ impl Client {
             total - seen
         );
         self.tx(|| {
-            self.insert_message(NewEntry {
-                id: format!("dropped-{total}"),
-                group: None,
-                sender: None,
-                sent_at: now(),
-                received_at: now(),
-                kind: MessageKind::Event,
-                body: &text,
-                outgoing: false,
-            })?;
+            let id = format!("dropped-{total}");
+            self.record_notice(id, None, MessageKind::Event, &text)?;
             store::set_meta(&self.conn, "dropped_seen", &total.to_be_bytes())
         })
     }
