@@ -65,7 +65,7 @@ pub fn check_server_url(base: &str, insecure_http: bool) -> Result<bool, ClientE
 }
 
 impl Api {
-    /// A client for the server at `base`, under the rules of [`check_server_url`].
+    /// A client for the server at `base`, under the rules of `check_server_url`.
     pub fn new(base: &str, insecure_http: bool) -> Result<Self, ClientError> {
         let plain = check_server_url(base, insecure_http)?;
         let base = base.trim_end_matches('/').to_owned();

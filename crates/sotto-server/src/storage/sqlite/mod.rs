@@ -1,7 +1,7 @@
 //! The embedded default storage: one SQLite file in the data directory, in WAL mode with
 //! `synchronous = FULL`, so a message the server acknowledged survives a crash. The SQL of
-//! each concern lives beside it: [`accounts`] (accounts, devices, sign-in), [`key_packages`]
-//! and [`delivery`] (ordering and queues).
+//! each concern lives beside it: `accounts` (accounts, devices, sign-in), `key_packages`
+//! and `delivery` (ordering and queues).
 
 mod accounts;
 mod delivery;
