@@ -313,6 +313,21 @@ fn exit_codes_follow_the_contract() {
         1
     );
     assert_eq!(code(run(&alice, &["server", "--limit", "nope=1"])), 1);
+    // A home holding files of an earlier setup is refused, and they are left alone.
+    let leftover = dir.path().join("leftover");
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::write(leftover.join("store.db"), b"precious").unwrap();
+    assert_eq!(
+        code(run(
+            &leftover,
+            &["init", "--server", &server.url(), "--user", "carol"]
+        )),
+        1
+    );
+    assert_eq!(
+        std::fs::read(leftover.join("store.db")).unwrap(),
+        b"precious"
+    );
     // A home with no account in it is a user error, not a lock.
     assert_eq!(code(run(&dir.path().join("nobody-here"), &["whoami"])), 1);
     // 2: server unreachable (nothing listens on the reserved port 1).

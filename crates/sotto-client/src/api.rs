@@ -69,9 +69,12 @@ impl Api {
     pub fn new(base: &str, insecure_http: bool) -> Result<Self, ClientError> {
         let plain = check_server_url(base, insecure_http)?;
         let base = base.trim_end_matches('/').to_owned();
+        // No redirects: the API never sends one, and following one could take a request (and
+        // its bearer token) to another host, or from https:// to plain http://.
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60));
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none());
         if plain {
             // A proxy from the environment would carry plain HTTP off the machine.
             builder = builder.no_proxy();
@@ -298,7 +301,35 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
-    use super::check_server_url;
+    use super::{Api, check_server_url};
+    use crate::ClientError;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        // A server on loopback that redirects to a plain-HTTP address elsewhere (another
+        // loopback address here, standing for a remote host).
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", redirector.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = redirector.accept().await {
+                let mut request = [0u8; 2048];
+                let _ = tcp.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{target}/v1/config\r\n\
+                     Content-Length: 0\r\n\r\n"
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        let err = Api::new(&url, false).unwrap().config().await.unwrap_err();
+        assert!(matches!(err, ClientError::Refused(_)), "{err:?}");
+        // Had the client followed, its connection would be waiting to be accepted by now.
+        let followed = tokio::time::timeout(std::time::Duration::ZERO, elsewhere.accept()).await;
+        assert!(followed.is_err(), "the redirect was followed");
+    }
 
     #[test]
     fn plain_http_is_refused_unless_to_loopback_or_explicitly_allowed() {

@@ -27,7 +27,11 @@ fn queued(server: &Server, user: &str, device: &str) -> usize {
         user: Username::parse(user).unwrap(),
         device: sotto_proto::DeviceId::parse(device).unwrap(),
     };
-    storage(server).fetch(&addr, 500).unwrap().messages.len()
+    storage(server)
+        .fetch(&addr, 500, usize::MAX)
+        .unwrap()
+        .messages
+        .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

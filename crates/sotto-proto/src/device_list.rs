@@ -78,17 +78,25 @@ impl DeviceList {
 }
 
 /// Whether `c` may appear in a name shown to people: no control characters and no
-/// invisible formatting that reorders or hides text (bidi overrides and isolates, zero-width
-/// characters), which could make one device look like another.
+/// invisible or layout-changing characters (bidi overrides and isolates, zero-width and
+/// filler characters, line separators, tags), which could make one device look like another
+/// or disturb the text around it.
 pub fn is_displayable(c: char) -> bool {
     !(c.is_control()
         || matches!(c,
-            '\u{200B}'..='\u{200F}'   // zero-width space/joiners, LRM, RLM
-            | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
-            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
-            | '\u{2066}'..='\u{2069}' // bidi isolates
+            '\u{00AD}'                 // soft hyphen
+            | '\u{034F}'               // combining grapheme joiner
             | '\u{061C}'               // Arabic letter mark
+            | '\u{115F}' | '\u{1160}'  // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}'  // Khmer inherent vowels (invisible)
+            | '\u{180B}'..='\u{180F}' // Mongolian selectors and vowel separator
+            | '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
+            | '\u{2028}'..='\u{202E}' // line/paragraph separators, bidi embeddings/overrides
+            | '\u{2060}'..='\u{206F}' // word joiner, invisible operators, bidi isolates
+            | '\u{3164}' | '\u{FFA0}'  // Hangul fillers
             | '\u{FEFF}'               // zero-width no-break space
+            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotation
+            | '\u{E0000}'..='\u{E007F}' // tags
         ))
 }
 
@@ -98,9 +106,9 @@ pub fn check_device_name(name: &str) -> Result<(), ProtoError> {
     if count > limits::MAX_DEVICE_NAME {
         return Err(ProtoError::TooLarge("device name"));
     }
-    if count == 0 || !name.chars().all(is_displayable) {
+    if name.trim().is_empty() || !name.chars().all(is_displayable) {
         return Err(ProtoError::Invalid(
-            "device name (1 to 64 characters, no control or invisible formatting characters)",
+            "device name (1 to 64 characters, not all spaces, no control or invisible characters)",
         ));
     }
     Ok(())

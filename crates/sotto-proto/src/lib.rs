@@ -38,8 +38,14 @@ pub const API_VERSION: u32 = 1;
 /// Size limits on every field that crosses the wire.
 pub mod limits {
     /// Largest request body the server reads (an add-commit for 1,000 members on the
-    /// post-quantum suite is about 2.7 MB, plus its Welcome).
+    /// post-quantum suite is about 2.7 MB, plus its Welcome). Only sends take this much.
     pub const MAX_BODY: usize = 16 * 1024 * 1024;
+    /// Largest body of a request that carries KeyPackages (a registration or an upload):
+    /// a full batch of the largest KeyPackages, in base64, with room for the rest.
+    pub const MAX_KEY_PACKAGES_BODY: usize =
+        MAX_KEY_PACKAGE_BATCH * MAX_KEY_PACKAGE * 4 / 3 + 64 * 1024;
+    /// Largest body of any other request (sign-in, claims, acknowledgements).
+    pub const MAX_SMALL_BODY: usize = 64 * 1024;
     /// Largest MLS message (commit, Welcome or application message).
     pub const MAX_MLS_MESSAGE: usize = 6 * 1024 * 1024;
     /// Largest KeyPackage.
@@ -56,6 +62,9 @@ pub mod limits {
     pub const MAX_DEVICE_NAME: usize = 64;
     /// Most messages returned by one queue fetch.
     pub const MAX_FETCH: u32 = 500;
+    /// Most bytes of MLS messages returned by one queue fetch (always at least one message):
+    /// a fetch's memory is bounded whatever the queue holds.
+    pub const MAX_FETCH_BYTES: usize = 8 * 1024 * 1024;
     /// Most message ids acknowledged at once.
     pub const MAX_ACK: usize = 1000;
     /// Length of a client-chosen idempotency key, in hex characters.

@@ -292,6 +292,11 @@ fn device_names_refuse_control_and_invisible_formatting_characters() {
         "new\nline",
         "zero\u{200B}width",
         "isolate\u{2066}x",
+        "soft\u{00AD}hyphen",
+        "line\u{2028}break",
+        "filler\u{3164}",
+        "tag\u{E0041}",
+        "   ",
         &"x".repeat(65),
     ] {
         assert!(

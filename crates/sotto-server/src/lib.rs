@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod error;
 pub mod limits;
+mod listener;
 pub mod push;
 pub mod routes;
 pub mod storage;
@@ -19,8 +20,9 @@ use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{Request, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use sotto_proto::limits::{MAX_BODY, MAX_KEY_PACKAGES_BODY, MAX_SMALL_BODY};
 use sotto_proto::{ErrorCode, ServerId};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Level;
@@ -154,23 +156,39 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
 
 /// The router.
 pub fn app(state: AppState) -> Router {
+    let request_timeout = Duration::from_secs(state.config.limits.request_timeout.0);
+    let small = DefaultBodyLimit::max(MAX_SMALL_BODY);
+    let key_packages = DefaultBodyLimit::max(MAX_KEY_PACKAGES_BODY);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/config", get(routes::config))
-        .route("/v1/accounts", post(routes::register))
-        .route("/v1/auth/challenge", post(auth::challenge))
-        .route("/v1/auth/token", post(auth::token))
+        .route("/v1/accounts", post(routes::register).layer(key_packages))
+        .route("/v1/auth/challenge", post(auth::challenge).layer(small))
+        .route("/v1/auth/token", post(auth::token).layer(small))
         .route("/v1/users/{user}", get(routes::user))
-        .route("/v1/keypackages", post(routes::upload_key_packages))
+        .route(
+            "/v1/keypackages",
+            post(routes::upload_key_packages).layer(key_packages),
+        )
         .route("/v1/keypackages/count", get(routes::key_package_count))
-        .route("/v1/keypackages/claim", post(routes::claim_key_packages))
+        .route(
+            "/v1/keypackages/claim",
+            post(routes::claim_key_packages).layer(small),
+        )
         .route("/v1/groups/{group_id}/messages", post(routes::send))
         .route("/v1/queue", get(routes::fetch_queue))
-        .route("/v1/queue/ack", post(routes::ack))
+        .route("/v1/queue/ack", post(routes::ack).layer(small))
         .route("/v1/ws", get(push::websocket))
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(sotto_proto::limits::MAX_BODY))
+        // Only a send may be large; every other body is bounded by what it can carry, so an
+        // unauthenticated request cannot make the server buffer much.
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // A request, its body included, must arrive and be answered within this.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         // One structured line per request: method, route template, status, latency. Paths
         // (which name users and groups), headers (bearer tokens) and bodies are never logged.
         .layer(
@@ -193,10 +211,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
-    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let accept = listener::Accept {
+        cap: state.config.limits.connections_per_ip,
+        exempt: state.config.trusted_proxies.clone(),
+        header_timeout: Duration::from_secs(state.config.limits.header_timeout.0),
+    };
+    let result = listener::accept_loop(listener, app(state), accept, shutdown).await;
     housekeeping.abort();
     result
 }

@@ -230,6 +230,8 @@ limits! {
     /// One-time KeyPackages of one user handed out, to anyone; past it a claim gets the
     /// user's last-resort KeyPackage: nobody can drain an account fast, or make it unaddable.
     claim_per_target: Rate = Rate::new(10, 10 * MINUTE);
+    /// Look-ups of users' keys and device lists one device may make.
+    lookup_per_device: Rate = Rate::new(600, MINUTE);
     /// Messages one IP address may send.
     send_per_ip: Rate = Rate::new(6000, MINUTE);
     /// Messages one device may send.
@@ -238,6 +240,12 @@ limits! {
     websocket_per_ip: Rate = Rate::new(120, MINUTE);
     /// WebSocket connections one device may open.
     websocket_per_device: Rate = Rate::new(30, MINUTE);
+    /// Connections one IP address may hold open at once (trusted proxies are exempt).
+    connections_per_ip: u32 = 256;
+    /// Time a client has to send a request's headers.
+    header_timeout: Seconds = Seconds(30);
+    /// Time a request has, from its headers to its answer (its body included).
+    request_timeout: Seconds = Seconds(60);
     /// Open WebSockets per device; a new one past it closes the oldest.
     sockets_per_device: u32 = 3;
     /// Time between the server's pings on a WebSocket; one not answered by the next closes it.
@@ -306,6 +314,7 @@ pub struct RateLimiters {
     claim_per_device: Bucket<DeviceAddr>,
     claim_per_pair: Bucket<(DeviceAddr, Username)>,
     claim_per_target: Bucket<Username>,
+    lookup_per_device: Bucket<DeviceAddr>,
     send_per_ip: Bucket<IpKey>,
     send_per_device: Bucket<DeviceAddr>,
     websocket_per_ip: Bucket<IpKey>,
@@ -323,6 +332,7 @@ impl RateLimiters {
             claim_per_device: Bucket::new(limits.claim_per_device),
             claim_per_pair: Bucket::new(limits.claim_per_pair),
             claim_per_target: Bucket::new(limits.claim_per_target),
+            lookup_per_device: Bucket::new(limits.lookup_per_device),
             send_per_ip: Bucket::new(limits.send_per_ip),
             send_per_device: Bucket::new(limits.send_per_device),
             websocket_per_ip: Bucket::new(limits.websocket_per_ip),
@@ -358,6 +368,11 @@ impl RateLimiters {
         Ok(self.claim_per_target.check(target).is_ok())
     }
 
+    /// A look-up of a user by `device`.
+    pub fn lookup(&self, device: &DeviceAddr) -> Result<(), ApiError> {
+        self.lookup_per_device.check(device)
+    }
+
     /// A message sent by `sender` from `ip`.
     pub fn send(&self, ip: IpKey, sender: &DeviceAddr) -> Result<(), ApiError> {
         self.send_per_ip.check(&ip)?;
@@ -379,6 +394,7 @@ impl RateLimiters {
         self.claim_per_device.limiter.retain_recent();
         self.claim_per_pair.limiter.retain_recent();
         self.claim_per_target.limiter.retain_recent();
+        self.lookup_per_device.limiter.retain_recent();
         self.send_per_ip.limiter.retain_recent();
         self.send_per_device.limiter.retain_recent();
         self.websocket_per_ip.limiter.retain_recent();

@@ -60,9 +60,10 @@ fn parse_user(raw: &str) -> Result<Username, ApiError> {
 /// `GET /v1/users/{user}`.
 pub async fn user(
     State(state): State<AppState>,
-    _auth: AuthDevice,
+    AuthDevice(device): AuthDevice,
     Path(user): Path<String>,
 ) -> Result<ApiJson<UserResponse>, ApiError> {
+    state.rate.lookup(&device)?;
     let user = parse_user(&user)?;
     let lookup = user.clone();
     let account = state.blocking(move |s| Ok(s.account(&lookup)?)).await?;
@@ -199,7 +200,7 @@ pub async fn fetch_queue(
 ) -> Result<ApiJson<QueueResponse>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, limits::MAX_FETCH);
     state
-        .blocking(move |s| Ok(ApiJson(s.fetch(&device, limit)?)))
+        .blocking(move |s| Ok(ApiJson(s.fetch(&device, limit, limits::MAX_FETCH_BYTES)?)))
         .await
 }
 

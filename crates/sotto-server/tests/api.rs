@@ -524,10 +524,10 @@ async fn retention_purges_undelivered_messages() {
     // A cutoff before the message keeps it; one after it deletes it with its queue entry,
     // and bob is told one message expired unread.
     assert_eq!(storage.purge(now - 60, now).unwrap(), 0);
-    let queue = storage.fetch(bob.device.addr(), 10).unwrap();
+    let queue = storage.fetch(bob.device.addr(), 10, usize::MAX).unwrap();
     assert_eq!((queue.messages.len(), queue.dropped_total), (1, 0));
     assert_eq!(storage.purge(now + 1, now).unwrap(), 1);
-    let queue = storage.fetch(bob.device.addr(), 10).unwrap();
+    let queue = storage.fetch(bob.device.addr(), 10, usize::MAX).unwrap();
     assert_eq!((queue.messages.len(), queue.dropped_total), (0, 1));
 }
 

@@ -152,6 +152,7 @@ async fn rate_limits_answer_429_with_retry_after_per_device() {
         "send_per_device=2/1h",
         "claim_per_device=2/1h",
         "websocket_per_device=1/1h",
+        "lookup_per_device=2/1h",
     ]))
     .await;
     let alice = s.user("alice").await;
@@ -186,6 +187,25 @@ async fn rate_limits_answer_429_with_retry_after_per_device() {
             .unwrap(),
     )
     .await;
+    // Look-ups of users by one device (enumeration).
+    for name in ["bob", "nobody"] {
+        let resp = s
+            .http
+            .get(format!("{}/v1/users/{name}", s.url))
+            .bearer_auth(&alice.token)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let third = s
+        .http
+        .get(format!("{}/v1/users/carol", s.url))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    expect_limited(third).await;
     // Challenges for one device from one address: signing in used one of three.
     let ask = json!({ "device": alice.device.addr() });
     for _ in 0..2 {
@@ -443,4 +463,109 @@ async fn a_flood_of_challenges_from_one_address_does_not_lock_a_device_out() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stranger_flooding_a_device_pushes_out_their_own_messages_not_its_groups() {
+    let s = start_with(with_limits(&["queue_messages=5"])).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mallory = s.user("mallory").await;
+    let send = |from: &common::User, group: [u8; 16], n: usize| {
+        let body = json!({
+            "client_id": format!("{n:032}"),
+            "message": Bytes(private_message(&group, 0, 1)),
+            "recipients": [bob.device.addr()],
+        });
+        let path = format!("/v1/groups/{}/messages", hex_of(&group));
+        let token = from.token.clone();
+        let s = &s;
+        async move {
+            let (status, b) = s.post(&path, Some(&token), &body).await;
+            assert_eq!(status, StatusCode::CREATED, "{b}");
+            b["id"].as_u64().unwrap()
+        }
+    };
+    // Bob's group traffic from alice, then a flood from mallory, a stranger to bob.
+    let mut from_alice = Vec::new();
+    for n in 0..2 {
+        from_alice.push(send(&alice, [0x66; 16], n).await);
+    }
+    for n in 0..20 {
+        send(&mallory, [0x77; 16], 100 + n).await;
+    }
+    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
+    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let kept: Vec<u64> = q.messages.iter().map(|m| m.id).collect();
+    assert_eq!(kept.len(), 5);
+    assert_eq!(
+        kept[..2],
+        from_alice[..],
+        "alice's messages were pushed out"
+    );
+    assert_eq!(q.dropped_total, 17);
+}
+
+#[tokio::test]
+async fn a_fetch_returns_at_most_its_byte_bound_but_always_one_message() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let group = [0x88; 16];
+    for n in 0..3 {
+        let body = json!({
+            "client_id": format!("{n:032}"),
+            "message": Bytes(private_message(&group, 0, 1)),
+            "recipients": [bob.device.addr()],
+        });
+        let path = format!("/v1/groups/{}/messages", hex_of(&group));
+        assert_eq!(
+            s.post(&path, Some(&alice.token), &body).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let storage = s.storage();
+    let fetch = |max_bytes| {
+        sotto_server::storage::DeliveryStore::fetch(&storage, bob.device.addr(), 100, max_bytes)
+            .unwrap()
+            .messages
+            .len()
+    };
+    // Each message is 33 bytes.
+    assert_eq!(fetch(usize::MAX), 3);
+    assert_eq!(fetch(66), 2);
+    assert_eq!(fetch(65), 1);
+    assert_eq!(fetch(1), 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_queued_row_is_skipped_not_fatal_to_the_queue() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let group = [0x99; 16];
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let body = json!({
+            "client_id": format!("{n:032}"),
+            "message": Bytes(private_message(&group, 0, 1)),
+            "recipients": [bob.device.addr()],
+        });
+        let path = format!("/v1/groups/{}/messages", hex_of(&group));
+        let (_, b) = s.post(&path, Some(&alice.token), &body).await;
+        ids.push(b["id"].as_u64().unwrap());
+    }
+    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
+    db.execute(
+        "UPDATE messages SET sender_user = 'NOT VALID' WHERE id = ?1",
+        [ids[0] as i64],
+    )
+    .unwrap();
+    let (status, q) = s.get("/v1/queue", Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    assert_eq!(
+        q.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [ids[1]]
+    );
 }

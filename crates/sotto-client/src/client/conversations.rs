@@ -151,9 +151,7 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Engine(
-            "the group kept changing; try again".into(),
-        ))
+        Err(kept_changing())
     }
 
     pub(super) fn create_local_group(

@@ -139,6 +139,16 @@ fn is_transient(e: &ClientError) -> bool {
         || matches!(e.code(), Some(ErrorCode::Internal | ErrorCode::RateLimited))
 }
 
+/// The server took other commits every time this device tried: a refusal (exit code 2), to
+/// be tried again later.
+fn kept_changing() -> ClientError {
+    ClientError::Refused(sotto_proto::ErrorBody {
+        code: ErrorCode::EpochConflict,
+        message: format!("the group kept changing ({MAX_ATTEMPTS} tries); try again"),
+        epoch: None,
+    })
+}
+
 fn crypto() -> Result<CryptoProvider, ClientError> {
     CryptoProvider::new().map_err(|e| ClientError::Engine(format!("crypto init: {e:?}")))
 }
@@ -186,6 +196,13 @@ impl Client {
         if home.join(KEYFILE).exists() {
             return Err(ClientError::Usage(format!(
                 "{} already holds a Sotto account; use another --home",
+                home.display()
+            )));
+        }
+        // A store without a key file is no account, but it is not ours to delete either.
+        if let Some(f) = HOME_FILES.iter().find(|f| home.join(f).exists()) {
+            return Err(ClientError::Usage(format!(
+                "{} already holds {f} of an earlier Sotto; use another --home",
                 home.display()
             )));
         }

@@ -148,9 +148,7 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Engine(
-            "the conversation kept changing; try again".into(),
-        ))
+        Err(kept_changing())
     }
 
     /// Drops a commit the server refused, and its outbox entry.

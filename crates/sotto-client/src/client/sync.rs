@@ -43,6 +43,11 @@ pub enum FollowStatus {
 const RETRY: Duration = Duration::from_secs(2);
 /// How often `follow` checks for messages when it has no push connection.
 const POLL: Duration = Duration::from_secs(5);
+/// How often `follow` pings the server while it waits; a socket that has said nothing since
+/// the last ping is taken for dead (a path that went silent closes nothing by itself).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long opening the push socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 type PushSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -433,9 +438,11 @@ impl Client {
             .parse()
             .map_err(|_| ClientError::Engine("token is not a valid header".into()))?;
         req.headers_mut().insert("authorization", auth);
-        let (stream, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let (stream, _) =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
+                .await
+                .map_err(|_| ClientError::Unreachable("opening the push socket timed out".into()))?
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         Ok(stream)
     }
 
@@ -527,18 +534,28 @@ enum Woken {
     Replaced,
 }
 
-/// Waits for a push event or for `sleep`.
+/// Waits for a push event or for `sleep`, pinging the server every [`KEEPALIVE`].
 async fn wait_for_push(
     stream: &mut PushSocket,
     sleep: &mut std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Woken {
+    use futures_util::SinkExt as _;
     use tokio_tungstenite::tungstenite::Message;
+    let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+    let mut heard = true;
     loop {
         tokio::select! {
+            _ = keepalive.tick() => {
+                if !std::mem::take(&mut heard)
+                    || stream.send(Message::Ping(Default::default())).await.is_err()
+                {
+                    return Woken::Lost;
+                }
+            }
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(_))) => return Woken::Push,
                 // Pings are answered by the stream itself while it is read.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => heard = true,
                 Some(Ok(Message::Close(Some(frame))))
                     if u16::from(frame.code) == sotto_proto::api::CLOSE_REPLACED =>
                 {

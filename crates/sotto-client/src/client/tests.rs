@@ -113,7 +113,7 @@ async fn messages_are_acknowledged_only_after_a_complete_checkpoint() {
         .unwrap();
     let queued = |s: &Server| {
         let storage = sotto_server::storage::sqlite::SqliteStorage::open(&s.data).unwrap();
-        sotto_server::storage::DeliveryStore::fetch(&storage, bob.me(), 100)
+        sotto_server::storage::DeliveryStore::fetch(&storage, bob.me(), 100, usize::MAX)
             .unwrap()
             .messages
             .len()

@@ -154,8 +154,14 @@ pub trait DeliveryStore {
         now: u64,
         quota: QueueQuota,
     ) -> Result<Submitted, StorageError>;
-    /// The oldest `limit` messages queued for `device`, with its `dropped_total`.
-    fn fetch(&self, device: &DeviceAddr, limit: u32) -> Result<QueueResponse, StorageError>;
+    /// The oldest messages queued for `device`: at most `limit`, and no more than `max_bytes`
+    /// of them (but always the first), with the device's `dropped_total`.
+    fn fetch(
+        &self,
+        device: &DeviceAddr,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<QueueResponse, StorageError>;
     /// Removes the acknowledged entries of `device`'s queue, and every message no queue refers
     /// to any more. Returns how many entries were removed.
     fn ack(&self, device: &DeviceAddr, ids: &[u64]) -> Result<u64, StorageError>;

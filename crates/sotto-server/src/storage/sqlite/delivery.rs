@@ -91,9 +91,12 @@ impl Stored<'_> {
     }
 }
 
-/// Drops the oldest entries of `device`'s queue until it is within `quota`, counting each in
-/// the device's `dropped_total`. The entry of message `keep`, the one being queued, always
-/// stays: the quota may be exceeded by that one message, never by losing it.
+/// Drops entries of `device`'s queue until it is within `quota`, counting each in the
+/// device's `dropped_total`: each time the oldest entry of the sender that holds the most
+/// bytes of this queue, so that a stranger flooding a device pushes out their own messages,
+/// not the commits and messages of the device's groups. The entry of message `keep`, the one
+/// being queued, always stays: the quota may be exceeded by that one message, never by
+/// losing it.
 fn drop_oldest(
     conn: &Connection,
     device: &DeviceAddr,
@@ -111,12 +114,22 @@ fn drop_oldest(
             return Ok(());
         }
         let oldest: Option<(i64, i64)> = conn
-            .query_row(
-                "DELETE FROM queue WHERE id = (SELECT id FROM queue WHERE user = ?1 AND device = ?2
-                 AND message_id != ?3 ORDER BY id LIMIT 1) RETURNING message_id, size",
-                params![user, dev, to_i64(keep)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached(
+                "DELETE FROM queue WHERE id = (
+                    SELECT q.id FROM queue q JOIN messages m ON m.id = q.message_id
+                    WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
+                    AND (m.sender_user, m.sender_device) = (
+                        SELECT m2.sender_user, m2.sender_device
+                        FROM queue q2 JOIN messages m2 ON m2.id = q2.message_id
+                        WHERE q2.user = ?1 AND q2.device = ?2 AND q2.message_id != ?3
+                        GROUP BY m2.sender_user, m2.sender_device
+                        ORDER BY SUM(q2.size) DESC LIMIT 1)
+                    ORDER BY q.id LIMIT 1)
+                 RETURNING message_id, size",
+            )?
+            .query_row(params![user, dev, to_i64(keep)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let Some((message_id, size)) = oldest else {
             return Ok(());
@@ -300,7 +313,12 @@ impl DeliveryStore for SqliteStorage {
         })
     }
 
-    fn fetch(&self, device: &DeviceAddr, limit: u32) -> Result<QueueResponse, StorageError> {
+    fn fetch(
+        &self,
+        device: &DeviceAddr,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<QueueResponse, StorageError> {
         let conn = self.conn();
         let (user, dev) = (device.user.as_str(), device.device.to_string());
         let mut stmt = conn.prepare_cached(
@@ -320,24 +338,34 @@ impl DeliveryStore for SqliteStorage {
                 r.get::<_, i64>(7)?,
             ))
         })?;
-        let messages = rows
-            .map(|row| {
-                let (id, group, seq, user, dev, kind, data, at) = row?;
-                Ok(QueuedMessage {
-                    id: to_u64(id),
-                    group_id: GroupId::from_bytes(&group).map_err(|_| corrupt("group id"))?,
-                    seq: to_u64(seq),
-                    sender: addr(user, dev)?,
-                    kind: if kind == KIND_WELCOME {
-                        QueuedKind::Welcome
-                    } else {
-                        QueuedKind::Group
-                    },
-                    message: Bytes(data),
-                    accepted_at: to_u64(at),
-                })
-            })
-            .collect::<Result<_, StorageError>>()?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let (id, group, seq, user, dev, kind, data, at) = row?;
+            if !messages.is_empty() && bytes.saturating_add(data.len()) > max_bytes {
+                break;
+            }
+            // A row the operator broke is left out (and logged), not allowed to stop the
+            // device from receiving everything after it.
+            let (Ok(group_id), Ok(sender)) = (GroupId::from_bytes(&group), addr(user, dev)) else {
+                tracing::warn!(message = id, "skipping a queued message with a corrupt row");
+                continue;
+            };
+            bytes = bytes.saturating_add(data.len());
+            messages.push(QueuedMessage {
+                id: to_u64(id),
+                group_id,
+                seq: to_u64(seq),
+                sender,
+                kind: if kind == KIND_WELCOME {
+                    QueuedKind::Welcome
+                } else {
+                    QueuedKind::Group
+                },
+                message: Bytes(data),
+                accepted_at: to_u64(at),
+            });
+        }
         let dropped_total: Option<i64> = conn
             .prepare_cached(
                 "SELECT dropped_total FROM device_queues WHERE user = ?1 AND device = ?2",
