@@ -278,3 +278,35 @@ async fn a_message_the_server_failed_on_is_kept_and_sent_once_later() {
     alice.send_text("bob", "three").await.unwrap();
     assert_eq!(recv(&bob).await, lines(&["alice: two", "alice: three"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_the_server_failed_on_is_replayed_with_the_group_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    let carol = client(&server, dir.path(), "carol").await;
+    alice.create_group("team", &["bob".into()]).await.unwrap();
+    recv(&bob).await;
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
+    let next_seq: i64 = db
+        .query_row("SELECT next_seq FROM groups", [], |r| r.get(0))
+        .unwrap();
+    db.execute("UPDATE groups SET next_seq = 'broken'", [])
+        .unwrap();
+    let err = alice
+        .add_members("team", &["carol".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(sotto_proto::ErrorCode::Internal),
+        "{err:?}"
+    );
+    db.execute("UPDATE groups SET next_seq = ?1", [next_seq])
+        .unwrap();
+    alice.sync().await.unwrap();
+    assert_eq!(recv(&carol).await, lines(&["* alice added you"]));
+    assert_eq!(carol.groups().unwrap()[0].name.as_deref(), Some("team"));
+    assert_eq!(recv(&bob).await, lines(&["* alice added carol"]));
+}

@@ -69,6 +69,9 @@ error_codes! {
     Internal => "internal",
     /// The route exists, but not with this HTTP method.
     MethodNotAllowed => "method_not_allowed",
+    /// The request took too long to arrive or to be answered. What it asked for may or may
+    /// not have happened: a send is to be repeated with the same idempotency key.
+    RequestTimeout => "request_timeout",
 }
 
 /// The JSON body of every error response.
@@ -142,6 +145,7 @@ mod tests {
         "rate_limited",
         "internal",
         "method_not_allowed",
+        "request_timeout",
     ];
 
     #[test]

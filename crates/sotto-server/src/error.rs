@@ -121,7 +121,7 @@ pub async fn json_errors(response: Response) -> Response {
         ),
         StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
         StatusCode::TOO_MANY_REQUESTS => (ErrorCode::RateLimited, "too many requests"),
-        StatusCode::REQUEST_TIMEOUT => (ErrorCode::MalformedRequest, "the request took too long"),
+        StatusCode::REQUEST_TIMEOUT => (ErrorCode::RequestTimeout, "the request took too long"),
         s if s.is_server_error() => (ErrorCode::Internal, "internal server error"),
         _ => (
             ErrorCode::MalformedRequest,

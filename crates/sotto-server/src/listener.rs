@@ -4,6 +4,7 @@
 //! hold memory and file descriptors without end. Trusted proxies are exempt from the cap,
 //! since every client behind them shares their address.
 
+use crate::limits::IpKey;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -20,26 +21,26 @@ use tower::ServiceExt as _;
 /// How long shutting down waits for requests under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Connections open per client address.
+/// Connections open per client address (an IPv6 /64 counts as one, as for rate limits).
 #[derive(Default)]
 struct OpenConnections {
-    by_ip: Mutex<HashMap<IpAddr, u32>>,
+    by_ip: Mutex<HashMap<IpKey, u32>>,
 }
 
 /// One open connection's place in [`OpenConnections`], given back on drop.
 struct Slot {
     open: Arc<OpenConnections>,
-    ip: IpAddr,
+    ip: IpKey,
 }
 
 impl OpenConnections {
-    fn by_ip(&self) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
+    fn by_ip(&self) -> MutexGuard<'_, HashMap<IpKey, u32>> {
         // Counters only: a panic elsewhere cannot leave one half-updated.
         self.by_ip.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A slot for a new connection from `ip`, if it holds fewer than `cap`.
-    fn open(self: &Arc<Self>, ip: IpAddr, cap: u32) -> Option<Slot> {
+    fn open(self: &Arc<Self>, ip: IpKey, cap: u32) -> Option<Slot> {
         let mut by_ip = self.by_ip();
         let count = by_ip.entry(ip).or_default();
         if *count >= cap {
@@ -108,7 +109,7 @@ pub(crate) async fn accept_loop(
         let slot = if exempt.iter().any(|e| e.to_canonical() == ip) {
             None
         } else {
-            match open.open(ip, cap) {
+            match open.open(IpKey::from(ip), cap) {
                 Some(slot) => Some(slot),
                 None => {
                     tracing::debug!("refused a connection: its address holds too many");

@@ -116,7 +116,7 @@ async fn a_body_that_never_finishes_gets_408_with_a_code() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
     let body: Value = serde_json::from_str(body).unwrap();
-    assert_eq!(code(&body), "malformed_request");
+    assert_eq!(code(&body), "request_timeout");
 }
 
 #[tokio::test]

@@ -569,3 +569,49 @@ async fn a_corrupt_queued_row_is_skipped_not_fatal_to_the_queue() {
         [ids[1]]
     );
 }
+
+#[tokio::test]
+async fn many_tiny_messages_cannot_push_out_a_members_larger_commit() {
+    // Over the count quota, the sender with the most entries pays, whatever their size.
+    let s = start_with(with_limits(&["queue_messages=5"])).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mallory = s.user("mallory").await;
+    let post = |from: &common::User, message: Vec<u8>, n: usize, group: [u8; 16]| {
+        let body = json!({
+            "client_id": format!("{n:032}"),
+            "message": Bytes(message),
+            "recipients": [bob.device.addr()],
+        });
+        let path = format!("/v1/groups/{}/messages", hex_of(&group));
+        let token = from.token.clone();
+        let s = &s;
+        async move {
+            let (status, b) = s.post(&path, Some(&token), &body).await;
+            assert_eq!(status, StatusCode::CREATED, "{b}");
+            b["id"].as_u64().unwrap()
+        }
+    };
+    // Alice's message is large (a commit, say); mallory's are as small as messages get.
+    let mut large = private_message(&[0xaa; 16], 0, 1);
+    large.truncate(large.len() - 1);
+    large.extend_from_slice(&[0x40, 0x80]);
+    large.extend(std::iter::repeat_n(0u8, 128));
+    let from_alice = post(&alice, large, 0, [0xaa; 16]).await;
+    for n in 0..10 {
+        post(
+            &mallory,
+            private_message(&[0xbb; 16], 0, 1),
+            100 + n,
+            [0xbb; 16],
+        )
+        .await;
+    }
+    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
+    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    assert_eq!(q.messages.len(), 5);
+    assert_eq!(
+        q.messages[0].id, from_alice,
+        "alice's message was pushed out"
+    );
+}

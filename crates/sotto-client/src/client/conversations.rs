@@ -128,13 +128,7 @@ impl Client {
                 Ok(resp) => {
                     let mut events = self.tx(|| self.finish_commit(gid, &req.client_id, &resp))?;
                     if !to_add.is_empty() {
-                        let name: Option<String> = self.conn.query_row(
-                            "SELECT name FROM conversations WHERE group_id = ?1",
-                            [gid.as_bytes()],
-                            |r| r.get(0),
-                        )?;
-                        self.send_content(gid, &Content::GroupInfo { name }, now())
-                            .await?;
+                        self.send_group_info(gid).await?;
                     }
                     if !remove.is_empty() && to_remove.is_empty() {
                         events.push("nobody to remove".into());
@@ -152,6 +146,19 @@ impl Client {
             }
         }
         Err(kept_changing())
+    }
+
+    /// Sends the conversation's description (its name, or none for a one-to-one
+    /// conversation), as after every commit that adds members.
+    pub(super) async fn send_group_info(&self, gid: &GroupId) -> Result<(), ClientError> {
+        let name: Option<String> = self.conn.query_row(
+            "SELECT name FROM conversations WHERE group_id = ?1",
+            [gid.as_bytes()],
+            |r| r.get(0),
+        )?;
+        self.send_content(gid, &Content::GroupInfo { name }, now())
+            .await
+            .map(drop)
     }
 
     pub(super) fn create_local_group(

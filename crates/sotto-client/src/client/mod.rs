@@ -132,11 +132,15 @@ impl std::fmt::Debug for Client {
 }
 
 /// Whether the server may still take what failed with `e`, or answer the next time: it
-/// could not be reached, failed (a 5xx, from it or a proxy in front), or asked for patience.
+/// could not be reached, failed (a 5xx, from it or a proxy in front), timed out (the request
+/// may have been carried out all the same), or asked for patience.
 /// Whatever failed so stays in the outbox, to be sent again with the same idempotency key.
 fn is_transient(e: &ClientError) -> bool {
     matches!(e, ClientError::Unreachable(_))
-        || matches!(e.code(), Some(ErrorCode::Internal | ErrorCode::RateLimited))
+        || matches!(
+            e.code(),
+            Some(ErrorCode::Internal | ErrorCode::RateLimited | ErrorCode::RequestTimeout)
+        )
 }
 
 /// The server took other commits every time this device tried: a refusal (exit code 2), to

@@ -302,9 +302,15 @@ impl Client {
                 };
                 self.tx(|| self.finish_app(&accepted))
             }
-            (OutboxKind::Commit, Ok(resp)) => self
-                .tx(|| self.finish_commit(&gid, &entry.client_id, &resp))
-                .map(drop),
+            (OutboxKind::Commit, Ok(resp)) => {
+                self.tx(|| self.finish_commit(&gid, &entry.client_id, &resp))?;
+                // As after any commit that adds someone: tell them what the group is.
+                let change: MemberChange = from_json(content)?;
+                if change.add.is_empty() {
+                    return Ok(());
+                }
+                self.send_group_info(&gid).await
+            }
             // The group moved on: process what moved it, then redo this against the new
             // state. The entry stays until then, so a failure on the way loses nothing (its
             // replay gets 409 again).

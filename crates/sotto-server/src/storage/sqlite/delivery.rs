@@ -92,11 +92,11 @@ impl Stored<'_> {
 }
 
 /// Drops entries of `device`'s queue until it is within `quota`, counting each in the
-/// device's `dropped_total`: each time the oldest entry of the sender that holds the most
-/// bytes of this queue, so that a stranger flooding a device pushes out their own messages,
-/// not the commits and messages of the device's groups. The entry of message `keep`, the one
-/// being queued, always stays: the quota may be exceeded by that one message, never by
-/// losing it.
+/// device's `dropped_total`. The sender holding the most of what is over quota — entries if
+/// the queue has too many, bytes if it is too large — loses its oldest entries first, so a
+/// stranger (or a few) flooding a device pushes out their own messages, not the commits and
+/// messages of the device's groups. The entry of message `keep`, the one being queued, always
+/// stays: the quota may be exceeded by that one message, never by losing it.
 fn drop_oldest(
     conn: &Connection,
     device: &DeviceAddr,
@@ -104,43 +104,65 @@ fn drop_oldest(
     keep: u64,
 ) -> Result<(), StorageError> {
     let (user, dev) = (device.user.as_str(), device.device.to_string());
-    loop {
-        let (count, bytes): (i64, i64) = conn.query_row(
-            "SELECT count, bytes FROM device_queues WHERE user = ?1 AND device = ?2",
-            params![user, dev],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        if to_u64(count) <= quota.messages && to_u64(bytes) <= quota.bytes {
-            return Ok(());
-        }
-        let oldest: Option<(i64, i64)> = conn
-            .prepare_cached(
-                "DELETE FROM queue WHERE id = (
-                    SELECT q.id FROM queue q JOIN messages m ON m.id = q.message_id
-                    WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
-                    AND (m.sender_user, m.sender_device) = (
-                        SELECT m2.sender_user, m2.sender_device
-                        FROM queue q2 JOIN messages m2 ON m2.id = q2.message_id
-                        WHERE q2.user = ?1 AND q2.device = ?2 AND q2.message_id != ?3
-                        GROUP BY m2.sender_user, m2.sender_device
-                        ORDER BY SUM(q2.size) DESC LIMIT 1)
-                    ORDER BY q.id LIMIT 1)
-                 RETURNING message_id, size",
-            )?
+    let (count, bytes): (i64, i64) = conn.query_row(
+        "SELECT count, bytes FROM device_queues WHERE user = ?1 AND device = ?2",
+        params![user, dev],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (mut count, mut bytes) = (to_u64(count), to_u64(bytes));
+    let (mut dropped, mut freed) = (0u64, 0u64);
+    while count > quota.messages || bytes > quota.bytes {
+        let heaviest = if count > quota.messages {
+            "SELECT m.sender_user, m.sender_device FROM queue q JOIN messages m ON m.id = q.message_id
+             WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
+             GROUP BY m.sender_user, m.sender_device ORDER BY COUNT(*) DESC LIMIT 1"
+        } else {
+            "SELECT m.sender_user, m.sender_device FROM queue q JOIN messages m ON m.id = q.message_id
+             WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
+             GROUP BY m.sender_user, m.sender_device ORDER BY SUM(q.size) DESC LIMIT 1"
+        };
+        let sender: Option<(String, String)> = conn
+            .prepare_cached(heaviest)?
             .query_row(params![user, dev, to_i64(keep)], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        let Some((message_id, size)) = oldest else {
-            return Ok(());
+        // Only the entry being queued is left.
+        let Some((sender_user, sender_device)) = sender else {
+            break;
         };
-        conn.execute(
-            "UPDATE device_queues SET count = count - 1, bytes = bytes - ?3,
-             dropped_total = dropped_total + 1 WHERE user = ?1 AND device = ?2",
-            params![user, dev, size],
-        )?;
-        delete_if_unqueued(conn, to_u64(message_id))?;
+        let entries: Vec<(i64, i64, i64)> = conn
+            .prepare_cached(
+                "SELECT q.id, q.message_id, q.size FROM queue q JOIN messages m ON m.id = q.message_id
+                 WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
+                 AND m.sender_user = ?4 AND m.sender_device = ?5 ORDER BY q.id",
+            )?
+            .query_map(
+                params![user, dev, to_i64(keep), sender_user, sender_device],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        // That sender's oldest entries go, as many as it takes or as it has.
+        for (queue_id, message_id, size) in entries {
+            if count <= quota.messages && bytes <= quota.bytes {
+                break;
+            }
+            conn.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+                .execute([queue_id])?;
+            delete_if_unqueued(conn, to_u64(message_id))?;
+            let size = to_u64(size);
+            count = count.saturating_sub(1);
+            bytes = bytes.saturating_sub(size);
+            dropped += 1;
+            freed += size;
+        }
     }
+    conn.execute(
+        "UPDATE device_queues SET count = count - ?3, bytes = bytes - ?4,
+         dropped_total = dropped_total + ?3 WHERE user = ?1 AND device = ?2",
+        params![user, dev, to_i64(dropped), to_i64(freed)],
+    )?;
+    Ok(())
 }
 
 /// Deletes message `id` if no queue refers to it any more.
