@@ -215,6 +215,7 @@ pub async fn serve(
         cap: state.config.limits.connections_per_ip,
         exempt: state.config.trusted_proxies.clone(),
         header_timeout: Duration::from_secs(state.config.limits.header_timeout.0),
+        write_timeout: Duration::from_secs(state.config.limits.write_timeout.0),
     };
     let result = listener::accept_loop(listener, app(state), accept, shutdown).await;
     housekeeping.abort();

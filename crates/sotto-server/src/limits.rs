@@ -246,6 +246,8 @@ limits! {
     header_timeout: Seconds = Seconds(30);
     /// Time a request has, from its headers to its answer (its body included).
     request_timeout: Seconds = Seconds(60);
+    /// Time a write may wait on a client that reads nothing (an answer, a push).
+    write_timeout: Seconds = Seconds(30);
     /// Open WebSockets per device; a new one past it closes the oldest.
     sockets_per_device: u32 = 3;
     /// Time between the server's pings on a WebSocket; one not answered by the next closes it.
