@@ -319,6 +319,9 @@ async fn recv(
             FollowStatus::Polling => {
                 eprintln!("no push connection; checking for new messages every few seconds");
             }
+            FollowStatus::Reconnecting => {
+                eprintln!("lost the connection to the server; reconnecting");
+            }
             FollowStatus::Unreachable(e) => {
                 eprintln!("cannot reach the server ({e}); trying again every few seconds");
             }

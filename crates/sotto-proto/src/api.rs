@@ -119,10 +119,14 @@ pub struct ChallengeRequest {
     pub device: DeviceAddr,
 }
 
+/// Length of a challenge: a random nonce (16 bytes), its expiry (8) and the server's MAC
+/// over both and the device (32).
+pub const CHALLENGE_LEN: usize = 56;
+
 /// A single-use challenge to sign with the device key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeResponse {
-    /// 32 random bytes.
+    /// [`CHALLENGE_LEN`] bytes, opaque to the client.
     pub challenge: Bytes,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
@@ -159,8 +163,8 @@ pub struct TokenRequest {
 impl TokenRequest {
     /// Checks field sizes.
     pub fn validate(self) -> Result<Self, ProtoError> {
-        if self.challenge.len() != 32 {
-            return Err(ProtoError::Invalid("challenge (32 bytes)"));
+        if self.challenge.len() != CHALLENGE_LEN {
+            return Err(ProtoError::Invalid("challenge (56 bytes)"));
         }
         if self.signature.len() != 64 {
             return Err(ProtoError::Invalid("signature (64 bytes)"));

@@ -71,6 +71,7 @@ pub struct AppState {
     config: Arc<Config>,
     rate: Arc<RateLimiters>,
     server_id: ServerId,
+    challenge_key: Arc<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 impl AppState {
@@ -78,6 +79,7 @@ impl AppState {
     pub fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
         Ok(AppState {
             server_id: storage.server_id()?,
+            challenge_key: Arc::new(storage.challenge_key()?),
             storage,
             push: Arc::new(Push::default()),
             rate: Arc::new(RateLimiters::new(&config.limits)),

@@ -217,8 +217,6 @@ limits! {
     /// Sign-in challenges one IP address may request for one device. Counted per address:
     /// asking needs no sign-in, so a bucket per device alone would let anyone use it up.
     challenge_per_device_and_ip: Rate = Rate::new(60, MINUTE);
-    /// Unexpired challenges one device may have; a new one past it drops the oldest.
-    challenges_outstanding: u32 = 8;
     /// Accounts one IP address may register.
     register_per_ip: Rate = Rate::new(10, HOUR);
     /// KeyPackage claims one IP address may make.
@@ -437,7 +435,6 @@ mod tests {
             "websocket_ping=5é",
             "websocket_ping=é",
             "queue_bytes=é",
-            "challenges_outstanding=0",
             "sockets_per_device=0",
             "websocket_ping=0s",
         ] {

@@ -35,6 +35,8 @@ pub enum FollowStatus {
     Listening,
     /// No push connection: checking for new messages every few seconds instead.
     Polling,
+    /// The push connection was lost (closed, or silent past a ping); opening a new one.
+    Reconnecting,
     /// The server cannot be reached (or failed); trying again every few seconds.
     Unreachable(String),
 }
@@ -505,7 +507,10 @@ impl Client {
                     report(FollowStatus::Listening);
                     match wait_for_push(stream, &mut sleep).await {
                         Woken::Push => {}
-                        Woken::Lost => ws = None,
+                        Woken::Lost => {
+                            ws = None;
+                            report(FollowStatus::Reconnecting);
+                        }
                         Woken::Replaced => {
                             ws = None;
                             replaced = true;

@@ -27,6 +27,9 @@ impl From<rusqlite::Error> for StorageError {
 pub trait ServerStore {
     /// The server's identity, chosen at random when the storage was created and never changed.
     fn server_id(&self) -> Result<ServerId, StorageError>;
+    /// The key the server authenticates its sign-in challenges with, chosen at random when
+    /// the storage was created.
+    fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError>;
 }
 
 /// A registered account.
@@ -53,24 +56,9 @@ pub trait AccountStore {
 
 /// Sign-in challenges and bearer tokens.
 pub trait AuthStore {
-    /// Stores a fresh challenge for `device`. If the device then has more than
-    /// `max_outstanding` unexpired challenges, the oldest are dropped: a flood of challenge
-    /// requests for someone else's device can cost it at most a retry, never a lock-out.
-    fn put_challenge(
-        &self,
-        challenge: &[u8],
-        device: &DeviceAddr,
-        expires_at: u64,
-        max_outstanding: u32,
-    ) -> Result<(), StorageError>;
-    /// Deletes the challenge and says whether it was issued to `device` and unexpired at
-    /// `now`. A challenge can be taken once only.
-    fn take_challenge(
-        &self,
-        challenge: &[u8],
-        device: &DeviceAddr,
-        now: u64,
-    ) -> Result<bool, StorageError>;
+    /// Records that the challenge with this hash was answered; `Ok(false)` if it had been
+    /// already (a replay). Kept until `expires_at`, after which the challenge is refused anyway.
+    fn use_challenge(&self, challenge_hash: &[u8], expires_at: u64) -> Result<bool, StorageError>;
     /// Stores a token (by its hash).
     fn put_token(
         &self,
@@ -166,7 +154,7 @@ pub trait DeliveryStore {
     /// to any more. Returns how many entries were removed.
     fn ack(&self, device: &DeviceAddr, ids: &[u64]) -> Result<u64, StorageError>;
     /// Deletes messages accepted before `cutoff` with their queue entries (counting each
-    /// entry in its device's `dropped_total`), and expired challenges, tokens and idempotency
+    /// entry in its device's `dropped_total`), and expired used challenges, tokens and idempotency
     /// records. Returns the number of messages deleted.
     fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError>;
 }

@@ -1,4 +1,4 @@
-//! Accounts, their devices, and sign-in (challenges and token hashes) in SQLite.
+//! Accounts, their devices, and sign-in (used challenges and token hashes) in SQLite.
 
 use super::{SqliteStorage, addr, to_i64, to_u64};
 use crate::storage::{Account, AccountStore, AuthStore, StorageError};
@@ -79,48 +79,12 @@ impl AccountStore for SqliteStorage {
 }
 
 impl AuthStore for SqliteStorage {
-    fn put_challenge(
-        &self,
-        challenge: &[u8],
-        device: &DeviceAddr,
-        expires_at: u64,
-        max_outstanding: u32,
-    ) -> Result<(), StorageError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (user, dev) = (device.user.as_str(), device.device.to_string());
-        tx.execute(
-            "INSERT INTO challenges (challenge, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![challenge, user, dev, to_i64(expires_at)],
+    fn use_challenge(&self, challenge_hash: &[u8], expires_at: u64) -> Result<bool, StorageError> {
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO used_challenges (challenge_hash, expires_at) VALUES (?1, ?2)",
+            params![challenge_hash, to_i64(expires_at)],
         )?;
-        // Keep the newest `max_outstanding`; equal expiries are ordered by insertion.
-        tx.execute(
-            "DELETE FROM challenges WHERE user = ?1 AND device = ?2 AND rowid NOT IN
-               (SELECT rowid FROM challenges WHERE user = ?1 AND device = ?2
-                ORDER BY expires_at DESC, rowid DESC LIMIT ?3)",
-            params![user, dev, i64::from(max_outstanding)],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn take_challenge(
-        &self,
-        challenge: &[u8],
-        device: &DeviceAddr,
-        now: u64,
-    ) -> Result<bool, StorageError> {
-        let row: Option<(String, String, i64)> = self
-            .conn()
-            .query_row(
-                "DELETE FROM challenges WHERE challenge = ?1 RETURNING user, device, expires_at",
-                [challenge],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        Ok(row.is_some_and(|(u, d, exp)| {
-            u == device.user.as_str() && d == device.device.to_string() && to_u64(exp) > now
-        }))
+        Ok(inserted == 1)
     }
 
     fn put_token(

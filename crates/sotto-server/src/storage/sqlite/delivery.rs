@@ -452,7 +452,7 @@ impl DeliveryStore for SqliteStorage {
         )?;
         tx.execute("DELETE FROM sends WHERE accepted_at < ?1", [cutoff])?;
         tx.execute(
-            "DELETE FROM challenges WHERE expires_at <= ?1",
+            "DELETE FROM used_challenges WHERE expires_at <= ?1",
             [to_i64(now)],
         )?;
         tx.execute("DELETE FROM tokens WHERE expires_at <= ?1", [to_i64(now)])?;

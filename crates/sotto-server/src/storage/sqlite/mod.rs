@@ -100,7 +100,12 @@ CREATE INDEX sends_accepted ON sends(accepted_at);
 "#,
     r#"
 CREATE TABLE server_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE INDEX challenges_device ON challenges(user, device, expires_at);
+DROP TABLE challenges;
+CREATE TABLE used_challenges (
+    challenge_hash BLOB PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX used_challenges_expiry ON used_challenges(expires_at);
 ALTER TABLE queue ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
 UPDATE queue SET size = (SELECT length(data) FROM messages WHERE messages.id = queue.message_id);
 CREATE TABLE device_queues (
@@ -151,6 +156,11 @@ impl SqliteStorage {
         conn.execute(
             "INSERT OR IGNORE INTO server_meta (key, value) VALUES ('server_id', ?1)",
             [ServerId::from_bytes(rand::random()).as_str()],
+        )?;
+        let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
+        conn.execute(
+            "INSERT OR IGNORE INTO server_meta (key, value) VALUES ('challenge_key', ?1)",
+            [&key[..]],
         )?;
         Ok(SqliteStorage {
             conn: Mutex::new(conn),
@@ -205,6 +215,25 @@ impl ServerStore for SqliteStorage {
             .optional()?;
         ServerId::parse(&id.ok_or_else(|| corrupt("server_id missing"))?)
             .map_err(|_| corrupt("server_id"))
+    }
+
+    fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        let key: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
+            self.conn()
+                .query_row(
+                    "SELECT value FROM server_meta WHERE key = 'challenge_key'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| corrupt("challenge_key missing"))?,
+        );
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        if key.len() != out.len() {
+            return Err(corrupt("challenge_key"));
+        }
+        out.copy_from_slice(&key);
+        Ok(out)
     }
 }
 
