@@ -250,6 +250,21 @@ async fn messages_the_server_dropped_are_told_to_the_user() {
     assert_eq!(recv(&bob).await, lines(&["alice: seven"]));
 }
 
+/// The operator breaks the server's row of the (only) group, so that every send to it fails
+/// with 500; calling what it returns mends the row.
+fn break_the_group(server: &Server) -> impl FnOnce() {
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
+    let next_seq: i64 = db
+        .query_row("SELECT next_seq FROM groups", [], |r| r.get(0))
+        .unwrap();
+    db.execute("UPDATE groups SET next_seq = 'broken'", [])
+        .unwrap();
+    move || {
+        db.execute("UPDATE groups SET next_seq = ?1", [next_seq])
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_server_failed_on_is_kept_and_sent_once_later() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,12 +274,7 @@ async fn a_message_the_server_failed_on_is_kept_and_sent_once_later() {
     alice.send_text("bob", "one").await.unwrap();
     assert_eq!(recv(&bob).await, lines(&["alice: one"]));
     // The server fails on this group (a row it cannot read): 500 to the send.
-    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
-    let next_seq: i64 = db
-        .query_row("SELECT next_seq FROM groups", [], |r| r.get(0))
-        .unwrap();
-    db.execute("UPDATE groups SET next_seq = 'broken'", [])
-        .unwrap();
+    let mended = break_the_group(&server);
     let err = alice.send_text("bob", "two").await.unwrap_err();
     assert_eq!(
         err.code(),
@@ -272,8 +282,7 @@ async fn a_message_the_server_failed_on_is_kept_and_sent_once_later() {
         "{err:?}"
     );
     // Once it is mended, alice's next sync sends what it kept, once.
-    db.execute("UPDATE groups SET next_seq = ?1", [next_seq])
-        .unwrap();
+    mended();
     alice.sync().await.unwrap();
     alice.send_text("bob", "three").await.unwrap();
     assert_eq!(recv(&bob).await, lines(&["alice: two", "alice: three"]));
@@ -288,12 +297,7 @@ async fn an_add_the_server_failed_on_is_replayed_with_the_group_name() {
     let carol = client(&server, dir.path(), "carol").await;
     alice.create_group("team", &["bob".into()]).await.unwrap();
     recv(&bob).await;
-    let db = rusqlite::Connection::open(server.data.join("sotto.db")).unwrap();
-    let next_seq: i64 = db
-        .query_row("SELECT next_seq FROM groups", [], |r| r.get(0))
-        .unwrap();
-    db.execute("UPDATE groups SET next_seq = 'broken'", [])
-        .unwrap();
+    let mended = break_the_group(&server);
     let err = alice
         .add_members("team", &["carol".into()])
         .await
@@ -303,8 +307,7 @@ async fn an_add_the_server_failed_on_is_replayed_with_the_group_name() {
         Some(sotto_proto::ErrorCode::Internal),
         "{err:?}"
     );
-    db.execute("UPDATE groups SET next_seq = ?1", [next_seq])
-        .unwrap();
+    mended();
     alice.sync().await.unwrap();
     assert_eq!(recv(&carol).await, lines(&["* alice added you"]));
     assert_eq!(carol.groups().unwrap()[0].name.as_deref(), Some("team"));

@@ -8,28 +8,15 @@
 
 mod common;
 
-use common::{TestServer, code, start, start_with};
+use common::{TestServer, code, start, start_with, with_limits};
 use reqwest::StatusCode;
 use serde_json::Value;
-use sotto_server::Config;
-use sotto_server::limits::Limits;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// A bound on waits that only a broken server reaches; never a measurement.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn with_limits(settings: &[&str]) -> Config {
-    let mut limits = Limits::default();
-    for s in settings {
-        limits.set(s).unwrap();
-    }
-    Config {
-        limits,
-        ..Config::default()
-    }
-}
 
 /// Everything the server sends until it closes the connection.
 async fn read_until_closed(tcp: &mut TcpStream) -> String {

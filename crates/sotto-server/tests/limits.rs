@@ -9,26 +9,14 @@
 
 mod common;
 
-use common::{TestServer, User, code, hex_of, private_message, start, start_with};
+use common::{TestServer, User, code, hex_of, private_message, start, start_with, with_limits};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sotto_core::{DeviceKey, IdentityKey};
-use sotto_proto::api::{KeyPackageCount, QueueResponse};
+use sotto_proto::api::KeyPackageCount;
 use sotto_proto::{Bytes, Username};
-use sotto_server::Config;
 use sotto_server::limits::Limits;
 use sotto_server::storage::KeyPackageStore;
-
-fn with_limits(settings: &[&str]) -> Config {
-    let mut limits = Limits::default();
-    for s in settings {
-        limits.set(s).unwrap();
-    }
-    Config {
-        limits,
-        ..Config::default()
-    }
-}
 
 async fn key_package_count(s: &TestServer, u: &User) -> u64 {
     let (_, count) = s.get("/v1/keypackages/count", Some(&u.token)).await;
@@ -321,22 +309,12 @@ async fn a_full_queue_drops_its_oldest_entries_and_counts_them() {
     let s = start_with(with_limits(&["queue_messages=3"])).await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let group = [0x22; 16];
-    let path = format!("/v1/groups/{}/messages", hex_of(&group));
     let mut ids = Vec::new();
-    for i in 0..5 {
-        let body = json!({
-            "client_id": format!("{i:032}"),
-            "message": Bytes(private_message(&group, 0, 1)),
-            "recipients": [bob.device.addr()],
-        });
-        let (status, b) = s.post(&path, Some(&alice.token), &body).await;
-        // Bob's full queue never blocks alice.
-        assert_eq!(status, StatusCode::CREATED, "{b}");
-        ids.push(b["id"].as_u64().unwrap());
+    for n in 0..5 {
+        // Bob's full queue never blocks alice: every send is accepted.
+        ids.push(s.send_small(&alice, [0x22; 16], n, &[&bob]).await);
     }
-    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
-    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let q = s.queue(&bob).await;
     let kept: Vec<u64> = q.messages.iter().map(|m| m.id).collect();
     assert_eq!(kept, ids[2..]);
     assert_eq!(q.dropped_total, 2);
@@ -351,8 +329,7 @@ async fn a_full_queue_drops_its_oldest_entries_and_counts_them() {
         .post("/v1/queue/ack", Some(&bob.token), &json!({ "ids": kept }))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
-    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let q = s.queue(&bob).await;
     assert_eq!((q.messages.len(), q.dropped_total), (0, 2));
 }
 
@@ -361,22 +338,12 @@ async fn a_queue_over_its_byte_quota_drops_its_oldest_entries() {
     let s = start_with(with_limits(&["queue_bytes=100"])).await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let group = [0x33; 16];
-    let path = format!("/v1/groups/{}/messages", hex_of(&group));
     // Each message is 33 bytes: three fit in 100, a fourth pushes the first out.
-    for i in 0..4 {
-        let message = private_message(&group, 0, 1);
-        assert_eq!(message.len(), 33);
-        let body = json!({
-            "client_id": format!("{i:032}"),
-            "message": Bytes(message),
-            "recipients": [bob.device.addr()],
-        });
-        let (status, _) = s.post(&path, Some(&alice.token), &body).await;
-        assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(private_message(&[0x33; 16], 0, 1).len(), 33);
+    for n in 0..4 {
+        s.send_small(&alice, [0x33; 16], n, &[&bob]).await;
     }
-    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
-    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let q = s.queue(&bob).await;
     assert_eq!((q.messages.len(), q.dropped_total), (3, 1));
 }
 
@@ -386,21 +353,12 @@ async fn a_message_larger_than_the_byte_quota_is_still_queued_for_every_recipien
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let carol = s.user("carol").await;
-    let group = [0x55; 16];
-    let path = format!("/v1/groups/{}/messages", hex_of(&group));
-    for i in 0..2 {
-        let body = json!({
-            "client_id": format!("{i:032}"),
-            "message": Bytes(private_message(&group, 0, 1)),
-            "recipients": [bob.device.addr(), carol.device.addr()],
-        });
-        let (status, b) = s.post(&path, Some(&alice.token), &body).await;
-        assert_eq!(status, StatusCode::CREATED, "{b}");
+    for n in 0..2 {
+        s.send_small(&alice, [0x55; 16], n, &[&bob, &carol]).await;
     }
     // Each queue keeps the newest message, over quota by that one, and counts the other.
     for u in [&bob, &carol] {
-        let (_, q) = s.get("/v1/queue", Some(&u.token)).await;
-        let q: QueueResponse = serde_json::from_value(q).unwrap();
+        let q = s.queue(u).await;
         assert_eq!((q.messages.len(), q.dropped_total), (1, 1));
     }
 }
@@ -464,31 +422,15 @@ async fn a_stranger_flooding_a_device_pushes_out_their_own_messages_not_its_grou
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let mallory = s.user("mallory").await;
-    let send = |from: &common::User, group: [u8; 16], n: usize| {
-        let body = json!({
-            "client_id": format!("{n:032}"),
-            "message": Bytes(private_message(&group, 0, 1)),
-            "recipients": [bob.device.addr()],
-        });
-        let path = format!("/v1/groups/{}/messages", hex_of(&group));
-        let token = from.token.clone();
-        let s = &s;
-        async move {
-            let (status, b) = s.post(&path, Some(&token), &body).await;
-            assert_eq!(status, StatusCode::CREATED, "{b}");
-            b["id"].as_u64().unwrap()
-        }
-    };
     // Bob's group traffic from alice, then a flood from mallory, a stranger to bob.
     let mut from_alice = Vec::new();
     for n in 0..2 {
-        from_alice.push(send(&alice, [0x66; 16], n).await);
+        from_alice.push(s.send_small(&alice, [0x66; 16], n, &[&bob]).await);
     }
     for n in 0..20 {
-        send(&mallory, [0x77; 16], 100 + n).await;
+        s.send_small(&mallory, [0x77; 16], 100 + n, &[&bob]).await;
     }
-    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
-    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let q = s.queue(&bob).await;
     let kept: Vec<u64> = q.messages.iter().map(|m| m.id).collect();
     assert_eq!(kept.len(), 5);
     assert_eq!(
@@ -504,18 +446,8 @@ async fn a_fetch_returns_at_most_its_byte_bound_but_always_one_message() {
     let s = start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let group = [0x88; 16];
     for n in 0..3 {
-        let body = json!({
-            "client_id": format!("{n:032}"),
-            "message": Bytes(private_message(&group, 0, 1)),
-            "recipients": [bob.device.addr()],
-        });
-        let path = format!("/v1/groups/{}/messages", hex_of(&group));
-        assert_eq!(
-            s.post(&path, Some(&alice.token), &body).await.0,
-            StatusCode::CREATED
-        );
+        s.send_small(&alice, [0x88; 16], n, &[&bob]).await;
     }
     let storage = s.storage();
     let fetch = |max_bytes| {
@@ -536,17 +468,9 @@ async fn a_corrupt_queued_row_is_skipped_not_fatal_to_the_queue() {
     let s = start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let group = [0x99; 16];
     let mut ids = Vec::new();
     for n in 0..2 {
-        let body = json!({
-            "client_id": format!("{n:032}"),
-            "message": Bytes(private_message(&group, 0, 1)),
-            "recipients": [bob.device.addr()],
-        });
-        let path = format!("/v1/groups/{}/messages", hex_of(&group));
-        let (_, b) = s.post(&path, Some(&alice.token), &body).await;
-        ids.push(b["id"].as_u64().unwrap());
+        ids.push(s.send_small(&alice, [0x99; 16], n, &[&bob]).await);
     }
     let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
     db.execute(
@@ -554,9 +478,7 @@ async fn a_corrupt_queued_row_is_skipped_not_fatal_to_the_queue() {
         [ids[0] as i64],
     )
     .unwrap();
-    let (status, q) = s.get("/v1/queue", Some(&bob.token)).await;
-    assert_eq!(status, StatusCode::OK);
-    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let q = s.queue(&bob).await;
     assert_eq!(
         q.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
         [ids[1]]
@@ -570,38 +492,17 @@ async fn many_tiny_messages_cannot_push_out_a_members_larger_commit() {
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let mallory = s.user("mallory").await;
-    let post = |from: &common::User, message: Vec<u8>, n: usize, group: [u8; 16]| {
-        let body = json!({
-            "client_id": format!("{n:032}"),
-            "message": Bytes(message),
-            "recipients": [bob.device.addr()],
-        });
-        let path = format!("/v1/groups/{}/messages", hex_of(&group));
-        let token = from.token.clone();
-        let s = &s;
-        async move {
-            let (status, b) = s.post(&path, Some(&token), &body).await;
-            assert_eq!(status, StatusCode::CREATED, "{b}");
-            b["id"].as_u64().unwrap()
-        }
-    };
-    // Alice's message is large (a commit, say); mallory's are as small as messages get.
+    // Alice's message is large (a commit, say): its ciphertext is 128 bytes, not 0.
     let mut large = private_message(&[0xaa; 16], 0, 1);
     large.truncate(large.len() - 1);
     large.extend_from_slice(&[0x40, 0x80]);
     large.extend(std::iter::repeat_n(0u8, 128));
-    let from_alice = post(&alice, large, 0, [0xaa; 16]).await;
+    let from_alice = s.send_framed(&alice, [0xaa; 16], large, 0, &[&bob]).await;
+    // Mallory's are as small as messages get.
     for n in 0..10 {
-        post(
-            &mallory,
-            private_message(&[0xbb; 16], 0, 1),
-            100 + n,
-            [0xbb; 16],
-        )
-        .await;
+        s.send_small(&mallory, [0xbb; 16], 100 + n, &[&bob]).await;
     }
-    let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
-    let q: QueueResponse = serde_json::from_value(q).unwrap();
+    let q = s.queue(&bob).await;
     assert_eq!(q.messages.len(), 5);
     assert_eq!(
         q.messages[0].id, from_alice,

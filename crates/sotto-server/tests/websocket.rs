@@ -8,13 +8,8 @@
 
 mod common;
 
-use common::{TestServer, hex_of, private_message, start, start_with, websocket};
+use common::{TestServer, start, start_with, websocket, with_limits};
 use futures_util::{SinkExt as _, StreamExt as _};
-use reqwest::StatusCode;
-use serde_json::json;
-use sotto_proto::Bytes;
-use sotto_server::Config;
-use sotto_server::limits::Limits;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
@@ -37,19 +32,6 @@ where
     }
 }
 
-/// Alice sends one message to bob's device.
-async fn message_for_bob(s: &TestServer, alice: &common::User, bob: &common::User, n: u8) {
-    let group = [0x44; 16];
-    let body = json!({
-        "client_id": format!("{n:032}"),
-        "message": Bytes(private_message(&group, 0, 1)),
-        "recipients": [bob.device.addr()],
-    });
-    let path = format!("/v1/groups/{}/messages", hex_of(&group));
-    let (status, b) = s.post(&path, Some(&alice.token), &body).await;
-    assert_eq!(status, StatusCode::CREATED, "{b}");
-}
-
 #[tokio::test]
 async fn a_device_keeps_its_newest_sockets_and_every_one_is_woken() {
     let s = start().await; // at most 3 sockets per device
@@ -66,7 +48,7 @@ async fn a_device_keeps_its_newest_sockets_and_every_one_is_woken() {
         other => panic!("expected a close frame, got {other:?}"),
     }
     // Each of the three (say `recv --follow` and the web app) is told of a new message.
-    message_for_bob(&s, &alice, &bob, 1).await;
+    s.send_small(&alice, [0x44; 16], 1, &[&bob]).await;
     for ws in &mut newer {
         match next_frame(ws).await {
             Some(Message::Text(t)) => assert_eq!(t.as_str(), r#"{"type":"new_messages"}"#),
@@ -122,18 +104,9 @@ async fn until_closed(tcp: &mut tokio::net::TcpStream) {
     .expect("the server kept the connection open");
 }
 
-fn quick_pings() -> Config {
-    let mut limits = Limits::default();
-    limits.set("websocket_ping=1s").unwrap();
-    Config {
-        limits,
-        ..Config::default()
-    }
-}
-
 #[tokio::test]
 async fn a_socket_that_never_answers_pings_is_closed() {
-    let s = start_with(quick_pings()).await;
+    let s = start_with(with_limits(&["websocket_ping=1s"])).await;
     let bob = s.user("bob").await;
     let mut tcp = raw_websocket(&s, &bob.token).await;
     until_closed(&mut tcp).await;
@@ -142,13 +115,7 @@ async fn a_socket_that_never_answers_pings_is_closed() {
 #[tokio::test]
 async fn a_half_sent_huge_frame_closes_the_socket() {
     // Pings an hour apart: only the frame cap can close this socket within the wait.
-    let mut limits = Limits::default();
-    limits.set("websocket_ping=1h").unwrap();
-    let s = start_with(Config {
-        limits,
-        ..Config::default()
-    })
-    .await;
+    let s = start_with(with_limits(&["websocket_ping=1h"])).await;
     let bob = s.user("bob").await;
     let mut tcp = raw_websocket(&s, &bob.token).await;
     // A masked text frame announcing 60 MiB, then nothing more.

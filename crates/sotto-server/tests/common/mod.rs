@@ -317,3 +317,52 @@ pub async fn websocket(
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     tokio_tungstenite::connect_async(req).await.unwrap().0
 }
+
+/// Settings with these limits changed (`NAME=VALUE` each), everything else default.
+pub fn with_limits(settings: &[&str]) -> Config {
+    let mut limits = sotto_server::limits::Limits::default();
+    for s in settings {
+        limits.set(s).unwrap();
+    }
+    Config {
+        limits,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    /// `from` sends `message` (MLS framing for `group`) to `to`, as its `n`-th send; it must
+    /// be accepted. Returns its id.
+    pub async fn send_framed(
+        &self,
+        from: &User,
+        group: [u8; 16],
+        message: Vec<u8>,
+        n: usize,
+        to: &[&User],
+    ) -> u64 {
+        let recipients: Vec<&DeviceAddr> = to.iter().map(|u| u.device.addr()).collect();
+        let body = json!({
+            "client_id": format!("{n:032}"),
+            "message": Bytes(message),
+            "recipients": recipients,
+        });
+        let path = format!("/v1/groups/{}/messages", hex_of(&group));
+        let (status, b) = self.post(&path, Some(&from.token), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{b}");
+        b["id"].as_u64().unwrap()
+    }
+
+    /// [`TestServer::send_framed`] of the smallest application message (33 bytes).
+    pub async fn send_small(&self, from: &User, group: [u8; 16], n: usize, to: &[&User]) -> u64 {
+        self.send_framed(from, group, private_message(&group, 0, 1), n, to)
+            .await
+    }
+
+    /// `u`'s queue, fetched through the API.
+    pub async fn queue(&self, u: &User) -> sotto_proto::api::QueueResponse {
+        let (status, q) = self.get("/v1/queue", Some(&u.token)).await;
+        assert_eq!(status, StatusCode::OK, "{q}");
+        serde_json::from_value(q).unwrap()
+    }
+}
