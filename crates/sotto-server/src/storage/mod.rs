@@ -100,8 +100,9 @@ pub trait KeyPackageStore {
     fn claim_key_packages(&self, user: &Username, one_time: bool) -> Result<Claim, StorageError>;
 }
 
-/// The most a device's queue may hold. Past either bound the oldest entries are dropped
-/// (and counted in the device's `dropped_total`), so an abandoned device never blocks a group.
+/// The most a device's queue may hold. Past either bound entries are dropped (and counted in
+/// the device's `dropped_total`), so an abandoned device never blocks a group: the oldest of
+/// the sender holding the most of what is over quota, never the message being queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueQuota {
     /// Entries.

@@ -82,7 +82,7 @@ impl Stored<'_> {
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )?;
             if to_u64(count) > quota.messages || to_u64(bytes) > quota.bytes {
-                drop_oldest(conn, r, quota, id)?;
+                drop_over_quota(conn, r, quota, id)?;
             }
             wake.push(r.clone());
         }
@@ -97,7 +97,7 @@ impl Stored<'_> {
 /// stranger (or a few) flooding a device pushes out their own messages, not the commits and
 /// messages of the device's groups. The entry of message `keep`, the one being queued, always
 /// stays: the quota may be exceeded by that one message, never by losing it.
-fn drop_oldest(
+fn drop_over_quota(
     conn: &Connection,
     device: &DeviceAddr,
     quota: QueueQuota,
