@@ -118,8 +118,9 @@ impl Client {
                 user,
                 device,
                 verified,
-                e.sent_at as i64,
-                e.received_at as i64,
+                // A sender's clock may say anything; SQLite's integers stop at i64::MAX.
+                i64::try_from(e.sent_at).unwrap_or(i64::MAX),
+                i64::try_from(e.received_at).unwrap_or(i64::MAX),
                 e.kind.as_str(),
                 e.body,
                 e.outgoing

@@ -155,8 +155,14 @@ impl Client {
     pub(super) fn abandon_commit(&self, gid: &GroupId, client_id: &str) -> Result<(), ClientError> {
         self.tx(|| {
             self.drop_outbox(client_id)?;
-            self.with_group(gid.as_bytes(), |p, g| Ok(group::discard_pending(p, g)?))
+            self.discard_pending_commit(gid)
         })
+    }
+
+    /// Forgets this device's pending commit in the group, if it has one. Runs inside a
+    /// transaction.
+    fn discard_pending_commit(&self, gid: &GroupId) -> Result<(), ClientError> {
+        self.with_group(gid.as_bytes(), |p, g| Ok(group::discard_pending(p, g)?))
     }
 
     pub(super) fn drop_outbox(&self, client_id: &str) -> Result<(), ClientError> {
@@ -323,9 +329,7 @@ impl Client {
             }
             (OutboxKind::Commit, Err(_)) => {
                 let change: MemberChange = from_json(content)?;
-                self.tx(|| {
-                    self.with_group(gid.as_bytes(), |p, g| Ok(group::discard_pending(p, g)?))
-                })?;
+                self.tx(|| self.discard_pending_commit(&gid))?;
                 self.pull().await?;
                 self.drop_outbox(&entry.client_id)?;
                 self.change_members(&gid, &change.add, &change.remove)

@@ -207,3 +207,24 @@ async fn a_store_made_before_server_ids_pins_one_at_its_first_sign_in() {
     let stored = store::meta(&alice.conn, "server_id").unwrap().unwrap();
     assert_eq!(stored, pinned.as_str().as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_senders_clock_past_what_sqlite_holds_is_clamped_not_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    alice.create_group("team", &["bob".into()]).await.unwrap();
+    recv(&bob).await;
+    let text = Content::Text {
+        body: "from the far future".into(),
+    };
+    alice
+        .send_content(&gid_of(&alice, "team"), &text, u64::MAX)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    let seen = bob.unshown().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].sent_at, i64::MAX as u64);
+}
