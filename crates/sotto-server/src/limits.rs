@@ -462,11 +462,10 @@ mod tests {
             bucket.check(&key).expect("within the burst");
         }
         let refused = bucket.check(&key).expect_err("past the burst");
-        assert_eq!(
-            refused.retry_after(),
-            Some(1200),
-            "one request per 20 minutes"
-        );
+        // One request per 20 minutes: the wait is the refill period less the moments the
+        // three requests took, whatever this machine's speed.
+        let wait = refused.retry_after().expect("a Retry-After");
+        assert!((1100..=1200).contains(&wait), "{wait}");
         let other = IpKey::from(IpAddr::from([127, 0, 0, 2]));
         bucket
             .check(&other)
