@@ -120,6 +120,7 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
             ..Config::default()
         },
     )
+    .await
     .map_err(|e| ClientError::Store(format!("{}: {e}", args.data.display())))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

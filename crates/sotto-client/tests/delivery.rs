@@ -22,13 +22,14 @@ fn storage(server: &Server) -> SqliteStorage {
     SqliteStorage::open(&server.data).unwrap()
 }
 
-fn queued(server: &Server, user: &str, device: &str) -> usize {
+async fn queued(server: &Server, user: &str, device: &str) -> usize {
     let addr = sotto_proto::DeviceAddr {
         user: Username::parse(user).unwrap(),
         device: sotto_proto::DeviceId::parse(device).unwrap(),
     };
     storage(server)
         .fetch(&addr, 500, usize::MAX)
+        .await
         .unwrap()
         .messages
         .len()
@@ -52,7 +53,7 @@ async fn a_device_list_that_cannot_be_fetched_leaves_the_message_queued() {
     assert!(matches!(err, ClientError::Unreachable(_)), "{err:?}");
     let bob_device = bob.whoami().device;
     assert_eq!(
-        queued(&server, "bob", &bob_device),
+        queued(&server, "bob", &bob_device).await,
         2,
         "commit and group info"
     );
@@ -60,7 +61,7 @@ async fn a_device_list_that_cannot_be_fetched_leaves_the_message_queued() {
 
     proxy.cut(None);
     assert_eq!(recv(&bob).await, lines(&["* alice added carol"]));
-    assert_eq!(queued(&server, "bob", &bob_device), 0);
+    assert_eq!(queued(&server, "bob", &bob_device).await, 0);
     assert!(bob.unseen_security_events().unwrap().is_empty());
 }
 
@@ -118,15 +119,16 @@ async fn key_packages_are_topped_up_on_every_sync_after_being_drained() {
         device: sotto_proto::DeviceId::parse(&alice.whoami().device).unwrap(),
     };
     let storage = storage(&server);
-    assert_eq!(storage.key_package_count(&me).unwrap().count, 50);
+    assert_eq!(storage.key_package_count(&me).await.unwrap().count, 50);
     for _ in 0..45 {
         storage
             .claim_key_packages(&Username::parse("alice").unwrap(), true)
+            .await
             .unwrap();
     }
-    assert_eq!(storage.key_package_count(&me).unwrap().count, 5);
+    assert_eq!(storage.key_package_count(&me).await.unwrap().count, 5);
     alice.sync().await.unwrap();
-    assert_eq!(storage.key_package_count(&me).unwrap().count, 55);
+    assert_eq!(storage.key_package_count(&me).await.unwrap().count, 55);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +158,7 @@ async fn an_init_whose_key_packages_are_refused_leaves_nothing_behind() {
     );
     assert!(!home.exists(), "{home:?} was left behind");
     let alice = Username::parse("alice").unwrap();
-    assert!(storage(&server).account(&alice).unwrap().is_none());
+    assert!(storage(&server).account(&alice).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

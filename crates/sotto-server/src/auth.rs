@@ -83,12 +83,7 @@ pub async fn challenge(
 ) -> Result<ApiJson<ChallengeResponse>, ApiError> {
     // Buckets of made-up device names refill within seconds and are forgotten each minute.
     state.rate.challenge(ip, &req.device)?;
-    let device = req.device.clone();
-    if state
-        .blocking(move |s| Ok(s.device_key(&device)?))
-        .await?
-        .is_none()
-    {
+    if state.storage.device_key(&req.device).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::UnknownDevice,
@@ -122,37 +117,37 @@ pub async fn token(
         now(),
     )
     .ok_or_else(invalid_challenge)?;
-    let server = state.server_id.clone();
-    state
-        .blocking(move |s| {
-            // Used first, so that a challenge is single-use even when the signature fails.
-            let used = Sha256::digest(req.challenge.as_slice());
-            if !s.use_challenge(&used, expires_at)? {
-                return Err(invalid_challenge());
-            }
-            let key = s.device_key(&req.device)?.ok_or_else(invalid_challenge)?;
-            let key = parse_verifying_key(&key).map_err(ApiError::internal)?;
-            let sig = ed25519_dalek::Signature::from_slice(req.signature.as_slice())
-                .map_err(|_| ApiError::from(sotto_proto::ProtoError::BadSignature))?;
-            key.verify_strict(
-                &auth_signing_input(&server, &req.device, req.challenge.as_slice()),
-                &sig,
-            )
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::InvalidSignature,
-                    "signature does not verify",
-                )
-            })?;
-            let mut raw = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut raw);
-            let token = hex::encode(raw);
-            let expires_at = now() + TOKEN_TTL;
-            s.put_token(&token_hash(&token), &req.device, expires_at)?;
-            Ok(ApiJson(TokenResponse { token, expires_at }))
-        })
-        .await
+    let s = state.storage.as_ref();
+    // Used first, so that a challenge is single-use even when the signature fails.
+    let used = Sha256::digest(req.challenge.as_slice());
+    if !s.use_challenge(&used, expires_at).await? {
+        return Err(invalid_challenge());
+    }
+    let key = s
+        .device_key(&req.device)
+        .await?
+        .ok_or_else(invalid_challenge)?;
+    let key = parse_verifying_key(&key).map_err(ApiError::internal)?;
+    let sig = ed25519_dalek::Signature::from_slice(req.signature.as_slice())
+        .map_err(|_| ApiError::from(sotto_proto::ProtoError::BadSignature))?;
+    key.verify_strict(
+        &auth_signing_input(&state.server_id, &req.device, req.challenge.as_slice()),
+        &sig,
+    )
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidSignature,
+            "signature does not verify",
+        )
+    })?;
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = hex::encode(raw);
+    let expires_at = now() + TOKEN_TTL;
+    s.put_token(&token_hash(&token), &req.device, expires_at)
+        .await?;
+    Ok(ApiJson(TokenResponse { token, expires_at }))
 }
 
 /// The device a request is authenticated as, from `Authorization: Bearer TOKEN`.
@@ -173,7 +168,7 @@ impl FromRequestParts<AppState> for AuthDevice {
             return Err(ApiError::unauthorized("unknown token"));
         }
         let hash = token_hash(token);
-        let found = state.blocking(move |s| Ok(s.token(&hash)?)).await?;
+        let found = state.storage.token(&hash).await?;
         match found {
             None => Err(ApiError::unauthorized("unknown token")),
             Some((_, expires_at)) if expires_at <= now() => Err(ApiError::new(

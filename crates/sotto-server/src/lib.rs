@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod client_ip;
+pub mod delivery;
 pub mod error;
 pub mod limits;
 mod listener;
@@ -29,7 +30,7 @@ use tracing::Level;
 
 use crate::error::ApiError;
 use crate::limits::{Limits, RateLimiters};
-use crate::push::Push;
+use crate::push::{Push, Wake};
 use crate::storage::{Storage, StorageError};
 
 /// The post-quantum hybrid suite MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519.
@@ -67,7 +68,10 @@ impl Default for Config {
 #[derive(Clone)]
 pub struct AppState {
     storage: Arc<dyn Storage>,
+    /// This process's push sockets.
     push: Arc<Push>,
+    /// How a device's sockets, wherever they are open, learn of news.
+    wake: Arc<dyn Wake>,
     config: Arc<Config>,
     rate: Arc<RateLimiters>,
     server_id: ServerId,
@@ -75,13 +79,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `storage`.
-    pub fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
+    /// State over `storage`, with push wake-ups within this process.
+    pub async fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
+        let push = Arc::new(Push::default());
         Ok(AppState {
-            server_id: storage.server_id()?,
-            challenge_key: Arc::new(storage.challenge_key()?),
+            server_id: storage.server_id().await?,
+            challenge_key: Arc::new(storage.challenge_key().await?),
             storage,
-            push: Arc::new(Push::default()),
+            wake: push.clone(),
+            push,
             rate: Arc::new(RateLimiters::new(&config.limits)),
             config: Arc::new(config),
         })
@@ -90,18 +96,6 @@ impl AppState {
     /// The server's settings.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Runs a blocking storage operation off the async threads.
-    pub async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Storage) -> Result<T, ApiError> + Send + 'static,
-    {
-        let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || f(storage.as_ref()))
-            .await
-            .map_err(ApiError::internal)?
     }
 }
 
@@ -234,7 +228,8 @@ async fn housekeeping(state: AppState) {
         }
         let retention = state.config.retention;
         let purged = state
-            .blocking(move |s| Ok(s.purge(now().saturating_sub(retention), now())?))
+            .storage
+            .purge(now().saturating_sub(retention), now())
             .await;
         match purged {
             Ok(n) if n > 0 => tracing::info!(messages = n, "purged expired messages"),

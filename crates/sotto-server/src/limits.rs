@@ -260,8 +260,8 @@ limits! {
 
 impl Limits {
     /// The queue quota of one device.
-    pub fn queue_quota(&self) -> crate::storage::QueueQuota {
-        crate::storage::QueueQuota {
+    pub fn queue_quota(&self) -> crate::delivery::QueueQuota {
+        crate::delivery::QueueQuota {
             messages: self.queue_messages,
             bytes: self.queue_bytes.0,
         }

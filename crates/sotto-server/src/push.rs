@@ -25,6 +25,14 @@ use crate::error::ApiError;
 /// Largest frame or message a client may send on its socket.
 pub const MAX_CLIENT_FRAME: usize = 4 * 1024;
 
+/// How the sockets of a device learn that its queue has news. [`Push`] reaches the sockets
+/// open in this process; a server of several processes wakes each other's through a bus.
+pub trait Wake: Send + Sync {
+    /// Tells every open socket of `device` that its queue has news. With none open there is
+    /// nothing to do: the device fetches when it next connects.
+    fn wake(&self, device: &DeviceAddr);
+}
+
 /// The open sockets of one device.
 struct DeviceSockets {
     /// Bumped on every wake; each socket watches it.
@@ -51,14 +59,6 @@ impl Push {
     fn devices(&self) -> MutexGuard<'_, HashMap<DeviceAddr, DeviceSockets>> {
         // The map holds no invariant a panic could break half-way.
         self.devices.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Tells every open socket of `device` that its queue has news. With none open there is
-    /// nothing to do: the device fetches when it next connects.
-    pub fn wake(&self, device: &DeviceAddr) {
-        if let Some(d) = self.devices().get(device) {
-            d.wake.send_modify(|n| *n = n.wrapping_add(1));
-        }
     }
 
     /// Registers a new socket of `device`, closing the oldest ones past `cap`.
@@ -91,6 +91,14 @@ impl Push {
             id,
         };
         (subscription, wake, closed)
+    }
+}
+
+impl Wake for Push {
+    fn wake(&self, device: &DeviceAddr) {
+        if let Some(d) = self.devices().get(device) {
+            d.wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The `/v1` handlers: accounts, KeyPackages and delivery. Each one parses its input into
-//! trusted types, calls one storage operation and maps the outcome to a response.
+//! trusted types, calls one storage or delivery operation and maps the outcome to a response.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,8 +14,9 @@ use sotto_proto::{API_VERSION, ErrorCode, GroupId, Username, limits};
 
 use crate::auth::AuthDevice;
 use crate::client_ip::ClientIp;
+use crate::delivery::{self, Submitted};
 use crate::error::{ApiError, ApiJson};
-use crate::storage::{Claim, Submitted};
+use crate::storage::Claim;
 use crate::{AppState, now};
 
 /// `GET /v1/config`.
@@ -39,9 +40,7 @@ pub async fn register(
         return Err(too_many_key_packages());
     }
     let user = account.device_list.list().user.clone();
-    let created = state
-        .blocking(move |s| Ok(s.create_account(&account, now())?))
-        .await?;
+    let created = state.storage.create_account(&account, now()).await?;
     if !created {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -65,9 +64,7 @@ pub async fn user(
 ) -> Result<ApiJson<UserResponse>, ApiError> {
     state.rate.lookup(&device)?;
     let user = parse_user(&user)?;
-    let lookup = user.clone();
-    let account = state.blocking(move |s| Ok(s.account(&lookup)?)).await?;
-    let account = account.ok_or_else(|| {
+    let account = state.storage.account(&user).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::UnknownUser,
@@ -99,16 +96,17 @@ pub async fn upload_key_packages(
     ApiJson(req): ApiJson<UploadKeyPackagesRequest>,
 ) -> Result<ApiJson<KeyPackageCount>, ApiError> {
     let max_stored = state.config.limits.key_packages_per_device;
+    let key = state
+        .storage
+        .device_key(&device)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
+    // Each KeyPackage must name this device and its key: a device cannot publish KeyPackages
+    // in another's name.
+    let upload = req.validate(&device, &key)?;
     let count = state
-        .blocking(move |s| {
-            let key = s
-                .device_key(&device)?
-                .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
-            // Each KeyPackage must name this device and its key: a device cannot publish
-            // KeyPackages in another's name.
-            let upload = req.validate(&device, &key)?;
-            Ok(s.add_key_packages(&device, &upload, max_stored)?)
-        })
+        .storage
+        .add_key_packages(&device, &upload, max_stored)
         .await?;
     count.map(ApiJson).ok_or_else(too_many_key_packages)
 }
@@ -118,9 +116,7 @@ pub async fn key_package_count(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
 ) -> Result<ApiJson<KeyPackageCount>, ApiError> {
-    state
-        .blocking(move |s| Ok(ApiJson(s.key_package_count(&device)?)))
-        .await
+    Ok(ApiJson(state.storage.key_package_count(&device).await?))
 }
 
 /// `POST /v1/keypackages/claim`.
@@ -132,7 +128,8 @@ pub async fn claim_key_packages(
 ) -> Result<ApiJson<ClaimResponse>, ApiError> {
     let one_time = state.rate.claim(ip, &claimer, &req.user)?;
     match state
-        .blocking(move |s| Ok(s.claim_key_packages(&req.user, one_time)?))
+        .storage
+        .claim_key_packages(&req.user, one_time)
         .await?
     {
         Claim::Claimed(key_packages) => Ok(ApiJson(ClaimResponse { key_packages })),
@@ -160,15 +157,12 @@ pub async fn send(
     state.rate.send(ip, &sender)?;
     let group = GroupId::parse(&group)?;
     let valid = req.validate(&group)?;
-    let from = sender.clone();
     let quota = state.config.limits.queue_quota();
-    let outcome = state
-        .blocking(move |s| Ok(s.submit(&from, &valid, now(), quota)?))
-        .await?;
+    let outcome = delivery::submit(state.storage.as_ref(), &sender, &valid, now(), quota).await?;
     match outcome {
         Submitted::Accepted { response, wake } => {
             for d in &wake {
-                state.push.wake(d);
+                state.wake.wake(d);
             }
             Ok((StatusCode::CREATED, ApiJson(response)))
         }
@@ -199,9 +193,12 @@ pub async fn fetch_queue(
     Query(q): Query<QueueQuery>,
 ) -> Result<ApiJson<QueueResponse>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, limits::MAX_FETCH);
-    state
-        .blocking(move |s| Ok(ApiJson(s.fetch(&device, limit, limits::MAX_FETCH_BYTES)?)))
-        .await
+    Ok(ApiJson(
+        state
+            .storage
+            .fetch(&device, limit, limits::MAX_FETCH_BYTES)
+            .await?,
+    ))
 }
 
 /// `POST /v1/queue/ack`.
@@ -211,8 +208,6 @@ pub async fn ack(
     ApiJson(req): ApiJson<AckRequest>,
 ) -> Result<StatusCode, ApiError> {
     let req = req.validate()?;
-    state
-        .blocking(move |s| Ok(s.ack(&device, &req.ids)?))
-        .await?;
+    delivery::ack(state.storage.as_ref(), &device, &req.ids).await?;
     Ok(StatusCode::NO_CONTENT)
 }

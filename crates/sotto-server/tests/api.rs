@@ -17,7 +17,6 @@ use sotto_proto::api::{KeyPackageCount, QueueResponse, SendResponse};
 use sotto_proto::{Bytes, ErrorCode, Username};
 use sotto_server::Config;
 use sotto_server::limits::Limits;
-use sotto_server::storage::{AuthStore, DeliveryStore};
 
 #[tokio::test]
 async fn health_config_and_openapi_cover_every_route() {
@@ -93,7 +92,7 @@ async fn registration_checks_signatures_and_uniqueness() {
     let body = s.register_body(&identity, &device);
     let (status, _) = s.post("/v1/accounts", None, &body).await;
     assert_eq!(status, StatusCode::CREATED);
-    let before = s.snapshot();
+    let before = s.stats().await;
 
     let (status, b) = s.post("/v1/accounts", None, &body).await;
     assert_eq!((status, code(&b)), (StatusCode::CONFLICT, "username_taken"));
@@ -130,7 +129,7 @@ async fn registration_checks_signatures_and_uniqueness() {
         (status, code(&b)),
         (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
     );
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
 }
 
 #[tokio::test]
@@ -188,11 +187,11 @@ async fn sign_in_challenges_are_single_use_and_tokens_expire() {
         );
     }
     // A token that expired a second ago.
-    let storage = s.storage();
     let expired = "ab".repeat(32);
     let hash = <sha2::Sha256 as sha2::Digest>::digest(expired.as_bytes()).to_vec();
-    storage
+    s.storage
         .put_token(&hash, alice.device.addr(), sotto_server::now() - 1)
+        .await
         .unwrap();
     let (status, b) = s.get("/v1/keypackages/count", Some(&expired)).await;
     assert_eq!(
@@ -239,7 +238,7 @@ async fn each_one_time_key_package_goes_to_exactly_one_claimer() {
     let count: KeyPackageCount = serde_json::from_value(count).unwrap();
     assert_eq!((count.count, count.last_resort), (0, true));
 
-    let before = s.snapshot();
+    let before = s.stats().await;
     let (status, b) = s
         .post(
             "/v1/keypackages/claim",
@@ -259,7 +258,7 @@ async fn each_one_time_key_package_goes_to_exactly_one_claimer() {
         (status, code(&b)),
         (StatusCode::BAD_REQUEST, "invalid_mls_message")
     );
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
 }
 
 #[tokio::test]
@@ -280,7 +279,7 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
     };
     let path = format!("/v1/groups/{gid}/messages");
     // A recipient device that does not exist: refused, and the new group is not created.
-    let before = s.snapshot();
+    let before = s.stats().await;
     let mut to_ghost = send(&first, &"9".repeat(32));
     to_ghost["recipients"] = json!([{ "user": "bob", "device": "00000000deadbeef" }]);
     let (status, b) = s.post(&path, Some(&alice.token), &to_ghost).await;
@@ -288,7 +287,7 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
         (status, code(&b)),
         (StatusCode::NOT_FOUND, "unknown_device")
     );
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
     let (status, b) = s
         .post(&path, Some(&alice.token), &send(&first, &"1".repeat(32)))
         .await;
@@ -303,7 +302,7 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
     assert_eq!(serde_json::from_value::<SendResponse>(b).unwrap(), accepted);
     // The rival commit for epoch 0 loses.
     let carol = s.user("carol").await;
-    let before = s.snapshot();
+    let before = s.stats().await;
     let (status, b) = s
         .post(&path, Some(&alice.token), &send(&second, &"2".repeat(32)))
         .await;
@@ -317,7 +316,7 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
         (status, code(&b)),
         (StatusCode::FORBIDDEN, "not_a_group_member")
     );
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
 
     // Bob's queue holds the commit exactly once until he acknowledges it.
     let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
@@ -347,11 +346,11 @@ async fn one_commit_per_epoch_and_queues_deliver_once() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, q) = s.get("/v1/queue", Some(&bob.token)).await;
     assert!(q["messages"].as_array().unwrap().is_empty());
-    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
-    let left: i64 = db
-        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(left, 0, "a fully acknowledged message is deleted");
+    assert_eq!(
+        s.stats().await.messages,
+        0,
+        "a fully acknowledged message is deleted"
+    );
 }
 
 #[tokio::test]
@@ -359,7 +358,7 @@ async fn bad_requests_get_stable_4xx_codes_and_change_nothing() {
     let s = start().await;
     let alice = s.user("alice").await;
     let t = Some(alice.token.as_str());
-    let before = s.snapshot();
+    let before = s.stats().await;
     let gid = "ab".repeat(16);
     let msgs = format!("/v1/groups/{gid}/messages");
     let good_send = json!({
@@ -449,7 +448,7 @@ async fn bad_requests_get_stable_4xx_codes_and_change_nothing() {
         (got, code(&b)),
         (StatusCode::BAD_REQUEST, "unsupported_version")
     );
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
 }
 
 #[tokio::test]
@@ -519,15 +518,21 @@ async fn retention_purges_undelivered_messages() {
     let (status, _) = s.post(&path, Some(&alice.token), &body).await;
     assert_eq!(status, StatusCode::CREATED);
 
-    let storage = s.storage();
+    let storage = &s.storage;
     let now = sotto_server::now();
     // A cutoff before the message keeps it; one after it deletes it with its queue entry,
     // and bob is told one message expired unread.
-    assert_eq!(storage.purge(now - 60, now).unwrap(), 0);
-    let queue = storage.fetch(bob.device.addr(), 10, usize::MAX).unwrap();
+    assert_eq!(storage.purge(now - 60, now).await.unwrap(), 0);
+    let queue = storage
+        .fetch(bob.device.addr(), 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!((queue.messages.len(), queue.dropped_total), (1, 0));
-    assert_eq!(storage.purge(now + 1, now).unwrap(), 1);
-    let queue = storage.fetch(bob.device.addr(), 10, usize::MAX).unwrap();
+    assert_eq!(storage.purge(now + 1, now).await.unwrap(), 1);
+    let queue = storage
+        .fetch(bob.device.addr(), 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!((queue.messages.len(), queue.dropped_total), (0, 1));
 }
 
@@ -550,14 +555,14 @@ async fn a_message_with_no_recipients_moves_the_epoch_but_is_not_stored() {
         ids.push(b["id"].as_u64().unwrap());
     }
     // Ordered (the epoch moved twice), each with its own id, and nothing kept for 30 days.
-    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
-    let epoch: i64 = db
-        .query_row("SELECT epoch FROM groups", [], |r| r.get(0))
-        .unwrap();
-    let stored: i64 = db
-        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!((epoch, stored), (2, 0));
+    let body = json!({
+        "client_id": format!("{:032}", 9),
+        "message": Bytes(private_message(&group, 1, 1)),
+        "recipients": [],
+    });
+    let (status, b) = s.post(&path, Some(&alice.token), &body).await;
+    assert_eq!((status, &b["epoch"]), (StatusCode::CONFLICT, &json!(2)));
+    assert_eq!(s.stats().await.messages, 0);
     ids.dedup();
     assert_eq!(ids.len(), 3, "{ids:?}");
 }

@@ -16,7 +16,7 @@ use sotto_core::{DeviceKey, IdentityKey};
 use sotto_proto::api::KeyPackageCount;
 use sotto_proto::{Bytes, Username};
 use sotto_server::limits::Limits;
-use sotto_server::storage::KeyPackageStore;
+use sotto_server::storage::Claim;
 
 async fn key_package_count(s: &TestServer, u: &User) -> u64 {
     let (_, count) = s.get("/v1/keypackages/count", Some(&u.token)).await;
@@ -68,11 +68,6 @@ async fn a_claim_that_cannot_serve_every_device_takes_no_key_package() {
     assert_eq!((status, code(&b)), (StatusCode::CONFLICT, "no_key_package"));
     // The one-time KeyPackage the claim took from bob's real device went back.
     assert_eq!(key_package_count(&s, &bob).await, 3);
-    let storage = s.storage();
-    assert_eq!(
-        storage.key_package_count(bob.device.addr()).unwrap().count,
-        3
-    );
 }
 
 #[tokio::test]
@@ -115,14 +110,15 @@ async fn claims_cannot_drain_a_user_nor_stop_others_adding_them() {
     }
     assert_eq!(key_package_count(&s, &bob).await, 30);
     // ...and then anyone can still add bob, through his last-resort KeyPackage.
-    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
-    let last_resort: Vec<u8> = db
-        .query_row(
-            "SELECT data FROM last_resort_key_packages WHERE user = 'bob'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let Claim::Claimed(last_resort) = s
+        .storage
+        .claim_key_packages(&bob.device.addr().user, false)
+        .await
+        .unwrap()
+    else {
+        panic!("bob has a last-resort KeyPackage");
+    };
+    let last_resort = last_resort[0].key_package.as_slice().to_vec();
     let (status, b) = claim(&s, &dave, "bob").await;
     assert_eq!(status, StatusCode::OK);
     let handed = common::base64_decode(b["key_packages"][0]["key_package"].as_str().unwrap());
@@ -293,11 +289,11 @@ async fn a_challenge_stays_good_however_many_more_are_asked_for() {
     for _ in 0..50 {
         s.challenge(&alice.device).await;
     }
-    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
-    let used: i64 = db
-        .query_row("SELECT COUNT(*) FROM used_challenges", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(used, 1, "only the one answered at sign-in is recorded");
+    assert_eq!(
+        s.stats().await.used_challenges,
+        1,
+        "only the one answered at sign-in is recorded"
+    );
     let (status, _) = s
         .post("/v1/auth/token", None, &s.answer(&alice.device, &first))
         .await;
@@ -319,11 +315,7 @@ async fn a_full_queue_drops_its_oldest_entries_and_counts_them() {
     assert_eq!(kept, ids[2..]);
     assert_eq!(q.dropped_total, 2);
     // Dropped messages are gone from the server, not just from the queue.
-    let db = rusqlite::Connection::open(s.data.join("sotto.db")).unwrap();
-    let stored: i64 = db
-        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(stored, 3);
+    assert_eq!(s.stats().await.messages, 3);
     // Acknowledging frees room; the total only grows.
     let (status, _) = s
         .post("/v1/queue/ack", Some(&bob.token), &json!({ "ids": kept }))
@@ -449,18 +441,17 @@ async fn a_fetch_returns_at_most_its_byte_bound_but_always_one_message() {
     for n in 0..3 {
         s.send_small(&alice, [0x88; 16], n, &[&bob]).await;
     }
-    let storage = s.storage();
-    let fetch = |max_bytes| {
-        sotto_server::storage::DeliveryStore::fetch(&storage, bob.device.addr(), 100, max_bytes)
-            .unwrap()
-            .messages
-            .len()
-    };
+    let mut fetched = Vec::new();
+    for max_bytes in [usize::MAX, 66, 65, 1] {
+        let q = s
+            .storage
+            .fetch(bob.device.addr(), 100, max_bytes)
+            .await
+            .unwrap();
+        fetched.push(q.messages.len());
+    }
     // Each message is 33 bytes.
-    assert_eq!(fetch(usize::MAX), 3);
-    assert_eq!(fetch(66), 2);
-    assert_eq!(fetch(65), 1);
-    assert_eq!(fetch(1), 1);
+    assert_eq!(fetched, [3, 2, 1, 1]);
 }
 
 #[tokio::test]

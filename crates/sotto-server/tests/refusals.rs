@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sotto_core::{DeviceKey, IdentityKey};
 use sotto_proto::{Bytes, Username};
+use sotto_server::storage::ServerStore as _;
 
 #[tokio::test]
 async fn a_sign_in_signature_made_for_another_server_is_refused() {
@@ -32,7 +33,11 @@ async fn a_sign_in_signature_made_for_another_server_is_refused() {
     );
     // The server's id is stable across restarts: it is stored with its data.
     assert_eq!(
-        sotto_server::storage::ServerStore::server_id(&s.storage()).unwrap(),
+        sotto_server::storage::sqlite::SqliteStorage::open(&s.data)
+            .unwrap()
+            .server_id()
+            .await
+            .unwrap(),
         s.server_id
     );
 }
@@ -41,7 +46,7 @@ async fn a_sign_in_signature_made_for_another_server_is_refused() {
 async fn a_commit_at_an_epoch_the_database_cannot_hold_is_refused_and_the_server_carries_on() {
     let s = start().await;
     let alice = s.user("alice").await;
-    let before = s.snapshot();
+    let before = s.stats().await;
     let group = [0x6b; 16];
     let path = format!("/v1/groups/{}/messages", hex_of(&group));
     for epoch in [u64::MAX, i64::MAX as u64, i64::MAX as u64 + 1] {
@@ -58,7 +63,7 @@ async fn a_commit_at_an_epoch_the_database_cannot_hold_is_refused_and_the_server
             "epoch {epoch}"
         );
     }
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
     // The server still serves: the largest epoch that leaves room for one more commit works.
     let body = json!({
         "client_id": "8".repeat(32),
@@ -86,7 +91,7 @@ async fn registration_refuses_keys_that_are_not_ed25519_points_and_unprintable_n
         })
         .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
         .unwrap();
-    let before = s.snapshot();
+    let before = s.stats().await;
     let with_device = |signature_key: Vec<u8>, name: &str| {
         let mut list = device.first_device_list(name, 1);
         list.devices[0].signature_key = Bytes(signature_key);
@@ -119,7 +124,7 @@ async fn registration_refuses_keys_that_are_not_ed25519_points_and_unprintable_n
         (StatusCode::BAD_REQUEST, "invalid_field"),
         "{b}"
     );
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
 }
 
 #[tokio::test]
@@ -127,7 +132,7 @@ async fn key_packages_must_name_the_device_that_uploads_them() {
     let s = start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
-    let before = s.snapshot();
+    let before = s.stats().await;
     // Alice uploads KeyPackages made in bob's name (his real device and key).
     let (forged, _) = common::key_packages(&bob.device, 2, false);
     let (status, b) = s
@@ -165,7 +170,7 @@ async fn key_packages_must_name_the_device_that_uploads_them() {
         (status, code(&b)),
         (StatusCode::BAD_REQUEST, "invalid_field")
     );
-    assert_unchanged(&before, &s);
+    assert_unchanged(before, &s).await;
     // Her own are taken.
     let count = s.upload_key_packages(&alice, 3, false).await;
     assert_eq!(count["count"], 3);

@@ -111,18 +111,19 @@ async fn messages_are_acknowledged_only_after_a_complete_checkpoint() {
     reader
         .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))
         .unwrap();
-    let queued = |s: &Server| {
+    let queued = async |s: &Server| {
         let storage = sotto_server::storage::sqlite::SqliteStorage::open(&s.data).unwrap();
         sotto_server::storage::DeliveryStore::fetch(&storage, bob.me(), 100, usize::MAX)
+            .await
             .unwrap()
             .messages
             .len()
     };
-    let waiting = queued(&server);
+    let waiting = queued(&server).await;
     assert!(waiting > 0);
     bob.sync().await.unwrap();
     assert_eq!(
-        queued(&server),
+        queued(&server).await,
         waiting,
         "acknowledged before it was durable"
     );
@@ -130,7 +131,7 @@ async fn messages_are_acknowledged_only_after_a_complete_checkpoint() {
     // twice.
     reader.execute_batch("COMMIT").unwrap();
     bob.sync().await.unwrap();
-    assert_eq!(queued(&server), 0);
+    assert_eq!(queued(&server).await, 0);
     assert_eq!(shown(&bob), lines(&["alice: one"]));
 }
 

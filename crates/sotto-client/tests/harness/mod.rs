@@ -39,7 +39,9 @@ impl Server {
 
     async fn start_at(data: &Path, config: Config, addr: SocketAddr) -> Server {
         let storage = SqliteStorage::open(data).unwrap();
-        let state = AppState::new(Arc::new(storage), config.clone()).unwrap();
+        let state = AppState::new(Arc::new(storage), config.clone())
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,35 +1,76 @@
-//! What the server stores, as one trait per concern with written semantics. Handlers only
-//! talk to these traits, so a PostgreSQL implementation slots in without touching them.
+//! What the server stores, as one async trait per concern with written semantics, and no
+//! database type in sight: a backend implements these and nothing else. The rules of
+//! delivery (one commit per epoch, sequence numbers, the roster, idempotency, fan-out and
+//! quotas) are not here but in [`crate::delivery`], over a [`DeliveryTx`], so that every backend
+//! shares them. `conformance` runs one test suite against every backend.
 //!
-//! Every method is blocking and atomic: it either applies all of its effect or none. `Ok(None)`
-//! means "no such thing"; `Err` means the storage itself failed.
+//! Every method is atomic: it applies all of its effect or none. `Ok(None)` means "no such
+//! thing"; `Err` means the storage itself failed. A method never panics on what it reads: a
+//! row the operator broke is an error or is skipped, as the method says.
 
+pub mod memory;
 pub mod sqlite;
 
+#[cfg(test)]
+mod conformance;
+
+use async_trait::async_trait;
 use sotto_proto::api::{
-    ClaimedKeyPackage, KeyPackageCount, QueueResponse, SendResponse, ValidRegistration, ValidSend,
+    ClaimedKeyPackage, KeyPackageCount, QueueResponse, QueuedKind, SendResponse, ValidRegistration,
     ValidUpload,
 };
-use sotto_proto::{DeviceAddr, ServerId, Username};
+use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
 
 /// The storage failed (I/O, corruption, a bug). Never shown to a peer.
 #[derive(Debug, thiserror::Error)]
 #[error("storage failure: {0}")]
 pub struct StorageError(pub String);
 
-impl From<rusqlite::Error> for StorageError {
-    fn from(e: rusqlite::Error) -> Self {
-        StorageError(e.to_string())
+impl StorageError {
+    /// A stored value that cannot be what it claims: the operator or a bug broke a row.
+    pub fn corrupt(what: &str) -> Self {
+        StorageError(format!("corrupt row: {what}"))
     }
 }
 
 /// Facts about the server itself.
+#[async_trait]
 pub trait ServerStore {
     /// The server's identity, chosen at random when the storage was created and never changed.
-    fn server_id(&self) -> Result<ServerId, StorageError>;
+    async fn server_id(&self) -> Result<ServerId, StorageError>;
     /// The key the server authenticates its sign-in challenges with, chosen at random when
     /// the storage was created.
-    fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError>;
+    async fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError>;
+    /// How many of each thing are stored: for operators, and for tests that check that a
+    /// refused request changed nothing.
+    async fn stats(&self) -> Result<Stats, StorageError>;
+}
+
+/// How many of each thing a storage holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Accounts.
+    pub accounts: u64,
+    /// Devices of all accounts.
+    pub devices: u64,
+    /// Unexpired tokens and tokens not yet purged.
+    pub tokens: u64,
+    /// Answered sign-in challenges not yet purged.
+    pub used_challenges: u64,
+    /// One-time KeyPackages.
+    pub key_packages: u64,
+    /// Last-resort KeyPackages.
+    pub last_resort_key_packages: u64,
+    /// Groups the server orders.
+    pub groups: u64,
+    /// Devices in all rosters.
+    pub roster_entries: u64,
+    /// Stored messages (each once, however many queues refer to it).
+    pub messages: u64,
+    /// Queue entries of all devices.
+    pub queue_entries: u64,
+    /// Idempotency records of accepted sends.
+    pub sends: u64,
 }
 
 /// A registered account.
@@ -44,30 +85,40 @@ pub struct Account {
 }
 
 /// Accounts and their device lists.
+#[async_trait]
 pub trait AccountStore {
     /// Creates the account with its first device and that device's KeyPackages; `Ok(false)`
     /// if the username is taken (nothing changes then).
-    fn create_account(&self, account: &ValidRegistration, now: u64) -> Result<bool, StorageError>;
+    async fn create_account(
+        &self,
+        account: &ValidRegistration,
+        now: u64,
+    ) -> Result<bool, StorageError>;
     /// The account, if it exists.
-    fn account(&self, user: &Username) -> Result<Option<Account>, StorageError>;
+    async fn account(&self, user: &Username) -> Result<Option<Account>, StorageError>;
     /// A device's signature (authentication) key, if the device exists.
-    fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError>;
+    async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError>;
 }
 
 /// Sign-in challenges and bearer tokens.
+#[async_trait]
 pub trait AuthStore {
     /// Records that the challenge with this hash was answered; `Ok(false)` if it had been
     /// already (a replay). Kept until `expires_at`, after which the challenge is refused anyway.
-    fn use_challenge(&self, challenge_hash: &[u8], expires_at: u64) -> Result<bool, StorageError>;
+    async fn use_challenge(
+        &self,
+        challenge_hash: &[u8],
+        expires_at: u64,
+    ) -> Result<bool, StorageError>;
     /// Stores a token (by its hash).
-    fn put_token(
+    async fn put_token(
         &self,
         token_hash: &[u8],
         device: &DeviceAddr,
         expires_at: u64,
     ) -> Result<(), StorageError>;
     /// The device and expiry of a token hash.
-    fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError>;
+    async fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError>;
 }
 
 /// What a claim of one KeyPackage per device of a user found.
@@ -77,87 +128,182 @@ pub enum Claim {
     UnknownUser,
     /// A device of the user has no KeyPackage at all; nothing was taken.
     Exhausted,
-    /// One KeyPackage for each device: a one-time one (now deleted) or the last-resort one.
+    /// One KeyPackage for each device, in device order: a one-time one (now deleted) or the
+    /// last-resort one.
     Claimed(Vec<ClaimedKeyPackage>),
 }
 
 /// The KeyPackage directory.
+#[async_trait]
 pub trait KeyPackageStore {
     /// Adds one-time KeyPackages and replaces the last-resort one if given. `Ok(None)` if the
     /// device would then hold more than `max_stored` one-time KeyPackages (nothing changes).
-    fn add_key_packages(
+    async fn add_key_packages(
         &self,
         device: &DeviceAddr,
         upload: &ValidUpload,
         max_stored: u64,
     ) -> Result<Option<KeyPackageCount>, StorageError>;
     /// How many the device has left.
-    fn key_package_count(&self, device: &DeviceAddr) -> Result<KeyPackageCount, StorageError>;
-    /// Atomically takes one KeyPackage for every device of `user`, all or nothing: each
-    /// one-time KeyPackage goes to exactly one claimer, and a claim that cannot serve every
-    /// device takes none. With `one_time` false, every device's last-resort KeyPackage is
-    /// handed out instead (nothing is taken).
-    fn claim_key_packages(&self, user: &Username, one_time: bool) -> Result<Claim, StorageError>;
+    async fn key_package_count(&self, device: &DeviceAddr)
+    -> Result<KeyPackageCount, StorageError>;
+    /// Atomically takes one KeyPackage for every device of `user`, all or nothing: the oldest
+    /// one-time KeyPackage of each device goes to exactly one claimer, and a claim that cannot
+    /// serve every device takes none. With `one_time` false, every device's last-resort
+    /// KeyPackage is handed out instead (nothing is taken).
+    async fn claim_key_packages(
+        &self,
+        user: &Username,
+        one_time: bool,
+    ) -> Result<Claim, StorageError>;
 }
 
-/// The most a device's queue may hold. Past either bound entries are dropped (and counted in
-/// the device's `dropped_total`), so an abandoned device never blocks a group: the oldest of
-/// the sender holding the most of what is over quota, never the message being queued.
+/// Where a group stands in the server's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueQuota {
+pub struct GroupState {
+    /// The epoch a message must carry to be accepted.
+    pub epoch: u64,
+    /// The sequence number the next message gets.
+    pub next_seq: u64,
+}
+
+/// A message to store once, before it is queued.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    /// Its group.
+    pub group: &'a GroupId,
+    /// Its place in the group's order.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender: &'a DeviceAddr,
+    /// A group message or a Welcome.
+    pub kind: QueuedKind,
+    /// The RFC 9420 message.
+    pub data: &'a [u8],
+    /// When the server accepted it.
+    pub accepted_at: u64,
+}
+
+/// What a device's queue holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueUsage {
     /// Entries.
-    pub messages: u64,
+    pub count: u64,
     /// Bytes of the messages the entries refer to.
     pub bytes: u64,
 }
 
-/// Result of submitting a group message.
-#[derive(Debug, Clone)]
-pub enum Submitted {
-    /// Stored and queued; the devices listed must be woken.
-    Accepted {
-        /// The answer for the sender.
-        response: SendResponse,
-        /// Devices that got a new queue entry.
-        wake: Vec<DeviceAddr>,
-    },
-    /// The message's epoch is not the group's; carries the group's epoch.
-    EpochConflict(u64),
-    /// The sender is not in the group's roster.
-    NotAMember,
-    /// A recipient device does not exist.
-    UnknownRecipient,
+/// What makes a sender's share of a queue heavy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    /// The number of its entries.
+    Entries,
+    /// The bytes of its entries.
+    Bytes,
 }
 
-/// Ordered delivery and per-device queues.
+/// One entry of a device's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The message it refers to.
+    pub message_id: u64,
+    /// That message's size in bytes.
+    pub size: u64,
+}
+
+/// The delivery part of a storage: reads that need no transaction, and [`DeliveryTx`]s for
+/// everything that changes queues and groups.
+#[async_trait]
 pub trait DeliveryStore {
-    /// Orders and stores one group message (with its Welcome, if any), all or nothing: at most
-    /// one commit per (group, epoch), a sequence number per message, one stored copy and a
-    /// queue entry per recipient device, within each recipient's `quota`. A message with no
-    /// recipients is ordered (it may move the epoch) but not stored. A repeated `client_id`
-    /// from the same device returns the first answer and stores nothing.
-    fn submit(
-        &self,
-        sender: &DeviceAddr,
-        send: &ValidSend,
-        now: u64,
-        quota: QueueQuota,
-    ) -> Result<Submitted, StorageError>;
+    /// Starts a transaction. Transactions are serializable: while one is open, no other
+    /// changes what it reads. Dropping it without [`DeliveryTx::commit`] undoes all of it.
+    async fn begin(&self) -> Result<Box<dyn DeliveryTx + '_>, StorageError>;
     /// The oldest messages queued for `device`: at most `limit`, and no more than `max_bytes`
-    /// of them (but always the first), with the device's `dropped_total`.
-    fn fetch(
+    /// of them (but always the first), with the device's `dropped_total`. A stored message
+    /// that cannot be decoded is skipped (and logged), never allowed to block the queue.
+    async fn fetch(
         &self,
         device: &DeviceAddr,
         limit: u32,
         max_bytes: usize,
     ) -> Result<QueueResponse, StorageError>;
-    /// Removes the acknowledged entries of `device`'s queue, and every message no queue refers
-    /// to any more. Returns how many entries were removed.
-    fn ack(&self, device: &DeviceAddr, ids: &[u64]) -> Result<u64, StorageError>;
     /// Deletes messages accepted before `cutoff` with their queue entries (counting each
-    /// entry in its device's `dropped_total`), and expired used challenges, tokens and idempotency
-    /// records. Returns the number of messages deleted.
-    fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError>;
+    /// entry in its device's `dropped_total`), idempotency records from before `cutoff`, and
+    /// used challenges and tokens expired at `now`. Returns the number of messages deleted.
+    async fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError>;
+}
+
+/// One delivery transaction: the primitive reads and writes the delivery rules are made of.
+/// Each keeps the stored counters consistent with what it changes; none applies a rule.
+#[async_trait]
+pub trait DeliveryTx: Send {
+    /// The answer recorded for `client_id` from `sender`, if it was accepted before.
+    async fn sent(
+        &mut self,
+        sender: &DeviceAddr,
+        client_id: &str,
+    ) -> Result<Option<SendResponse>, StorageError>;
+    /// Records the answer to an accepted send, for a repeat of `client_id` from `sender`.
+    async fn record_send(
+        &mut self,
+        sender: &DeviceAddr,
+        client_id: &str,
+        response: &SendResponse,
+    ) -> Result<(), StorageError>;
+    /// Whether the device exists.
+    async fn device_exists(&mut self, device: &DeviceAddr) -> Result<bool, StorageError>;
+    /// The group's state, if the server has seen the group.
+    async fn group(&mut self, group: &GroupId) -> Result<Option<GroupState>, StorageError>;
+    /// Creates or replaces the group's state.
+    async fn set_group(&mut self, group: &GroupId, state: GroupState) -> Result<(), StorageError>;
+    /// Whether `device` is in the group's roster.
+    async fn in_roster(
+        &mut self,
+        group: &GroupId,
+        device: &DeviceAddr,
+    ) -> Result<bool, StorageError>;
+    /// Replaces the group's roster (duplicates are kept once).
+    async fn set_roster(
+        &mut self,
+        group: &GroupId,
+        devices: &[DeviceAddr],
+    ) -> Result<(), StorageError>;
+    /// Stores a message and returns its id. Ids grow with every message and are never
+    /// reused, even once the message is deleted.
+    async fn store_message(&mut self, message: NewMessage<'_>) -> Result<u64, StorageError>;
+    /// Appends an entry for the message to `device`'s queue; returns the queue's usage after.
+    async fn enqueue(
+        &mut self,
+        device: &DeviceAddr,
+        entry: QueueEntry,
+    ) -> Result<QueueUsage, StorageError>;
+    /// The sender of the most entries (or bytes) in `device`'s queue, leaving out the entry
+    /// of message `except`; `None` if nothing else is queued.
+    async fn heaviest_sender(
+        &mut self,
+        device: &DeviceAddr,
+        weight: Weight,
+        except: u64,
+    ) -> Result<Option<DeviceAddr>, StorageError>;
+    /// The entries of `device`'s queue from `sender`, oldest first, leaving out message `except`.
+    async fn entries_from(
+        &mut self,
+        device: &DeviceAddr,
+        sender: &DeviceAddr,
+        except: u64,
+    ) -> Result<Vec<QueueEntry>, StorageError>;
+    /// Removes the entry for `message_id` from `device`'s queue; returns it if there was one.
+    async fn remove_entry(
+        &mut self,
+        device: &DeviceAddr,
+        message_id: u64,
+    ) -> Result<Option<QueueEntry>, StorageError>;
+    /// Adds `n` to the device's `dropped_total`.
+    async fn count_dropped(&mut self, device: &DeviceAddr, n: u64) -> Result<(), StorageError>;
+    /// Deletes the message if no queue refers to it.
+    async fn delete_if_unqueued(&mut self, message_id: u64) -> Result<(), StorageError>;
+    /// Makes every change of the transaction durable, at once.
+    async fn commit(self: Box<Self>) -> Result<(), StorageError>;
 }
 
 /// Everything the server stores.

@@ -2,13 +2,20 @@
 
 use super::{SqliteStorage, addr, to_i64, to_u64};
 use crate::storage::{Account, AccountStore, AuthStore, StorageError};
+use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sotto_proto::api::ValidRegistration;
 use sotto_proto::{DeviceAddr, Username};
 
+#[async_trait]
 impl AccountStore for SqliteStorage {
-    fn create_account(&self, account: &ValidRegistration, now: u64) -> Result<bool, StorageError> {
-        let mut conn = self.conn();
+    async fn create_account(
+        &self,
+        account: &ValidRegistration,
+        now: u64,
+    ) -> Result<bool, StorageError> {
+        let account = account.clone();
+        self.run(move |conn| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let list = account.device_list.list();
         let user = list.user.as_str();
@@ -47,11 +54,14 @@ impl AccountStore for SqliteStorage {
         }
         tx.commit()?;
         Ok(true)
+        })
+        .await
     }
 
-    fn account(&self, user: &Username) -> Result<Option<Account>, StorageError> {
-        Ok(self
-            .conn()
+    async fn account(&self, user: &Username) -> Result<Option<Account>, StorageError> {
+        let user = user.clone();
+        self.run(move |conn| {
+        Ok(conn
             .query_row(
                 "SELECT identity_key, device_list_body, device_list_signature FROM accounts WHERE user = ?1",
                 [user.as_str()],
@@ -64,54 +74,79 @@ impl AccountStore for SqliteStorage {
                 },
             )
             .optional()?)
+        })
+        .await
     }
 
-    fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT signature_key FROM devices WHERE user = ?1 AND device = ?2")?
-            .query_row(
-                params![device.user.as_str(), device.device.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?)
+    async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError> {
+        let device = device.clone();
+        self.run(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT signature_key FROM devices WHERE user = ?1 AND device = ?2",
+                )?
+                .query_row(
+                    params![device.user.as_str(), device.device.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
     }
 }
 
+#[async_trait]
 impl AuthStore for SqliteStorage {
-    fn use_challenge(&self, challenge_hash: &[u8], expires_at: u64) -> Result<bool, StorageError> {
-        let inserted = self.conn().execute(
+    async fn use_challenge(
+        &self,
+        challenge_hash: &[u8],
+        expires_at: u64,
+    ) -> Result<bool, StorageError> {
+        let challenge_hash = challenge_hash.to_vec();
+        self.run(move |conn| {
+            let inserted = conn.execute(
             "INSERT OR IGNORE INTO used_challenges (challenge_hash, expires_at) VALUES (?1, ?2)",
-            params![challenge_hash, to_i64(expires_at)],
+            params![&challenge_hash, to_i64(expires_at)],
         )?;
-        Ok(inserted == 1)
+            Ok(inserted == 1)
+        })
+        .await
     }
 
-    fn put_token(
+    async fn put_token(
         &self,
         token_hash: &[u8],
         device: &DeviceAddr,
         expires_at: u64,
     ) -> Result<(), StorageError> {
-        self.conn().execute(
-            "INSERT INTO tokens (token_hash, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                token_hash,
-                device.user.as_str(),
-                device.device.to_string(),
-                to_i64(expires_at)
-            ],
-        )?;
-        Ok(())
+        let (token_hash, device) = (token_hash.to_vec(), device.clone());
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO tokens (token_hash, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    &token_hash,
+                    device.user.as_str(),
+                    device.device.to_string(),
+                    to_i64(expires_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError> {
-        let row: Option<(String, String, i64)> = self
-            .conn()
-            .prepare_cached("SELECT user, device, expires_at FROM tokens WHERE token_hash = ?1")?
-            .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        row.map(|(u, d, exp)| Ok((addr(u, d)?, to_u64(exp))))
-            .transpose()
+    async fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError> {
+        let token_hash = token_hash.to_vec();
+        self.run(move |conn| {
+            let row: Option<(String, String, i64)> = conn
+                .prepare_cached(
+                    "SELECT user, device, expires_at FROM tokens WHERE token_hash = ?1",
+                )?
+                .query_row([&token_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            row.map(|(u, d, exp)| Ok((addr(u, d)?, to_u64(exp))))
+                .transpose()
+        })
+        .await
     }
 }

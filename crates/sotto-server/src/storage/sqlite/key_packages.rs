@@ -3,6 +3,7 @@
 
 use super::{SqliteStorage, corrupt, to_u64};
 use crate::storage::{Claim, KeyPackageStore, StorageError};
+use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sotto_proto::api::{ClaimedKeyPackage, KeyPackageCount, ValidUpload};
 use sotto_proto::{DeviceAddr, DeviceId, Username};
@@ -28,44 +29,59 @@ fn count_key_packages(
     })
 }
 
+#[async_trait]
 impl KeyPackageStore for SqliteStorage {
-    fn add_key_packages(
+    async fn add_key_packages(
         &self,
         device: &DeviceAddr,
         upload: &ValidUpload,
         max_stored: u64,
     ) -> Result<Option<KeyPackageCount>, StorageError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let before = count_key_packages(&tx, device)?;
-        if before.count.saturating_add(upload.one_time.len() as u64) > max_stored {
-            return Ok(None);
-        }
-        let dev = device.device.to_string();
-        for kp in &upload.one_time {
-            tx.execute(
-                "INSERT INTO key_packages (user, device, data) VALUES (?1, ?2, ?3)",
-                params![device.user.as_str(), dev, kp],
-            )?;
-        }
-        if let Some(kp) = &upload.last_resort {
-            tx.execute(
-                "INSERT INTO last_resort_key_packages (user, device, data) VALUES (?1, ?2, ?3)
+        let (device, upload) = (device.clone(), upload.clone());
+        self.run(move |conn| {
+            let device = &device;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before = count_key_packages(&tx, device)?;
+            if before.count.saturating_add(upload.one_time.len() as u64) > max_stored {
+                return Ok(None);
+            }
+            let dev = device.device.to_string();
+            for kp in &upload.one_time {
+                tx.execute(
+                    "INSERT INTO key_packages (user, device, data) VALUES (?1, ?2, ?3)",
+                    params![device.user.as_str(), dev, kp],
+                )?;
+            }
+            if let Some(kp) = &upload.last_resort {
+                tx.execute(
+                    "INSERT INTO last_resort_key_packages (user, device, data) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, device) DO UPDATE SET data = excluded.data",
-                params![device.user.as_str(), dev, kp],
-            )?;
-        }
-        let after = count_key_packages(&tx, device)?;
-        tx.commit()?;
-        Ok(Some(after))
+                    params![device.user.as_str(), dev, kp],
+                )?;
+            }
+            let after = count_key_packages(&tx, device)?;
+            tx.commit()?;
+            Ok(Some(after))
+        })
+        .await
     }
 
-    fn key_package_count(&self, device: &DeviceAddr) -> Result<KeyPackageCount, StorageError> {
-        count_key_packages(&self.conn(), device)
+    async fn key_package_count(
+        &self,
+        device: &DeviceAddr,
+    ) -> Result<KeyPackageCount, StorageError> {
+        let device = device.clone();
+        self.run(move |conn| count_key_packages(conn, &device))
+            .await
     }
 
-    fn claim_key_packages(&self, user: &Username, one_time: bool) -> Result<Claim, StorageError> {
-        let mut conn = self.conn();
+    async fn claim_key_packages(
+        &self,
+        user: &Username,
+        one_time: bool,
+    ) -> Result<Claim, StorageError> {
+        let user = user.clone();
+        self.run(move |conn| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let devices: Vec<String> = {
             let mut stmt =
@@ -113,5 +129,7 @@ impl KeyPackageStore for SqliteStorage {
         }
         tx.commit()?;
         Ok(Claim::Claimed(claimed))
+        })
+        .await
     }
 }

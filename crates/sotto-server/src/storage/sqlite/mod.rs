@@ -7,11 +7,12 @@ mod accounts;
 mod delivery;
 mod key_packages;
 
-use super::{ServerStore, StorageError};
+use super::{ServerStore, Stats, StorageError};
+use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use sotto_proto::{DeviceAddr, DeviceId, ServerId, Username};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 /// Numbered migrations; entry `i` moves the schema from version `i` to `i + 1`. Never edit an
 /// entry that has shipped: append a new one.
@@ -121,9 +122,18 @@ INSERT INTO device_queues (user, device, count, bytes)
 "#,
 ];
 
-/// SQLite-backed [`super::Storage`].
+/// SQLite-backed [`super::Storage`]: one connection, used by one operation at a time. Whole
+/// operations run on the blocking pool; a [`DeliveryTx`](super::DeliveryTx) runs its
+/// statements in place (they touch only the page cache and the WAL) and its commit, which
+/// waits for the disk, on the blocking pool.
 pub struct SqliteStorage {
-    conn: Mutex<Connection>,
+    conn: Arc<tokio::sync::Mutex<Connection>>,
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError(e.to_string())
+    }
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -135,7 +145,7 @@ fn to_u64(n: i64) -> u64 {
 }
 
 fn corrupt(what: &str) -> StorageError {
-    StorageError(format!("corrupt row: {what}"))
+    StorageError::corrupt(what)
 }
 
 impl SqliteStorage {
@@ -163,15 +173,21 @@ impl SqliteStorage {
             [&key[..]],
         )?;
         Ok(SqliteStorage {
-            conn: Mutex::new(conn),
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A thread that panicked while holding the lock dropped its open transaction, which
-        // rolled it back, so the connection is consistent: carry on rather than turn every
-        // later request into an error.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on the connection, on the blocking pool. A panic in `f` rolls back whatever
+    /// transaction it had open (the transaction is dropped) and comes back as an error.
+    async fn run<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let mut conn = self.conn.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || f(&mut conn))
+            .await
+            .map_err(|e| StorageError(format!("storage task failed: {e}")))?
     }
 }
 
@@ -203,29 +219,29 @@ fn addr(user: String, device: String) -> Result<DeviceAddr, StorageError> {
     })
 }
 
+fn meta<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    Ok(conn
+        .query_row("SELECT value FROM server_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+#[async_trait]
 impl ServerStore for SqliteStorage {
-    fn server_id(&self) -> Result<ServerId, StorageError> {
-        let id: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT value FROM server_meta WHERE key = 'server_id'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+    async fn server_id(&self) -> Result<ServerId, StorageError> {
+        let id: Option<String> = self.run(|c| meta(c, "server_id")).await?;
         ServerId::parse(&id.ok_or_else(|| corrupt("server_id missing"))?)
             .map_err(|_| corrupt("server_id"))
     }
 
-    fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+    async fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
         let key: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
-            self.conn()
-                .query_row(
-                    "SELECT value FROM server_meta WHERE key = 'challenge_key'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?
+            self.run(|c| meta(c, "challenge_key"))
+                .await?
                 .ok_or_else(|| corrupt("challenge_key missing"))?,
         );
         let mut out = zeroize::Zeroizing::new([0u8; 32]);
@@ -235,6 +251,30 @@ impl ServerStore for SqliteStorage {
         out.copy_from_slice(&key);
         Ok(out)
     }
+
+    async fn stats(&self) -> Result<Stats, StorageError> {
+        self.run(|c| {
+            let count = |table: &str| -> Result<u64, StorageError> {
+                let n: i64 =
+                    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+                Ok(to_u64(n))
+            };
+            Ok(Stats {
+                accounts: count("accounts")?,
+                devices: count("devices")?,
+                tokens: count("tokens")?,
+                used_challenges: count("used_challenges")?,
+                key_packages: count("key_packages")?,
+                last_resort_key_packages: count("last_resort_key_packages")?,
+                groups: count("groups")?,
+                roster_entries: count("group_roster")?,
+                messages: count("messages")?,
+                queue_entries: count("queue")?,
+                sends: count("sends")?,
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -242,19 +282,19 @@ mod tests {
     use super::SqliteStorage;
     use crate::storage::ServerStore as _;
 
-    #[test]
-    fn a_panic_while_holding_the_connection_does_not_fail_every_later_call() {
+    #[tokio::test]
+    async fn a_panic_inside_an_operation_is_an_error_and_rolls_its_transaction_back() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let storage = std::sync::Arc::new(SqliteStorage::open(dir.path()).expect("storage"));
-        let id = storage.server_id().expect("an id");
-        let holder = storage.clone();
-        let panicked = std::thread::spawn(move || {
-            let _conn = holder.conn();
-            panic!("a bug while the lock is held");
-        })
-        .join();
-        assert!(panicked.is_err());
-        assert!(storage.conn.is_poisoned());
-        assert_eq!(storage.server_id().expect("still serving"), id);
+        let storage = SqliteStorage::open(dir.path()).expect("storage");
+        let id = storage.server_id().await.expect("an id");
+        let failed = storage
+            .run(|conn| -> Result<(), _> {
+                let tx = conn.transaction()?;
+                tx.execute("DELETE FROM server_meta", [])?;
+                panic!("a bug in the middle of a transaction");
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(storage.server_id().await.expect("still serving"), id);
     }
 }

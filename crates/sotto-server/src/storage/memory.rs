@@ -1,0 +1,559 @@
+//! A storage that keeps everything in memory and loses it on exit: for tests, and for trying
+//! the server without a disk. Every operation runs under one lock; a delivery transaction
+//! works on a copy of the state and swaps it in at commit, so dropping it undoes everything
+//! (the copy makes each transaction cost the size of the state: not a production backend).
+
+use async_trait::async_trait;
+use sotto_proto::api::{
+    ClaimedKeyPackage, KeyPackageCount, QueueResponse, QueuedKind, QueuedMessage, SendResponse,
+    ValidRegistration, ValidUpload,
+};
+use sotto_proto::{Bytes, DeviceAddr, GroupId, ServerId, Username};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{
+    Account, AccountStore, AuthStore, Claim, DeliveryStore, DeliveryTx, GroupState,
+    KeyPackageStore, NewMessage, QueueEntry, QueueUsage, ServerStore, Stats, StorageError, Weight,
+};
+
+#[derive(Clone)]
+struct StoredMessage {
+    group: GroupId,
+    seq: u64,
+    sender: DeviceAddr,
+    kind: QueuedKind,
+    data: Arc<[u8]>,
+    accepted_at: u64,
+}
+
+#[derive(Clone, Default)]
+struct DeviceQueue {
+    /// By message id, which grows with every message: oldest first.
+    entries: BTreeMap<u64, u64>,
+    usage: QueueUsage,
+    dropped_total: u64,
+}
+
+#[derive(Clone)]
+struct State {
+    server_id: ServerId,
+    challenge_key: [u8; 32],
+    accounts: BTreeMap<Username, Account>,
+    devices: BTreeMap<DeviceAddr, Vec<u8>>,
+    used_challenges: BTreeMap<Vec<u8>, u64>,
+    tokens: BTreeMap<Vec<u8>, (DeviceAddr, u64)>,
+    key_packages: BTreeMap<DeviceAddr, VecDeque<Vec<u8>>>,
+    last_resort: BTreeMap<DeviceAddr, Vec<u8>>,
+    groups: BTreeMap<GroupId, GroupState>,
+    rosters: BTreeMap<GroupId, BTreeSet<DeviceAddr>>,
+    messages: BTreeMap<u64, StoredMessage>,
+    last_message_id: u64,
+    queues: BTreeMap<DeviceAddr, DeviceQueue>,
+    sends: BTreeMap<(DeviceAddr, String), SendResponse>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.challenge_key);
+    }
+}
+
+/// In-memory [`super::Storage`].
+pub struct MemoryStorage {
+    state: Arc<Mutex<State>>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStorage {
+    /// An empty storage with a fresh random identity and challenge key.
+    pub fn new() -> Self {
+        MemoryStorage {
+            state: Arc::new(Mutex::new(State {
+                server_id: ServerId::from_bytes(rand::random()),
+                challenge_key: rand::random(),
+                accounts: BTreeMap::new(),
+                devices: BTreeMap::new(),
+                used_challenges: BTreeMap::new(),
+                tokens: BTreeMap::new(),
+                key_packages: BTreeMap::new(),
+                last_resort: BTreeMap::new(),
+                groups: BTreeMap::new(),
+                rosters: BTreeMap::new(),
+                messages: BTreeMap::new(),
+                last_message_id: 0,
+                queues: BTreeMap::new(),
+                sends: BTreeMap::new(),
+            })),
+        }
+    }
+}
+
+fn count_of(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+fn key_package_count(s: &State, device: &DeviceAddr) -> KeyPackageCount {
+    KeyPackageCount {
+        count: count_of(s.key_packages.get(device).map_or(0, VecDeque::len)),
+        last_resort: s.last_resort.contains_key(device),
+    }
+}
+
+#[async_trait]
+impl ServerStore for MemoryStorage {
+    async fn server_id(&self) -> Result<ServerId, StorageError> {
+        Ok(self.state.lock().await.server_id.clone())
+    }
+
+    async fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        Ok(zeroize::Zeroizing::new(
+            self.state.lock().await.challenge_key,
+        ))
+    }
+
+    async fn stats(&self) -> Result<Stats, StorageError> {
+        let s = self.state.lock().await;
+        Ok(Stats {
+            accounts: count_of(s.accounts.len()),
+            devices: count_of(s.devices.len()),
+            tokens: count_of(s.tokens.len()),
+            used_challenges: count_of(s.used_challenges.len()),
+            key_packages: s.key_packages.values().map(|k| count_of(k.len())).sum(),
+            last_resort_key_packages: count_of(s.last_resort.len()),
+            groups: count_of(s.groups.len()),
+            roster_entries: s.rosters.values().map(|r| count_of(r.len())).sum(),
+            messages: count_of(s.messages.len()),
+            queue_entries: s.queues.values().map(|q| count_of(q.entries.len())).sum(),
+            sends: count_of(s.sends.len()),
+        })
+    }
+}
+
+#[async_trait]
+impl AccountStore for MemoryStorage {
+    async fn create_account(
+        &self,
+        account: &ValidRegistration,
+        _now: u64,
+    ) -> Result<bool, StorageError> {
+        let mut s = self.state.lock().await;
+        let list = account.device_list.list();
+        if s.accounts.contains_key(&list.user) {
+            return Ok(false);
+        }
+        s.accounts.insert(
+            list.user.clone(),
+            Account {
+                identity_key: account.identity_key.clone(),
+                device_list_body: account.device_list.signed().body.as_slice().to_vec(),
+                device_list_signature: account.device_list.signed().signature.as_slice().to_vec(),
+            },
+        );
+        for d in &list.devices {
+            let addr = DeviceAddr {
+                user: list.user.clone(),
+                device: d.id,
+            };
+            s.devices
+                .insert(addr.clone(), d.signature_key.as_slice().to_vec());
+            s.key_packages
+                .insert(addr.clone(), account.key_packages.iter().cloned().collect());
+            s.last_resort.insert(addr, account.last_resort.clone());
+        }
+        Ok(true)
+    }
+
+    async fn account(&self, user: &Username) -> Result<Option<Account>, StorageError> {
+        Ok(self.state.lock().await.accounts.get(user).cloned())
+    }
+
+    async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.state.lock().await.devices.get(device).cloned())
+    }
+}
+
+#[async_trait]
+impl AuthStore for MemoryStorage {
+    async fn use_challenge(
+        &self,
+        challenge_hash: &[u8],
+        expires_at: u64,
+    ) -> Result<bool, StorageError> {
+        let mut s = self.state.lock().await;
+        if s.used_challenges.contains_key(challenge_hash) {
+            return Ok(false);
+        }
+        s.used_challenges
+            .insert(challenge_hash.to_vec(), expires_at);
+        Ok(true)
+    }
+
+    async fn put_token(
+        &self,
+        token_hash: &[u8],
+        device: &DeviceAddr,
+        expires_at: u64,
+    ) -> Result<(), StorageError> {
+        let mut s = self.state.lock().await;
+        if s.tokens.contains_key(token_hash) {
+            return Err(StorageError("token hash already stored".into()));
+        }
+        s.tokens
+            .insert(token_hash.to_vec(), (device.clone(), expires_at));
+        Ok(())
+    }
+
+    async fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError> {
+        Ok(self.state.lock().await.tokens.get(token_hash).cloned())
+    }
+}
+
+#[async_trait]
+impl KeyPackageStore for MemoryStorage {
+    async fn add_key_packages(
+        &self,
+        device: &DeviceAddr,
+        upload: &ValidUpload,
+        max_stored: u64,
+    ) -> Result<Option<KeyPackageCount>, StorageError> {
+        let mut s = self.state.lock().await;
+        let before = key_package_count(&s, device);
+        if before.count.saturating_add(count_of(upload.one_time.len())) > max_stored {
+            return Ok(None);
+        }
+        s.key_packages
+            .entry(device.clone())
+            .or_default()
+            .extend(upload.one_time.iter().cloned());
+        if let Some(kp) = &upload.last_resort {
+            s.last_resort.insert(device.clone(), kp.clone());
+        }
+        Ok(Some(key_package_count(&s, device)))
+    }
+
+    async fn key_package_count(
+        &self,
+        device: &DeviceAddr,
+    ) -> Result<KeyPackageCount, StorageError> {
+        Ok(key_package_count(&*self.state.lock().await, device))
+    }
+
+    async fn claim_key_packages(
+        &self,
+        user: &Username,
+        one_time: bool,
+    ) -> Result<Claim, StorageError> {
+        let mut s = self.state.lock().await;
+        let devices: Vec<DeviceAddr> = s
+            .devices
+            .keys()
+            .filter(|d| &d.user == user)
+            .cloned()
+            .collect();
+        if devices.is_empty() {
+            return Ok(Claim::UnknownUser);
+        }
+        // Decide for every device before taking anything: all or nothing.
+        let mut plan = Vec::with_capacity(devices.len());
+        for d in devices {
+            let has_one_time = one_time && s.key_packages.get(&d).is_some_and(|k| !k.is_empty());
+            if !has_one_time && !s.last_resort.contains_key(&d) {
+                return Ok(Claim::Exhausted);
+            }
+            plan.push((d, has_one_time));
+        }
+        let mut claimed = Vec::with_capacity(plan.len());
+        for (d, take_one_time) in plan {
+            let key_package = if take_one_time {
+                s.key_packages.get_mut(&d).and_then(VecDeque::pop_front)
+            } else {
+                s.last_resort.get(&d).cloned()
+            };
+            let key_package =
+                key_package.ok_or_else(|| StorageError("a planned KeyPackage vanished".into()))?;
+            claimed.push(ClaimedKeyPackage {
+                device: d.device,
+                key_package: key_package.into(),
+            });
+        }
+        Ok(Claim::Claimed(claimed))
+    }
+}
+
+/// A delivery transaction: the lock, and the copy of the state it changes.
+struct MemoryTx {
+    guard: OwnedMutexGuard<State>,
+    work: State,
+}
+
+#[async_trait]
+impl DeliveryTx for MemoryTx {
+    async fn sent(
+        &mut self,
+        sender: &DeviceAddr,
+        client_id: &str,
+    ) -> Result<Option<SendResponse>, StorageError> {
+        Ok(self
+            .work
+            .sends
+            .get(&(sender.clone(), client_id.to_owned()))
+            .cloned())
+    }
+
+    async fn record_send(
+        &mut self,
+        sender: &DeviceAddr,
+        client_id: &str,
+        response: &SendResponse,
+    ) -> Result<(), StorageError> {
+        self.work
+            .sends
+            .insert((sender.clone(), client_id.to_owned()), response.clone());
+        Ok(())
+    }
+
+    async fn device_exists(&mut self, device: &DeviceAddr) -> Result<bool, StorageError> {
+        Ok(self.work.devices.contains_key(device))
+    }
+
+    async fn group(&mut self, group: &GroupId) -> Result<Option<GroupState>, StorageError> {
+        Ok(self.work.groups.get(group).copied())
+    }
+
+    async fn set_group(&mut self, group: &GroupId, state: GroupState) -> Result<(), StorageError> {
+        self.work.groups.insert(group.clone(), state);
+        Ok(())
+    }
+
+    async fn in_roster(
+        &mut self,
+        group: &GroupId,
+        device: &DeviceAddr,
+    ) -> Result<bool, StorageError> {
+        Ok(self
+            .work
+            .rosters
+            .get(group)
+            .is_some_and(|r| r.contains(device)))
+    }
+
+    async fn set_roster(
+        &mut self,
+        group: &GroupId,
+        devices: &[DeviceAddr],
+    ) -> Result<(), StorageError> {
+        self.work
+            .rosters
+            .insert(group.clone(), devices.iter().cloned().collect());
+        Ok(())
+    }
+
+    async fn store_message(&mut self, m: NewMessage<'_>) -> Result<u64, StorageError> {
+        let id = self
+            .work
+            .last_message_id
+            .checked_add(1)
+            .ok_or_else(|| StorageError("message ids exhausted".into()))?;
+        self.work.last_message_id = id;
+        self.work.messages.insert(
+            id,
+            StoredMessage {
+                group: m.group.clone(),
+                seq: m.seq,
+                sender: m.sender.clone(),
+                kind: m.kind,
+                data: m.data.into(),
+                accepted_at: m.accepted_at,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn enqueue(
+        &mut self,
+        device: &DeviceAddr,
+        entry: QueueEntry,
+    ) -> Result<QueueUsage, StorageError> {
+        let q = self.work.queues.entry(device.clone()).or_default();
+        if q.entries.insert(entry.message_id, entry.size).is_none() {
+            q.usage.count = q.usage.count.saturating_add(1);
+            q.usage.bytes = q.usage.bytes.saturating_add(entry.size);
+        }
+        Ok(q.usage)
+    }
+
+    async fn heaviest_sender(
+        &mut self,
+        device: &DeviceAddr,
+        weight: Weight,
+        except: u64,
+    ) -> Result<Option<DeviceAddr>, StorageError> {
+        let Some(q) = self.work.queues.get(device) else {
+            return Ok(None);
+        };
+        let mut load: BTreeMap<&DeviceAddr, u64> = BTreeMap::new();
+        for (id, size) in q.entries.iter().filter(|(id, _)| **id != except) {
+            let Some(m) = self.work.messages.get(id) else {
+                continue;
+            };
+            let w = load.entry(&m.sender).or_default();
+            *w = w.saturating_add(match weight {
+                Weight::Entries => 1,
+                Weight::Bytes => *size,
+            });
+        }
+        Ok(load
+            .into_iter()
+            .max_by_key(|(_, w)| *w)
+            .map(|(d, _)| d.clone()))
+    }
+
+    async fn entries_from(
+        &mut self,
+        device: &DeviceAddr,
+        sender: &DeviceAddr,
+        except: u64,
+    ) -> Result<Vec<QueueEntry>, StorageError> {
+        let Some(q) = self.work.queues.get(device) else {
+            return Ok(Vec::new());
+        };
+        Ok(q.entries
+            .iter()
+            .filter(|(id, _)| **id != except)
+            .filter(|(id, _)| {
+                self.work
+                    .messages
+                    .get(id)
+                    .is_some_and(|m| &m.sender == sender)
+            })
+            .map(|(&message_id, &size)| QueueEntry { message_id, size })
+            .collect())
+    }
+
+    async fn remove_entry(
+        &mut self,
+        device: &DeviceAddr,
+        message_id: u64,
+    ) -> Result<Option<QueueEntry>, StorageError> {
+        let Some(q) = self.work.queues.get_mut(device) else {
+            return Ok(None);
+        };
+        let Some(size) = q.entries.remove(&message_id) else {
+            return Ok(None);
+        };
+        q.usage.count = q.usage.count.saturating_sub(1);
+        q.usage.bytes = q.usage.bytes.saturating_sub(size);
+        Ok(Some(QueueEntry { message_id, size }))
+    }
+
+    async fn count_dropped(&mut self, device: &DeviceAddr, n: u64) -> Result<(), StorageError> {
+        if n > 0 {
+            let q = self.work.queues.entry(device.clone()).or_default();
+            q.dropped_total = q.dropped_total.saturating_add(n);
+        }
+        Ok(())
+    }
+
+    async fn delete_if_unqueued(&mut self, message_id: u64) -> Result<(), StorageError> {
+        let queued = self
+            .work
+            .queues
+            .values()
+            .any(|q| q.entries.contains_key(&message_id));
+        if !queued {
+            self.work.messages.remove(&message_id);
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        let MemoryTx { mut guard, work } = *self;
+        *guard = work;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for MemoryStorage {
+    async fn begin(&self) -> Result<Box<dyn DeliveryTx + '_>, StorageError> {
+        let guard = self.state.clone().lock_owned().await;
+        let work = guard.clone();
+        Ok(Box::new(MemoryTx { guard, work }))
+    }
+
+    async fn fetch(
+        &self,
+        device: &DeviceAddr,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<QueueResponse, StorageError> {
+        let s = self.state.lock().await;
+        let Some(q) = s.queues.get(device) else {
+            return Ok(QueueResponse {
+                messages: Vec::new(),
+                dropped_total: 0,
+            });
+        };
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        for id in q.entries.keys().take(limit as usize) {
+            let Some(m) = s.messages.get(id) else {
+                tracing::warn!(message = id, "skipping a queue entry without its message");
+                continue;
+            };
+            if !messages.is_empty() && bytes.saturating_add(m.data.len()) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(m.data.len());
+            messages.push(QueuedMessage {
+                id: *id,
+                group_id: m.group.clone(),
+                seq: m.seq,
+                sender: m.sender.clone(),
+                kind: m.kind,
+                message: Bytes(m.data.to_vec()),
+                accepted_at: m.accepted_at,
+            });
+        }
+        Ok(QueueResponse {
+            messages,
+            dropped_total: q.dropped_total,
+        })
+    }
+
+    async fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError> {
+        let mut s = self.state.lock().await;
+        let expired: BTreeSet<u64> = s
+            .messages
+            .iter()
+            .filter(|(_, m)| m.accepted_at < cutoff)
+            .map(|(id, _)| *id)
+            .collect();
+        for q in s.queues.values_mut() {
+            let gone: Vec<(u64, u64)> = q
+                .entries
+                .iter()
+                .filter(|(id, _)| expired.contains(id))
+                .map(|(&id, &size)| (id, size))
+                .collect();
+            for (id, size) in gone {
+                q.entries.remove(&id);
+                q.usage.count = q.usage.count.saturating_sub(1);
+                q.usage.bytes = q.usage.bytes.saturating_sub(size);
+                q.dropped_total = q.dropped_total.saturating_add(1);
+            }
+        }
+        s.messages.retain(|id, _| !expired.contains(id));
+        s.sends.retain(|_, r| r.accepted_at >= cutoff);
+        s.used_challenges.retain(|_, expires_at| *expires_at > now);
+        s.tokens.retain(|_, (_, expires_at)| *expires_at > now);
+        Ok(count_of(expired.len()))
+    }
+}
