@@ -244,6 +244,19 @@ mod tests {
         assert_eq!(KdfParams::calibrate(|_| Duration::ZERO).t, 64);
     }
 
+    /// The key file is a frozen format: a file written by an earlier Sotto must unlock to
+    /// the same key and re-encode to the same bytes. A change needs a new `KEYFILE_VERSION`.
+    #[test]
+    fn the_key_file_format_is_frozen() {
+        let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+        let raw = std::fs::read(vectors.join("keyfile.json")).unwrap();
+        let expected = std::fs::read_to_string(vectors.join("keyfile.key")).unwrap();
+        let key = unlock(&vectors.join("keyfile.json"), "correct horse battery").unwrap();
+        assert_eq!(hex::encode(key.as_ref()), expected.trim_end());
+        let file: KeyFile = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(serde_json::to_vec_pretty(&file).unwrap(), raw);
+    }
+
     #[test]
     fn wrong_passcode_and_damaged_files_lock() {
         let dir = tempfile::tempdir().unwrap();

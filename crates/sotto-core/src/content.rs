@@ -12,8 +12,9 @@ pub const MAX_TEXT: usize = 64 * 1024;
 /// Longest group name, in characters.
 pub const MAX_GROUP_NAME: usize = 128;
 
-/// The content of an application message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The content of an application message. Its `Debug` shows what kind it is and how long,
+/// never the text or the name.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Content {
     /// A text message.
@@ -26,6 +27,18 @@ pub enum Content {
         /// The group's name; `None` for a one-to-one conversation.
         name: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Text { body } => write!(f, "Text({} bytes)", body.len()),
+            Content::GroupInfo { name: Some(name) } => {
+                write!(f, "GroupInfo(named, {} bytes)", name.len())
+            }
+            Content::GroupInfo { name: None } => f.write_str("GroupInfo(one-to-one)"),
+        }
+    }
 }
 
 /// Content as it travels: with the sender's own clock reading, which MLS authenticates along

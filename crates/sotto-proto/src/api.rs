@@ -319,9 +319,11 @@ impl SendRequest {
         {
             return Err(ProtoError::Invalid("client_id (32 hex digits)"));
         }
-        let total = self.recipients.len()
-            + self.roster.as_ref().map_or(0, Vec::len)
-            + self.welcome.as_ref().map_or(0, |w| w.recipients.len());
+        let total = self
+            .recipients
+            .len()
+            .saturating_add(self.roster.as_ref().map_or(0, Vec::len))
+            .saturating_add(self.welcome.as_ref().map_or(0, |w| w.recipients.len()));
         if total > 3 * limits::MAX_RECIPIENTS || self.recipients.len() > limits::MAX_RECIPIENTS {
             return Err(ProtoError::TooLarge("recipients"));
         }

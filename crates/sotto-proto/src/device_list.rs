@@ -69,7 +69,7 @@ impl DeviceList {
             parse_verifying_key(d.signature_key.as_slice())
                 .map_err(|_| ProtoError::Invalid("device signature key (an Ed25519 key)"))?;
             check_device_name(&d.name)?;
-            if self.devices[..i].iter().any(|o| o.id == d.id) {
+            if self.devices.iter().take(i).any(|o| o.id == d.id) {
                 return Err(ProtoError::Invalid("device list (duplicate device id)"));
             }
         }

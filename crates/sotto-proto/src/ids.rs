@@ -162,9 +162,14 @@ impl GroupId {
         if s.len() > 2 * Self::MAX_LEN || !s.len().is_multiple_of(2) {
             return Err(ProtoError::Invalid("group id (hex)"));
         }
-        let bytes = (0..s.len())
-            .step_by(2)
-            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        let bytes = s
+            .as_bytes()
+            .chunks(2)
+            .map(|h| {
+                std::str::from_utf8(h)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
             .collect::<Option<Vec<u8>>>()
             .ok_or(ProtoError::Invalid("group id (hex)"))?;
         Self::from_bytes(&bytes)

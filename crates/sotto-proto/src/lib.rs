@@ -20,6 +20,16 @@
 //! # Ok::<(), sotto_proto::ProtoError>(())
 //! ```
 #![forbid(unsafe_code)]
+// A network service: nothing a peer sends may panic it, so no indexing, no unchecked
+// arithmetic and no `expect` outside tests.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod api;
 pub mod bytes;

@@ -37,6 +37,7 @@ fn token_hash(token: &str) -> Vec<u8> {
 }
 
 fn challenge_mac(key: &[u8; 32], device: &DeviceAddr, body: &[u8]) -> Hmac<Sha256> {
+    #[allow(clippy::expect_used, reason = "a local invariant, not input")]
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(CHALLENGE_MAC_CONTEXT);
@@ -71,7 +72,7 @@ pub fn check_challenge(
     }
     let (body, tag) = challenge.split_at(NONCE_LEN + 8);
     challenge_mac(key, device, body).verify_slice(tag).ok()?;
-    let expires_at = u64::from_be_bytes(body[NONCE_LEN..].try_into().ok()?);
+    let expires_at = u64::from_be_bytes(body.get(NONCE_LEN..)?.try_into().ok()?);
     (expires_at > now).then_some(expires_at)
 }
 
@@ -90,7 +91,7 @@ pub async fn challenge(
             "no such device",
         ));
     }
-    let expires_at = now() + CHALLENGE_TTL;
+    let expires_at = now().saturating_add(CHALLENGE_TTL);
     Ok(ApiJson(ChallengeResponse {
         challenge: issue_challenge(&state.challenge_key, &req.device, expires_at).into(),
         expires_at,
@@ -144,7 +145,7 @@ pub async fn token(
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = hex::encode(raw);
-    let expires_at = now() + TOKEN_TTL;
+    let expires_at = now().saturating_add(TOKEN_TTL);
     s.put_token(&token_hash(&token), &req.device, expires_at)
         .await?;
     Ok(ApiJson(TokenResponse { token, expires_at }))

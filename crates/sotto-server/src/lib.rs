@@ -5,6 +5,16 @@
 //! framing (group id, epoch, content type) to order and route. [`app`] builds the router over
 //! any [`storage::Storage`]; [`serve`] runs it on a listener the caller bound.
 #![forbid(unsafe_code)]
+// A network service: nothing a peer sends may panic it, so no indexing, no unchecked
+// arithmetic and no `expect` outside tests.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod auth;
 pub mod client_ip;

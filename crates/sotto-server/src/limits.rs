@@ -38,7 +38,9 @@ impl Rate {
     }
 
     fn quota(self) -> Quota {
-        let every = Duration::from_secs(self.per.0) / self.count.get();
+        let every = Duration::from_secs(self.per.0)
+            .checked_div(self.count.get())
+            .unwrap_or_default();
         Quota::with_period(every.max(Duration::from_nanos(1)))
             .unwrap_or_else(|| Quota::per_second(self.count))
             .allow_burst(self.count)
@@ -106,7 +108,7 @@ impl fmt::Display for ByteSize {
             .iter()
             .find(|(n, _)| self.0 > 0 && self.0.is_multiple_of(*n))
         {
-            Some((n, unit)) => write!(f, "{}{unit}", self.0 / n),
+            Some((n, unit)) => write!(f, "{}{unit}", self.0.checked_div(*n).unwrap_or_default()),
             None => write!(f, "{}", self.0),
         }
     }

@@ -51,7 +51,7 @@ impl OpenConnections {
         if *count >= cap {
             return None;
         }
-        *count += 1;
+        *count = count.saturating_add(1);
         Some(Slot {
             open: self.clone(),
             ip,

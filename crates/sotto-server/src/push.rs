@@ -143,7 +143,10 @@ async fn serve_socket(
     ping_every: Duration,
 ) {
     let event = serde_json::to_string(&PushEvent::NewMessages).unwrap_or_default();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let first_ping = tokio::time::Instant::now()
+        .checked_add(ping_every)
+        .unwrap_or_else(tokio::time::Instant::now);
+    let mut ping = tokio::time::interval_at(first_ping, ping_every);
     let mut unanswered = false;
     loop {
         let outgoing = tokio::select! {

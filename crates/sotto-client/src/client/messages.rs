@@ -42,8 +42,8 @@ impl MessageKind {
     }
 }
 
-/// A message or event ready to show.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A message or event ready to show. Its `Debug` leaves out the text and the group's name.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MessageView {
     /// Stable id: the server's message id, with `.N` for the N-th event of one commit.
     pub id: String,
@@ -77,6 +77,22 @@ pub struct MessageView {
     pub text: String,
     #[serde(skip)]
     local_id: i64,
+}
+
+impl std::fmt::Debug for MessageView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageView")
+            .field("id", &self.id)
+            .field("conversation", &self.conversation)
+            .field("from", &self.from)
+            .field("device", &self.device)
+            .field("sender_verified", &self.sender_verified)
+            .field("sent_at", &self.sent_at)
+            .field("received_at", &self.received_at)
+            .field("kind", &self.kind)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A history entry to store.

@@ -206,7 +206,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.pragma_update(None, "user_version", i.saturating_add(1))?;
     }
     tx.commit()?;
     Ok(())

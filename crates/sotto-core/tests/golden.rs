@@ -1,0 +1,63 @@
+//! The content envelope is a frozen format: the checked-in vectors must decode and re-encode
+//! to the same bytes. A change needs a new `CONTENT_VERSION`, never an edited vector.
+
+use sotto_core::{Content, Envelope};
+
+#[test]
+fn the_content_envelope_is_frozen() {
+    let path = format!(
+        "{}/tests/vectors/envelopes.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let vectors: Vec<String> = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let decoded: Vec<Envelope> = vectors
+        .iter()
+        .map(|v| Envelope::decode(v.as_bytes()).unwrap())
+        .collect();
+    for (v, e) in vectors.iter().zip(&decoded) {
+        assert_eq!(e.encode(), v.as_bytes());
+    }
+    assert_eq!(
+        decoded,
+        [
+            Envelope {
+                sent_at: 1_700_000_000,
+                content: Content::Text {
+                    body: "hello, \u{e9}\u{1f600}".into()
+                }
+            },
+            Envelope {
+                sent_at: 1_700_000_001,
+                content: Content::GroupInfo {
+                    name: Some("team".into())
+                }
+            },
+            Envelope {
+                sent_at: 1_700_000_002,
+                content: Content::GroupInfo { name: None }
+            },
+        ]
+    );
+}
+
+#[test]
+fn debug_of_content_shows_neither_text_nor_name() {
+    let text = Content::Text {
+        body: "meet at the bridge".into(),
+    };
+    let named = Content::GroupInfo {
+        name: Some("resistance".into()),
+    };
+    let shown = format!(
+        "{text:?} {named:?} {:?}",
+        Envelope {
+            sent_at: 1,
+            content: text.clone()
+        }
+    );
+    assert!(
+        !shown.contains("bridge") && !shown.contains("resistance"),
+        "{shown}"
+    );
+    assert!(shown.contains("Text(18 bytes)"), "{shown}");
+}
