@@ -9,9 +9,9 @@
 
 use openmls::prelude::{Ciphersuite, MlsGroup};
 use openmls_libcrux_crypto::{CryptoProvider, Provider};
-use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, params};
 use sotto_client::store::{self, StoreProvider};
+use sotto_core::MlsProvider;
 use sotto_core::group::{self, Received};
 use sotto_core::{Content, DeviceKey, Envelope};
 use sotto_proto::{DeviceAddr, Username};
@@ -23,7 +23,7 @@ pub fn device(name: &str) -> DeviceKey {
 
 /// Alice (on `pa`) creates a group and adds bob (on `pb`); returns alice's key and both
 /// members' views of the group.
-fn two_member_group<A: OpenMlsProvider, B: OpenMlsProvider>(
+fn two_member_group<A: MlsProvider, B: MlsProvider>(
     pa: &A,
     pb: &B,
     suite: Ciphersuite,

@@ -156,7 +156,8 @@ fn main() -> ExitCode {
 
 fn exit_code(e: &ClientError) -> u8 {
     match e {
-        ClientError::Usage(_) | ClientError::Store(_) | ClientError::Engine(_) => 1,
+        ClientError::Usage(_) => 1,
+        ClientError::Store(_) | ClientError::Engine(_) | ClientError::Internal(_) => 5,
         ClientError::Unreachable(_) => 2,
         ClientError::Refused(b) => match b.code {
             ErrorCode::UnknownUser | ErrorCode::UsernameTaken | ErrorCode::InvalidField => 1,

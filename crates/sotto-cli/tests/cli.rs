@@ -347,6 +347,15 @@ fn exit_codes_follow_the_contract() {
     // 0, and the failed attempts above left no half-made account behind.
     assert_eq!(code(run(&alice, &["whoami"])), 0);
     assert!(!other.exists(), "a failed init left {other:?} behind");
+    // 5: the right passcode, but a store damaged on disk (its first page overwritten).
+    let store = alice.join("store.db");
+    let mut bytes = std::fs::read(&store).unwrap();
+    bytes[100..600].fill(0x5a);
+    std::fs::write(&store, bytes).unwrap();
+    let damaged = run(&alice, &["whoami"]);
+    let stderr = String::from_utf8_lossy(&damaged.stderr).into_owned();
+    assert_eq!(code(damaged), 5, "{stderr}");
+    assert!(stderr.contains("damaged"), "{stderr}");
 }
 
 /// The operator rewrites `user`'s signed device list in the server's database (renaming its

@@ -21,15 +21,25 @@ pub enum ClientError {
     /// A security check failed (signature, device list, identity key change).
     #[error("security check failed: {0}")]
     Security(String),
-    /// The local store failed.
+    /// The local store failed, or holds data this program cannot read: damaged by a disk
+    /// fault or an edit, or written by a newer version.
     #[error("local store: {0}")]
     Store(String),
-    /// The MLS engine failed.
-    #[error("{0}")]
-    Engine(String),
+    /// The engine failed on this device's own state (a peer's bad message is an event in the
+    /// history, not this); openmls's error is the source.
+    #[error(transparent)]
+    Engine(sotto_core::CoreError),
+    /// A bug: something this program relies on does not hold. Never sent to anyone.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ClientError {
+    /// A value read from the local store that is not what it must be.
+    pub(crate) fn damaged(what: &str) -> Self {
+        ClientError::Store(format!("damaged {what}"))
+    }
+
     /// The server's error code, if the server refused.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -49,7 +59,7 @@ impl From<sotto_core::CoreError> for ClientError {
     fn from(e: sotto_core::CoreError) -> Self {
         match e {
             sotto_core::CoreError::Security(s) => ClientError::Security(s),
-            other => ClientError::Engine(other.to_string()),
+            other => ClientError::Engine(other),
         }
     }
 }

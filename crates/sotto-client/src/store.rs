@@ -181,7 +181,13 @@ pub fn open(path: &Path, data_key: &[u8; 32]) -> Result<Connection, ClientError>
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     })
-    .map_err(|_| ClientError::Locked("the local store does not open with this key".into()))?;
+    .map_err(|_| {
+        // The key file unlocked, so the key is right: the store itself is damaged.
+        ClientError::Store(format!(
+            "{} is damaged or not a Sotto store; it does not open with its key",
+            path.display()
+        ))
+    })?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a killed process (the WAL is in the OS page cache); what
     // must also survive a power loss is made durable explicitly: the sync loop checkpoints

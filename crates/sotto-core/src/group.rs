@@ -12,9 +12,8 @@
 //! learns is that device's clock error.
 
 use crate::identity::DeviceKey;
-use crate::{CoreError, Envelope, mls_err};
+use crate::{CoreError, Envelope, MlsOp, MlsProvider, mls_err};
 use openmls::prelude::*;
-use openmls_traits::OpenMlsProvider;
 use sotto_proto::DeviceAddr;
 use tls_codec::{Deserialize as _, Serialize as _};
 
@@ -51,7 +50,7 @@ fn join_config() -> MlsGroupJoinConfig {
 }
 
 fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, CoreError> {
-    msg.tls_serialize_detached().map_err(mls_err)
+    msg.tls_serialize_detached().map_err(mls_err(MlsOp::Encode))
 }
 
 /// Freshly generated KeyPackages, in wire encoding.
@@ -64,7 +63,7 @@ pub struct NewKeyPackages {
 }
 
 /// `count` one-time KeyPackages, plus a last-resort one if asked.
-pub fn new_key_packages<P: OpenMlsProvider>(
+pub fn new_key_packages<P: MlsProvider>(
     provider: &P,
     device: &DeviceKey,
     suite: Ciphersuite,
@@ -78,7 +77,7 @@ pub fn new_key_packages<P: OpenMlsProvider>(
         }
         let bundle = builder
             .build(suite, provider, device, device.credential_with_key())
-            .map_err(mls_err)?;
+            .map_err(mls_err(MlsOp::NewKeyPackage))?;
         serialize(&MlsMessageOut::from(bundle.key_package().clone()))
     };
     let one_time = (0..count).map(|_| build(false)).collect::<Result<_, _>>()?;
@@ -95,7 +94,7 @@ pub fn new_key_packages<P: OpenMlsProvider>(
 
 /// Parses and verifies a claimed KeyPackage, and checks that it belongs to `expected` with
 /// `signature_key` (from the owner's verified device list) on `suite`.
-pub fn verify_key_package<P: OpenMlsProvider>(
+pub fn verify_key_package<P: MlsProvider>(
     provider: &P,
     bytes: &[u8],
     expected: &DeviceAddr,
@@ -109,7 +108,7 @@ pub fn verify_key_package<P: OpenMlsProvider>(
     };
     let kp = kp
         .validate(provider.crypto(), ProtocolVersion::Mls10)
-        .map_err(|e| CoreError::Security(format!("KeyPackage does not verify: {e:?}")))?;
+        .map_err(|e| CoreError::Security(format!("KeyPackage does not verify: {e}")))?;
     if kp.ciphersuite() != suite {
         return Err(CoreError::Security(
             "KeyPackage on another ciphersuite".into(),
@@ -137,7 +136,7 @@ fn member_device(credential: &Credential, signature_key: &[u8]) -> Result<Member
 }
 
 /// Creates a group with this device as its only member.
-pub fn create<P: OpenMlsProvider>(
+pub fn create<P: MlsProvider>(
     provider: &P,
     device: &DeviceKey,
     suite: Ciphersuite,
@@ -149,13 +148,14 @@ pub fn create<P: OpenMlsProvider>(
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .build();
-    MlsGroup::new(provider, device, &config, device.credential_with_key()).map_err(mls_err)
+    MlsGroup::new(provider, device, &config, device.credential_with_key())
+        .map_err(mls_err(MlsOp::CreateGroup))
 }
 
 /// Loads a group from storage.
-pub fn load<P: OpenMlsProvider>(provider: &P, group_id: &[u8]) -> Result<MlsGroup, CoreError> {
+pub fn load<P: MlsProvider>(provider: &P, group_id: &[u8]) -> Result<MlsGroup, CoreError> {
     MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
-        .map_err(mls_err)?
+        .map_err(mls_err(MlsOp::LoadGroup))?
         .ok_or_else(|| CoreError::State("no such group on this device".into()))
 }
 
@@ -179,7 +179,7 @@ pub struct CommitOut {
 
 /// Stages a commit adding `key_packages` (each verified by [`verify_key_package`]), sent at
 /// `sent_at` by this device's clock.
-pub fn add<P: OpenMlsProvider>(
+pub fn add<P: MlsProvider>(
     provider: &P,
     device: &DeviceKey,
     group: &mut MlsGroup,
@@ -189,7 +189,7 @@ pub fn add<P: OpenMlsProvider>(
     group.set_aad(sent_at.to_be_bytes().to_vec());
     let (commit, welcome, _) = group
         .add_members(provider, device, key_packages)
-        .map_err(mls_err)?;
+        .map_err(mls_err(MlsOp::Add))?;
     Ok(CommitOut {
         commit: serialize(&commit)?,
         welcome: Some(serialize(&welcome)?),
@@ -197,7 +197,7 @@ pub fn add<P: OpenMlsProvider>(
 }
 
 /// Stages a commit removing `devices` from the group, sent at `sent_at`.
-pub fn remove<P: OpenMlsProvider>(
+pub fn remove<P: MlsProvider>(
     provider: &P,
     device: &DeviceKey,
     group: &mut MlsGroup,
@@ -218,7 +218,7 @@ pub fn remove<P: OpenMlsProvider>(
     group.set_aad(sent_at.to_be_bytes().to_vec());
     let (commit, _, _) = group
         .remove_members(provider, device, &leaves)
-        .map_err(mls_err)?;
+        .map_err(mls_err(MlsOp::Remove))?;
     Ok(CommitOut {
         commit: serialize(&commit)?,
         welcome: None,
@@ -226,25 +226,24 @@ pub fn remove<P: OpenMlsProvider>(
 }
 
 /// Applies this device's pending commit after the server accepted it.
-pub fn merge_pending<P: OpenMlsProvider>(
-    provider: &P,
-    group: &mut MlsGroup,
-) -> Result<(), CoreError> {
-    group.merge_pending_commit(provider).map_err(mls_err)
+pub fn merge_pending<P: MlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), CoreError> {
+    group
+        .merge_pending_commit(provider)
+        .map_err(mls_err(MlsOp::MergeCommit))
 }
 
 /// Drops this device's pending commit after the server refused it.
-pub fn discard_pending<P: OpenMlsProvider>(
+pub fn discard_pending<P: MlsProvider>(
     provider: &P,
     group: &mut MlsGroup,
 ) -> Result<(), CoreError> {
     group
         .clear_pending_commit(provider.storage())
-        .map_err(mls_err)
+        .map_err(mls_err(MlsOp::DiscardCommit))
 }
 
 /// Encrypts `envelope` for the group.
-pub fn encrypt<P: OpenMlsProvider>(
+pub fn encrypt<P: MlsProvider>(
     provider: &P,
     device: &DeviceKey,
     group: &mut MlsGroup,
@@ -252,12 +251,12 @@ pub fn encrypt<P: OpenMlsProvider>(
 ) -> Result<Vec<u8>, CoreError> {
     let msg = group
         .create_message(provider, device, &envelope.encode())
-        .map_err(mls_err)?;
+        .map_err(mls_err(MlsOp::Encrypt))?;
     serialize(&msg)
 }
 
 /// Joins a group from a Welcome.
-pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, CoreError> {
+pub fn join<P: MlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, CoreError> {
     let msg = MlsMessageIn::tls_deserialize_exact(welcome)
         .map_err(|_| CoreError::Malformed("Welcome encoding".into()))?;
     let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
@@ -265,12 +264,12 @@ pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup
     };
     // A device that was removed and is now added back replaces its old, inactive state.
     StagedWelcome::build_from_welcome(provider, &join_config(), welcome)
-        .map_err(mls_err)?
+        .map_err(mls_err(MlsOp::Join))?
         .replace_old_group()
         .build()
-        .map_err(mls_err)?
+        .map_err(mls_err(MlsOp::Join))?
         .into_group(provider)
-        .map_err(mls_err)
+        .map_err(mls_err(MlsOp::Join))
 }
 
 /// A processed group message.
@@ -315,7 +314,7 @@ pub struct CommitSummary {
 }
 
 /// Decrypts and verifies one group message.
-pub fn process<P: OpenMlsProvider>(
+pub fn process<P: MlsProvider>(
     provider: &P,
     group: &mut MlsGroup,
     bytes: &[u8],
@@ -325,7 +324,9 @@ pub fn process<P: OpenMlsProvider>(
     let protocol = msg
         .try_into_protocol_message()
         .map_err(|_| CoreError::Malformed("not a group message".into()))?;
-    let processed = group.process_message(provider, protocol).map_err(mls_err)?;
+    let processed = group
+        .process_message(provider, protocol)
+        .map_err(mls_err(MlsOp::Process))?;
     let sender_cred = processed.credential().clone();
     let sender = member_device(&sender_cred, &[])?.addr;
     let sent_at = <[u8; 8]>::try_from(processed.aad())
@@ -387,13 +388,13 @@ impl CommitSummary {
 }
 
 /// Merges a staged commit received from another member.
-pub fn merge_staged<P: OpenMlsProvider>(
+pub fn merge_staged<P: MlsProvider>(
     provider: &P,
     group: &mut MlsGroup,
     staged: StagedCommitIn,
 ) -> Result<CommitSummary, CoreError> {
     group
         .merge_staged_commit(provider, *staged.staged)
-        .map_err(mls_err)?;
+        .map_err(mls_err(MlsOp::MergeReceived))?;
     Ok(staged.summary)
 }

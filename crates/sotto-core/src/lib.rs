@@ -14,6 +14,55 @@ pub mod suite;
 pub use content::{Content, Envelope};
 pub use identity::{DeviceKey, IdentityKey};
 
+/// An MLS operation of [`group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MlsOp {
+    /// Encoding a message for the wire.
+    Encode,
+    /// Making KeyPackages.
+    NewKeyPackage,
+    /// Creating a group.
+    CreateGroup,
+    /// Loading a group from the store.
+    LoadGroup,
+    /// Committing an add.
+    Add,
+    /// Committing a removal.
+    Remove,
+    /// Merging this device's own commit.
+    MergeCommit,
+    /// Discarding this device's own commit.
+    DiscardCommit,
+    /// Encrypting an application message.
+    Encrypt,
+    /// Joining from a Welcome.
+    Join,
+    /// Processing a received message.
+    Process,
+    /// Merging a received commit.
+    MergeReceived,
+}
+
+impl std::fmt::Display for MlsOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MlsOp::Encode => "encoding a message",
+            MlsOp::NewKeyPackage => "making a KeyPackage",
+            MlsOp::CreateGroup => "creating a group",
+            MlsOp::LoadGroup => "loading a group",
+            MlsOp::Add => "adding members",
+            MlsOp::Remove => "removing members",
+            MlsOp::MergeCommit => "merging a commit",
+            MlsOp::DiscardCommit => "discarding a commit",
+            MlsOp::Encrypt => "encrypting a message",
+            MlsOp::Join => "joining a group",
+            MlsOp::Process => "processing a message",
+            MlsOp::MergeReceived => "merging a received commit",
+        })
+    }
+}
+
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -25,9 +74,15 @@ pub enum CoreError {
     /// owner's signed device list.
     #[error("security check failed: {0}")]
     Security(String),
-    /// The MLS library refused the operation.
-    #[error("MLS error: {0}")]
-    Mls(String),
+    /// The MLS library refused an operation; its own error is the source.
+    #[error("MLS failed {op}: {source}")]
+    Mls {
+        /// What was being done.
+        op: MlsOp,
+        /// openmls's error, as it was.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The operation does not apply in the group's current state.
     #[error("{0}")]
     State(String),
@@ -39,6 +94,33 @@ impl From<sotto_proto::ProtoError> for CoreError {
     }
 }
 
-pub(crate) fn mls_err(e: impl std::fmt::Debug) -> CoreError {
-    CoreError::Mls(format!("{e:?}"))
+/// Wraps openmls's error of `op`, keeping it whole.
+pub(crate) fn mls_err<E: std::error::Error + Send + Sync + 'static>(
+    op: MlsOp,
+) -> impl FnOnce(E) -> CoreError {
+    move |e| CoreError::Mls {
+        op,
+        source: Box::new(e),
+    }
+}
+
+/// An openmls provider whose storage errors can travel inside a [`CoreError`].
+pub trait MlsProvider:
+    openmls_traits::OpenMlsProvider<
+        StorageProvider: openmls_traits::storage::StorageProvider<
+            { openmls_traits::storage::CURRENT_VERSION },
+            Error: Send + Sync + 'static,
+        >,
+    >
+{
+}
+
+impl<P> MlsProvider for P where
+    P: openmls_traits::OpenMlsProvider<
+            StorageProvider: openmls_traits::storage::StorageProvider<
+                { openmls_traits::storage::CURRENT_VERSION },
+                Error: Send + Sync + 'static,
+            >,
+        >
+{
 }

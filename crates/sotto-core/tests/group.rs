@@ -268,3 +268,35 @@ fn messages_and_commits_carry_the_senders_own_time() {
     };
     assert_eq!(staged.summary.sent_at, Some(1_234_567));
 }
+
+#[test]
+fn an_mls_failure_keeps_the_openmls_error_as_its_source() {
+    let (alice, bob, carol) = (member("alice"), member("bob"), member("carol"));
+    let suite = ciphersuite(XWING).unwrap();
+    let mut ga = group::create(&alice.provider, &alice.key, suite).unwrap();
+    let out = group::add(
+        &alice.provider,
+        &alice.key,
+        &mut ga,
+        &[key_package(&bob, &alice)],
+        1_700_000_000,
+    )
+    .unwrap();
+    // Carol holds none of the KeyPackages bob's Welcome is encrypted to.
+    let err = group::join(&carol.provider, &out.welcome.unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoreError::Mls {
+                op: sotto_core::MlsOp::Join,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let source = std::error::Error::source(&err).expect("openmls's error");
+    assert!(
+        source.is::<openmls::prelude::WelcomeError<openmls_memory_storage::MemoryStorageError>>(),
+        "{source:?}"
+    );
+}

@@ -190,7 +190,7 @@ impl Client {
                 |r| r.get(0),
             )
             .optional()?;
-        gid.map(|g| GroupId::from_bytes(&g).map_err(ClientError::from))
+        gid.map(|g| GroupId::from_bytes(&g).map_err(|_| ClientError::damaged("group id")))
             .transpose()
     }
 
@@ -202,7 +202,7 @@ impl Client {
             .query_map([name], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         match ids.as_slice() {
-            [one] => Ok(GroupId::from_bytes(one)?),
+            [one] => GroupId::from_bytes(one).map_err(|_| ClientError::damaged("group id")),
             [] => {
                 let removed = self
                     .conn

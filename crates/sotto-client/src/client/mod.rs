@@ -154,7 +154,7 @@ fn kept_changing() -> ClientError {
 }
 
 fn crypto() -> Result<CryptoProvider, ClientError> {
-    CryptoProvider::new().map_err(|e| ClientError::Engine(format!("crypto init: {e:?}")))
+    CryptoProvider::new().map_err(|e| ClientError::Internal(format!("crypto init: {e}")))
 }
 
 /// How a new account's device is set up.
@@ -283,7 +283,7 @@ impl Client {
                 key_packages: key_packages.one_time.into_iter().map(Into::into).collect(),
                 last_resort: key_packages
                     .last_resort
-                    .ok_or_else(|| ClientError::Engine("no last-resort KeyPackage made".into()))?
+                    .ok_or_else(|| ClientError::Internal("no last-resort KeyPackage made".into()))?
                     .into(),
             })
             .await?;
@@ -302,15 +302,17 @@ impl Client {
         let text = |k: &str| -> Result<String, ClientError> {
             String::from_utf8(get(k)?).map_err(|_| ClientError::Store(format!("bad {k}")))
         };
-        let user = Username::parse(&text("user")?)?;
-        let device = DeviceId::parse(&text("device")?)?;
+        let user = Username::parse(&text("user")?).map_err(|_| ClientError::damaged("user"))?;
+        let device =
+            DeviceId::parse(&text("device")?).map_err(|_| ClientError::damaged("device"))?;
         let suite_raw: [u8; 2] = get("suite")?
             .try_into()
             .map_err(|_| ClientError::Store("bad suite".into()))?;
         let suite_code = u16::from_be_bytes(suite_raw);
         // Stores made before these settings existed have neither.
         let insecure_http = store::meta(&conn, "insecure_http")?.is_some_and(|v| v == [1]);
-        let api = Api::new(&text("server")?, insecure_http)?;
+        let api = Api::new(&text("server")?, insecure_http)
+            .map_err(|_| ClientError::damaged("server URL"))?;
         let server_id = store::meta(&conn, "server_id")?
             .map(|id| {
                 std::str::from_utf8(&id)

@@ -286,7 +286,8 @@ impl Client {
 
     /// Sends one outbox entry again; a message or change that lost its epoch is redone.
     async fn replay(&self, entry: &OutboxEntry) -> Result<(), ClientError> {
-        let gid = GroupId::from_bytes(&entry.group_id)?;
+        let gid =
+            GroupId::from_bytes(&entry.group_id).map_err(|_| ClientError::damaged("group id"))?;
         let req: SendRequest = from_json(&entry.request)?;
         let content = entry.content.as_deref().unwrap_or("null");
         let result = self.post(&gid, &req).await;

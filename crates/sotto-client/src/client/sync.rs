@@ -438,7 +438,7 @@ impl Client {
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         let auth = format!("Bearer {}", self.token().await?)
             .parse()
-            .map_err(|_| ClientError::Engine("token is not a valid header".into()))?;
+            .map_err(|_| ClientError::Internal("the token is not a valid header".into()))?;
         req.headers_mut().insert("authorization", auth);
         let (stream, _) =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
