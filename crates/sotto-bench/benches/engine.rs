@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "benchmark: a failure aborts the run")]
 
 use criterion::{Criterion, criterion_group};
-use sotto_bench::{MemoryPair, StorePair};
+use sotto_bench::{EnginePair, MemoryPair};
 use sotto_core::suite::{X25519, XWING, ciphersuite};
 use std::hint::black_box;
 use std::time::Instant;
@@ -23,7 +23,7 @@ fn send_receive(c: &mut Criterion) {
         g.bench_function("openmls_in_memory", |b| {
             b.iter(|| memory.send_receive(black_box(TEXT)))
         });
-        let mut stored = StorePair::new(suite);
+        let mut stored = EnginePair::new(code);
         g.bench_function("sotto_engine_sqlcipher", |b| {
             b.iter(|| stored.send_receive(black_box(TEXT)))
         });
@@ -71,7 +71,7 @@ fn ratios() {
     for (name, code) in suites() {
         let suite = ciphersuite(code).unwrap();
         let mut memory = MemoryPair::new(suite);
-        let mut stored = StorePair::new(suite);
+        let mut stored = EnginePair::new(code);
         let per_message = interleaved(
             30,
             || per_run(50, || memory.send_receive(TEXT)),
@@ -81,7 +81,7 @@ fn ratios() {
 
         // Receiving a queue of 100 messages: only the receive side is timed.
         let mut memory = MemoryPair::new(suite);
-        let mut stored = StorePair::new(suite);
+        let mut stored = EnginePair::new(code);
         let batch = interleaved(
             15,
             || {

@@ -1,5 +1,5 @@
 //! Shared set-ups of the benchmark drivers: a two-member group held either in raw openmls
-//! memory storage (the baseline) or in Sotto's encrypted SQLCipher stores (the engine).
+//! memory storage (the baseline) or by Sotto's engine over its encrypted SQLCipher stores.
 //! Nothing here is used by the product.
 #![forbid(unsafe_code)]
 #![allow(
@@ -8,13 +8,21 @@
 )]
 
 use openmls::prelude::{Ciphersuite, MlsGroup};
-use openmls_libcrux_crypto::{CryptoProvider, Provider};
-use rusqlite::{Connection, params};
-use sotto_client::store::{self, StoreProvider};
-use sotto_core::MlsProvider;
+use openmls_libcrux_crypto::Provider;
+use sotto_client::store::SqlCipherStore;
 use sotto_core::group::{self, Received};
-use sotto_core::{Content, DeviceKey, Envelope};
-use sotto_proto::{DeviceAddr, Username};
+use sotto_core::store::{ClientStore as _, ConversationRecord, Setting, StoreTx as _};
+use sotto_core::{
+    ClientError, Content, DeviceKey, Engine, Envelope, IdentityKey, MlsProvider, SystemClock,
+    Transport,
+};
+use sotto_proto::api::{
+    ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse, QueuedKind,
+    QueuedMessage, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
+    TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
+};
+use sotto_proto::{GroupId, Username};
+use std::sync::Arc;
 
 /// A device key for `name`.
 pub fn device(name: &str) -> DeviceKey {
@@ -88,149 +96,193 @@ impl MemoryPair {
     }
 }
 
-/// Sotto's engine with persistence, doing per message the local work the client does: each
-/// device has its own SQLCipher store and keeps its group in memory, revalidated with
-/// `PRAGMA data_version`. The sender, in one transaction, records the previous accepted send
-/// (drops its outbox entry, stores the sent message), encrypts and writes the outbox entry;
-/// the receiver, in one transaction, checks the message id, decrypts, stores the message and
-/// its id; a batch fetched from the queue shares one transaction.
-pub struct StorePair {
+/// The server, as far as these benchmarks go: not there. Only the engine's local work is
+/// measured, so nothing may reach for the network; anything that did would fail loudly.
+pub struct Offline;
+
+fn offline<T>() -> Result<T, ClientError> {
+    Err(ClientError::Unreachable(
+        "the benchmark measures local work only".into(),
+    ))
+}
+
+#[async_trait::async_trait]
+impl Transport for Offline {
+    async fn config(&self) -> Result<ServerConfig, ClientError> {
+        offline()
+    }
+    async fn register(&self, _: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        offline()
+    }
+    async fn challenge(&self, _: &ChallengeRequest) -> Result<ChallengeResponse, ClientError> {
+        offline()
+    }
+    async fn token(&self, _: &TokenRequest) -> Result<TokenResponse, ClientError> {
+        offline()
+    }
+    async fn user(&self, _: &str, _: &Username) -> Result<UserResponse, ClientError> {
+        offline()
+    }
+    async fn upload_key_packages(
+        &self,
+        _: &str,
+        _: &UploadKeyPackagesRequest,
+    ) -> Result<KeyPackageCount, ClientError> {
+        offline()
+    }
+    async fn key_package_count(&self, _: &str) -> Result<KeyPackageCount, ClientError> {
+        offline()
+    }
+    async fn claim(&self, _: &str, _: &Username) -> Result<ClaimResponse, ClientError> {
+        offline()
+    }
+    async fn send(
+        &self,
+        _: &str,
+        _: &GroupId,
+        _: &SendRequest,
+    ) -> Result<SendResponse, ClientError> {
+        offline()
+    }
+    async fn queue(&self, _: &str, _: u32) -> Result<QueueResponse, ClientError> {
+        offline()
+    }
+    async fn ack(&self, _: &str, _: Vec<u64>) -> Result<(), ClientError> {
+        offline()
+    }
+}
+
+type DeviceEngine = Engine<SqlCipherStore, Offline>;
+
+/// Writes the account of `device` into `store`, as `init` would.
+fn account(store: &SqlCipherStore, device: &DeviceKey, suite: u16) {
+    let identity = IdentityKey::generate();
+    store
+        .transaction(|tx| {
+            tx.set_setting(Setting::User, device.addr().user.as_str().as_bytes())?;
+            tx.set_setting(Setting::Device, device.addr().device.to_string().as_bytes())?;
+            tx.set_setting(Setting::Suite, &suite.to_be_bytes())?;
+            tx.set_setting(Setting::IdentitySecret, &identity.secret())?;
+            tx.set_setting(Setting::DeviceSecret, &device.secret())?;
+            Ok::<_, ClientError>(())
+        })
+        .unwrap();
+}
+
+fn conversation(group: &GroupId) -> ConversationRecord {
+    ConversationRecord {
+        group: group.clone(),
+        name: Some("bench".into()),
+        peer: None,
+        announced: true,
+        active: true,
+        created_at: 0,
+    }
+}
+
+/// Sotto's engine over its encrypted SQLCipher stores: each device has its own store, and
+/// the engine does per message exactly the local work it does in the client. The sender,
+/// in one transaction, records the previous accepted send (drops its outbox entry, stores
+/// the sent message), encrypts and writes the outbox entry; the receiver, in one
+/// transaction, checks the message id, decrypts, stores the message and its id; a batch
+/// fetched from the queue shares one transaction. Only the network is left out.
+pub struct EnginePair {
     _dir: tempfile::TempDir,
-    crypto: CryptoProvider,
-    ca: Connection,
-    cb: Connection,
-    alice: DeviceKey,
-    ga: MlsGroup,
-    gb: MlsGroup,
-    gid: Vec<u8>,
-    next_id: i64,
-    accepted: Option<(i64, String)>,
+    alice: DeviceEngine,
+    bob: DeviceEngine,
+    group: GroupId,
+    next_id: u64,
 }
 
-fn data_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
-}
-
-impl StorePair {
-    /// Sets up two stores and the group.
-    pub fn new(suite: Ciphersuite) -> Self {
+impl EnginePair {
+    /// Sets up two stores, the accounts and the group.
+    pub fn new(code: u16) -> Self {
+        let suite = sotto_core::suite::ciphersuite(code).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let ca = store::open(&dir.path().join("a.db"), &[1; 32]).unwrap();
-        let cb = store::open(&dir.path().join("b.db"), &[2; 32]).unwrap();
-        let crypto = CryptoProvider::new().unwrap();
-        let (alice, ga, gb) = two_member_group(
-            &StoreProvider::new(&crypto, &ca),
-            &StoreProvider::new(&crypto, &cb),
-            suite,
-        );
-        let gid = ga.group_id().as_slice().to_vec();
-        StorePair {
+        let sa = SqlCipherStore::open(&dir.path().join("a.db"), &[1; 32]).unwrap();
+        let sb = SqlCipherStore::open(&dir.path().join("b.db"), &[2; 32]).unwrap();
+        let (alice, bob) = (device("alice"), device("bob"));
+        account(&sa, &alice, code);
+        account(&sb, &bob, code);
+        let kp = sb
+            .transaction(|tx| {
+                Ok::<_, ClientError>(group::new_key_packages(&tx.mls(), &bob, suite, 1, false)?)
+            })
+            .unwrap();
+        let (group, welcome) = sa
+            .transaction(|tx| {
+                let p = tx.mls();
+                let kp = group::verify_key_package(
+                    &p,
+                    &kp.one_time[0],
+                    bob.addr(),
+                    &bob.public(),
+                    suite,
+                )?;
+                let mut g = group::create(&p, &alice, suite)?;
+                let out = group::add(&p, &alice, &mut g, &[kp], 0)?;
+                group::merge_pending(&p, &mut g)?;
+                let gid = GroupId::from_bytes(g.group_id().as_slice())?;
+                tx.upsert_conversation(&conversation(&gid))?;
+                Ok::<_, ClientError>((gid, out.welcome.unwrap()))
+            })
+            .unwrap();
+        sb.transaction(|tx| {
+            group::join(&tx.mls(), &welcome)?;
+            tx.upsert_conversation(&conversation(&group))?;
+            Ok::<_, ClientError>(())
+        })
+        .unwrap();
+        let clock = Arc::new(SystemClock);
+        EnginePair {
             _dir: dir,
-            crypto,
-            ca,
-            cb,
-            alice,
-            ga,
-            gb,
-            gid,
+            alice: Engine::open(sa, Offline, clock.clone()).unwrap(),
+            bob: Engine::open(sb, Offline, clock).unwrap(),
+            group,
             next_id: 1,
-            accepted: None,
         }
     }
 
-    /// Alice encrypts `text`, bob decrypts it, both persisting as the client does.
+    /// Alice sends `text`, bob receives it, both as the client does.
     pub fn send_receive(&mut self, text: &str) {
-        let wire = self.send(text);
-        self.receive(&[wire]);
+        let message = self.send(text);
+        self.receive(&[message]);
     }
 
-    /// Alice encrypts `text` and writes her outbox, as the client does before posting.
-    pub fn send(&mut self, text: &str) -> (i64, Vec<u8>) {
+    /// Alice encrypts `text` and writes her outbox, as the client does before posting; the
+    /// server's acceptance is noted for her next transaction. Returns the message as bob's
+    /// queue would hold it.
+    pub fn send(&mut self, text: &str) -> QueuedMessage {
         let envelope = Envelope {
             sent_at: 0,
             content: Content::Text { body: text.into() },
         };
+        let req = self.alice.prepare_message(&self.group, &envelope).unwrap();
         let id = self.next_id;
         self.next_id += 1;
-        let sender = self.alice.addr().clone();
-        let wire = store::transaction(&self.ca, || {
-            data_version(&self.ca)?;
-            if let Some((prev, body)) = self.accepted.take() {
-                self.ca.execute(
-                    "DELETE FROM outbox WHERE client_id = ?1",
-                    [prev.to_string()],
-                )?;
-                insert_message(&self.ca, prev, &self.gid, &sender, &body)?;
-            }
-            let p = StoreProvider::new(&self.crypto, &self.ca);
-            let wire = group::encrypt(&p, &self.alice, &mut self.ga, &envelope)?;
-            self.ca.execute(
-                "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at)
-                 VALUES (?1, ?2, 'app', ?3, ?4, 0)",
-                params![
-                    id.to_string(),
-                    self.gid,
-                    wire,
-                    serde_json::to_string(&envelope.content).unwrap()
-                ],
-            )?;
-            Ok(wire)
-        })
-        .unwrap();
-        self.accepted = Some((id, text.to_owned()));
-        (id, wire)
+        let response = SendResponse {
+            id,
+            seq: id,
+            epoch: 1,
+            accepted_at: 0,
+        };
+        self.alice
+            .accepted(&self.group, req.client_id, envelope, response);
+        QueuedMessage {
+            id,
+            group_id: self.group.clone(),
+            seq: id,
+            sender: self.alice.me().clone(),
+            kind: QueuedKind::Group,
+            message: req.message,
+            accepted_at: 0,
+        }
     }
 
-    /// Bob processes `batch` in one transaction, as the client's sync loop does with a batch
+    /// Bob processes `batch` in one transaction, as the client's sync does with a batch
     /// fetched from its queue.
-    pub fn receive(&mut self, batch: &[(i64, Vec<u8>)]) {
-        store::transaction(&self.cb, || {
-            data_version(&self.cb)?;
-            for (id, wire) in batch {
-                let seen: i64 = self.cb.query_row(
-                    "SELECT COUNT(*) FROM processed WHERE server_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )?;
-                assert_eq!(seen, 0);
-                self.cb.execute_batch("SAVEPOINT apply")?;
-                let p = StoreProvider::new(&self.crypto, &self.cb);
-                let Received::Content { sender, envelope } =
-                    group::process(&p, &mut self.gb, wire)?
-                else {
-                    panic!("expected content")
-                };
-                let Content::Text { body } = envelope.content else {
-                    panic!("expected text")
-                };
-                insert_message(&self.cb, *id, &self.gid, &sender, &body)?;
-                self.cb.execute_batch("RELEASE apply")?;
-                self.cb
-                    .execute("INSERT INTO processed (server_id) VALUES (?1)", [id])?;
-            }
-            Ok(())
-        })
-        .unwrap();
+    pub fn receive(&mut self, batch: &[QueuedMessage]) {
+        let processed = self.bob.process(batch).unwrap();
+        assert_eq!(processed.done.len(), batch.len());
     }
-}
-
-fn insert_message(
-    conn: &Connection,
-    id: i64,
-    gid: &[u8],
-    sender: &DeviceAddr,
-    body: &str,
-) -> Result<(), sotto_client::ClientError> {
-    conn.execute(
-        "INSERT INTO messages (id, group_id, sender_user, sender_device, sent_at, received_at,
-         kind, body, outgoing) VALUES (?1, ?2, ?3, ?4, 0, 0, 'text', ?5, 0)",
-        params![
-            id.to_string(),
-            gid,
-            sender.user.as_str(),
-            sender.device.to_string(),
-            body
-        ],
-    )?;
-    Ok(())
 }

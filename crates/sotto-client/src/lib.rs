@@ -1,25 +1,30 @@
-//! The Sotto client runtime: everything a device does around the pure engine in `sotto-core`.
+//! The Sotto client runtime: the I/O around the engine in `sotto-core`.
 //!
-//! [`Client`] owns the encrypted local store (SQLCipher, keyed by a random data key that
-//! Argon2id(passcode) wraps), talks to the server over HTTP and WebSocket, and runs the sync
-//! loop that turns queued MLS messages into conversation history exactly once. It never sends
-//! plaintext anywhere but the local store, and never logs content.
+//! The engine decides; this crate gives it a world. [`store`] keeps a device's data in one
+//! SQLCipher file, keyed by a random data key that Argon2id(passcode) wraps (`keyfile`
+//! module); [`transport`] speaks the server's HTTP API; [`account`] creates and unlocks a
+//! device's home and holds the [`Client`]; `follow` waits on the server's WebSocket push;
+//! [`messages`] turns the history into what a person reads. It never sends plaintext
+//! anywhere but the local store, and never logs content.
 #![forbid(unsafe_code)]
 
 // Unit tests share the integration tests' harness, which names this crate.
 #[cfg(test)]
 extern crate self as sotto_client;
 
-mod api;
-mod client;
-mod error;
+pub mod account;
+mod follow;
 mod keyfile;
+pub mod messages;
 pub mod store;
+#[cfg(test)]
+mod tests;
+pub mod transport;
 
-pub use api::Api;
-pub use client::{
-    Client, Conversation, FollowStatus, InitOptions, MIN_PASSCODE_CHARS, Member, MessageKind,
-    MessageView, Whoami,
-};
-pub use error::ClientError;
+pub use account::{Client, InitOptions, MIN_PASSCODE_CHARS, Whoami};
+pub use follow::FollowStatus;
 pub use keyfile::KdfParams;
+pub use messages::{MessageKind, MessageView};
+pub use sotto_core::ClientError;
+pub use sotto_core::engine::conversations::{Conversation, Member};
+pub use transport::Api;

@@ -1,18 +1,33 @@
 //! The Sotto client engine: account identity and device keys, the content carried inside
-//! MLS application messages, and every MLS group operation a client performs.
+//! MLS application messages, every MLS group operation a client performs, and every decision
+//! a device makes ([`Engine`]): the ghost-device check, exactly-once processing, the outbox,
+//! rebase and retry, membership events.
 //!
-//! It does no I/O: MLS state lives in whatever [`openmls_traits::OpenMlsProvider`] the caller
-//! passes (SQLCipher on devices, memory in tests), and networking belongs to `sotto-client`.
-//! Nothing here logs, and secrets never appear in `Debug` output.
+//! It does no I/O. What the world provides comes in through traits: the device's store
+//! ([`ClientStore`], SQLCipher in `sotto-client`, [`store::memory::MemoryStore`] in tests),
+//! the server ([`Transport`], HTTP in `sotto-client`) and the time ([`Clock`]). Nothing here
+//! logs, and secrets and message text never appear in `Debug` output.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod content;
+pub mod engine;
+mod error;
+pub mod events;
 pub mod group;
 pub mod identity;
+pub mod store;
 pub mod suite;
+pub mod transport;
 
+pub use clock::{Clock, SystemClock};
 pub use content::{Content, Envelope};
+pub use engine::Engine;
+pub use error::{ClientError, StoreError};
+pub use events::Event;
 pub use identity::{DeviceKey, IdentityKey};
+pub use store::ClientStore;
+pub use transport::Transport;
 
 /// An MLS operation of [`group`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

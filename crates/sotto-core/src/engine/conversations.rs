@@ -1,9 +1,15 @@
 //! Conversations: one-to-one and named groups, their members, and membership changes.
 
-use super::outbox::MemberChange;
-use super::*;
+use super::{Engine, MAX_ATTEMPTS, kept_changing, random_client_id};
+use crate::events::{Event, MemberChange};
+use crate::group;
+use crate::store::{ClientStore, ConversationRecord, OutboxRecord, Outgoing, StoreTx};
+use crate::{ClientError, Content, Transport};
+use sotto_proto::api::{SendRequest, SendResponse, WelcomeOut};
+use sotto_proto::{DeviceAddr, ErrorCode, GroupId, Username};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// A conversation as `group list` shows it.
+/// A conversation as a list shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Conversation {
     /// MLS group id, hex.
@@ -30,7 +36,22 @@ pub struct Member {
     pub devices: Vec<String>,
 }
 
-impl Client {
+fn text_content(text: &str) -> Result<Content, ClientError> {
+    Content::Text {
+        body: text.to_owned(),
+    }
+    .check()
+    .map_err(|e| ClientError::Usage(e.to_string()))
+}
+
+fn parse_users(users: &[String]) -> Result<Vec<Username>, ClientError> {
+    users
+        .iter()
+        .map(|u| Username::parse(u).map_err(|e| ClientError::Usage(format!("{u:?}: {e}"))))
+        .collect()
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Adds `add` and removes `remove` (users, with all their devices) in one commit,
     /// retrying on concurrent commits. Returns the events it caused.
     pub(super) async fn change_members(
@@ -38,13 +59,14 @@ impl Client {
         gid: &GroupId,
         add: &[Username],
         remove: &[Username],
-    ) -> Result<Vec<String>, ClientError> {
+    ) -> Result<Vec<Event>, ClientError> {
         for attempt in 0..MAX_ATTEMPTS {
             // Callers sync first; a retry must first process the commit that won the race.
             if attempt > 0 {
                 self.pull().await?;
             }
-            let members = self.tx(|| self.with_active_group(gid, |_, g| Ok(group::members(g)?)))?;
+            let members =
+                self.tx(|tx| self.with_active_group(tx, gid, |_, g| Ok(group::members(g)?)))?;
             let is_member = |u: &Username| members.iter().any(|m| &m.addr.user == u);
             let to_add: Vec<&Username> = add.iter().filter(|u| !is_member(u)).collect();
             let to_remove: Vec<DeviceAddr> = members
@@ -55,21 +77,21 @@ impl Client {
             if to_add.is_empty() && to_remove.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut key_packages = Vec::new();
+            let mut claimed = Vec::new();
             for user in &to_add {
                 let list = self.fetch_device_list(user).await?;
                 let token = self.token().await?;
-                let claimed = self
-                    .api
-                    .claim(&token, user)
-                    .await
-                    .map_err(|e| match e.code() {
-                        Some(ErrorCode::UnknownUser) => {
-                            ClientError::Usage(format!("no such user: {user}"))
-                        }
-                        _ => e,
-                    })?;
-                for c in claimed.key_packages {
+                let offered =
+                    self.transport
+                        .claim(&token, user)
+                        .await
+                        .map_err(|e| match e.code() {
+                            Some(ErrorCode::UnknownUser) => {
+                                ClientError::Usage(format!("no such user: {user}"))
+                            }
+                            _ => e,
+                        })?;
+                for c in offered.key_packages {
                     let addr = DeviceAddr {
                         user: (*user).clone(),
                         device: c.device,
@@ -77,30 +99,32 @@ impl Client {
                     let entry = list.device(c.device).ok_or_else(|| {
                         ClientError::Security(format!("the server offered device {addr}, which is not in {user}'s signed device list"))
                     })?;
-                    let kp = group::verify_key_package(
-                        &self.provider(),
-                        c.key_package.as_slice(),
-                        &addr,
-                        entry.signature_key.as_slice(),
-                        self.suite,
-                    )?;
-                    key_packages.push((addr, kp));
+                    claimed.push((addr, c.key_package, entry.signature_key.clone()));
                 }
             }
-            let sent_at = now();
-            let req = self.tx(|| {
-                let kps: Vec<_> = key_packages.iter().map(|(_, kp)| kp.clone()).collect();
-                let (recipients, out) = self.with_active_group(gid, |p, g| {
+            let sent_at = self.now();
+            let req = self.tx(|tx| {
+                let mut key_packages = Vec::with_capacity(claimed.len());
+                for (addr, kp, key) in &claimed {
+                    key_packages.push(group::verify_key_package(
+                        &tx.mls(),
+                        kp.as_slice(),
+                        addr,
+                        key.as_slice(),
+                        self.suite,
+                    )?);
+                }
+                let (recipients, out) = self.with_active_group(tx, gid, |p, g| {
                     let recipients = self.others(g)?;
-                    let out = if kps.is_empty() {
+                    let out = if key_packages.is_empty() {
                         group::remove(p, &self.device, g, &to_remove, sent_at)?
                     } else {
-                        group::add(p, &self.device, g, &kps, sent_at)?
+                        group::add(p, &self.device, g, &key_packages, sent_at)?
                     };
                     Ok((recipients, out))
                 })?;
                 let new_devices: Vec<DeviceAddr> =
-                    key_packages.iter().map(|(a, _)| a.clone()).collect();
+                    claimed.iter().map(|(a, ..)| a.clone()).collect();
                 let mut roster: Vec<DeviceAddr> = members
                     .iter()
                     .map(|m| m.addr.clone())
@@ -117,26 +141,32 @@ impl Client {
                         recipients: new_devices,
                     }),
                 };
-                let change = MemberChange {
-                    add: add.to_vec(),
-                    remove: remove.to_vec(),
-                };
-                self.put_outbox(gid, &req, &change, sent_at)?;
+                tx.put_outbox(&OutboxRecord {
+                    client_id: req.client_id.clone(),
+                    group: gid.clone(),
+                    request: req.clone(),
+                    outgoing: Outgoing::Commit(MemberChange {
+                        add: add.to_vec(),
+                        remove: remove.to_vec(),
+                    }),
+                    created_at: sent_at,
+                })?;
                 Ok(req)
             })?;
             match self.post(gid, &req).await {
                 Ok(resp) => {
-                    let mut events = self.tx(|| self.finish_commit(gid, &req.client_id, &resp))?;
+                    let mut events =
+                        self.tx(|tx| self.finish_commit(tx, gid, &req.client_id, &resp))?;
                     if !to_add.is_empty() {
                         self.send_group_info(gid).await?;
                     }
                     if !remove.is_empty() && to_remove.is_empty() {
-                        events.push("nobody to remove".into());
+                        events.push(Event::NobodyToRemove);
                     }
                     return Ok(events);
                 }
                 // The server may have taken it: the outbox keeps it, the next sync replays it.
-                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
                     self.abandon_commit(gid, &req.client_id)?;
                     if e.code() != Some(ErrorCode::EpochConflict) {
@@ -151,86 +181,60 @@ impl Client {
     /// Sends the conversation's description (its name, or none for a one-to-one
     /// conversation), as after every commit that adds members.
     pub(super) async fn send_group_info(&self, gid: &GroupId) -> Result<(), ClientError> {
-        let name: Option<String> = self.conn.query_row(
-            "SELECT name FROM conversations WHERE group_id = ?1",
-            [gid.as_bytes()],
-            |r| r.get(0),
-        )?;
-        self.send_content(gid, &Content::GroupInfo { name }, now())
+        let name = self.tx(|tx| Ok(tx.conversation(gid)?.and_then(|c| c.name)))?;
+        self.send_content(gid, &Content::GroupInfo { name }, self.now())
             .await
             .map(drop)
     }
 
-    pub(super) fn create_local_group(
+    fn create_local_group(
         &self,
         name: Option<&str>,
         peer: Option<&Username>,
     ) -> Result<GroupId, ClientError> {
-        self.tx(|| {
-            let g = group::create(&self.provider(), &self.device, self.suite)?;
+        let created_at = self.now();
+        self.tx(|tx| {
+            let g = group::create(&tx.mls(), &self.device, self.suite)?;
             let gid = GroupId::from_bytes(g.group_id().as_slice())?;
-            self.conn.execute(
-                "INSERT INTO conversations (group_id, name, peer, announced, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
-                params![gid.as_bytes(), name, peer.map(|p| p.as_str()), now() as i64],
-            )?;
+            tx.upsert_conversation(&ConversationRecord {
+                group: gid.clone(),
+                name: name.map(str::to_owned),
+                peer: peer.cloned(),
+                announced: true,
+                active: true,
+                created_at,
+            })?;
             Ok(gid)
         })
     }
 
-    pub(super) fn direct_conversation(
-        &self,
-        peer: &Username,
-    ) -> Result<Option<GroupId>, ClientError> {
-        let gid: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT group_id FROM conversations WHERE peer = ?1 AND name IS NULL AND active = 1
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                [peer.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        gid.map(|g| GroupId::from_bytes(&g).map_err(|_| ClientError::damaged("group id")))
-            .transpose()
+    fn direct_conversation(&self, peer: &Username) -> Result<Option<GroupId>, ClientError> {
+        let all = self.tx(|tx| Ok(tx.conversations()?))?;
+        // The newest, if a first attempt left an older one behind.
+        Ok(all
+            .into_iter()
+            .rev()
+            .find(|c| c.peer.as_ref() == Some(peer) && c.name.is_none() && c.active)
+            .map(|c| c.group))
     }
 
-    pub(super) fn group_by_name(&self, name: &str) -> Result<GroupId, ClientError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT group_id FROM conversations WHERE name = ?1 AND active = 1")?;
-        let ids: Vec<Vec<u8>> = stmt
-            .query_map([name], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        match ids.as_slice() {
-            [one] => GroupId::from_bytes(one).map_err(|_| ClientError::damaged("group id")),
-            [] => {
-                let removed = self
-                    .conn
-                    .query_row(
-                        "SELECT 1 FROM conversations WHERE name = ?1 AND active = 0",
-                        [name],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                Err(ClientError::Usage(if removed {
-                    format!("you were removed from the group {name:?}")
-                } else {
-                    format!("no group named {name:?}")
-                }))
-            }
+    fn group_by_name(&self, name: &str) -> Result<GroupId, ClientError> {
+        let all = self.tx(|tx| Ok(tx.conversations()?))?;
+        let named: Vec<_> = all
+            .iter()
+            .filter(|c| c.name.as_deref() == Some(name))
+            .collect();
+        let active: Vec<_> = named.iter().filter(|c| c.active).collect();
+        match (active.as_slice(), named.is_empty()) {
+            ([one], _) => Ok(one.group.clone()),
+            ([], false) => Err(ClientError::Usage(format!(
+                "you were removed from the group {name:?}"
+            ))),
+            ([], true) => Err(ClientError::Usage(format!("no group named {name:?}"))),
             _ => Err(ClientError::Usage(format!(
                 "several groups are named {name:?}; rename one first"
             ))),
         }
-    }
-
-    pub(super) fn text_content(text: &str) -> Result<Content, ClientError> {
-        Content::Text {
-            body: text.to_owned(),
-        }
-        .check()
-        .map_err(|e| ClientError::Usage(e.to_string()))
     }
 
     /// Sends `text` to `user` in your one-to-one conversation, starting it if needed. Refuses
@@ -242,7 +246,7 @@ impl Client {
                 "you cannot start a conversation with yourself".into(),
             ));
         }
-        let content = Self::text_content(text)?;
+        let content = text_content(text)?;
         let sent = async {
             self.exchange().await?;
             let gid = match self.direct_conversation(&peer)? {
@@ -252,8 +256,8 @@ impl Client {
                     self.create_local_group(None, Some(&peer))?
                 }
             };
-            let users: BTreeSet<Username> = self.tx(|| {
-                self.with_active_group(&gid, |_, g| {
+            let users: BTreeSet<Username> = self.tx(|tx| {
+                self.with_active_group(tx, &gid, |_, g| {
                     Ok(group::members(g)?
                         .into_iter()
                         .map(|m| m.addr.user)
@@ -270,7 +274,7 @@ impl Client {
                 self.change_members(&gid, std::slice::from_ref(&peer), &[])
                     .await?;
             }
-            self.send_content(&gid, &content, now()).await
+            self.send_content(&gid, &content, self.now()).await
         }
         .await;
         self.recorded(sent)
@@ -282,35 +286,28 @@ impl Client {
         name: &str,
         text: &str,
     ) -> Result<SendResponse, ClientError> {
-        let content = Self::text_content(text)?;
+        let content = text_content(text)?;
         let sent = async {
             self.exchange().await?;
             let gid = self.group_by_name(name)?;
-            self.send_content(&gid, &content, now()).await
+            self.send_content(&gid, &content, self.now()).await
         }
         .await;
         self.recorded(sent)
     }
 
-    pub(super) fn parse_users(users: &[String]) -> Result<Vec<Username>, ClientError> {
-        users
-            .iter()
-            .map(|u| Username::parse(u).map_err(|e| ClientError::Usage(format!("{u:?}: {e}"))))
-            .collect()
-    }
-
-    /// Creates a group named `name` with `members`.
+    /// Creates a group named `name` with `members`. Returns the events it caused.
     pub async fn create_group(
         &self,
         name: &str,
         members: &[String],
-    ) -> Result<Vec<String>, ClientError> {
+    ) -> Result<Vec<Event>, ClientError> {
         Content::GroupInfo {
             name: Some(name.to_owned()),
         }
         .check()
         .map_err(|e| ClientError::Usage(e.to_string()))?;
-        let members = Self::parse_users(members)?;
+        let members = parse_users(members)?;
         let created = async {
             self.exchange().await?;
             if self.group_by_name(name).is_ok() {
@@ -331,13 +328,13 @@ impl Client {
         self.recorded(created)
     }
 
-    /// Adds users to a group.
+    /// Adds users to a group. Returns the events it caused.
     pub async fn add_members(
         &self,
         name: &str,
         users: &[String],
-    ) -> Result<Vec<String>, ClientError> {
-        let users = Self::parse_users(users)?;
+    ) -> Result<Vec<Event>, ClientError> {
+        let users = parse_users(users)?;
         let changed = async {
             self.exchange().await?;
             let gid = self.group_by_name(name)?;
@@ -347,13 +344,13 @@ impl Client {
         self.recorded(changed)
     }
 
-    /// Removes users from a group.
+    /// Removes users from a group. Returns the events it caused.
     pub async fn remove_members(
         &self,
         name: &str,
         users: &[String],
-    ) -> Result<Vec<String>, ClientError> {
-        let users = Self::parse_users(users)?;
+    ) -> Result<Vec<Event>, ClientError> {
+        let users = parse_users(users)?;
         if users.contains(&self.me().user) {
             return Err(ClientError::Usage(
                 "leaving a group is not supported yet".into(),
@@ -368,37 +365,36 @@ impl Client {
         self.recorded(changed)
     }
 
-    /// Groups of this device.
+    /// Groups of this device (one-to-one conversations left out).
     pub fn groups(&self) -> Result<Vec<Conversation>, ClientError> {
-        type Row = (Vec<u8>, Option<String>, Option<String>, bool);
-        let rows: Vec<Row> = {
-            let mut stmt = self.conn.prepare(
-                "SELECT group_id, name, peer, active FROM conversations WHERE peer IS NULL ORDER BY created_at, rowid",
-            )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<Result<_, _>>()?
-        };
-        rows.into_iter()
-            .map(|(gid, name, peer, active)| {
-                let g = group::load(&self.provider(), &gid)?;
-                Ok(Conversation {
-                    id: hex::encode(&gid),
-                    name,
-                    peer,
-                    devices: g.members().count(),
-                    epoch: g.epoch().as_u64(),
-                    active,
+        self.tx(|tx| {
+            tx.conversations()?
+                .into_iter()
+                .filter(|c| c.peer.is_none())
+                .map(|c| {
+                    let g = group::load(&tx.mls(), c.group.as_bytes())?;
+                    Ok(Conversation {
+                        id: hex::encode(c.group.as_bytes()),
+                        name: c.name,
+                        peer: None,
+                        devices: g.members().count(),
+                        epoch: g.epoch().as_u64(),
+                        active: c.active,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Members of the group named `name`, by user.
     pub fn members(&self, name: &str) -> Result<Vec<Member>, ClientError> {
         let gid = self.group_by_name(name)?;
-        let g = group::load(&self.provider(), gid.as_bytes())?;
+        let members = self.tx(|tx| {
+            let g = group::load(&tx.mls(), gid.as_bytes())?;
+            Ok(group::members(&g)?)
+        })?;
         let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for m in group::members(&g)? {
+        for m in members {
             by_user
                 .entry(m.addr.user.to_string())
                 .or_default()

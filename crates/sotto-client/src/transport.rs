@@ -1,10 +1,12 @@
-//! The HTTP side of the `/v1` API. Every call maps transport failures to
+//! The engine's [`Transport`] over HTTP: the `/v1` API. Every call maps transport failures to
 //! [`ClientError::Unreachable`] and error bodies to [`ClientError::Refused`].
 
 use crate::ClientError;
+use async_trait::async_trait;
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sotto_core::Transport;
 use sotto_proto::api::{
     AckRequest, ChallengeRequest, ChallengeResponse, ClaimRequest, ClaimResponse, KeyPackageCount,
     QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
@@ -163,24 +165,24 @@ impl Api {
             .await?
             .ok_or_else(|| ClientError::Unreachable("empty response from server".into()))
     }
+}
 
+#[async_trait]
+impl Transport for Api {
     /// `GET /v1/config`.
-    pub async fn config(&self) -> Result<ServerConfig, ClientError> {
+    async fn config(&self) -> Result<ServerConfig, ClientError> {
         self.json::<(), _>(Method::GET, "/v1/config", None, None, Repeat::Safe)
             .await
     }
 
     /// `POST /v1/accounts`.
-    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+    async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
         self.json(Method::POST, "/v1/accounts", None, Some(req), Repeat::Never)
             .await
     }
 
     /// `POST /v1/auth/challenge`.
-    pub async fn challenge(
-        &self,
-        req: &ChallengeRequest,
-    ) -> Result<ChallengeResponse, ClientError> {
+    async fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, ClientError> {
         self.json(
             Method::POST,
             "/v1/auth/challenge",
@@ -192,7 +194,7 @@ impl Api {
     }
 
     /// `POST /v1/auth/token`.
-    pub async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError> {
+    async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError> {
         self.json(
             Method::POST,
             "/v1/auth/token",
@@ -204,7 +206,7 @@ impl Api {
     }
 
     /// `GET /v1/users/{user}`.
-    pub async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError> {
+    async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError> {
         self.json::<(), _>(
             Method::GET,
             &format!("/v1/users/{user}"),
@@ -216,7 +218,7 @@ impl Api {
     }
 
     /// `POST /v1/keypackages`.
-    pub async fn upload_key_packages(
+    async fn upload_key_packages(
         &self,
         token: &str,
         req: &UploadKeyPackagesRequest,
@@ -232,7 +234,7 @@ impl Api {
     }
 
     /// `GET /v1/keypackages/count`.
-    pub async fn key_package_count(&self, token: &str) -> Result<KeyPackageCount, ClientError> {
+    async fn key_package_count(&self, token: &str) -> Result<KeyPackageCount, ClientError> {
         self.json::<(), _>(
             Method::GET,
             "/v1/keypackages/count",
@@ -244,7 +246,7 @@ impl Api {
     }
 
     /// `POST /v1/keypackages/claim`.
-    pub async fn claim(&self, token: &str, user: &Username) -> Result<ClaimResponse, ClientError> {
+    async fn claim(&self, token: &str, user: &Username) -> Result<ClaimResponse, ClientError> {
         let req = ClaimRequest { user: user.clone() };
         self.json(
             Method::POST,
@@ -257,7 +259,7 @@ impl Api {
     }
 
     /// `POST /v1/groups/{group}/messages`.
-    pub async fn send(
+    async fn send(
         &self,
         token: &str,
         group: &GroupId,
@@ -274,7 +276,7 @@ impl Api {
     }
 
     /// `GET /v1/queue`.
-    pub async fn queue(&self, token: &str, limit: u32) -> Result<QueueResponse, ClientError> {
+    async fn queue(&self, token: &str, limit: u32) -> Result<QueueResponse, ClientError> {
         self.json::<(), _>(
             Method::GET,
             &format!("/v1/queue?limit={limit}"),
@@ -286,7 +288,7 @@ impl Api {
     }
 
     /// `POST /v1/queue/ack`.
-    pub async fn ack(&self, token: &str, ids: Vec<u64>) -> Result<(), ClientError> {
+    async fn ack(&self, token: &str, ids: Vec<u64>) -> Result<(), ClientError> {
         self.call::<_, serde_json::Value>(
             Method::POST,
             "/v1/queue/ack",
@@ -324,7 +326,9 @@ mod tests {
                 let _ = tcp.write_all(answer.as_bytes()).await;
             }
         });
-        let err = Api::new(&url, false).unwrap().config().await.unwrap_err();
+        let err = sotto_core::Transport::config(&Api::new(&url, false).unwrap())
+            .await
+            .unwrap_err();
         assert!(matches!(err, ClientError::Refused(_)), "{err:?}");
         // Had the client followed, its connection would be waiting to be accepted by now.
         let followed = tokio::time::timeout(std::time::Duration::ZERO, elsewhere.accept()).await;

@@ -4,18 +4,30 @@
 //! Only a verified mismatch is a security failure. A list that could not be fetched (the
 //! network, a server error) decides nothing: the message that needed it waits in the queue.
 
-use super::*;
-use std::sync::{MutexGuard, PoisonError};
+use super::{Engine, lock};
+use crate::group::MemberDevice;
+use crate::store::{ClientStore, StoreTx};
+use crate::{ClientError, Transport};
+use sotto_proto::device_list::{DeviceList, parse_verifying_key};
+use sotto_proto::{ErrorCode, Username};
 
-impl Client {
-    pub(super) fn lists(&self) -> MutexGuard<'_, HashMap<Username, Result<DeviceList, String>>> {
-        // A map of independent entries: a panic elsewhere cannot leave it half-changed.
-        self.lists.lock().unwrap_or_else(PoisonError::into_inner)
+/// Why a queued message could not be applied.
+pub(super) enum ApplyError {
+    /// The device lists of these users are needed before the message can be checked.
+    NeedLists(Vec<Username>),
+    Failed(ClientError),
+}
+
+impl<E: Into<ClientError>> From<E> for ApplyError {
+    fn from(e: E) -> Self {
+        ApplyError::Failed(e.into())
     }
+}
 
+impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Forgets the lists fetched so far: they change when devices are added.
     pub(super) fn forget_lists(&self) {
-        self.lists().clear();
+        lock(&self.lists).clear();
     }
 
     /// Fetches `user`'s identity key and device list, verifies the list with the key, and
@@ -25,12 +37,12 @@ impl Client {
         &self,
         user: &Username,
     ) -> Result<DeviceList, ClientError> {
-        if let Some(known) = self.lists().get(user).cloned() {
+        if let Some(known) = lock(&self.lists).get(user).cloned() {
             return known.map_err(ClientError::Security);
         }
         let token = self.token().await?;
         let resp = self
-            .api
+            .transport
             .user(&token, user)
             .await
             .map_err(|e| match e.code() {
@@ -39,14 +51,7 @@ impl Client {
             })?;
         let key = parse_verifying_key(resp.identity_key.as_slice())
             .map_err(|_| ClientError::Security(format!("{user} has a malformed identity key")))?;
-        let pinned: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT identity_key FROM contacts WHERE user = ?1",
-                [user.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let pinned = self.tx(|tx| Ok(tx.pinned_identity(user)?))?;
         let expected = if *user == self.me().user {
             Some(self.identity.public().to_vec())
         } else {
@@ -67,25 +72,23 @@ impl Client {
         }
         // Pinned only once the list it signs has verified.
         if pinned.is_none() && *user != self.me().user {
-            self.conn.execute(
-                "INSERT OR IGNORE INTO contacts (user, identity_key, first_seen) VALUES (?1, ?2, ?3)",
-                params![user.as_str(), resp.identity_key.as_slice(), now() as i64],
-            )?;
+            let at = self.now();
+            self.tx(|tx| Ok(tx.pin_identity(user, resp.identity_key.as_slice(), at)?))?;
         }
         let list = verified.list().clone();
-        self.lists().insert(user.clone(), Ok(list.clone()));
+        lock(&self.lists).insert(user.clone(), Ok(list.clone()));
         Ok(list)
     }
 
     /// Records that `user`'s devices cannot be verified, and why: the ghost-device check then
     /// refuses them with that reason for the rest of this sync.
     pub(super) fn list_unverifiable(&self, user: &Username, reason: String) {
-        self.lists().insert(user.clone(), Err(reason));
+        lock(&self.lists).insert(user.clone(), Err(reason));
     }
 
     /// Checks every device against its owner's signed device list (the ghost-device check).
     pub(super) fn verify_members(&self, devices: &[MemberDevice]) -> Result<(), ApplyError> {
-        let lists = self.lists();
+        let lists = lock(&self.lists);
         let mut missing: Vec<Username> = devices
             .iter()
             .map(|d| d.addr.user.clone())

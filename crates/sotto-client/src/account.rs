@@ -1,0 +1,280 @@
+//! A device's account on disk: creating it (`init`) and unlocking it (`open`) in a home
+//! directory, and [`Client`], the engine over the SQLCipher store and the HTTP transport,
+//! with the words of its events chosen for people.
+
+use crate::ClientError;
+use crate::keyfile::{self, KdfParams};
+use crate::messages::{MessageView, describe};
+use crate::store::{self, SqlCipherStore};
+use crate::transport::Api;
+use sotto_core::engine::conversations::{Conversation, Member};
+use sotto_core::store::{ClientStore as _, Setting, StoreTx as _};
+use sotto_core::{Engine, Event, SystemClock, Transport as _};
+use sotto_proto::Username;
+use sotto_proto::api::SendResponse;
+use std::path::Path;
+use std::sync::Arc;
+
+pub(crate) const KEYFILE: &str = "keyfile.json";
+pub(crate) const STORE: &str = "store.db";
+
+/// Shortest passcode accepted.
+pub const MIN_PASSCODE_CHARS: usize = 6;
+
+/// Files `init` creates in the home directory; removed again if it fails.
+const HOME_FILES: [&str; 4] = [KEYFILE, STORE, "store.db-wal", "store.db-shm"];
+
+/// Who this device is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Whoami {
+    /// The account.
+    pub user: String,
+    /// This device.
+    pub device: String,
+    /// The server URL.
+    pub server: String,
+    /// The identity key, hex in groups of four.
+    pub identity_key: String,
+    /// The MLS ciphersuite code point.
+    pub ciphersuite: u16,
+}
+
+/// How a new account's device is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct InitOptions {
+    /// Argon2id cost of the passcode ([`KdfParams::calibrated`] outside tests).
+    pub kdf: KdfParams,
+    /// Allow `http://` to a host that is not loopback (test networks only): remembered in
+    /// the store, so every later command of this device may use it too.
+    pub insecure_http: bool,
+}
+
+impl InitOptions {
+    /// Options with the passcode cost `kdf` and nothing else unusual.
+    pub fn new(kdf: KdfParams) -> Self {
+        InitOptions {
+            kdf,
+            insecure_http: false,
+        }
+    }
+}
+
+/// A device's client: the engine over its encrypted store and the server's HTTP API. It is
+/// `Send + Sync`, so a web server can share one between requests.
+pub struct Client {
+    pub(crate) engine: Engine<SqlCipherStore, Api>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Best effort: anything left is replayed from the outbox on the next sync.
+        let _ = self.engine.finish_accepted();
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Client({})", self.engine.me())
+    }
+}
+
+impl Client {
+    /// Creates an account `user` on `server` with this device as its first device, and a
+    /// local store in `home` locked by `passcode`. On failure nothing is left in `home`, and
+    /// the server holds no half-made account: registration carries the first KeyPackages, all
+    /// or nothing. (If the server created the account but its answer was lost, the name stays
+    /// taken: registration is never sent twice.)
+    pub async fn init(
+        home: &Path,
+        server: &str,
+        user: &str,
+        passcode: &str,
+        options: InitOptions,
+    ) -> Result<Client, ClientError> {
+        let user = Username::parse(user).map_err(|e| ClientError::Usage(e.to_string()))?;
+        if home.join(KEYFILE).exists() {
+            return Err(ClientError::Usage(format!(
+                "{} already holds a Sotto account; use another --home",
+                home.display()
+            )));
+        }
+        // A store without a key file is no account, but it is not ours to delete either.
+        if let Some(f) = HOME_FILES.iter().find(|f| home.join(f).exists()) {
+            return Err(ClientError::Usage(format!(
+                "{} already holds {f} of an earlier Sotto; use another --home",
+                home.display()
+            )));
+        }
+        if passcode.chars().count() < MIN_PASSCODE_CHARS {
+            return Err(ClientError::Usage(format!(
+                "the passcode must have at least {MIN_PASSCODE_CHARS} characters"
+            )));
+        }
+        let api = Api::new(server, options.insecure_http)?;
+        let config = api.config().await?;
+        sotto_core::suite::ciphersuite(config.ciphersuite)?;
+        let created_home = !home.exists();
+        store::create_private_dir(home)?;
+        let made = async {
+            let key = keyfile::create(&home.join(KEYFILE), passcode, options.kdf)?;
+            let store = SqlCipherStore::open(&home.join(STORE), &key)?;
+            let base = api.base().to_owned();
+            let insecure = [u8::from(options.insecure_http)];
+            let settings: [(Setting, &[u8]); 2] = [
+                (Setting::Server, base.as_bytes()),
+                (Setting::InsecureHttp, &insecure),
+            ];
+            let clock = Arc::new(SystemClock);
+            Engine::create(store, api, clock, &user, &config, &settings).await
+        }
+        .await;
+        match made {
+            Ok(engine) => Ok(Client { engine }),
+            Err(e) => {
+                for f in HOME_FILES {
+                    let _ = std::fs::remove_file(home.join(f));
+                }
+                if created_home {
+                    let _ = std::fs::remove_dir(home);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Unlocks the local store in `home` with `passcode`. Needs no network.
+    pub fn open(home: &Path, passcode: &str) -> Result<Client, ClientError> {
+        let key = keyfile::unlock(&home.join(KEYFILE), passcode)?;
+        let store = SqlCipherStore::open(&home.join(STORE), &key)?;
+        let (server, insecure_http) = store.transaction(|tx| {
+            let server = tx.setting(Setting::Server)?.ok_or_else(|| {
+                ClientError::Store("store lacks server; was init interrupted?".into())
+            })?;
+            // Stores made before this setting existed do not have it.
+            let insecure = tx.setting(Setting::InsecureHttp)?.is_some_and(|v| v == [1]);
+            Ok::<_, ClientError>((server, insecure))
+        })?;
+        let server = String::from_utf8(server).map_err(|_| ClientError::damaged("server URL"))?;
+        let api =
+            Api::new(&server, insecure_http).map_err(|_| ClientError::damaged("server URL"))?;
+        let engine = Engine::open(store, api, Arc::new(SystemClock))?;
+        Ok(Client { engine })
+    }
+
+    /// Who this device is.
+    pub fn whoami(&self) -> Whoami {
+        let hex = hex::encode(self.engine.identity_key());
+        let grouped = hex
+            .as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Whoami {
+            user: self.engine.me().user.to_string(),
+            device: self.engine.me().device.to_string(),
+            server: self.engine.transport().base().to_owned(),
+            identity_key: grouped,
+            ciphersuite: self.engine.suite(),
+        }
+    }
+
+    fn words(&self, events: Vec<Event>) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| describe(e, &self.engine.me().user))
+            .collect()
+    }
+
+    /// Sends `text` to `user` in your one-to-one conversation, starting it if needed. Refuses
+    /// if that conversation holds anyone but the two of you.
+    pub async fn send_text(&self, user: &str, text: &str) -> Result<SendResponse, ClientError> {
+        self.engine.send_text(user, text).await
+    }
+
+    /// Sends `text` to the group named `name`.
+    pub async fn send_group_text(
+        &self,
+        name: &str,
+        text: &str,
+    ) -> Result<SendResponse, ClientError> {
+        self.engine.send_group_text(name, text).await
+    }
+
+    /// Creates a group named `name` with `members`; returns what happened, in words.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[String],
+    ) -> Result<Vec<String>, ClientError> {
+        Ok(self.words(self.engine.create_group(name, members).await?))
+    }
+
+    /// Adds users to a group; returns what happened, in words.
+    pub async fn add_members(
+        &self,
+        name: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, ClientError> {
+        Ok(self.words(self.engine.add_members(name, users).await?))
+    }
+
+    /// Removes users from a group; returns what happened, in words.
+    pub async fn remove_members(
+        &self,
+        name: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, ClientError> {
+        Ok(self.words(self.engine.remove_members(name, users).await?))
+    }
+
+    /// Groups of this device.
+    pub fn groups(&self) -> Result<Vec<Conversation>, ClientError> {
+        self.engine.groups()
+    }
+
+    /// Members of the group named `name`, by user.
+    pub fn members(&self, name: &str) -> Result<Vec<Member>, ClientError> {
+        self.engine.members(name)
+    }
+
+    /// Sends what the outbox holds, then processes everything queued for this device. Every
+    /// security failure met on the way is stored as a security event (see
+    /// [`Client::unseen_security_events`]); one met while processing a message refuses that
+    /// message and the sync goes on.
+    pub async fn sync(&self) -> Result<(), ClientError> {
+        self.engine.sync().await
+    }
+
+    /// Messages and events not yet shown, oldest first. Call [`Client::mark_shown`] once
+    /// they are displayed.
+    pub fn unshown(&self) -> Result<Vec<MessageView>, ClientError> {
+        let me = &self.engine.me().user;
+        Ok(self
+            .engine
+            .unshown()?
+            .into_iter()
+            .map(|e| MessageView::of(e, me))
+            .collect())
+    }
+
+    /// Security events `recv` has not shown yet. Every command reports them (and exits 3)
+    /// until `recv` has shown them.
+    pub fn unseen_security_events(&self) -> Result<Vec<MessageView>, ClientError> {
+        let me = &self.engine.me().user;
+        Ok(self
+            .engine
+            .unseen_security_events()?
+            .into_iter()
+            .map(|e| MessageView::of(e, me))
+            .collect())
+    }
+
+    /// Marks everything up to and including `messages` as shown.
+    pub fn mark_shown(&self, messages: &[MessageView]) -> Result<(), ClientError> {
+        match messages.last() {
+            Some(last) => self.engine.mark_shown(last.position),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `follow`: sync, show, and wait for the server's push (or poll without one), riding out a
+//! lost connection or an unreachable server.
+
+use crate::{Client, ClientError, MessageView};
+use futures_util::StreamExt as _;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What [`Client::follow`] is doing, reported whenever it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FollowStatus {
+    /// Subscribed to pushes and up to date: new messages show as the server announces them.
+    Listening,
+    /// No push connection: checking for new messages every few seconds instead.
+    Polling,
+    /// The push connection was lost (closed, or silent past a ping); opening a new one.
+    Reconnecting,
+    /// The server cannot be reached (or failed); trying again every few seconds.
+    Unreachable(String),
+}
+
+/// How long `follow` waits before trying an unreachable server again.
+const RETRY: Duration = Duration::from_secs(2);
+/// How often `follow` checks for messages when it has no push connection.
+const POLL: Duration = Duration::from_secs(5);
+/// How often `follow` pings the server while it waits; a socket that has said nothing since
+/// the last ping is taken for dead (a path that went silent closes nothing by itself).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long opening the push socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+type PushSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Client {
+    /// Opens the push WebSocket, signed in with this device's token.
+    async fn connect_push(&self) -> Result<PushSocket, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut req = self
+            .engine
+            .transport()
+            .ws_url()
+            .into_client_request()
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let auth = format!("Bearer {}", self.engine.token().await?)
+            .parse()
+            .map_err(|_| ClientError::Internal("the token is not a valid header".into()))?;
+        req.headers_mut().insert("authorization", auth);
+        let (stream, _) =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
+                .await
+                .map_err(|_| ClientError::Unreachable("opening the push socket timed out".into()))?
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        Ok(stream)
+    }
+
+    /// Syncs and hands new messages to `emit` until `deadline` (forever if `None`), waking on
+    /// WebSocket pushes; `status` hears of every change of state. With `until_first`, returns
+    /// after the first non-empty batch. The socket is opened before each sync, so a message
+    /// queued in between is in that sync or announced on the socket, never missed.
+    pub async fn follow(
+        &self,
+        deadline: Option<Instant>,
+        until_first: bool,
+        mut emit: impl FnMut(&[MessageView]) -> Result<(), ClientError>,
+        mut status: impl FnMut(&FollowStatus),
+    ) -> Result<(), ClientError> {
+        let mut ws: Option<PushSocket> = None;
+        // Closed by a newer socket of this device: reconnecting would only close that one.
+        let mut replaced = false;
+        let mut last: Option<FollowStatus> = None;
+        let mut report = |now: FollowStatus| {
+            if last.as_ref() != Some(&now) {
+                status(&now);
+                last = Some(now);
+            }
+        };
+        let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
+        loop {
+            if ws.is_none() && !replaced {
+                ws = self.connect_push().await.ok();
+            }
+            match self.sync().await {
+                // A security failure is stored, and shown with the batch below.
+                Ok(()) | Err(ClientError::Security(_)) => {}
+                Err(e) if e.is_transient() => {
+                    ws = None;
+                    report(FollowStatus::Unreachable(e.to_string()));
+                    if past_deadline() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let batch = self.unshown()?;
+            if !batch.is_empty() {
+                emit(&batch)?;
+                self.mark_shown(&batch)?;
+                if until_first {
+                    return Ok(());
+                }
+            }
+            if past_deadline() {
+                return Ok(());
+            }
+            let far = Instant::now() + Duration::from_secs(3600);
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or(far));
+            tokio::pin!(sleep);
+            match ws.as_mut() {
+                Some(stream) => {
+                    report(FollowStatus::Listening);
+                    match wait_for_push(stream, &mut sleep).await {
+                        Woken::Push => {}
+                        Woken::Lost => {
+                            ws = None;
+                            report(FollowStatus::Reconnecting);
+                        }
+                        Woken::Replaced => {
+                            ws = None;
+                            replaced = true;
+                        }
+                    }
+                }
+                None => {
+                    report(FollowStatus::Polling);
+                    tokio::select! {
+                        () = tokio::time::sleep(POLL) => {}
+                        () = &mut sleep => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why [`wait_for_push`] returned.
+enum Woken {
+    /// A push event, or the deadline: time to sync.
+    Push,
+    /// The socket closed or failed.
+    Lost,
+    /// The server closed the socket for a newer one of this device.
+    Replaced,
+}
+
+/// Waits for a push event or for `sleep`, pinging the server every [`KEEPALIVE`].
+async fn wait_for_push(
+    stream: &mut PushSocket,
+    sleep: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Woken {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+    let mut heard = true;
+    loop {
+        tokio::select! {
+            _ = keepalive.tick() => {
+                if !std::mem::take(&mut heard)
+                    || stream.send(Message::Ping(Default::default())).await.is_err()
+                {
+                    return Woken::Lost;
+                }
+            }
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(_))) => return Woken::Push,
+                // Pings are answered by the stream itself while it is read.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => heard = true,
+                Some(Ok(Message::Close(Some(frame))))
+                    if u16::from(frame.code) == sotto_proto::api::CLOSE_REPLACED =>
+                {
+                    return Woken::Replaced;
+                }
+                _ => return Woken::Lost,
+            },
+            () = sleep.as_mut() => return Woken::Push,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The account's settings on this device (`meta`) and the identity keys pinned for contacts.
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use sotto_core::store::Setting;
+use sotto_proto::Username;
+
+pub(super) fn get(conn: &Connection, key: Setting) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key.as_str()], |r| r.get(0))
+        .optional()
+}
+
+pub(super) fn set(conn: &Connection, key: Setting, value: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key.as_str(), value])?;
+    Ok(())
+}
+
+pub(super) fn pinned_identity(
+    conn: &Connection,
+    user: &Username,
+) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT identity_key FROM contacts WHERE user = ?1")?
+        .query_row([user.as_str()], |r| r.get(0))
+        .optional()
+}
+
+pub(super) fn pin_identity(
+    conn: &Connection,
+    user: &Username,
+    key: &[u8],
+    at: u64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO contacts (user, identity_key, first_seen) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![user.as_str(), key, super::integer(at)])?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Behaviour that needs the real store or a second connection to it: these tests drive a
+//! real server and real clients, and reach into one client's store where another process of
+//! the device (or someone holding its key) would. The protocol's own decisions are tested in
+//! `sotto-core`'s engine tests, without files or network.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use crate::account::{KEYFILE, STORE};
+use crate::{Client, keyfile, store};
+use harness::{Server, client, lines, recv, shown};
+use sotto_core::store::{ClientStore as _, HistoryItem, HistoryRecord, StoreTx as _, Unshown};
+
+const XWING: u16 = 0x004D;
+
+/// `Client` can be shared between threads: an axum handler can hold an `Arc<Client>`.
+#[test]
+fn a_client_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Client>();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_acknowledged_only_after_a_complete_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    // Another connection to bob's store (another process of his device) holds a read open,
+    // so the log cannot be written back into the database file.
+    let home = dir.path().join("bob");
+    let key = keyfile::unlock(&home.join(KEYFILE), "correct horse").unwrap();
+    let reader = store::open(&home.join(STORE), &key).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    reader
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let queued = async |s: &Server| {
+        let storage = sotto_server::storage::sqlite::SqliteStorage::open(&s.data).unwrap();
+        sotto_server::storage::DeliveryStore::fetch(&storage, bob.engine.me(), 100, usize::MAX)
+            .await
+            .unwrap()
+            .messages
+            .len()
+    };
+    let waiting = queued(&server).await;
+    assert!(waiting > 0);
+    bob.sync().await.unwrap();
+    assert_eq!(
+        queued(&server).await,
+        waiting,
+        "acknowledged before it was durable"
+    );
+    // Once the reader is done, the next sync writes back, acknowledges, and shows nothing
+    // twice.
+    reader.execute_batch("COMMIT").unwrap();
+    bob.sync().await.unwrap();
+    assert_eq!(queued(&server).await, 0);
+    assert_eq!(shown(&bob), lines(&["alice: one"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_made_before_server_ids_pins_one_at_its_first_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    let pinned = alice.engine.store().transaction(|tx| {
+        Ok::<_, crate::ClientError>(tx.setting(sotto_core::store::Setting::ServerId)?)
+    });
+    let pinned = pinned.unwrap().unwrap();
+    alice.engine.store().with_connection(|conn| {
+        conn.execute(
+            "DELETE FROM meta WHERE key IN ('server_id', 'insecure_http')",
+            [],
+        )
+        .unwrap();
+    });
+    drop(alice);
+    let alice = harness::reopen(dir.path(), "alice");
+    alice.send_text("bob", "still works").await.unwrap();
+    assert_eq!(recv(&bob).await, lines(&["alice: still works"]));
+    let stored = alice.engine.store().transaction(|tx| {
+        Ok::<_, crate::ClientError>(tx.setting(sotto_core::store::Setting::ServerId)?)
+    });
+    assert_eq!(stored.unwrap().unwrap(), pinned);
+}
+
+#[test]
+fn a_senders_clock_past_what_sqlite_holds_is_clamped_not_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::SqlCipherStore::open(&dir.path().join("store.db"), &[7; 32]).unwrap();
+    let entry = HistoryRecord {
+        id: "1".into(),
+        group: None,
+        sender: None,
+        sent_at: u64::MAX,
+        received_at: 5,
+        item: HistoryItem::Text("from the far future".into()),
+        outgoing: false,
+    };
+    let seen = store
+        .transaction(|tx| {
+            tx.add_history(&entry)?;
+            tx.unshown(Unshown::All)
+        })
+        .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].record.sent_at, i64::MAX as u64);
+    assert_eq!(seen[0].record.received_at, 5);
+}

@@ -1,0 +1,409 @@
+//! The client engine: every decision a device makes, over a [`ClientStore`], a [`Transport`]
+//! and a [`Clock`] it is given, so the whole protocol runs in a test without files or
+//! network. The parts: [`directory`] (contacts' keys and the ghost-device check), [`sync`]
+//! (the queue, processed exactly once), [`outbox`] (sending, replay and rebase),
+//! [`conversations`] (groups and membership) and [`history`] (what is shown).
+//!
+//! Exactly-once: each queued message is processed in one store transaction that also records
+//! its server id, and is acknowledged only after that transaction is durable; a redelivered
+//! id is skipped. Outgoing messages go through an outbox with a stable idempotency key, so a
+//! send interrupted by a crash is completed on the next sync, once. A commit that loses the
+//! race for its epoch (409) is discarded, the winner is processed, and the change is
+//! recomputed and retried.
+
+pub mod conversations;
+pub mod directory;
+pub mod history;
+pub mod outbox;
+pub mod sync;
+
+use crate::store::{ClientStore, Setting, StoreTx};
+use crate::{ClientError, Clock, DeviceKey, IdentityKey, Transport, group};
+use openmls::prelude::{Ciphersuite, MlsGroup};
+use outbox::AcceptedSend;
+use sotto_proto::api::{
+    ChallengeRequest, RegisterRequest, ServerConfig, TokenRequest, UploadKeyPackagesRequest,
+};
+use sotto_proto::device_list::DeviceList;
+use sotto_proto::{DeviceAddr, DeviceId, ErrorCode, GroupId, ServerId, Username};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// One-time KeyPackages uploaded at a time.
+const KEY_PACKAGE_BATCH: usize = 50;
+/// Below this many one-time KeyPackages on the server, the device uploads a batch.
+const KEY_PACKAGE_LOW: u64 = 10;
+/// Attempts at sending before giving up on a group that keeps changing.
+const MAX_ATTEMPTS: usize = 10;
+
+fn random_client_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each of the engine's maps holds independent entries: a panic elsewhere cannot leave one
+    // half-changed.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The server took other commits every time this device tried: a refusal (exit code 2), to
+/// be tried again later.
+fn kept_changing() -> ClientError {
+    ClientError::Refused(sotto_proto::ErrorBody {
+        code: ErrorCode::EpochConflict,
+        message: format!("the group kept changing ({MAX_ATTEMPTS} tries); try again"),
+        epoch: None,
+    })
+}
+
+/// Groups kept in memory between operations, valid while no other connection has committed
+/// (the store's data version tells).
+#[derive(Default)]
+struct GroupCache {
+    data_version: Option<i64>,
+    groups: HashMap<GroupId, MlsGroup>,
+}
+
+/// A device's engine.
+pub struct Engine<S, T> {
+    store: S,
+    transport: T,
+    clock: Arc<dyn Clock>,
+    device: DeviceKey,
+    identity: IdentityKey,
+    /// The server's identity, pinned at account creation (or, for a store made before there
+    /// was one, at its first sign-in); every sign-in signature names it.
+    server_id: Mutex<Option<ServerId>>,
+    suite: Ciphersuite,
+    suite_code: u16,
+    token: Mutex<Option<(String, u64)>>,
+    /// Device lists fetched during this sync: verified, or why not.
+    lists: Mutex<HashMap<Username, Result<DeviceList, String>>>,
+    cache: Mutex<GroupCache>,
+    accepted: Mutex<Vec<AcceptedSend>>,
+}
+
+impl<S, T> std::fmt::Debug for Engine<S, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Engine({})", self.device.addr())
+    }
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
+    /// Creates an account `user` with this device as its first device, in an empty `store`,
+    /// and registers it with the server whose settings are `config` and address `server`.
+    /// Registration carries the first KeyPackages, all or nothing; if the server created the
+    /// account but its answer was lost, the name stays taken (registration is never sent
+    /// twice). `settings` are written beside the account's own.
+    pub async fn create(
+        store: S,
+        transport: T,
+        clock: Arc<dyn Clock>,
+        user: &Username,
+        config: &ServerConfig,
+        settings: &[(Setting, &[u8])],
+    ) -> Result<Self, ClientError> {
+        let suite = crate::suite::ciphersuite(config.ciphersuite)?;
+        let identity = IdentityKey::generate();
+        let device = DeviceKey::generate(user.clone());
+        let signed = identity.sign_device_list(&device.first_device_list("cli", clock.now()));
+        let engine = Engine {
+            store,
+            transport,
+            clock,
+            device,
+            identity,
+            server_id: Mutex::new(Some(config.server_id.clone())),
+            suite,
+            suite_code: config.ciphersuite,
+            token: Mutex::new(None),
+            lists: Mutex::new(HashMap::new()),
+            cache: Mutex::default(),
+            accepted: Mutex::default(),
+        };
+        let list = serde_json::to_vec(&signed).map_err(|e| ClientError::Internal(e.to_string()))?;
+        // The first KeyPackages are made (their secrets stored) with the account, and go to
+        // the server in the registration itself.
+        let key_packages = engine.tx(|tx| {
+            for (key, value) in settings {
+                tx.set_setting(*key, value)?;
+            }
+            let e = &engine;
+            tx.set_setting(Setting::ServerId, config.server_id.as_str().as_bytes())?;
+            tx.set_setting(Setting::User, user.as_str().as_bytes())?;
+            tx.set_setting(Setting::Device, e.me().device.to_string().as_bytes())?;
+            tx.set_setting(Setting::IdentitySecret, &e.identity.secret())?;
+            tx.set_setting(Setting::DeviceSecret, &e.device.secret())?;
+            tx.set_setting(Setting::Suite, &config.ciphersuite.to_be_bytes())?;
+            tx.set_setting(Setting::DeviceList, &list)?;
+            e.new_key_packages(tx, true)
+        })?;
+        let last_resort = key_packages
+            .last_resort
+            .ok_or_else(|| ClientError::Internal("no last-resort KeyPackage made".into()))?;
+        engine
+            .transport
+            .register(&RegisterRequest {
+                identity_key: engine.identity.public().to_vec().into(),
+                device_list: signed,
+                key_packages: key_packages.one_time.into_iter().map(Into::into).collect(),
+                last_resort: last_resort.into(),
+            })
+            .await?;
+        Ok(engine)
+    }
+
+    /// The engine of the account in `store`.
+    pub fn open(store: S, transport: T, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
+        let read = |tx: &S::Tx<'_>| -> Result<_, ClientError> {
+            let get = |k: Setting| -> Result<Vec<u8>, ClientError> {
+                tx.setting(k)?.ok_or_else(|| {
+                    ClientError::Store(format!("store lacks {}; was init interrupted?", k.as_str()))
+                })
+            };
+            let text = |k: Setting| -> Result<String, ClientError> {
+                String::from_utf8(get(k)?).map_err(|_| ClientError::damaged(k.as_str()))
+            };
+            let user =
+                Username::parse(&text(Setting::User)?).map_err(|_| ClientError::damaged("user"))?;
+            let device = DeviceId::parse(&text(Setting::Device)?)
+                .map_err(|_| ClientError::damaged("device"))?;
+            let suite: [u8; 2] = get(Setting::Suite)?
+                .try_into()
+                .map_err(|_| ClientError::damaged("suite"))?;
+            // Stores made before the server had an identity have none.
+            let server_id = tx
+                .setting(Setting::ServerId)?
+                .map(|id| {
+                    std::str::from_utf8(&id)
+                        .ok()
+                        .and_then(|id| ServerId::parse(id).ok())
+                        .ok_or_else(|| ClientError::damaged("server id"))
+                })
+                .transpose()?;
+            let identity = IdentityKey::from_secret(&get(Setting::IdentitySecret)?)?;
+            let device =
+                DeviceKey::from_secret(DeviceAddr { user, device }, &get(Setting::DeviceSecret)?)?;
+            Ok((identity, device, u16::from_be_bytes(suite), server_id))
+        };
+        let (identity, device, suite_code, server_id) = store.transaction(read)?;
+        Ok(Engine {
+            store,
+            transport,
+            clock,
+            device,
+            identity,
+            server_id: Mutex::new(server_id),
+            suite: crate::suite::ciphersuite(suite_code)?,
+            suite_code,
+            token: Mutex::new(None),
+            lists: Mutex::new(HashMap::new()),
+            cache: Mutex::default(),
+            accepted: Mutex::default(),
+        })
+    }
+
+    /// This device.
+    pub fn me(&self) -> &DeviceAddr {
+        self.device.addr()
+    }
+
+    /// The account's identity public key.
+    pub fn identity_key(&self) -> [u8; 32] {
+        self.identity.public()
+    }
+
+    /// The MLS ciphersuite code point.
+    pub fn suite(&self) -> u16 {
+        self.suite_code
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Runs `f` in one transaction, after the bookkeeping of accepted sends. If it rolls
+    /// back, cached groups may be ahead of the store and are forgotten.
+    fn tx<R>(
+        &self,
+        f: impl FnOnce(&S::Tx<'_>) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let accepted = std::mem::take(&mut *lock(&self.accepted));
+        self.store
+            .transaction(|tx| {
+                for a in &accepted {
+                    self.finish_message(tx, a)?;
+                }
+                f(tx)
+            })
+            .inspect_err(|_| self.forget_groups())
+    }
+
+    /// Records the sends the server accepted since the last transaction, if there are any.
+    pub fn finish_accepted(&self) -> Result<(), ClientError> {
+        if lock(&self.accepted).is_empty() {
+            return Ok(());
+        }
+        self.tx(|_| Ok(()))
+    }
+
+    fn forget_groups(&self) {
+        lock(&self.cache).groups.clear();
+    }
+
+    /// Runs `f` on the group, loading it unless the cached copy is still current. Every
+    /// change to a group goes through here, inside a transaction.
+    fn with_group<'t, X: StoreTx, R, E: From<ClientError>>(
+        &self,
+        tx: &'t X,
+        gid: &GroupId,
+        f: impl FnOnce(&X::Mls<'t>, &mut MlsGroup) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let version = tx.data_version().map_err(ClientError::from)?;
+        let cached = {
+            let mut cache = lock(&self.cache);
+            if cache.data_version != Some(version) {
+                cache.groups.clear();
+                cache.data_version = Some(version);
+            }
+            cache.groups.remove(gid)
+        };
+        let provider = tx.mls();
+        let mut g = match cached {
+            Some(g) => g,
+            None => group::load(&provider, gid.as_bytes()).map_err(ClientError::from)?,
+        };
+        let result = f(&provider, &mut g);
+        if result.is_ok() {
+            lock(&self.cache).groups.insert(gid.clone(), g);
+        }
+        result
+    }
+
+    /// Runs `f` on a group this device is still a member of.
+    fn with_active_group<'t, X: StoreTx, R>(
+        &self,
+        tx: &'t X,
+        gid: &GroupId,
+        f: impl FnOnce(&X::Mls<'t>, &mut MlsGroup) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let gone = || ClientError::Usage("you are no longer a member of this conversation".into());
+        if !self.conversation_exists(tx, gid)? {
+            return Err(gone());
+        }
+        self.with_group(tx, gid, |p, g| {
+            if !g.is_active() {
+                return Err(gone());
+            }
+            f(p, g)
+        })
+    }
+
+    fn conversation_exists(&self, tx: &impl StoreTx, gid: &GroupId) -> Result<bool, ClientError> {
+        Ok(tx.conversation(gid)?.is_some_and(|c| c.active))
+    }
+
+    fn others(&self, g: &MlsGroup) -> Result<Vec<DeviceAddr>, ClientError> {
+        Ok(group::members(g)?
+            .into_iter()
+            .map(|m| m.addr)
+            .filter(|a| a != self.me())
+            .collect())
+    }
+
+    /// A bearer token for this device, signing in when the last one is close to expiring.
+    pub async fn token(&self) -> Result<String, ClientError> {
+        if let Some((t, exp)) = lock(&self.token).clone()
+            && exp > self.now().saturating_add(30)
+        {
+            return Ok(t);
+        }
+        let server_id = self.server_id().await?;
+        let ch = self
+            .transport
+            .challenge(&ChallengeRequest {
+                device: self.me().clone(),
+            })
+            .await?;
+        let tok = self
+            .transport
+            .token(&TokenRequest {
+                device: self.me().clone(),
+                signature: self
+                    .device
+                    .sign_challenge(&server_id, ch.challenge.as_slice())
+                    .into(),
+                challenge: ch.challenge,
+            })
+            .await?;
+        *lock(&self.token) = Some((tok.token.clone(), tok.expires_at));
+        Ok(tok.token)
+    }
+
+    /// The pinned server identity; a store made before there was one pins it now.
+    async fn server_id(&self) -> Result<ServerId, ClientError> {
+        if let Some(id) = lock(&self.server_id).clone() {
+            return Ok(id);
+        }
+        let id = self.transport.config().await?.server_id;
+        self.tx(|tx| Ok(tx.set_setting(Setting::ServerId, id.as_str().as_bytes())?))?;
+        *lock(&self.server_id) = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Makes a batch of one-time KeyPackages (and a last-resort one if asked), keeping their
+    /// secrets in the store.
+    fn new_key_packages(
+        &self,
+        tx: &impl StoreTx,
+        last_resort: bool,
+    ) -> Result<group::NewKeyPackages, ClientError> {
+        Ok(group::new_key_packages(
+            &tx.mls(),
+            &self.device,
+            self.suite,
+            KEY_PACKAGE_BATCH,
+            last_resort,
+        )?)
+    }
+
+    /// Uploads a batch of KeyPackages when the server holds fewer than the low mark (or no
+    /// last-resort one): others may have claimed them while this device was away.
+    async fn top_up_key_packages(&self, token: &str) -> Result<(), ClientError> {
+        let count = self.transport.key_package_count(token).await?;
+        if count.count >= KEY_PACKAGE_LOW && count.last_resort {
+            return Ok(());
+        }
+        let fresh = self.tx(|tx| self.new_key_packages(tx, !count.last_resort))?;
+        self.transport
+            .upload_key_packages(
+                token,
+                &UploadKeyPackagesRequest {
+                    key_packages: fresh.one_time.into_iter().map(Into::into).collect(),
+                    last_resort: fresh.last_resort.map(Into::into),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Passes `result` on, first recording a security failure in it as a security event, so
+    /// that its reason outlives the command that met it.
+    fn recorded<R>(&self, result: Result<R, ClientError>) -> Result<R, ClientError> {
+        if let Err(ClientError::Security(reason)) = &result {
+            // The failure is reported to the caller either way; the record is best effort.
+            let _ = self.tx(|tx| self.record_security(tx, None, None, reason));
+        }
+        result
+    }
+}

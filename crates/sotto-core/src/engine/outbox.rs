@@ -1,0 +1,276 @@
+//! Sending through the outbox: every outgoing message or commit is written with its
+//! idempotency key before it is posted, and replayed after a crash or a lost connection.
+//! A replay the server refuses because the group moved on is redone against the new state:
+//! a message is encrypted again, a membership change is recomputed.
+
+use super::{Engine, MAX_ATTEMPTS, kept_changing, lock, random_client_id};
+use crate::events::{Event, MemberChange};
+use crate::group::{self, MemberDevice};
+use crate::store::{ClientStore, HistoryItem, HistoryRecord, OutboxRecord, Outgoing, StoreTx};
+use crate::{ClientError, Content, Envelope, Transport};
+use sotto_proto::api::{SendRequest, SendResponse};
+use sotto_proto::{DeviceAddr, ErrorCode, GroupId};
+
+/// An application message the server accepted whose local bookkeeping (dropping the outbox
+/// entry, recording the sent message) is folded into this device's next transaction. If the
+/// process dies first, the outbox entry is replayed and the server answers it idempotently.
+pub(super) struct AcceptedSend {
+    group: GroupId,
+    client_id: String,
+    envelope: Envelope,
+    response: SendResponse,
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
+    pub(super) async fn post(
+        &self,
+        gid: &GroupId,
+        req: &SendRequest,
+    ) -> Result<SendResponse, ClientError> {
+        let token = self.token().await?;
+        self.transport.send(&token, gid, req).await
+    }
+
+    /// Encrypts and sends `content` to a group, rebasing on concurrent commits.
+    pub(super) async fn send_content(
+        &self,
+        gid: &GroupId,
+        content: &Content,
+        sent_at: u64,
+    ) -> Result<SendResponse, ClientError> {
+        let envelope = Envelope {
+            sent_at,
+            content: content.clone(),
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let req = self.prepare_message(gid, &envelope)?;
+            match self.post(gid, &req).await {
+                Ok(resp) => {
+                    self.accepted(gid, req.client_id, envelope.clone(), resp.clone());
+                    return Ok(resp);
+                }
+                Err(e) if e.code() == Some(ErrorCode::EpochConflict) => {
+                    self.drop_outbox(&req.client_id)?;
+                    self.pull().await?;
+                }
+                // The server may have taken it: the outbox keeps it, the next sync replays it.
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    self.drop_outbox(&req.client_id)?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(kept_changing())
+    }
+
+    /// Encrypts `envelope` for the group and writes the request to the outbox, in one
+    /// transaction (which also records the sends accepted since the last one). Returns the
+    /// request to post.
+    pub fn prepare_message(
+        &self,
+        gid: &GroupId,
+        envelope: &Envelope,
+    ) -> Result<SendRequest, ClientError> {
+        self.tx(|tx| {
+            let req = self.with_active_group(tx, gid, |p, g| {
+                Ok(SendRequest {
+                    client_id: random_client_id(),
+                    message: group::encrypt(p, &self.device, g, envelope)?.into(),
+                    recipients: self.others(g)?,
+                    roster: None,
+                    welcome: None,
+                })
+            })?;
+            tx.put_outbox(&OutboxRecord {
+                client_id: req.client_id.clone(),
+                group: gid.clone(),
+                request: req.clone(),
+                outgoing: Outgoing::Message(envelope.content.clone()),
+                created_at: envelope.sent_at,
+            })?;
+            Ok(req)
+        })
+    }
+
+    /// Notes that the server accepted the message `client_id`: its outbox entry is dropped
+    /// and the message recorded as sent in the next transaction.
+    pub fn accepted(
+        &self,
+        gid: &GroupId,
+        client_id: String,
+        envelope: Envelope,
+        response: SendResponse,
+    ) {
+        lock(&self.accepted).push(AcceptedSend {
+            group: gid.clone(),
+            client_id,
+            envelope,
+            response,
+        });
+    }
+
+    /// Drops a commit the server refused, and its outbox entry.
+    pub(super) fn abandon_commit(&self, gid: &GroupId, client_id: &str) -> Result<(), ClientError> {
+        self.tx(|tx| {
+            tx.remove_outbox(client_id)?;
+            self.discard_pending_commit(tx, gid)
+        })
+    }
+
+    /// Forgets this device's pending commit in the group, if it has one.
+    fn discard_pending_commit(&self, tx: &impl StoreTx, gid: &GroupId) -> Result<(), ClientError> {
+        self.with_group(tx, gid, |p, g| Ok(group::discard_pending(p, g)?))
+    }
+
+    pub(super) fn drop_outbox(&self, client_id: &str) -> Result<(), ClientError> {
+        self.tx(|tx| Ok(tx.remove_outbox(client_id).map(drop)?))
+    }
+
+    /// Records an accepted message as sent.
+    pub(super) fn finish_message(
+        &self,
+        tx: &impl StoreTx,
+        accepted: &AcceptedSend,
+    ) -> Result<(), ClientError> {
+        tx.remove_outbox(&accepted.client_id)?;
+        if let Content::Text { body } = &accepted.envelope.content {
+            tx.add_history(&HistoryRecord {
+                id: accepted.response.id.to_string(),
+                group: Some(accepted.group.clone()),
+                sender: Some((self.me().clone(), true)),
+                sent_at: accepted.envelope.sent_at,
+                received_at: accepted.response.accepted_at,
+                item: HistoryItem::Text(body.clone()),
+                outgoing: true,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Merges this device's accepted commit and records its events.
+    pub(super) fn finish_commit(
+        &self,
+        tx: &impl StoreTx,
+        gid: &GroupId,
+        client_id: &str,
+        resp: &SendResponse,
+    ) -> Result<Vec<Event>, ClientError> {
+        let sent_at = tx.remove_outbox(client_id)?;
+        let (before, after) = self.with_group(tx, gid, |p, g| {
+            let before = group::members(g)?;
+            group::merge_pending(p, g)?;
+            Ok::<_, ClientError>((before, group::members(g)?))
+        })?;
+        let added: Vec<MemberDevice> = after
+            .iter()
+            .filter(|m| !before.contains(m))
+            .cloned()
+            .collect();
+        let removed: Vec<DeviceAddr> = before
+            .iter()
+            .filter(|m| !after.contains(m))
+            .map(|m| m.addr.clone())
+            .collect();
+        let events = self.describe(self.me(), &added, &removed);
+        for (i, event) in events.iter().enumerate() {
+            tx.add_history(&HistoryRecord {
+                id: format!("{}.{i}", resp.id),
+                group: Some(gid.clone()),
+                sender: Some((self.me().clone(), true)),
+                sent_at: sent_at.unwrap_or(resp.accepted_at),
+                received_at: resp.accepted_at,
+                item: HistoryItem::Event(event.clone()),
+                outgoing: true,
+            })?;
+        }
+        Ok(events)
+    }
+
+    /// Sends whatever an interrupted run left in the outbox, with its original idempotency
+    /// key, so the server stores it at most once. Entries go in order; one the server may yet
+    /// take (it could not be reached, failed, or asked for patience) stops the flush and waits
+    /// for the next sync with those after it. An entry that can never be sent is dropped and
+    /// told to the user, so that it cannot block this device's receiving.
+    pub(super) async fn flush_outbox(&self) -> Result<(), ClientError> {
+        // Bookkeeping of sends already accepted first: they need no replay.
+        self.finish_accepted()?;
+        for entry in self.tx(|tx| Ok(tx.outbox()?))? {
+            match self.replay(&entry).await {
+                Ok(()) => {}
+                Err(e @ ClientError::Unreachable(_)) => return Err(e),
+                Err(e) if e.is_transient() => return Ok(()),
+                Err(e) => self.give_up(&entry, &e)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one outbox entry again; a message or change that lost its epoch is redone.
+    async fn replay(&self, entry: &OutboxRecord) -> Result<(), ClientError> {
+        let gid = &entry.group;
+        let result = self.post(gid, &entry.request).await;
+        if let Err(e) = &result
+            && (e.is_transient() || e.code() != Some(ErrorCode::EpochConflict))
+        {
+            return result.map(drop);
+        }
+        match (&entry.outgoing, result) {
+            (Outgoing::Message(content), Ok(response)) => {
+                let accepted = AcceptedSend {
+                    group: gid.clone(),
+                    client_id: entry.client_id.clone(),
+                    envelope: Envelope {
+                        sent_at: entry.created_at,
+                        content: content.clone(),
+                    },
+                    response,
+                };
+                self.tx(|tx| self.finish_message(tx, &accepted))
+            }
+            (Outgoing::Commit(change), Ok(resp)) => {
+                self.tx(|tx| self.finish_commit(tx, gid, &entry.client_id, &resp))?;
+                // As after any commit that adds someone: tell them what the group is.
+                if change.add.is_empty() {
+                    return Ok(());
+                }
+                self.send_group_info(gid).await
+            }
+            // The group moved on: process what moved it, then redo this against the new
+            // state. The entry stays until then, so a failure on the way loses nothing (its
+            // replay gets 409 again).
+            (Outgoing::Message(content), Err(_)) => {
+                self.pull().await?;
+                self.drop_outbox(&entry.client_id)?;
+                self.send_content(gid, content, entry.created_at)
+                    .await
+                    .map(drop)
+            }
+            (Outgoing::Commit(MemberChange { add, remove }), Err(_)) => {
+                self.tx(|tx| self.discard_pending_commit(tx, gid))?;
+                self.pull().await?;
+                self.drop_outbox(&entry.client_id)?;
+                self.change_members(gid, add, remove).await.map(drop)
+            }
+        }
+    }
+
+    /// Drops an entry that can never be sent (and its pending commit), and tells the user
+    /// why: as a security event if that was the reason.
+    fn give_up(&self, entry: &OutboxRecord, e: &ClientError) -> Result<(), ClientError> {
+        match entry.outgoing {
+            Outgoing::Commit(_) => self.abandon_commit(&entry.group, &entry.client_id)?,
+            Outgoing::Message(_) => self.drop_outbox(&entry.client_id)?,
+        }
+        let group = Some(&entry.group);
+        self.tx(|tx| match e {
+            ClientError::Security(reason) => self.record_security(tx, group, None, reason),
+            other => {
+                let id = format!("local-{}", random_client_id());
+                let reason = other.to_string();
+                let item = HistoryItem::Event(Event::Undelivered { reason });
+                self.record_notice(tx, id, group, item)
+            }
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! The sync: fetch the queue, process each message exactly once, make the result durable,
+//! acknowledge.
+//!
+//! A message is acknowledged only when its effects are durable, and only when it was decided:
+//! processed, or refused for a verified reason. A message that could not be checked because a
+//! device list could not be fetched stays in the queue for the next sync.
+
+use super::directory::ApplyError;
+use super::{Engine, lock};
+use crate::events::Event;
+use crate::group::{self, MemberDevice, Received};
+use crate::store::{ClientStore, ConversationRecord, HistoryItem, HistoryRecord, Setting, StoreTx};
+use crate::{ClientError, Content, Envelope, Transport};
+use sotto_proto::api::{QueuedKind, QueuedMessage};
+use sotto_proto::{DeviceAddr, GroupId, Username};
+use std::collections::BTreeSet;
+
+/// Queue fetch batch size.
+const FETCH_BATCH: u32 = 100;
+
+/// What [`Engine::process`] got through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    /// The ids of the messages decided, in order: these may be acknowledged once durable.
+    pub done: Vec<u64>,
+    /// The users whose device lists the next message needs checked against.
+    pub need: Vec<Username>,
+}
+
+enum Handled {
+    Done,
+    NeedLists(Vec<Username>),
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
+    /// Sends what the outbox holds, then processes everything queued for this device. Every
+    /// security failure met on the way is stored as a security event; one met while
+    /// processing a message refuses that message and the sync goes on.
+    pub async fn sync(&self) -> Result<(), ClientError> {
+        let result = self.exchange().await;
+        self.recorded(result)
+    }
+
+    /// [`Engine::sync`] for operations that record security failures themselves.
+    pub(super) async fn exchange(&self) -> Result<(), ClientError> {
+        self.flush_outbox().await?;
+        self.pull().await
+    }
+
+    pub(super) async fn pull(&self) -> Result<(), ClientError> {
+        let token = self.token().await?;
+        self.forget_lists();
+        loop {
+            let queue = self.transport.queue(&token, FETCH_BATCH).await?;
+            self.note_dropped(queue.dropped_total)?;
+            let batch = queue.messages;
+            if batch.is_empty() {
+                break;
+            }
+            let mut acks = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            'batch: while acks.len() < batch.len() {
+                // One transaction for as much of the batch as can be checked without network.
+                let processed = self.process(batch.get(acks.len()..).unwrap_or_default())?;
+                acks.extend(processed.done);
+                for user in processed.need {
+                    match self.fetch_device_list(&user).await {
+                        Ok(_) => {}
+                        // Verified, or the server's word that there is no such account: the
+                        // devices cannot be proven, so the check refuses them.
+                        Err(ClientError::Security(reason) | ClientError::Usage(reason)) => {
+                            self.list_unverifiable(&user, reason);
+                        }
+                        // Nothing learned: leave this message queued for the next sync.
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'batch;
+                        }
+                    }
+                }
+            }
+            let durable = self.store.make_durable()?;
+            if durable && !acks.is_empty() {
+                self.transport.ack(&token, acks).await?;
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if !durable {
+                // Redelivered next time, and skipped as already processed.
+                break;
+            }
+        }
+        // Best effort: what was received is done; a failed top-up is tried on the next sync.
+        let _ = self.top_up_key_packages(&token).await;
+        Ok(())
+    }
+
+    /// Processes queued messages in order, in one transaction, each exactly once (an id
+    /// processed before is skipped), until one needs device lists not fetched yet. Every
+    /// message it gets to is decided: applied, or recorded as refused or unreadable.
+    pub fn process(&self, batch: &[QueuedMessage]) -> Result<Processed, ClientError> {
+        self.tx(|tx| {
+            let mut done = Vec::with_capacity(batch.len());
+            for m in batch {
+                if let Handled::NeedLists(need) = self.handle(tx, m)? {
+                    return Ok(Processed { done, need });
+                }
+                done.push(m.id);
+            }
+            Ok(Processed {
+                done,
+                need: Vec::new(),
+            })
+        })
+    }
+
+    /// Notes when the server reports more messages dropped for this device than it did last
+    /// time (a full queue, or messages that outlived the retention period).
+    fn note_dropped(&self, total: u64) -> Result<(), ClientError> {
+        self.tx(|tx| {
+            let seen = tx
+                .setting(Setting::DroppedSeen)?
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map_or(0, u64::from_be_bytes);
+            // A count that went back means the server's data was reset: count from there.
+            if total > seen {
+                let id = format!("dropped-{total}");
+                let count = total.saturating_sub(seen);
+                self.record_notice(tx, id, None, HistoryItem::Event(Event::Dropped { count }))?;
+            }
+            if total != seen {
+                tx.set_setting(Setting::DroppedSeen, &total.to_be_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn handle(&self, tx: &impl StoreTx, m: &QueuedMessage) -> Result<Handled, ClientError> {
+        if tx.is_processed(m.id)? {
+            return Ok(Handled::Done);
+        }
+        let outcome = tx.savepoint(|| match self.apply(tx, m) {
+            Err(ApplyError::Failed(e)) => Err(Failed(Ok(e))),
+            Err(ApplyError::NeedLists(users)) => Err(Failed(Err(users))),
+            Ok(()) => Ok(()),
+        });
+        match outcome {
+            Ok(()) => {}
+            Err(Failed(Err(users))) => {
+                self.forget_groups();
+                return Ok(Handled::NeedLists(users));
+            }
+            Err(Failed(Ok(ClientError::Store(e)))) => return Err(ClientError::Store(e)),
+            Err(Failed(Ok(e))) => {
+                self.forget_groups();
+                // Only the server says who sent a message that did not verify or decrypt.
+                let item = match e {
+                    ClientError::Security(reason) => HistoryItem::Security {
+                        from: Some(m.sender.user.clone()),
+                        reason,
+                    },
+                    other => HistoryItem::Event(Event::Unreadable {
+                        from: m.sender.user.clone(),
+                        reason: other.to_string(),
+                    }),
+                };
+                tx.add_history(&HistoryRecord {
+                    id: m.id.to_string(),
+                    group: Some(m.group_id.clone()),
+                    sender: Some((m.sender.clone(), false)),
+                    sent_at: m.accepted_at,
+                    received_at: m.accepted_at,
+                    item,
+                    outgoing: false,
+                })?;
+            }
+        }
+        tx.mark_processed(m.id)?;
+        Ok(Handled::Done)
+    }
+
+    fn apply(&self, tx: &impl StoreTx, m: &QueuedMessage) -> Result<(), ApplyError> {
+        let gid = &m.group_id;
+        match m.kind {
+            QueuedKind::Welcome => {
+                if self.conversation_exists(tx, gid)? {
+                    return Ok(());
+                }
+                lock(&self.cache).groups.remove(gid);
+                let g = group::join(&tx.mls(), m.message.as_slice())?;
+                self.verify_members(&group::members(&g)?)?;
+                // A member removed earlier and added back rejoins its conversation, which
+                // stays what it was (a group, or a one-to-one conversation).
+                tx.upsert_conversation(&ConversationRecord {
+                    group: gid.clone(),
+                    name: None,
+                    peer: None,
+                    announced: false,
+                    active: true,
+                    created_at: m.accepted_at,
+                })?;
+                Ok(())
+            }
+            QueuedKind::Group => {
+                if !self.conversation_exists(tx, gid)? {
+                    // Not (or no longer) in this group on this device: nothing to show.
+                    return Ok(());
+                }
+                self.with_group(tx, gid, |provider, g| {
+                    match group::process(provider, g, m.message.as_slice())? {
+                        Received::Content { sender, envelope } => {
+                            let users = group::members(g)?.into_iter().map(|d| d.addr.user);
+                            self.apply_content(tx, m, &sender, envelope, &users.collect())?;
+                        }
+                        Received::Commit(staged) => {
+                            self.verify_members(&staged.summary.proven_devices())?;
+                            let summary = group::merge_staged(provider, g, staged)?;
+                            let events =
+                                self.describe(&summary.committer, &summary.added, &summary.removed);
+                            for (i, event) in events.into_iter().enumerate() {
+                                tx.add_history(&HistoryRecord {
+                                    id: format!("{}.{i}", m.id),
+                                    group: Some(gid.clone()),
+                                    sender: Some((summary.committer.clone(), true)),
+                                    sent_at: summary.sent_at.unwrap_or(m.accepted_at),
+                                    received_at: m.accepted_at,
+                                    item: HistoryItem::Event(event),
+                                    outgoing: false,
+                                })?;
+                            }
+                            if summary.self_removed {
+                                tx.deactivate_conversation(gid)?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    fn apply_content(
+        &self,
+        tx: &impl StoreTx,
+        m: &QueuedMessage,
+        sender: &DeviceAddr,
+        envelope: Envelope,
+        users: &BTreeSet<Username>,
+    ) -> Result<(), ClientError> {
+        let item = match envelope.content {
+            Content::Text { body } => Some(HistoryItem::Text(body)),
+            Content::GroupInfo { name } => self
+                .describe_conversation(tx, &m.group_id, sender, name, users)?
+                .map(HistoryItem::Event),
+        };
+        let Some(item) = item else {
+            return Ok(());
+        };
+        tx.add_history(&HistoryRecord {
+            id: m.id.to_string(),
+            group: Some(m.group_id.clone()),
+            sender: Some((sender.clone(), true)),
+            sent_at: envelope.sent_at,
+            received_at: m.accepted_at,
+            item,
+            outgoing: false,
+        })?;
+        Ok(())
+    }
+
+    /// Applies a member's description of the conversation (`GroupInfo`). The first one
+    /// fixes what the conversation is: a named group, or a one-to-one conversation with its
+    /// sender, which it can only be while the two of you are its only members. After that a
+    /// group can be renamed, but nobody can turn a group into a one-to-one conversation or
+    /// back. Returns the event to show, if any.
+    fn describe_conversation(
+        &self,
+        tx: &impl StoreTx,
+        gid: &GroupId,
+        sender: &DeviceAddr,
+        name: Option<String>,
+        users: &BTreeSet<Username>,
+    ) -> Result<Option<Event>, ClientError> {
+        let c = tx
+            .conversation(gid)?
+            .ok_or_else(|| ClientError::damaged("conversation"))?;
+        let by = sender.user.clone();
+        let set =
+            |name: Option<&str>, peer: Option<&Username>| tx.describe_conversation(gid, name, peer);
+        Ok(match (c.name, c.peer, name) {
+            (None, None, Some(new)) => {
+                set(Some(&new), None)?;
+                Some(Event::Joined { by })
+            }
+            (None, None, None) => {
+                let just_us = users.len() == 2 && users.contains(&by);
+                if !just_us {
+                    return Ok(Some(Event::NotOneToOne {
+                        by,
+                        people: users.len(),
+                    }));
+                }
+                set(None, Some(&by))?;
+                None
+            }
+            (Some(old), peer, Some(new)) if old != new => {
+                set(Some(&new), peer.as_ref())?;
+                Some(Event::Renamed {
+                    by,
+                    from: old,
+                    to: new,
+                })
+            }
+            (Some(old), peer, Some(_)) => {
+                if c.announced {
+                    None
+                } else {
+                    set(Some(&old), peer.as_ref())?;
+                    Some(Event::Joined { by })
+                }
+            }
+            (Some(_), _, None) => Some(Event::GroupStaysGroup { by }),
+            (None, Some(_), Some(new)) => Some(Event::OneToOneStaysUnnamed { by, name: new }),
+            (None, Some(peer), None) => {
+                if !c.announced {
+                    set(None, Some(&peer))?;
+                }
+                None
+            }
+        })
+    }
+
+    /// The events of a commit by `committer`: each user added, then each user removed.
+    pub(super) fn describe(
+        &self,
+        committer: &DeviceAddr,
+        added: &[MemberDevice],
+        removed: &[DeviceAddr],
+    ) -> Vec<Event> {
+        let users = |devs: &mut dyn Iterator<Item = &Username>| {
+            devs.cloned().collect::<BTreeSet<Username>>()
+        };
+        let by = &committer.user;
+        let mut out = Vec::new();
+        for user in users(&mut added.iter().map(|d| &d.addr.user)) {
+            out.push(Event::Added {
+                by: by.clone(),
+                user,
+            });
+        }
+        for user in users(&mut removed.iter().map(|d| &d.user)) {
+            out.push(Event::Removed {
+                by: by.clone(),
+                user,
+            });
+        }
+        out
+    }
+}
+
+/// A message that failed inside its savepoint: why (`Ok`), or the lists it needs (`Err`).
+struct Failed(Result<ClientError, Vec<Username>>);
+
+impl From<crate::StoreError> for Failed {
+    fn from(e: crate::StoreError) -> Self {
+        Failed(Ok(e.into()))
+    }
+}

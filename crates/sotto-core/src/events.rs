@@ -1,0 +1,94 @@
+//! What happens in a conversation besides text, as data: membership changes, descriptions,
+//! notices. The words shown for them are chosen by whoever displays them (`sotto-client`),
+//! never stored.
+
+use serde::{Deserialize, Serialize};
+use sotto_proto::Username;
+
+/// Something that happened, for the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// `by` added `user` (with all of its devices).
+    Added {
+        /// Who committed.
+        by: Username,
+        /// Who was added.
+        user: Username,
+    },
+    /// `by` removed `user`.
+    Removed {
+        /// Who committed.
+        by: Username,
+        /// Who was removed.
+        user: Username,
+    },
+    /// The first description of a group this device was added to: `by` added it.
+    Joined {
+        /// Who added this device.
+        by: Username,
+    },
+    /// `by` renamed the group.
+    Renamed {
+        /// Who.
+        by: Username,
+        /// The old name.
+        from: String,
+        /// The new name.
+        to: String,
+    },
+    /// `by` described a conversation of more than two people as one-to-one; ignored.
+    NotOneToOne {
+        /// Who.
+        by: Username,
+        /// How many people it holds.
+        people: usize,
+    },
+    /// `by` tried to turn a group into a one-to-one conversation; ignored.
+    GroupStaysGroup {
+        /// Who.
+        by: Username,
+    },
+    /// `by` tried to name a one-to-one conversation; ignored.
+    OneToOneStaysUnnamed {
+        /// Who.
+        by: Username,
+        /// The name tried.
+        name: String,
+    },
+    /// The server dropped messages for this device before it fetched them.
+    Dropped {
+        /// How many.
+        count: u64,
+    },
+    /// A message the server says came from `from` could not be read.
+    Unreadable {
+        /// The server's word on who sent it.
+        from: Username,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// Something this device sent was refused for good.
+    Undelivered {
+        /// Why.
+        reason: String,
+    },
+    /// A removal that found nobody to remove.
+    NobodyToRemove,
+    /// An event an earlier version stored as text.
+    Earlier {
+        /// Its text.
+        text: String,
+    },
+}
+
+/// The users a commit adds and removes, kept so that a commit that lost its epoch can be
+/// recomputed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChange {
+    /// Users to add, with all of their devices.
+    pub add: Vec<Username>,
+    /// Users to remove.
+    pub remove: Vec<Username>,
+}

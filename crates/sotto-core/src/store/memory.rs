@@ -1,0 +1,304 @@
+//! A [`ClientStore`] in memory, lost on exit: for tests and benchmarks. A transaction works
+//! on a copy of everything and puts it back when it commits, so a failed one leaves no trace
+//! (the copy costs the size of the store per transaction: not for real use).
+
+use super::{
+    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxRecord, Setting, StoreTx,
+    Unshown, UnshownEntry,
+};
+use crate::StoreError;
+use openmls_libcrux_crypto::CryptoProvider;
+use openmls_memory_storage::MemoryStorage;
+use openmls_traits::OpenMlsProvider;
+use sotto_proto::{GroupId, Username};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+#[derive(Clone, Default)]
+struct State {
+    settings: BTreeMap<Setting, Vec<u8>>,
+    conversations: Vec<ConversationRecord>,
+    /// Position, entry, shown.
+    history: Vec<(i64, HistoryRecord, bool)>,
+    processed: BTreeSet<u64>,
+    contacts: BTreeMap<Username, Vec<u8>>,
+    outbox: Vec<OutboxRecord>,
+    mls: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// An in-memory store.
+pub struct MemoryStore {
+    crypto: CryptoProvider,
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Result<Self, StoreError> {
+        Ok(MemoryStore {
+            crypto: CryptoProvider::new()?,
+            state: Mutex::new(State::default()),
+        })
+    }
+}
+
+/// An open transaction: the lock, and the copy it changes.
+pub struct MemoryTx<'a> {
+    crypto: &'a CryptoProvider,
+    work: RefCell<State>,
+    mls: MemoryStorage,
+}
+
+/// openmls over a [`MemoryTx`].
+pub struct MemoryMls<'a> {
+    crypto: &'a CryptoProvider,
+    storage: &'a MemoryStorage,
+}
+
+impl OpenMlsProvider for MemoryMls<'_> {
+    type CryptoProvider = CryptoProvider;
+    type RandProvider = CryptoProvider;
+    type StorageProvider = MemoryStorage;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        self.crypto
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking transaction never wrote back its copy: what is stored is consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn mls_values(s: &MemoryStorage) -> HashMap<Vec<u8>, Vec<u8>> {
+    s.values
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+impl ClientStore for MemoryStore {
+    type Tx<'a> = MemoryTx<'a>;
+
+    fn transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut guard = lock(&self.state);
+        let work = guard.clone();
+        let tx = MemoryTx {
+            crypto: &self.crypto,
+            mls: MemoryStorage {
+                values: RwLock::new(work.mls.clone()),
+            },
+            work: RefCell::new(work),
+        };
+        let value = f(&tx)?;
+        let mut done = tx.work.into_inner();
+        done.mls = mls_values(&tx.mls);
+        *guard = done;
+        Ok(value)
+    }
+
+    fn make_durable(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
+
+impl StoreTx for MemoryTx<'_> {
+    type MlsError = openmls_memory_storage::MemoryStorageError;
+    type Mls<'a>
+        = MemoryMls<'a>
+    where
+        Self: 'a;
+
+    fn mls(&self) -> MemoryMls<'_> {
+        MemoryMls {
+            crypto: self.crypto,
+            storage: &self.mls,
+        }
+    }
+
+    fn savepoint<T, E: From<StoreError>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let before = (self.work.borrow().clone(), mls_values(&self.mls));
+        let result = f();
+        if result.is_err() {
+            *self.work.borrow_mut() = before.0;
+            *self
+                .mls
+                .values
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = before.1;
+        }
+        result
+    }
+
+    fn data_version(&self) -> Result<i64, StoreError> {
+        // Only this process uses a memory store.
+        Ok(0)
+    }
+
+    fn setting(&self, key: Setting) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.work.borrow().settings.get(&key).cloned())
+    }
+
+    fn set_setting(&self, key: Setting, value: &[u8]) -> Result<(), StoreError> {
+        self.work.borrow_mut().settings.insert(key, value.to_vec());
+        Ok(())
+    }
+
+    fn conversation(&self, group: &GroupId) -> Result<Option<ConversationRecord>, StoreError> {
+        Ok(self
+            .work
+            .borrow()
+            .conversations
+            .iter()
+            .find(|c| &c.group == group)
+            .cloned())
+    }
+
+    fn conversations(&self) -> Result<Vec<ConversationRecord>, StoreError> {
+        let mut all = self.work.borrow().conversations.clone();
+        all.sort_by_key(|c| c.created_at);
+        Ok(all)
+    }
+
+    fn upsert_conversation(&self, c: &ConversationRecord) -> Result<(), StoreError> {
+        let mut work = self.work.borrow_mut();
+        match work.conversations.iter_mut().find(|o| o.group == c.group) {
+            Some(existing) => {
+                existing.active = true;
+                existing.announced = false;
+            }
+            None => work.conversations.push(c.clone()),
+        }
+        Ok(())
+    }
+
+    fn describe_conversation(
+        &self,
+        group: &GroupId,
+        name: Option<&str>,
+        peer: Option<&Username>,
+    ) -> Result<(), StoreError> {
+        if let Some(c) = self
+            .work
+            .borrow_mut()
+            .conversations
+            .iter_mut()
+            .find(|c| &c.group == group)
+        {
+            c.name = name.map(str::to_owned);
+            c.peer = peer.cloned();
+            c.announced = true;
+        }
+        Ok(())
+    }
+
+    fn deactivate_conversation(&self, group: &GroupId) -> Result<(), StoreError> {
+        if let Some(c) = self
+            .work
+            .borrow_mut()
+            .conversations
+            .iter_mut()
+            .find(|c| &c.group == group)
+        {
+            c.active = false;
+        }
+        Ok(())
+    }
+
+    fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError> {
+        let mut work = self.work.borrow_mut();
+        if work.history.iter().any(|(_, e, _)| e.id == entry.id) {
+            return Ok(());
+        }
+        let position = work
+            .history
+            .last()
+            .map_or(1, |(p, _, _)| p.saturating_add(1));
+        work.history.push((position, entry.clone(), entry.outgoing));
+        Ok(())
+    }
+
+    fn unshown(&self, which: Unshown) -> Result<Vec<UnshownEntry>, StoreError> {
+        let work = self.work.borrow();
+        Ok(work
+            .history
+            .iter()
+            .filter(|(_, e, shown)| {
+                !shown && (which == Unshown::All || matches!(e.item, HistoryItem::Security { .. }))
+            })
+            .map(|(position, e, _)| {
+                let c = e
+                    .group
+                    .as_ref()
+                    .and_then(|g| work.conversations.iter().find(|c| &c.group == g));
+                UnshownEntry {
+                    position: *position,
+                    record: e.clone(),
+                    group_name: c.and_then(|c| c.name.clone()),
+                    peer: c.and_then(|c| c.peer.as_ref().map(Username::to_string)),
+                }
+            })
+            .collect())
+    }
+
+    fn mark_shown(&self, position: i64) -> Result<(), StoreError> {
+        for (p, _, shown) in &mut self.work.borrow_mut().history {
+            if *p <= position {
+                *shown = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_processed(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.work.borrow().processed.contains(&id))
+    }
+
+    fn mark_processed(&self, id: u64) -> Result<(), StoreError> {
+        self.work.borrow_mut().processed.insert(id);
+        Ok(())
+    }
+
+    fn pinned_identity(&self, user: &Username) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.work.borrow().contacts.get(user).cloned())
+    }
+
+    fn pin_identity(&self, user: &Username, key: &[u8], _at: u64) -> Result<(), StoreError> {
+        self.work
+            .borrow_mut()
+            .contacts
+            .entry(user.clone())
+            .or_insert_with(|| key.to_vec());
+        Ok(())
+    }
+
+    fn put_outbox(&self, entry: &OutboxRecord) -> Result<(), StoreError> {
+        self.work.borrow_mut().outbox.push(entry.clone());
+        Ok(())
+    }
+
+    fn outbox(&self) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut all = self.work.borrow().outbox.clone();
+        // Stable: entries made in the same second stay in the order they were put.
+        all.sort_by_key(|e| e.created_at);
+        Ok(all)
+    }
+
+    fn remove_outbox(&self, client_id: &str) -> Result<Option<u64>, StoreError> {
+        let mut work = self.work.borrow_mut();
+        let at = work.outbox.iter().position(|e| e.client_id == client_id);
+        Ok(at.map(|i| work.outbox.remove(i).created_at))
+    }
+}

@@ -1,0 +1,249 @@
+//! What a device keeps, as one transactional store trait with written semantics: its account
+//! settings, MLS state (through an openmls provider over the same transaction), conversations,
+//! the history, the ids of processed messages, pinned identity keys and the outbox.
+//! `sotto-client` implements it over SQLCipher; [`memory::MemoryStore`] keeps it in memory.
+//!
+//! Every change happens inside [`ClientStore::transaction`]: all of it lands, or none. `Ok(None)`
+//! means "no such thing"; `Err` means the store itself failed or holds a value that does not
+//! decode.
+
+pub mod memory;
+
+use crate::events::{Event, MemberChange};
+use crate::{Content, StoreError};
+use sotto_proto::api::SendRequest;
+use sotto_proto::{DeviceAddr, GroupId, Username};
+
+/// A setting of the account on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Setting {
+    /// The server's URL.
+    Server,
+    /// Whether plain `http://` to a host that is not loopback is allowed (`[1]`).
+    InsecureHttp,
+    /// The server's identity, pinned at `init`.
+    ServerId,
+    /// The account's username.
+    User,
+    /// This device's id.
+    Device,
+    /// The identity key's secret.
+    IdentitySecret,
+    /// This device's signature key's secret.
+    DeviceSecret,
+    /// The MLS ciphersuite, two bytes big-endian.
+    Suite,
+    /// The account's signed device list (JSON).
+    DeviceList,
+    /// The server's count of messages dropped for this device, as last seen (8 bytes).
+    DroppedSeen,
+}
+
+impl Setting {
+    /// Its stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setting::Server => "server",
+            Setting::InsecureHttp => "insecure_http",
+            Setting::ServerId => "server_id",
+            Setting::User => "user",
+            Setting::Device => "device",
+            Setting::IdentitySecret => "identity_secret",
+            Setting::DeviceSecret => "device_secret",
+            Setting::Suite => "suite",
+            Setting::DeviceList => "device_list",
+            Setting::DroppedSeen => "dropped_seen",
+        }
+    }
+}
+
+/// A conversation as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRecord {
+    /// Its MLS group.
+    pub group: GroupId,
+    /// A group's name; `None` for a one-to-one conversation, or before it is known.
+    pub name: Option<String>,
+    /// The other person of a one-to-one conversation.
+    pub peer: Option<Username>,
+    /// Whether a description (`GroupInfo`) fixed what it is.
+    pub announced: bool,
+    /// False once this device was removed.
+    pub active: bool,
+    /// When it started here.
+    pub created_at: u64,
+}
+
+/// What a history entry holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryItem {
+    /// A text message.
+    Text(String),
+    /// Something that happened: a membership change, a name, a notice.
+    Event(Event),
+    /// A security failure: what was refused, and why.
+    Security {
+        /// Who the server says sent what was refused, if it was a message.
+        from: Option<Username>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One entry of the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// Stable id: the server's message id, with `.N` for the N-th event of one commit, or
+    /// `local-…` for what this device noticed itself.
+    pub id: String,
+    /// The conversation, if any.
+    pub group: Option<GroupId>,
+    /// The sender, if any, and whether MLS authenticated it (false: the server's word).
+    pub sender: Option<(DeviceAddr, bool)>,
+    /// The sender's time.
+    pub sent_at: u64,
+    /// The server's time.
+    pub received_at: u64,
+    /// What it is.
+    pub item: HistoryItem,
+    /// Sent by this device (never shown by `recv`).
+    pub outgoing: bool,
+}
+
+/// A history entry not shown yet, with its conversation's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnshownEntry {
+    /// The store's order.
+    pub position: i64,
+    /// The entry.
+    pub record: HistoryRecord,
+    /// Its conversation's name, if it is a named group.
+    pub group_name: Option<String>,
+    /// The other person, if it is a one-to-one conversation.
+    pub peer: Option<String>,
+}
+
+/// What an outbox entry sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// An application message.
+    Message(Content),
+    /// A commit making this membership change.
+    Commit(MemberChange),
+}
+
+/// A send not yet confirmed by the server, kept with its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// The idempotency key.
+    pub client_id: String,
+    /// The group.
+    pub group: GroupId,
+    /// The request, sent again unchanged.
+    pub request: SendRequest,
+    /// What it sends, to redo it if the group moved on.
+    pub outgoing: Outgoing,
+    /// When it was made: the sender's `sent_at`.
+    pub created_at: u64,
+}
+
+/// Which unshown entries to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unshown {
+    /// All of them.
+    All,
+    /// Security events only.
+    Security,
+}
+
+/// A device's store.
+pub trait ClientStore: Send + Sync {
+    /// An open transaction.
+    type Tx<'a>: StoreTx
+    where
+        Self: 'a;
+
+    /// Runs `f` in one transaction: if it returns `Ok`, everything it wrote lands at once;
+    /// if it returns `Err` (or panics), nothing does.
+    fn transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>;
+
+    /// Makes everything committed so far survive a power loss. `Ok(false)` if that could not
+    /// be done yet (another reader held part of it back): then nothing may be acknowledged.
+    fn make_durable(&self) -> Result<bool, StoreError>;
+}
+
+/// The operations of one transaction.
+pub trait StoreTx {
+    /// The errors of openmls's storage in this store.
+    type MlsError: std::error::Error + Send + Sync + 'static;
+
+    /// openmls's view of this transaction.
+    type Mls<'a>: openmls_traits::OpenMlsProvider<
+            StorageProvider: openmls_traits::storage::StorageProvider<
+                { openmls_traits::storage::CURRENT_VERSION },
+                Error = Self::MlsError,
+            >,
+        >
+    where
+        Self: 'a;
+
+    /// The openmls provider whose storage is this transaction.
+    fn mls(&self) -> Self::Mls<'_>;
+
+    /// Runs `f`; if it fails, undoes what it wrote (and only that) and passes the error on.
+    fn savepoint<T, E: From<StoreError>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E>;
+
+    /// A number that changes whenever another connection commits (another process of this
+    /// device): cached MLS groups are stale once it does.
+    fn data_version(&self) -> Result<i64, StoreError>;
+
+    /// A setting.
+    fn setting(&self, key: Setting) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes a setting.
+    fn set_setting(&self, key: Setting, value: &[u8]) -> Result<(), StoreError>;
+
+    /// The conversation of `group`.
+    fn conversation(&self, group: &GroupId) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Every conversation, oldest first.
+    fn conversations(&self) -> Result<Vec<ConversationRecord>, StoreError>;
+    /// Adds a conversation; if it exists (this device was removed and is added back), makes
+    /// it active again, undescribed, and otherwise leaves it as it was.
+    fn upsert_conversation(&self, c: &ConversationRecord) -> Result<(), StoreError>;
+    /// Sets what a conversation is (its name, or its peer) and marks it described.
+    fn describe_conversation(
+        &self,
+        group: &GroupId,
+        name: Option<&str>,
+        peer: Option<&Username>,
+    ) -> Result<(), StoreError>;
+    /// Marks a conversation inactive: this device was removed.
+    fn deactivate_conversation(&self, group: &GroupId) -> Result<(), StoreError>;
+
+    /// Stores a history entry; an id already stored is left as it is.
+    fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError>;
+    /// Entries not shown yet, oldest first.
+    fn unshown(&self, which: Unshown) -> Result<Vec<UnshownEntry>, StoreError>;
+    /// Marks every entry up to and including `position` as shown.
+    fn mark_shown(&self, position: i64) -> Result<(), StoreError>;
+
+    /// Whether the server's message `id` was processed.
+    fn is_processed(&self, id: u64) -> Result<bool, StoreError>;
+    /// Records that the server's message `id` was processed.
+    fn mark_processed(&self, id: u64) -> Result<(), StoreError>;
+
+    /// The identity key pinned for `user`.
+    fn pinned_identity(&self, user: &Username) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Pins `user`'s identity key, unless one is pinned.
+    fn pin_identity(&self, user: &Username, key: &[u8], at: u64) -> Result<(), StoreError>;
+
+    /// Adds an outbox entry.
+    fn put_outbox(&self, entry: &OutboxRecord) -> Result<(), StoreError>;
+    /// The outbox, oldest first.
+    fn outbox(&self) -> Result<Vec<OutboxRecord>, StoreError>;
+    /// Removes an outbox entry; returns when it was made, if it was there.
+    fn remove_outbox(&self, client_id: &str) -> Result<Option<u64>, StoreError>;
+}

@@ -1,0 +1,49 @@
+//! What the engine asks of the server: the `/v1` API, one method per call. `sotto-client`
+//! implements it over HTTP; a test can implement it in-process. Failures are
+//! [`ClientError::Unreachable`] (nothing learned) or [`ClientError::Refused`] (the server's
+//! answer).
+
+use crate::ClientError;
+use async_trait::async_trait;
+use sotto_proto::api::{
+    ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse,
+    RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
+    TokenResponse, UploadKeyPackagesRequest, UserResponse,
+};
+use sotto_proto::{GroupId, Username};
+
+/// The server's API. Methods that take a `token` act as the device it was issued to.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// The server's settings and identity.
+    async fn config(&self) -> Result<ServerConfig, ClientError>;
+    /// Creates an account. Never repeated after a lost answer (it could succeed twice).
+    async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError>;
+    /// A sign-in challenge.
+    async fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, ClientError>;
+    /// A token for an answered challenge.
+    async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError>;
+    /// A user's identity key and signed device list.
+    async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError>;
+    /// Uploads KeyPackages of the signed-in device.
+    async fn upload_key_packages(
+        &self,
+        token: &str,
+        req: &UploadKeyPackagesRequest,
+    ) -> Result<KeyPackageCount, ClientError>;
+    /// How many KeyPackages the signed-in device has left.
+    async fn key_package_count(&self, token: &str) -> Result<KeyPackageCount, ClientError>;
+    /// Claims one KeyPackage per device of `user`.
+    async fn claim(&self, token: &str, user: &Username) -> Result<ClaimResponse, ClientError>;
+    /// Sends a message to a group.
+    async fn send(
+        &self,
+        token: &str,
+        group: &GroupId,
+        req: &SendRequest,
+    ) -> Result<SendResponse, ClientError>;
+    /// The oldest messages queued for the signed-in device.
+    async fn queue(&self, token: &str, limit: u32) -> Result<QueueResponse, ClientError>;
+    /// Acknowledges queued messages.
+    async fn ack(&self, token: &str, ids: Vec<u64>) -> Result<(), ClientError>;
+}
