@@ -208,7 +208,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         })
     }
 
-    fn direct_conversation(&self, peer: &Username) -> Result<Option<GroupId>, ClientError> {
+    pub(super) fn direct_conversation(
+        &self,
+        peer: &Username,
+    ) -> Result<Option<GroupId>, ClientError> {
         let all = self.tx(|tx| Ok(tx.conversations()?))?;
         // The newest, if a first attempt left an older one behind.
         Ok(all
@@ -218,7 +221,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             .map(|c| c.group))
     }
 
-    fn group_by_name(&self, name: &str) -> Result<GroupId, ClientError> {
+    pub(super) fn group_by_name(&self, name: &str) -> Result<GroupId, ClientError> {
         let all = self.tx(|tx| Ok(tx.conversations()?))?;
         let named: Vec<_> = all
             .iter()

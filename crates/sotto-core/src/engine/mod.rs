@@ -16,6 +16,8 @@ pub mod directory;
 pub mod history;
 pub mod outbox;
 pub mod sync;
+#[cfg(test)]
+mod tests;
 
 use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Clock, DeviceKey, IdentityKey, Transport, group};

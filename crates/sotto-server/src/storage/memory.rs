@@ -95,6 +95,19 @@ impl MemoryStorage {
     }
 }
 
+impl MemoryStorage {
+    /// What an operator with write access to the data can do: give `device` (a device of an
+    /// existing account) a place on the server that its owner never signed for. Clients must
+    /// catch it; tests use this to check that they do.
+    pub async fn plant_device(&self, device: &DeviceAddr, signature_key: &[u8]) {
+        self.state
+            .lock()
+            .await
+            .devices
+            .insert(device.clone(), signature_key.to_vec());
+    }
+}
+
 fn count_of(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }

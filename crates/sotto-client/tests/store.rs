@@ -1,0 +1,193 @@
+//! The engine's store promises the same thing whatever keeps it: these checks run against
+//! the SQLCipher store and the in-memory one alike.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use sotto_client::store::SqlCipherStore;
+use sotto_core::events::{Event, MemberChange};
+use sotto_core::store::memory::MemoryStore;
+use sotto_core::store::{
+    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxRecord, Outgoing, Setting,
+    StoreTx, Unshown,
+};
+use sotto_core::{ClientError, Content, StoreError};
+use sotto_proto::api::SendRequest;
+use sotto_proto::{Bytes, GroupId, Username};
+
+fn group(n: u8) -> GroupId {
+    GroupId::from_bytes(&[n; 16]).unwrap()
+}
+
+fn entry(id: &str, item: HistoryItem) -> HistoryRecord {
+    HistoryRecord {
+        id: id.into(),
+        group: Some(group(1)),
+        sender: None,
+        sent_at: 10,
+        received_at: 20,
+        item,
+        outgoing: false,
+    }
+}
+
+fn outbox(client_id: &str, at: u64, outgoing: Outgoing) -> OutboxRecord {
+    OutboxRecord {
+        client_id: client_id.into(),
+        group: group(1),
+        request: SendRequest {
+            client_id: client_id.into(),
+            message: Bytes(vec![1, 2, 3]),
+            recipients: Vec::new(),
+            roster: None,
+            welcome: None,
+        },
+        outgoing,
+        created_at: at,
+    }
+}
+
+fn conformance<S: ClientStore>(store: &S) {
+    // A transaction that fails leaves nothing; one that succeeds leaves all.
+    let failed: Result<(), ClientError> = store.transaction(|tx| {
+        tx.set_setting(Setting::User, b"alice")?;
+        Err(ClientError::Usage("changed my mind".into()))
+    });
+    assert!(failed.is_err());
+    let read = |key| {
+        store
+            .transaction(|tx| tx.setting(key))
+            .unwrap_or_else(|e: StoreError| panic!("{e}"))
+    };
+    assert_eq!(read(Setting::User), None);
+    store
+        .transaction(|tx| tx.set_setting(Setting::User, b"alice"))
+        .unwrap();
+    assert_eq!(read(Setting::User), Some(b"alice".to_vec()));
+
+    // A savepoint that fails undoes only what it wrote.
+    store
+        .transaction(|tx| {
+            tx.mark_processed(1)?;
+            let inner: Result<(), StoreError> = tx.savepoint(|| {
+                tx.mark_processed(2)?;
+                Err(StoreError::new("refused"))
+            });
+            assert!(inner.is_err());
+            assert!(tx.is_processed(1)? && !tx.is_processed(2)?);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
+    // A conversation added back after a removal is active again and undescribed, with its
+    // name kept.
+    let team = ConversationRecord {
+        group: group(1),
+        name: Some("team".into()),
+        peer: None,
+        announced: true,
+        active: true,
+        created_at: 5,
+    };
+    store
+        .transaction(|tx| {
+            tx.upsert_conversation(&team)?;
+            tx.deactivate_conversation(&team.group)?;
+            tx.upsert_conversation(&ConversationRecord {
+                name: None,
+                ..team.clone()
+            })?;
+            let back = tx.conversation(&team.group)?.unwrap();
+            assert!(back.active && !back.announced);
+            assert_eq!(back.name.as_deref(), Some("team"));
+            let bob = Username::parse("bob").unwrap();
+            tx.describe_conversation(&team.group, None, Some(&bob))?;
+            let described = tx.conversation(&team.group)?.unwrap();
+            assert_eq!((described.name, described.peer), (None, Some(bob)));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
+    // History: an id is stored once; events and security events come back as data;
+    // outgoing entries are never unshown; shown entries stay shown.
+    let added = HistoryItem::Event(Event::Added {
+        by: Username::parse("alice").unwrap(),
+        user: Username::parse("bob").unwrap(),
+    });
+    let refused = HistoryItem::Security {
+        from: Some(Username::parse("mallory").unwrap()),
+        reason: "a ghost".into(),
+    };
+    store
+        .transaction(|tx| {
+            tx.add_history(&entry("1", HistoryItem::Text("hi".into())))?;
+            tx.add_history(&entry("1", HistoryItem::Text("again".into())))?;
+            tx.add_history(&entry("2", added.clone()))?;
+            tx.add_history(&HistoryRecord {
+                outgoing: true,
+                ..entry("3", HistoryItem::Text("mine".into()))
+            })?;
+            tx.add_history(&entry("4", refused.clone()))?;
+            let all = tx.unshown(Unshown::All)?;
+            let items: Vec<_> = all.iter().map(|e| e.record.item.clone()).collect();
+            assert_eq!(
+                items,
+                [
+                    HistoryItem::Text("hi".into()),
+                    added.clone(),
+                    refused.clone()
+                ]
+            );
+            assert_eq!(all[0].peer.as_deref(), Some("bob"));
+            let security = tx.unshown(Unshown::Security)?;
+            assert_eq!(security.len(), 1);
+            tx.mark_shown(all[1].position)?;
+            assert_eq!(tx.unshown(Unshown::All)?.len(), 1);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
+    // The outbox keeps its order, and gives back when an entry was made as it removes it.
+    let text = Outgoing::Message(Content::Text { body: "x".into() });
+    let change = Outgoing::Commit(MemberChange {
+        add: vec![Username::parse("carol").unwrap()],
+        remove: Vec::new(),
+    });
+    store
+        .transaction(|tx| {
+            tx.put_outbox(&outbox("b", 7, change.clone()))?;
+            tx.put_outbox(&outbox("a", 7, text.clone()))?;
+            tx.put_outbox(&outbox("c", 3, text.clone()))?;
+            let ids: Vec<String> = tx.outbox()?.into_iter().map(|e| e.client_id).collect();
+            assert_eq!(ids, ["c", "b", "a"]);
+            assert_eq!(tx.outbox()?[1].outgoing, change);
+            assert_eq!(tx.remove_outbox("b")?, Some(7));
+            assert_eq!(tx.remove_outbox("b")?, None);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
+    // Contacts: the first key pinned stays.
+    store
+        .transaction(|tx| {
+            let carol = Username::parse("carol").unwrap();
+            tx.pin_identity(&carol, &[1; 32], 1)?;
+            tx.pin_identity(&carol, &[2; 32], 2)?;
+            assert_eq!(tx.pinned_identity(&carol)?, Some(vec![1; 32]));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_sqlcipher_store_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlCipherStore::open(&dir.path().join("store.db"), &[3; 32]).unwrap();
+    conformance(&store);
+}
+
+#[test]
+fn the_memory_store_keeps_the_store_contract() {
+    conformance(&MemoryStore::new().unwrap());
+}

@@ -1,0 +1,377 @@
+//! A server in the test's own process: the real storage rules and delivery rules of
+//! `sotto-server` (over its in-memory storage) behind the engine's [`Transport`], without
+//! HTTP. Each device gets its own [`LocalTransport`]; one can be made to believe lies.
+
+use crate::events::Event;
+use crate::store::HistoryItem;
+use crate::store::memory::MemoryStore;
+use crate::{ClientError, Clock, Engine, Transport};
+use async_trait::async_trait;
+use sotto_proto::api::{
+    ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse,
+    RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
+    TokenResponse, UploadKeyPackagesRequest, UserResponse, auth_signing_input,
+};
+use sotto_proto::device_list::{SignedDeviceListIn, parse_verifying_key};
+use sotto_proto::{API_VERSION, DeviceAddr, ErrorBody, ErrorCode, GroupId, ServerId, Username};
+use sotto_server::delivery::{self, QueueQuota, Submitted};
+use sotto_server::storage::memory::MemoryStorage;
+use sotto_server::storage::{
+    AccountStore as _, Claim, DeliveryStore as _, KeyPackageStore as _, ServerStore as _,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A clock the test sets.
+#[derive(Default)]
+pub struct TestClock(AtomicU64);
+
+impl TestClock {
+    pub fn advance(&self, seconds: u64) {
+        self.0.fetch_add(seconds, Ordering::Relaxed);
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> u64 {
+        1_700_000_000 + self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub struct LocalServer {
+    storage: MemoryStorage,
+    server_id: ServerId,
+    tokens: Mutex<HashMap<String, DeviceAddr>>,
+    /// How many sends it refused for a stale epoch.
+    pub epoch_conflicts: AtomicU64,
+    pub clock: Arc<TestClock>,
+}
+
+pub type Device = Engine<MemoryStore, LocalTransport>;
+
+impl LocalServer {
+    pub async fn new() -> Arc<Self> {
+        let storage = MemoryStorage::new();
+        let server_id = storage.server_id().await.unwrap();
+        Arc::new(LocalServer {
+            storage,
+            server_id,
+            tokens: Mutex::new(HashMap::new()),
+            epoch_conflicts: AtomicU64::new(0),
+            clock: Arc::new(TestClock::default()),
+        })
+    }
+
+    /// A new account `name` with one device, in memory.
+    pub async fn device(self: &Arc<Self>, name: &str) -> Device {
+        let transport = LocalTransport {
+            server: self.clone(),
+            lies: Mutex::new(HashMap::new()),
+        };
+        let config = transport.config().await.unwrap();
+        let user = Username::parse(name).unwrap();
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        Engine::create(
+            MemoryStore::new().unwrap(),
+            transport,
+            clock,
+            &user,
+            &config,
+            &[],
+        )
+        .await
+        .unwrap()
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn signed_in(&self, token: &str) -> Result<DeviceAddr, ClientError> {
+        self.tokens
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+            .ok_or_else(|| refused(ErrorCode::Unauthorized, "unknown token"))
+    }
+}
+
+fn refused(code: ErrorCode, message: &str) -> ClientError {
+    ClientError::Refused(ErrorBody {
+        code,
+        message: message.into(),
+        epoch: None,
+    })
+}
+
+fn invalid(e: impl std::fmt::Display) -> ClientError {
+    refused(ErrorCode::InvalidField, &e.to_string())
+}
+
+fn failed(e: impl std::fmt::Display) -> ClientError {
+    refused(ErrorCode::Internal, &e.to_string())
+}
+
+/// One device's way to the [`LocalServer`].
+pub struct LocalTransport {
+    server: Arc<LocalServer>,
+    /// KeyPackages this device is offered when it claims those of a user: a server lying to
+    /// it.
+    lies: Mutex<HashMap<Username, ClaimResponse>>,
+}
+
+impl LocalTransport {
+    /// From now on, a claim of `user`'s KeyPackages by this device gets `offer`.
+    pub fn lie_about_claims(&self, user: &Username, offer: ClaimResponse) {
+        self.lies.lock().unwrap().insert(user.clone(), offer);
+    }
+
+    /// The server's storage, as its operator sees it.
+    pub fn storage(&self) -> &MemoryStorage {
+        &self.server.storage
+    }
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    async fn config(&self) -> Result<ServerConfig, ClientError> {
+        Ok(ServerConfig {
+            api_version: API_VERSION,
+            ciphersuite: crate::suite::XWING,
+            server_id: self.server.server_id.clone(),
+        })
+    }
+
+    async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        let account = req.clone().validate().map_err(invalid)?;
+        let user = account.device_list.list().user.clone();
+        let now = self.server.now();
+        if !self
+            .storage()
+            .create_account(&account, now)
+            .await
+            .map_err(failed)?
+        {
+            return Err(refused(ErrorCode::UsernameTaken, "username taken"));
+        }
+        Ok(RegisterResponse { user })
+    }
+
+    async fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, ClientError> {
+        let known = self
+            .storage()
+            .device_key(&req.device)
+            .await
+            .map_err(failed)?;
+        if known.is_none() {
+            return Err(refused(ErrorCode::UnknownDevice, "no such device"));
+        }
+        Ok(ChallengeResponse {
+            challenge: rand::random::<[u8; 32]>().to_vec().into(),
+            expires_at: self.server.now() + 60,
+        })
+    }
+
+    async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError> {
+        let key = self
+            .storage()
+            .device_key(&req.device)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| refused(ErrorCode::UnknownDevice, "no such device"))?;
+        let key = parse_verifying_key(&key).map_err(failed)?;
+        let signature =
+            ed25519_dalek::Signature::from_slice(req.signature.as_slice()).map_err(invalid)?;
+        let input = auth_signing_input(
+            &self.server.server_id,
+            &req.device,
+            req.challenge.as_slice(),
+        );
+        key.verify_strict(&input, &signature)
+            .map_err(|_| refused(ErrorCode::InvalidSignature, "signature does not verify"))?;
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        self.server
+            .tokens
+            .lock()
+            .unwrap()
+            .insert(token.clone(), req.device.clone());
+        Ok(TokenResponse {
+            token,
+            expires_at: u64::MAX,
+        })
+    }
+
+    async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError> {
+        self.server.signed_in(token)?;
+        let account = self
+            .storage()
+            .account(user)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| refused(ErrorCode::UnknownUser, "no such user"))?;
+        Ok(UserResponse {
+            user: user.clone(),
+            identity_key: account.identity_key.into(),
+            device_list: SignedDeviceListIn {
+                body: account.device_list_body.into(),
+                signature: account.device_list_signature.into(),
+            },
+        })
+    }
+
+    async fn upload_key_packages(
+        &self,
+        token: &str,
+        req: &UploadKeyPackagesRequest,
+    ) -> Result<KeyPackageCount, ClientError> {
+        let device = self.server.signed_in(token)?;
+        let key = self
+            .storage()
+            .device_key(&device)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| refused(ErrorCode::Unauthorized, "unknown device"))?;
+        let upload = req.clone().validate(&device, &key).map_err(invalid)?;
+        self.storage()
+            .add_key_packages(&device, &upload, 1000)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| invalid("too many KeyPackages"))
+    }
+
+    async fn key_package_count(&self, token: &str) -> Result<KeyPackageCount, ClientError> {
+        let device = self.server.signed_in(token)?;
+        self.storage()
+            .key_package_count(&device)
+            .await
+            .map_err(failed)
+    }
+
+    async fn claim(&self, token: &str, user: &Username) -> Result<ClaimResponse, ClientError> {
+        self.server.signed_in(token)?;
+        if let Some(lie) = self.lies.lock().unwrap().get(user) {
+            return Ok(lie.clone());
+        }
+        match self
+            .storage()
+            .claim_key_packages(user, true)
+            .await
+            .map_err(failed)?
+        {
+            Claim::Claimed(key_packages) => Ok(ClaimResponse { key_packages }),
+            Claim::UnknownUser => Err(refused(ErrorCode::UnknownUser, "no such user")),
+            Claim::Exhausted => Err(refused(ErrorCode::NoKeyPackage, "no KeyPackage left")),
+        }
+    }
+
+    async fn send(
+        &self,
+        token: &str,
+        group: &GroupId,
+        req: &SendRequest,
+    ) -> Result<SendResponse, ClientError> {
+        let sender = self.server.signed_in(token)?;
+        let valid = req.clone().validate(group).map_err(invalid)?;
+        let quota = QueueQuota {
+            messages: 10_000,
+            bytes: 1 << 30,
+        };
+        let now = self.server.now();
+        match delivery::submit(self.storage(), &sender, &valid, now, quota)
+            .await
+            .map_err(failed)?
+        {
+            Submitted::Accepted { response, .. } => Ok(response),
+            Submitted::EpochConflict(epoch) => {
+                self.server.epoch_conflicts.fetch_add(1, Ordering::Relaxed);
+                Err(ClientError::Refused(ErrorBody {
+                    code: ErrorCode::EpochConflict,
+                    message: "epoch conflict".into(),
+                    epoch: Some(epoch),
+                }))
+            }
+            Submitted::NotAMember => Err(refused(ErrorCode::NotAGroupMember, "not a member")),
+            Submitted::UnknownRecipient => Err(refused(ErrorCode::UnknownDevice, "no such device")),
+        }
+    }
+
+    async fn queue(&self, token: &str, limit: u32) -> Result<QueueResponse, ClientError> {
+        let device = self.server.signed_in(token)?;
+        self.storage()
+            .fetch(&device, limit, sotto_proto::limits::MAX_FETCH_BYTES)
+            .await
+            .map_err(failed)
+    }
+
+    async fn ack(&self, token: &str, ids: Vec<u64>) -> Result<(), ClientError> {
+        let device = self.server.signed_in(token)?;
+        delivery::ack(self.storage(), &device, &ids)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// One history entry as a test compares it: who the store says it is from, and what it is.
+pub type Seen = (Option<Username>, HistoryItem);
+
+/// What `device` has not been shown yet, oldest first; marks it shown.
+pub fn shown(device: &Device) -> Vec<Seen> {
+    let entries = device.unshown().unwrap();
+    if let Some(last) = entries.last() {
+        device.mark_shown(last.position).unwrap();
+    }
+    entries
+        .into_iter()
+        .map(|e| (e.record.sender.map(|(s, _)| s.user), e.record.item))
+        .collect()
+}
+
+/// Syncs `device` and returns what it had not shown yet.
+pub async fn recv(device: &Device) -> Vec<Seen> {
+    device.sync().await.unwrap();
+    shown(device)
+}
+
+fn user(name: &str) -> Username {
+    Username::parse(name).unwrap()
+}
+
+/// A text from `from`.
+pub fn text(from: &str, body: &str) -> Seen {
+    (Some(user(from)), HistoryItem::Text(body.into()))
+}
+
+/// An event made by `by`.
+pub fn event(by: &str, event: Event) -> Seen {
+    (Some(user(by)), HistoryItem::Event(event))
+}
+
+/// `by` added `who`.
+pub fn added(by: &str, who: &str) -> Seen {
+    event(
+        by,
+        Event::Added {
+            by: user(by),
+            user: user(who),
+        },
+    )
+}
+
+/// `by` removed `who`.
+pub fn removed(by: &str, who: &str) -> Seen {
+    event(
+        by,
+        Event::Removed {
+            by: user(by),
+            user: user(who),
+        },
+    )
+}
+
+/// `by` added this device to a group.
+pub fn joined(by: &str) -> Seen {
+    event(by, Event::Joined { by: user(by) })
+}

@@ -1,0 +1,169 @@
+//! What the others do when a member misbehaves (or is made to): these tests drive one
+//! device's engine past its own checks, as a malicious or compromised member would.
+
+use super::local::{LocalServer, event, recv, text};
+use crate::events::Event;
+use crate::{ClientError, Content, DeviceKey, group};
+use sotto_proto::Username;
+use sotto_proto::api::{ClaimResponse, ClaimedKeyPackage};
+
+fn user(name: &str) -> Username {
+    Username::parse(name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_info_without_a_name_cannot_turn_a_group_into_a_one_to_one() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let carol = server.device("carol").await;
+    alice
+        .create_group("team", &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    recv(&bob).await;
+    recv(&carol).await;
+    // Alice, a member, describes the group as her one-to-one conversation with bob.
+    let gid = alice.group_by_name("team").unwrap();
+    let unnamed = Content::GroupInfo { name: None };
+    alice.send_content(&gid, &unnamed, 1).await.unwrap();
+    assert_eq!(
+        recv(&bob).await,
+        [event("alice", Event::GroupStaysGroup { by: user("alice") })]
+    );
+    assert_eq!(bob.groups().unwrap()[0].name.as_deref(), Some("team"));
+    // So bob's message to alice goes to a conversation of their own, not to the group.
+    bob.send_text("alice", "just for you").await.unwrap();
+    recv(&carol).await;
+    assert_eq!(recv(&alice).await, [text("bob", "just for you")]);
+    assert!(recv(&carol).await.is_empty());
+    assert_ne!(bob.direct_conversation(&user("alice")).unwrap(), Some(gid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_name_from_a_member_is_shown_as_an_event() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    alice.create_group("team", &["bob".into()]).await.unwrap();
+    recv(&bob).await;
+    let renamed = Content::GroupInfo {
+        name: Some("crew".into()),
+    };
+    let gid = alice.group_by_name("team").unwrap();
+    alice.send_content(&gid, &renamed, 1).await.unwrap();
+    assert_eq!(
+        recv(&bob).await,
+        [event(
+            "alice",
+            Event::Renamed {
+                by: user("alice"),
+                from: "team".into(),
+                to: "crew".into()
+            }
+        )]
+    );
+    assert_eq!(bob.groups().unwrap()[0].name.as_deref(), Some("crew"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_refuses_a_one_to_one_conversation_that_holds_a_third_person() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let carol = server.device("carol").await;
+    alice.send_text("bob", "hi").await.unwrap();
+    recv(&bob).await;
+    // Bob adds carol to his one-to-one conversation with alice.
+    let gid = bob.direct_conversation(&user("alice")).unwrap().unwrap();
+    bob.change_members(&gid, &[user("carol")], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&alice).await,
+        [event(
+            "bob",
+            Event::Added {
+                by: user("bob"),
+                user: user("carol")
+            }
+        )]
+    );
+    let err = alice.send_text("bob", "secret").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Security(s) if s.contains("includes carol")),
+        "{err:?}"
+    );
+    let seen = recv(&carol).await;
+    assert!(!seen.contains(&text("alice", "secret")), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ghost_device_added_by_a_member_is_refused_by_the_others() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let _carol = server.device("carol").await;
+    alice.create_group("team", &["bob".into()]).await.unwrap();
+    recv(&bob).await;
+
+    // The server plants a ghost device for carol and offers alice its KeyPackage; alice's
+    // client believes a carol device list that includes it (alice is compromised, or lied
+    // to).
+    let ghost = DeviceKey::generate(user("carol"));
+    let provider = openmls_libcrux_crypto::Provider::new().unwrap();
+    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
+    let kps = group::new_key_packages(&provider, &ghost, suite, 1, false).unwrap();
+    let transport = alice.transport();
+    transport
+        .storage()
+        .plant_device(ghost.addr(), &ghost.public())
+        .await;
+    transport.lie_about_claims(
+        &user("carol"),
+        ClaimResponse {
+            key_packages: vec![ClaimedKeyPackage {
+                device: ghost.addr().device,
+                key_package: kps.one_time[0].clone().into(),
+            }],
+        },
+    );
+    let mut believed = alice.fetch_device_list(&user("carol")).await.unwrap();
+    believed.devices.push(ghost.entry("ghost", 1));
+    alice
+        .lists
+        .lock()
+        .unwrap()
+        .insert(user("carol"), Ok(believed));
+    let gid = alice.group_by_name("team").unwrap();
+    alice
+        .change_members(&gid, &[user("carol")], &[])
+        .await
+        .unwrap();
+
+    // Bob checks every new leaf against carol's real list and refuses the commit (and so
+    // cannot read what alice sends in the epoch it made).
+    let seen = recv(&bob).await;
+    let refused = seen.iter().find_map(|(_, item)| match item {
+        crate::store::HistoryItem::Security { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    let reason = refused.expect("a security event");
+    assert!(
+        reason.contains(&ghost.addr().device.to_string()),
+        "{reason}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, item)| matches!(item, crate::store::HistoryItem::Event(Event::Added { .. }))),
+        "{seen:?}"
+    );
+    let members: Vec<String> = bob
+        .members("team")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.user)
+        .collect();
+    assert_eq!(members, ["alice", "bob"]);
+}

@@ -1,0 +1,11 @@
+//! The engine on its own: whole conversations between devices in memory, over the real
+//! delivery rules of the server in-process. No HTTP, no files.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod local;
+mod misbehaving;
+mod three_users;
