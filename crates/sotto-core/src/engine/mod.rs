@@ -1,6 +1,7 @@
 //! The client engine: every decision a device makes, over a [`ClientStore`], a [`Transport`]
 //! and a [`Clock`] it is given, so the whole protocol runs in a test without files or
-//! network. The parts: [`directory`] (contacts' keys and the ghost-device check), [`sync`]
+//! network. The parts: [`directory`] (contacts' keys and the ghost-device check), `key_packages`
+//! (this device's KeyPackages on the server), [`sync`]
 //! (the queue, processed exactly once), [`outbox`] (sending, replay and rebase),
 //! [`conversations`] (groups and membership) and [`history`] (what is shown).
 //!
@@ -14,6 +15,7 @@
 pub mod conversations;
 pub mod directory;
 pub mod history;
+mod key_packages;
 pub mod outbox;
 pub mod sync;
 #[cfg(test)]
@@ -23,18 +25,12 @@ use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Clock, DeviceKey, IdentityKey, Transport, group};
 use openmls::prelude::{Ciphersuite, MlsGroup};
 use outbox::AcceptedSend;
-use sotto_proto::api::{
-    ChallengeRequest, RegisterRequest, ServerConfig, TokenRequest, UploadKeyPackagesRequest,
-};
+use sotto_proto::api::{ChallengeRequest, RegisterRequest, ServerConfig, TokenRequest};
 use sotto_proto::device_list::DeviceList;
 use sotto_proto::{DeviceAddr, DeviceId, ErrorCode, GroupId, ServerId, Username};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-/// One-time KeyPackages uploaded at a time.
-const KEY_PACKAGE_BATCH: usize = 50;
-/// Below this many one-time KeyPackages on the server, the device uploads a batch.
-const KEY_PACKAGE_LOW: u64 = 10;
 /// Attempts at sending before giving up on a group that keeps changing.
 const MAX_ATTEMPTS: usize = 10;
 
@@ -361,42 +357,6 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         self.tx(|tx| Ok(tx.set_setting(Setting::ServerId, id.as_str().as_bytes())?))?;
         *lock(&self.server_id) = Some(id.clone());
         Ok(id)
-    }
-
-    /// Makes a batch of one-time KeyPackages (and a last-resort one if asked), keeping their
-    /// secrets in the store.
-    fn new_key_packages(
-        &self,
-        tx: &impl StoreTx,
-        last_resort: bool,
-    ) -> Result<group::NewKeyPackages, ClientError> {
-        Ok(group::new_key_packages(
-            &tx.mls(),
-            &self.device,
-            self.suite,
-            KEY_PACKAGE_BATCH,
-            last_resort,
-        )?)
-    }
-
-    /// Uploads a batch of KeyPackages when the server holds fewer than the low mark (or no
-    /// last-resort one): others may have claimed them while this device was away.
-    async fn top_up_key_packages(&self, token: &str) -> Result<(), ClientError> {
-        let count = self.transport.key_package_count(token).await?;
-        if count.count >= KEY_PACKAGE_LOW && count.last_resort {
-            return Ok(());
-        }
-        let fresh = self.tx(|tx| self.new_key_packages(tx, !count.last_resort))?;
-        self.transport
-            .upload_key_packages(
-                token,
-                &UploadKeyPackagesRequest {
-                    key_packages: fresh.one_time.into_iter().map(Into::into).collect(),
-                    last_resort: fresh.last_resort.map(Into::into),
-                },
-            )
-            .await?;
-        Ok(())
     }
 
     /// Passes `result` on, first recording a security failure in it as a security event, so
