@@ -43,7 +43,7 @@ fn two_member_group<A: MlsProvider, B: MlsProvider>(
     let mut ga = group::create(pa, &alice, suite).unwrap();
     let out = group::add(pa, &alice, &mut ga, &[kp], 0).unwrap();
     group::merge_pending(pa, &mut ga).unwrap();
-    let gb = group::join(pb, &out.welcome.unwrap()).unwrap();
+    let gb = group::join(pb, &out.welcome.unwrap(), ga.group_id().as_slice()).unwrap();
     (alice, ga, gb)
 }
 
@@ -228,7 +228,7 @@ impl EnginePair {
             })
             .unwrap();
         sb.transaction(|tx| {
-            group::join(&tx.mls(), &welcome)?;
+            group::join(&tx.mls(), &welcome, group.as_bytes())?;
             tx.upsert_conversation(&conversation(&group))?;
             Ok::<_, ClientError>(())
         })

@@ -2,7 +2,8 @@
 //!
 //! Argument parsing lives in [`Cli`]; each subcommand is a thin call into `sotto-client` or
 //! `sotto-server`. Exit codes follow the CLI contract: 0 ok, 1 usage or user error, 2 server
-//! unreachable or refused, 3 security failure, 4 locked or wrong passcode.
+//! unreachable or refused, 3 security failure, 4 locked or wrong passcode, 5 local store
+//! damaged or internal error.
 #![forbid(unsafe_code)]
 
 mod server;
@@ -148,7 +149,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", printable(&e.to_string()));
             ExitCode::from(exit_code(&e))
         }
     }
@@ -248,7 +249,7 @@ fn report_security(
 ) -> Result<ExitCode, ClientError> {
     let unseen = client.unseen_security_events()?;
     for event in &unseen {
-        eprintln!("security: {}", event.text);
+        eprintln!("security: {}", printable(&event.text));
     }
     if unseen.is_empty() {
         return result;
@@ -256,7 +257,7 @@ fn report_security(
     match result {
         // A security failure that ended the command is among the events just printed.
         Err(ClientError::Security(_)) | Ok(_) => {}
-        Err(e) => eprintln!("error: {e}"),
+        Err(e) => eprintln!("error: {}", printable(&e.to_string())),
     }
     eprintln!("run `sotto recv` to see these security events in their conversations");
     Ok(ExitCode::from(3))
@@ -324,6 +325,7 @@ async fn recv(
                 eprintln!("lost the connection to the server; reconnecting");
             }
             FollowStatus::Unreachable(e) => {
+                let e = printable(e);
                 eprintln!("cannot reach the server ({e}); trying again every few seconds");
             }
             _ => {}
@@ -386,8 +388,25 @@ async fn group(client: &Client, cmd: GroupCommand) -> Result<ExitCode, ClientErr
     Ok(ExitCode::SUCCESS)
 }
 
+/// `v` as one line of JSON in which every character a terminal could act on (C1 controls,
+/// bidi overrides, invisible marks) is written as a `\uXXXX` escape, so that piping
+/// `--json` output to a terminal is as safe as the plain output.
 fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+    let raw = serde_json::to_string(v).unwrap_or_default();
+    if raw.chars().all(sotto_proto::device_list::is_displayable) {
+        return raw;
+    }
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if sotto_proto::device_list::is_displayable(c) {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 fn print_messages(batch: &[MessageView], json: bool) -> Result<(), ClientError> {
@@ -466,6 +485,14 @@ mod tests {
             super::printable("\u{1b}[2Jgone\u{202E}txet\u{7}"),
             "\u{FFFD}[2Jgone\u{FFFD}txet\u{FFFD}"
         );
+    }
+
+    #[test]
+    fn json_output_escapes_what_a_terminal_would_act_on() {
+        let line = super::to_json(&serde_json::json!({ "text": "a\u{9b}31mb\u{202e}c\u{e0041}" }));
+        assert_eq!(line, r#"{"text":"a\u009b31mb\u202ec\udb40\udc41"}"#);
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["text"], "a\u{9b}31mb\u{202e}c\u{e0041}");
     }
 
     #[test]

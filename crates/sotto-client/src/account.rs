@@ -7,6 +7,7 @@ use crate::keyfile::{self, KdfParams};
 use crate::messages::{MessageView, describe};
 use crate::store::{self, SqlCipherStore};
 use crate::transport::Api;
+use sotto_core::engine::NewAccount;
 use sotto_core::engine::conversations::{Conversation, Member};
 use sotto_core::store::{ClientStore as _, Setting, StoreTx as _};
 use sotto_core::{Engine, Event, SystemClock, Transport as _};
@@ -112,7 +113,12 @@ impl Client {
         }
         let api = Api::new(server, options.insecure_http)?;
         let config = api.config().await?;
-        sotto_core::suite::ciphersuite(config.ciphersuite)?;
+        if sotto_core::suite::ciphersuite(config.ciphersuite).is_err() {
+            return Err(ClientError::Usage(format!(
+                "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
+                config.ciphersuite
+            )));
+        }
         let created_home = !home.exists();
         store::create_private_dir(home)?;
         let made = async {
@@ -124,8 +130,12 @@ impl Client {
                 (Setting::Server, base.as_bytes()),
                 (Setting::InsecureHttp, &insecure),
             ];
-            let clock = Arc::new(SystemClock);
-            Engine::create(store, api, clock, &user, &config, &settings).await
+            let account = NewAccount {
+                user: &user,
+                device_name: "cli",
+                settings: &settings,
+            };
+            Engine::create(store, api, Arc::new(SystemClock), account, &config).await
         }
         .await;
         match made {
@@ -146,7 +156,7 @@ impl Client {
     pub fn open(home: &Path, passcode: &str) -> Result<Client, ClientError> {
         let key = keyfile::unlock(&home.join(KEYFILE), passcode)?;
         let store = SqlCipherStore::open(&home.join(STORE), &key)?;
-        let (server, insecure_http) = store.transaction(|tx| {
+        let (server, insecure_http) = store.read(|tx| {
             let server = tx.setting(Setting::Server)?.ok_or_else(|| {
                 ClientError::Store("store lacks server; was init interrupted?".into())
             })?;

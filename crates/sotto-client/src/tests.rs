@@ -17,11 +17,23 @@ use sotto_core::store::{ClientStore as _, HistoryItem, HistoryRecord, StoreTx as
 
 const XWING: u16 = 0x004D;
 
-/// `Client` can be shared between threads: an axum handler can hold an `Arc<Client>`.
+/// `Client` can be shared between threads, and what its calls return can be awaited on any
+/// of them: an axum handler can hold an `Arc<Client>` and call it.
 #[test]
-fn a_client_is_send_and_sync() {
+fn a_client_is_send_and_sync_and_so_are_its_calls() {
     fn shared<T: Send + Sync>() {}
+    fn sendable<T: Send>(_: &T) {}
     shared::<Client>();
+    // Checked by the compiler; the futures are never run.
+    let calls = |c: &Client| {
+        sendable(&c.sync());
+        sendable(&c.send_text("bob", "hi"));
+        sendable(&c.send_group_text("team", "hi"));
+        sendable(&c.create_group("team", &[]));
+        sendable(&c.add_members("team", &[]));
+        sendable(&c.remove_members("team", &[]));
+    };
+    let _ = calls;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,4 +125,47 @@ fn a_senders_clock_past_what_sqlite_holds_is_clamped_not_wrapped() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].record.sent_at, i64::MAX as u64);
     assert_eq!(seen[0].record.received_at, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_outbox_entry_or_event_is_reported_not_fatal_to_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    alice.create_group("team", &["bob".into()]).await.unwrap();
+    recv(&bob).await;
+    // A disk fault (or an edit) damages an outbox entry of alice's and one of bob's events.
+    alice.engine.store().with_connection(|conn| {
+        conn.execute(
+            "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at)
+             VALUES ('00', x'00', 'app', 'not json', 'not json', 0)",
+            [],
+        )
+        .unwrap();
+    });
+    bob.engine.store().with_connection(|conn| {
+        conn.execute(
+            "INSERT INTO messages (id, sent_at, received_at, kind, body, event, outgoing)
+             VALUES ('local-x', 0, 0, 'event', '', '{\"type\": 7', 0)",
+            [],
+        )
+        .unwrap();
+    });
+    // Alice's sync drops the entry and tells her; everything else carries on.
+    alice.send_group_text("team", "two").await.unwrap();
+    let told = shown(&alice);
+    assert!(
+        told.iter()
+            .any(|l| l.contains("could not be delivered") && l.contains("damaged")),
+        "{told:?}"
+    );
+    assert_eq!(
+        recv(&bob).await,
+        lines(&[
+            "* something happened that this version of Sotto cannot describe",
+            "alice: two"
+        ])
+    );
 }

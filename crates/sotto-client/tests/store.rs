@@ -9,8 +9,8 @@ use sotto_client::store::SqlCipherStore;
 use sotto_core::events::{Event, MemberChange};
 use sotto_core::store::memory::MemoryStore;
 use sotto_core::store::{
-    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxRecord, Outgoing, Setting,
-    StoreTx, Unshown,
+    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry, OutboxRecord,
+    Outgoing, Setting, StoreTx, Unshown,
 };
 use sotto_core::{ClientError, Content, StoreError};
 use sotto_proto::api::SendRequest;
@@ -159,9 +159,17 @@ fn conformance<S: ClientStore>(store: &S) {
             tx.put_outbox(&outbox("b", 7, change.clone()))?;
             tx.put_outbox(&outbox("a", 7, text.clone()))?;
             tx.put_outbox(&outbox("c", 3, text.clone()))?;
-            let ids: Vec<String> = tx.outbox()?.into_iter().map(|e| e.client_id).collect();
+            let ready: Vec<OutboxRecord> = tx
+                .outbox()?
+                .into_iter()
+                .map(|e| match e {
+                    OutboxEntry::Ready(e) => e,
+                    damaged => panic!("{damaged:?}"),
+                })
+                .collect();
+            let ids: Vec<&str> = ready.iter().map(|e| e.client_id.as_str()).collect();
             assert_eq!(ids, ["c", "b", "a"]);
-            assert_eq!(tx.outbox()?[1].outgoing, change);
+            assert_eq!(ready[1].outgoing, change);
             assert_eq!(tx.remove_outbox("b")?, Some(7));
             assert_eq!(tx.remove_outbox("b")?, None);
             Ok::<_, StoreError>(())

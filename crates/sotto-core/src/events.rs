@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use sotto_proto::Username;
 
-/// Something that happened, for the history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Something that happened, for the history. Its `Debug` leaves out names and reasons.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
@@ -81,6 +81,29 @@ pub enum Event {
         /// Its text.
         text: String,
     },
+    /// An event this version cannot read: stored by a later version, or damaged.
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Added { by, user } => write!(f, "Added({by} added {user})"),
+            Event::Removed { by, user } => write!(f, "Removed({by} removed {user})"),
+            Event::Joined { by } => write!(f, "Joined(by {by})"),
+            Event::Renamed { by, .. } => write!(f, "Renamed(by {by})"),
+            Event::NotOneToOne { by, people } => write!(f, "NotOneToOne({by}, {people})"),
+            Event::GroupStaysGroup { by } => write!(f, "GroupStaysGroup({by})"),
+            Event::OneToOneStaysUnnamed { by, .. } => write!(f, "OneToOneStaysUnnamed({by})"),
+            Event::Dropped { count } => write!(f, "Dropped({count})"),
+            Event::Unreadable { from, .. } => write!(f, "Unreadable(from {from})"),
+            Event::Undelivered { .. } => f.write_str("Undelivered"),
+            Event::NobodyToRemove => f.write_str("NobodyToRemove"),
+            Event::Earlier { text } => write!(f, "Earlier({} bytes)", text.len()),
+            Event::Unknown => f.write_str("Unknown"),
+        }
+    }
 }
 
 /// The users a commit adds and removes, kept so that a commit that lost its epoch can be

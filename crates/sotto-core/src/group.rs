@@ -255,21 +255,32 @@ pub fn encrypt<P: MlsProvider>(
     serialize(&msg)
 }
 
-/// Joins a group from a Welcome.
-pub fn join<P: MlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, CoreError> {
+/// Joins the group `group_id` from a Welcome.
+pub fn join<P: MlsProvider>(
+    provider: &P,
+    welcome: &[u8],
+    group_id: &[u8],
+) -> Result<MlsGroup, CoreError> {
     let msg = MlsMessageIn::tls_deserialize_exact(welcome)
         .map_err(|_| CoreError::Malformed("Welcome encoding".into()))?;
     let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
         return Err(CoreError::Malformed("not a Welcome".into()));
     };
-    // A device that was removed and is now added back replaces its old, inactive state.
-    StagedWelcome::build_from_welcome(provider, &join_config(), welcome)
+    let staged = StagedWelcome::build_from_welcome(provider, &join_config(), welcome)
         .map_err(mls_err(MlsOp::Join))?
+        // A device that was removed and is now added back replaces its old, inactive state.
         .replace_old_group()
         .build()
-        .map_err(mls_err(MlsOp::Join))?
-        .into_group(provider)
-        .map_err(mls_err(MlsOp::Join))
+        .map_err(mls_err(MlsOp::Join))?;
+    // The server files a Welcome under the group of the commit it came with; a Welcome into
+    // another group would replace that group's state here (the caller only checked that
+    // the group it was filed under is not an active conversation).
+    if staged.group_context().group_id().as_slice() != group_id {
+        return Err(CoreError::Security(
+            "a Welcome into another group than the one it was sent to; refused".into(),
+        ));
+    }
+    staged.into_group(provider).map_err(mls_err(MlsOp::Join))
 }
 
 /// A processed group message.

@@ -61,3 +61,27 @@ fn debug_of_content_shows_neither_text_nor_name() {
     );
     assert!(shown.contains("Text(18 bytes)"), "{shown}");
 }
+
+/// What the client store keeps as JSON: history events and what an outbox entry sends. A
+/// store written by an earlier version must still read.
+#[test]
+fn the_stored_events_and_outbox_contents_are_frozen() {
+    use sotto_core::events::{Event, MemberChange};
+    let path = format!("{}/tests/vectors/stored.json", env!("CARGO_MANIFEST_DIR"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    for event in v["events"].as_array().unwrap() {
+        let raw = event.as_str().unwrap();
+        let decoded: Event = serde_json::from_str(raw).unwrap();
+        assert_ne!(decoded, Event::Unknown, "{raw}");
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), raw);
+    }
+    let message = v["outbox_message"].as_str().unwrap();
+    let content: Content = serde_json::from_str(message).unwrap();
+    assert_eq!(serde_json::to_string(&content).unwrap(), message);
+    let commit = v["outbox_commit"].as_str().unwrap();
+    let change: MemberChange = serde_json::from_str(commit).unwrap();
+    assert_eq!(serde_json::to_string(&change).unwrap(), commit);
+    // An event of a later version reads as one this version cannot describe.
+    let later: Event = serde_json::from_str(r#"{"type":"call_missed","by":"alice"}"#).unwrap();
+    assert_eq!(later, Event::Unknown);
+}

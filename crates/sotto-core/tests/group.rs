@@ -54,7 +54,12 @@ fn alice_adds_bob(alice: &Member, bob: &Member) -> (MlsGroup, MlsGroup) {
     )
     .unwrap();
     group::merge_pending(&alice.provider, &mut ga).unwrap();
-    let gb = group::join(&bob.provider, &out.welcome.unwrap()).unwrap();
+    let gb = group::join(
+        &bob.provider,
+        &out.welcome.unwrap(),
+        ga.group_id().as_slice(),
+    )
+    .unwrap();
     (ga, gb)
 }
 
@@ -283,7 +288,12 @@ fn an_mls_failure_keeps_the_openmls_error_as_its_source() {
     )
     .unwrap();
     // Carol holds none of the KeyPackages bob's Welcome is encrypted to.
-    let err = group::join(&carol.provider, &out.welcome.unwrap()).unwrap_err();
+    let err = group::join(
+        &carol.provider,
+        &out.welcome.unwrap(),
+        ga.group_id().as_slice(),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,

@@ -200,6 +200,7 @@ async fn drop_over_quota(
             break;
         };
         // That sender's oldest entries go, as many as it takes or as it has.
+        let before = dropped;
         for entry in tx.entries_from(device, &sender, keep).await? {
             if usage.count <= quota.messages && usage.bytes <= quota.bytes {
                 break;
@@ -210,6 +211,12 @@ async fn drop_over_quota(
                 usage.bytes = usage.bytes.saturating_sub(entry.size);
                 dropped = dropped.saturating_add(1);
             }
+        }
+        if dropped == before {
+            // A backend that names a sender it then has nothing of would loop forever.
+            return Err(StorageError::corrupt(
+                "queue usage out of step with its entries",
+            ));
         }
     }
     tx.count_dropped(device, dropped).await

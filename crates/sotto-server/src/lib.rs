@@ -103,6 +103,18 @@ impl AppState {
         })
     }
 
+    /// The same state with push wake-ups through `wake` (a bus between several server
+    /// processes, say) instead of this process's own sockets only. `wake` must in turn wake
+    /// the sockets of [`AppState::push`] that it is told about.
+    pub fn with_wake(self, wake: Arc<dyn Wake>) -> Self {
+        AppState { wake, ..self }
+    }
+
+    /// This process's push sockets.
+    pub fn push(&self) -> &Arc<Push> {
+        &self.push
+    }
+
     /// The server's settings.
     pub fn config(&self) -> &Config {
         &self.config

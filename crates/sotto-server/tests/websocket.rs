@@ -8,8 +8,12 @@
 
 mod common;
 
-use common::{TestServer, start, start_with, websocket, with_limits};
+use common::{TestServer, start, start_shaped, start_with, websocket, with_limits};
 use futures_util::{SinkExt as _, StreamExt as _};
+use sotto_proto::DeviceAddr;
+use sotto_server::Config;
+use sotto_server::push::{Push, Wake};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
@@ -124,4 +128,41 @@ async fn a_half_sent_huge_frame_closes_the_socket() {
     header.extend_from_slice(&[1, 2, 3, 4]);
     tcp.write_all(&header).await.unwrap();
     until_closed(&mut tcp).await;
+}
+
+/// A bus in front of this process's sockets, as several server processes would share one: it
+/// records every wake-up and passes it on.
+struct RecordingWake {
+    woken: Mutex<Vec<DeviceAddr>>,
+    sockets: Arc<Push>,
+}
+
+impl Wake for RecordingWake {
+    fn wake(&self, device: &DeviceAddr) {
+        self.woken.lock().unwrap().push(device.clone());
+        self.sockets.wake(device);
+    }
+}
+
+#[tokio::test]
+async fn sends_wake_their_recipients_through_the_wake_the_server_was_given() {
+    let bus: Arc<Mutex<Option<Arc<RecordingWake>>>> = Arc::default();
+    let installed = bus.clone();
+    let s = start_shaped(Config::default(), move |state| {
+        let wake = Arc::new(RecordingWake {
+            woken: Mutex::default(),
+            sockets: state.push().clone(),
+        });
+        *installed.lock().unwrap() = Some(wake.clone());
+        state.with_wake(wake)
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut ws = websocket(&s, &bob.token).await;
+    s.send_small(&alice, [0x77; 16], 0, &[&bob]).await;
+    let bus = bus.lock().unwrap().clone().unwrap();
+    assert_eq!(*bus.woken.lock().unwrap(), [bob.device.addr().clone()]);
+    // ...and what it passed on reached bob's socket.
+    assert!(matches!(next_frame(&mut ws).await, Some(Message::Text(_))));
 }

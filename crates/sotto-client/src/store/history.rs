@@ -54,16 +54,20 @@ pub(super) fn add(conn: &Connection, e: &HistoryRecord) -> Result<(), StoreError
     Ok(())
 }
 
+/// The entry a row holds. An event that does not decode (damaged, or from a later version)
+/// is shown as one this version cannot describe rather than hiding every other entry.
 fn item(kind: &str, body: String, event: Option<String>) -> Result<HistoryItem, StoreError> {
     Ok(match (kind, event) {
         ("text", _) => HistoryItem::Text(body),
-        ("event", Some(json)) => HistoryItem::Event(serde_json::from_str(&json)?),
+        ("event", Some(json)) => {
+            HistoryItem::Event(serde_json::from_str(&json).unwrap_or(Event::Unknown))
+        }
         ("event", None) => HistoryItem::Event(Event::Earlier { text: body }),
         ("security", detail) => HistoryItem::Security {
-            from: match detail {
-                Some(json) => serde_json::from_str::<SecurityDetail>(&json)?.from,
-                None => None,
-            },
+            // The reason is what matters; a sender that does not decode is left out.
+            from: detail
+                .and_then(|json| serde_json::from_str::<SecurityDetail>(&json).ok())
+                .and_then(|d| d.from),
             reason: body,
         },
         (other, _) => {

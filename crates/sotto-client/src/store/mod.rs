@@ -17,8 +17,8 @@ use openmls_sqlite_storage::SqliteStorageProvider;
 use rusqlite::Connection;
 use sotto_core::StoreError;
 use sotto_core::store::{
-    ClientStore, ConversationRecord, HistoryRecord, OutboxRecord, Setting, StoreTx, Unshown,
-    UnshownEntry,
+    ClientStore, ConversationRecord, HistoryRecord, OutboxEntry, OutboxRecord, Setting, StoreTx,
+    Unshown, UnshownEntry,
 };
 use sotto_proto::{GroupId, Username};
 use std::fmt::Write as _;
@@ -304,6 +304,28 @@ impl ClientStore for SqlCipherStore {
         }
     }
 
+    fn read<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let conn = self.conn();
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK").map_err(StoreError::from)?;
+        }
+        // Deferred: a snapshot for reading, which neither waits for nor blocks a writer.
+        conn.execute_batch("BEGIN DEFERRED")
+            .map_err(StoreError::from)?;
+        let tx = SqlTx {
+            conn,
+            crypto: &self.crypto,
+        };
+        let result = f(&tx);
+        tx.conn
+            .execute_batch("ROLLBACK")
+            .map_err(StoreError::from)?;
+        result
+    }
+
     /// Writes everything committed so far back into the database file and syncs it (a
     /// complete WAL checkpoint). False if another connection's open read kept part of the
     /// log from being written back.
@@ -413,7 +435,7 @@ impl StoreTx for SqlTx<'_> {
         outbox::put(&self.conn, entry)
     }
 
-    fn outbox(&self) -> Result<Vec<OutboxRecord>, StoreError> {
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         outbox::all(&self.conn)
     }
 

@@ -4,7 +4,7 @@
 use super::{group_id, integer, unsigned};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use sotto_core::StoreError;
-use sotto_core::store::{OutboxRecord, Outgoing};
+use sotto_core::store::{OutboxEntry, OutboxRecord, Outgoing};
 
 pub(super) fn put(conn: &Connection, e: &OutboxRecord) -> Result<(), StoreError> {
     let (kind, content) = match &e.outgoing {
@@ -28,7 +28,9 @@ pub(super) fn put(conn: &Connection, e: &OutboxRecord) -> Result<(), StoreError>
 
 type Row = (String, Vec<u8>, String, String, Option<String>, i64);
 
-pub(super) fn all(conn: &Connection) -> Result<Vec<OutboxRecord>, StoreError> {
+/// Every entry, oldest first; one that does not decode comes back as damaged, so that it
+/// cannot block the others.
+pub(super) fn all(conn: &Connection) -> Result<Vec<OutboxEntry>, StoreError> {
     let rows: Vec<Row> = conn
         .prepare_cached(
             "SELECT client_id, group_id, kind, request, content, created_at FROM outbox
@@ -45,23 +47,37 @@ pub(super) fn all(conn: &Connection) -> Result<Vec<OutboxRecord>, StoreError> {
             ))
         })?
         .collect::<Result<_, _>>()?;
-    rows.into_iter()
-        .map(|(client_id, group, kind, request, content, created_at)| {
-            let content = content.as_deref().unwrap_or("null");
-            let outgoing = match kind.as_str() {
-                "app" => Outgoing::Message(serde_json::from_str(content)?),
-                "commit" => Outgoing::Commit(serde_json::from_str(content)?),
-                other => return Err(StoreError::new(format!("unknown outbox kind {other:?}"))),
-            };
-            Ok(OutboxRecord {
-                client_id,
-                group: group_id(&group)?,
-                request: serde_json::from_str(&request)?,
-                outgoing,
-                created_at: unsigned(created_at),
-            })
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let client_id = row.0.clone();
+            decode(row).map_or_else(
+                |e| OutboxEntry::Damaged {
+                    client_id,
+                    reason: e.to_string(),
+                },
+                OutboxEntry::Ready,
+            )
         })
-        .collect()
+        .collect())
+}
+
+fn decode(
+    (client_id, group, kind, request, content, created_at): Row,
+) -> Result<OutboxRecord, StoreError> {
+    let content = content.as_deref().unwrap_or("null");
+    let outgoing = match kind.as_str() {
+        "app" => Outgoing::Message(serde_json::from_str(content)?),
+        "commit" => Outgoing::Commit(serde_json::from_str(content)?),
+        other => return Err(StoreError::new(format!("unknown outbox kind {other:?}"))),
+    };
+    Ok(OutboxRecord {
+        client_id,
+        group: group_id(&group)?,
+        request: serde_json::from_str(&request)?,
+        outgoing,
+        created_at: unsigned(created_at),
+    })
 }
 
 pub(super) fn remove(conn: &Connection, client_id: &str) -> rusqlite::Result<Option<u64>> {

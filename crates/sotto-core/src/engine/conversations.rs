@@ -4,7 +4,7 @@ use super::{Engine, MAX_ATTEMPTS, kept_changing, random_client_id};
 use crate::events::{Event, MemberChange};
 use crate::group;
 use crate::store::{ClientStore, ConversationRecord, OutboxRecord, Outgoing, StoreTx};
-use crate::{ClientError, Content, Transport};
+use crate::{ClientError, Content, CoreError, Transport};
 use sotto_proto::api::{SendRequest, SendResponse, WelcomeOut};
 use sotto_proto::{DeviceAddr, ErrorCode, GroupId, Username};
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,13 +106,21 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             let req = self.tx(|tx| {
                 let mut key_packages = Vec::with_capacity(claimed.len());
                 for (addr, kp, key) in &claimed {
-                    key_packages.push(group::verify_key_package(
+                    let checked = group::verify_key_package(
                         &tx.mls(),
                         kp.as_slice(),
                         addr,
                         key.as_slice(),
                         self.suite,
-                    )?);
+                    );
+                    // The server handed it out: a KeyPackage that is not what it must be is
+                    // the server's doing, not this device's.
+                    key_packages.push(checked.map_err(|e| match e {
+                        CoreError::Security(reason) => ClientError::Security(reason),
+                        other => ClientError::Security(format!(
+                            "the server offered an invalid KeyPackage for {addr}: {other}"
+                        )),
+                    })?);
                 }
                 let (recipients, out) = self.with_active_group(tx, gid, |p, g| {
                     let recipients = self.others(g)?;
@@ -181,7 +189,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Sends the conversation's description (its name, or none for a one-to-one
     /// conversation), as after every commit that adds members.
     pub(super) async fn send_group_info(&self, gid: &GroupId) -> Result<(), ClientError> {
-        let name = self.tx(|tx| Ok(tx.conversation(gid)?.and_then(|c| c.name)))?;
+        let name = self
+            .store
+            .read(|tx| tx.conversation(gid))?
+            .and_then(|c| c.name);
         self.send_content(gid, &Content::GroupInfo { name }, self.now())
             .await
             .map(drop)
@@ -212,7 +223,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         &self,
         peer: &Username,
     ) -> Result<Option<GroupId>, ClientError> {
-        let all = self.tx(|tx| Ok(tx.conversations()?))?;
+        let all = self.store.read(|tx| tx.conversations())?;
         // The newest, if a first attempt left an older one behind.
         Ok(all
             .into_iter()
@@ -222,7 +233,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     pub(super) fn group_by_name(&self, name: &str) -> Result<GroupId, ClientError> {
-        let all = self.tx(|tx| Ok(tx.conversations()?))?;
+        let all = self.store.read(|tx| tx.conversations())?;
         let named: Vec<_> = all
             .iter()
             .filter(|c| c.name.as_deref() == Some(name))
@@ -370,7 +381,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
 
     /// Groups of this device (one-to-one conversations left out).
     pub fn groups(&self) -> Result<Vec<Conversation>, ClientError> {
-        self.tx(|tx| {
+        self.store.read(|tx| {
             tx.conversations()?
                 .into_iter()
                 .filter(|c| c.peer.is_none())
@@ -392,9 +403,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Members of the group named `name`, by user.
     pub fn members(&self, name: &str) -> Result<Vec<Member>, ClientError> {
         let gid = self.group_by_name(name)?;
-        let members = self.tx(|tx| {
+        let members = self.store.read(|tx| {
             let g = group::load(&tx.mls(), gid.as_bytes())?;
-            Ok(group::members(&g)?)
+            Ok::<_, ClientError>(group::members(&g)?)
         })?;
         let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for m in members {

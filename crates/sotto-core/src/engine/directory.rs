@@ -4,25 +4,13 @@
 //! Only a verified mismatch is a security failure. A list that could not be fetched (the
 //! network, a server error) decides nothing: the message that needed it waits in the queue.
 
+use super::sync::ApplyError;
 use super::{Engine, lock};
 use crate::group::MemberDevice;
 use crate::store::{ClientStore, StoreTx};
 use crate::{ClientError, Transport};
 use sotto_proto::device_list::{DeviceList, parse_verifying_key};
 use sotto_proto::{ErrorCode, Username};
-
-/// Why a queued message could not be applied.
-pub(super) enum ApplyError {
-    /// The device lists of these users are needed before the message can be checked.
-    NeedLists(Vec<Username>),
-    Failed(ClientError),
-}
-
-impl<E: Into<ClientError>> From<E> for ApplyError {
-    fn from(e: E) -> Self {
-        ApplyError::Failed(e.into())
-    }
-}
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Forgets the lists fetched so far: they change when devices are added.
@@ -51,7 +39,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             })?;
         let key = parse_verifying_key(resp.identity_key.as_slice())
             .map_err(|_| ClientError::Security(format!("{user} has a malformed identity key")))?;
-        let pinned = self.tx(|tx| Ok(tx.pinned_identity(user)?))?;
+        let pinned = self.store.read(|tx| tx.pinned_identity(user))?;
         let expected = if *user == self.me().user {
             Some(self.identity.public().to_vec())
         } else {

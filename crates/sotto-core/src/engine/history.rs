@@ -51,12 +51,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Entries not shown yet, oldest first. Call [`Engine::mark_shown`] once they are
     /// displayed.
     pub fn unshown(&self) -> Result<Vec<UnshownEntry>, ClientError> {
-        self.tx(|tx| Ok(tx.unshown(Unshown::All)?))
+        Ok(self.store.read(|tx| tx.unshown(Unshown::All))?)
     }
 
     /// Security events not shown yet. Every command reports them until they are shown.
     pub fn unseen_security_events(&self) -> Result<Vec<UnshownEntry>, ClientError> {
-        self.tx(|tx| Ok(tx.unshown(Unshown::Security)?))
+        Ok(self.store.read(|tx| tx.unshown(Unshown::Security))?)
     }
 
     /// Marks everything up to and including `position` as shown.

@@ -62,6 +62,17 @@ struct GroupCache {
     groups: HashMap<GroupId, MlsGroup>,
 }
 
+/// What [`Engine::create`] makes.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAccount<'a> {
+    /// The username.
+    pub user: &'a Username,
+    /// The name of this, its first device, shown to its contacts (`laptop`, `cli`).
+    pub device_name: &'a str,
+    /// Settings the shell keeps beside the account's own (its server's address, say).
+    pub settings: &'a [(Setting, &'a [u8])],
+}
+
 /// A device's engine.
 pub struct Engine<S, T> {
     store: S,
@@ -88,23 +99,32 @@ impl<S, T> std::fmt::Debug for Engine<S, T> {
 }
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
-    /// Creates an account `user` with this device as its first device, in an empty `store`,
-    /// and registers it with the server whose settings are `config` and address `server`.
-    /// Registration carries the first KeyPackages, all or nothing; if the server created the
-    /// account but its answer was lost, the name stays taken (registration is never sent
-    /// twice). `settings` are written beside the account's own.
+    /// Creates an account with this device as its first device, in an empty `store`, and
+    /// registers it with the server whose settings are `config`. Registration carries the
+    /// first KeyPackages, all or nothing; if the server created the account but its answer
+    /// was lost, the name stays taken (registration is never sent twice).
     pub async fn create(
         store: S,
         transport: T,
         clock: Arc<dyn Clock>,
-        user: &Username,
+        account: NewAccount<'_>,
         config: &ServerConfig,
-        settings: &[(Setting, &[u8])],
     ) -> Result<Self, ClientError> {
-        let suite = crate::suite::ciphersuite(config.ciphersuite)?;
+        let NewAccount {
+            user,
+            device_name,
+            settings,
+        } = account;
+        let suite = crate::suite::ciphersuite(config.ciphersuite).map_err(|_| {
+            ClientError::Usage(format!(
+                "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
+                config.ciphersuite
+            ))
+        })?;
         let identity = IdentityKey::generate();
         let device = DeviceKey::generate(user.clone());
-        let signed = identity.sign_device_list(&device.first_device_list("cli", clock.now()));
+        let list = device.first_device_list(device_name, clock.now());
+        let signed = identity.sign_device_list(&list);
         let engine = Engine {
             store,
             transport,
@@ -184,7 +204,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 DeviceKey::from_secret(DeviceAddr { user, device }, &get(Setting::DeviceSecret)?)?;
             Ok((identity, device, u16::from_be_bytes(suite), server_id))
         };
-        let (identity, device, suite_code, server_id) = store.transaction(read)?;
+        let (identity, device, suite_code, server_id) = store.read(read)?;
         Ok(Engine {
             store,
             transport,

@@ -6,7 +6,9 @@
 use super::{Engine, MAX_ATTEMPTS, kept_changing, lock, random_client_id};
 use crate::events::{Event, MemberChange};
 use crate::group::{self, MemberDevice};
-use crate::store::{ClientStore, HistoryItem, HistoryRecord, OutboxRecord, Outgoing, StoreTx};
+use crate::store::{
+    ClientStore, HistoryItem, HistoryRecord, OutboxEntry, OutboxRecord, Outgoing, StoreTx,
+};
 use crate::{ClientError, Content, Envelope, Transport};
 use sotto_proto::api::{SendRequest, SendResponse};
 use sotto_proto::{DeviceAddr, ErrorCode, GroupId};
@@ -196,6 +198,19 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         // Bookkeeping of sends already accepted first: they need no replay.
         self.finish_accepted()?;
         for entry in self.tx(|tx| Ok(tx.outbox()?))? {
+            let entry = match entry {
+                OutboxEntry::Ready(entry) => entry,
+                OutboxEntry::Damaged { client_id, reason } => {
+                    self.tx(|tx| {
+                        tx.remove_outbox(&client_id)?;
+                        let id = format!("local-{}", random_client_id());
+                        let reason = format!("its outbox entry is damaged: {reason}");
+                        let item = HistoryItem::Event(Event::Undelivered { reason });
+                        self.record_notice(tx, id, None, item)
+                    })?;
+                    continue;
+                }
+            };
             match self.replay(&entry).await {
                 Ok(()) => {}
                 Err(e @ ClientError::Unreachable(_)) => return Err(e),

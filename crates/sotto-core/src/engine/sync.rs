@@ -5,18 +5,50 @@
 //! processed, or refused for a verified reason. A message that could not be checked because a
 //! device list could not be fetched stays in the queue for the next sync.
 
-use super::directory::ApplyError;
 use super::{Engine, lock};
 use crate::events::Event;
 use crate::group::{self, MemberDevice, Received};
 use crate::store::{ClientStore, ConversationRecord, HistoryItem, HistoryRecord, Setting, StoreTx};
-use crate::{ClientError, Content, Envelope, Transport};
+use crate::{ClientError, Content, CoreError, Envelope, Transport};
 use sotto_proto::api::{QueuedKind, QueuedMessage};
 use sotto_proto::{DeviceAddr, GroupId, Username};
 use std::collections::BTreeSet;
 
 /// Queue fetch batch size.
 const FETCH_BATCH: u32 = 100;
+
+/// Why a queued message could not be applied.
+pub(super) enum ApplyError {
+    /// The device lists of these users are needed before the message can be checked.
+    NeedLists(Vec<Username>),
+    Failed(ClientError),
+}
+
+impl<E: Into<ClientError>> From<E> for ApplyError {
+    fn from(e: E) -> Self {
+        ApplyError::Failed(e.into())
+    }
+}
+
+/// Whether `e` is this device's own failure (its store, a bug), not something wrong with the
+/// message: then the message must stay queued, not be recorded as unreadable and
+/// acknowledged.
+fn is_local_failure<X: StoreTx>(e: &ClientError) -> bool {
+    match e {
+        ClientError::Store(_) | ClientError::Internal(_) => true,
+        ClientError::Engine(CoreError::Mls { source, .. }) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(c) = cause {
+                if c.is::<X::MlsError>() {
+                    return true;
+                }
+                cause = c.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
 
 /// What [`Engine::process`] got through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,23 +168,21 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         })
     }
 
-    fn handle(&self, tx: &impl StoreTx, m: &QueuedMessage) -> Result<Handled, ClientError> {
+    fn handle<X: StoreTx>(&self, tx: &X, m: &QueuedMessage) -> Result<Handled, ClientError> {
         if tx.is_processed(m.id)? {
             return Ok(Handled::Done);
         }
-        let outcome = tx.savepoint(|| match self.apply(tx, m) {
-            Err(ApplyError::Failed(e)) => Err(Failed(Ok(e))),
-            Err(ApplyError::NeedLists(users)) => Err(Failed(Err(users))),
-            Ok(()) => Ok(()),
-        });
-        match outcome {
+        match tx.savepoint(|| self.apply(tx, m)) {
             Ok(()) => {}
-            Err(Failed(Err(users))) => {
+            Err(ApplyError::NeedLists(users)) => {
                 self.forget_groups();
                 return Ok(Handled::NeedLists(users));
             }
-            Err(Failed(Ok(ClientError::Store(e)))) => return Err(ClientError::Store(e)),
-            Err(Failed(Ok(e))) => {
+            Err(ApplyError::Failed(e)) if is_local_failure::<X>(&e) => {
+                self.forget_groups();
+                return Err(e);
+            }
+            Err(ApplyError::Failed(e)) => {
                 self.forget_groups();
                 // Only the server says who sent a message that did not verify or decrypt.
                 let item = match e {
@@ -188,7 +218,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     return Ok(());
                 }
                 lock(&self.cache).groups.remove(gid);
-                let g = group::join(&tx.mls(), m.message.as_slice())?;
+                let g = group::join(&tx.mls(), m.message.as_slice(), gid.as_bytes())?;
                 self.verify_members(&group::members(&g)?)?;
                 // A member removed earlier and added back rejoins its conversation, which
                 // stays what it was (a group, or a one-to-one conversation).
@@ -356,14 +386,5 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             });
         }
         out
-    }
-}
-
-/// A message that failed inside its savepoint: why (`Ok`), or the lists it needs (`Err`).
-struct Failed(Result<ClientError, Vec<Username>>);
-
-impl From<crate::StoreError> for Failed {
-    fn from(e: crate::StoreError) -> Self {
-        Failed(Ok(e.into()))
     }
 }

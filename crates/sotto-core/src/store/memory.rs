@@ -3,8 +3,8 @@
 //! (the copy costs the size of the store per transaction: not for real use).
 
 use super::{
-    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxRecord, Setting, StoreTx,
-    Unshown, UnshownEntry,
+    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry, OutboxRecord,
+    Setting, StoreTx, Unshown, UnshownEntry,
 };
 use crate::StoreError;
 use openmls_libcrux_crypto::CryptoProvider;
@@ -107,6 +107,21 @@ impl ClientStore for MemoryStore {
         done.mls = mls_values(&tx.mls);
         *guard = done;
         Ok(value)
+    }
+
+    fn read<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let work = lock(&self.state).clone();
+        let tx = MemoryTx {
+            crypto: &self.crypto,
+            mls: MemoryStorage {
+                values: RwLock::new(work.mls.clone()),
+            },
+            work: RefCell::new(work),
+        };
+        f(&tx)
     }
 
     fn make_durable(&self) -> Result<bool, StoreError> {
@@ -289,11 +304,11 @@ impl StoreTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn outbox(&self) -> Result<Vec<OutboxRecord>, StoreError> {
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut all = self.work.borrow().outbox.clone();
         // Stable: entries made in the same second stay in the order they were put.
         all.sort_by_key(|e| e.created_at);
-        Ok(all)
+        Ok(all.into_iter().map(OutboxEntry::Ready).collect())
     }
 
     fn remove_outbox(&self, client_id: &str) -> Result<Option<u64>, StoreError> {

@@ -58,8 +58,8 @@ impl Setting {
     }
 }
 
-/// A conversation as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A conversation as the store keeps it. Its `Debug` leaves out the name.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConversationRecord {
     /// Its MLS group.
     pub group: GroupId,
@@ -75,8 +75,8 @@ pub struct ConversationRecord {
     pub created_at: u64,
 }
 
-/// What a history entry holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a history entry holds. Its `Debug` leaves out text and reasons.
+#[derive(Clone, PartialEq, Eq)]
 pub enum HistoryItem {
     /// A text message.
     Text(String),
@@ -111,8 +111,9 @@ pub struct HistoryRecord {
     pub outgoing: bool,
 }
 
-/// A history entry not shown yet, with its conversation's name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A history entry not shown yet, with its conversation's name. Its `Debug` leaves out the
+/// name.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UnshownEntry {
     /// The store's order.
     pub position: i64,
@@ -122,6 +123,39 @@ pub struct UnshownEntry {
     pub group_name: Option<String>,
     /// The other person, if it is a one-to-one conversation.
     pub peer: Option<String>,
+}
+
+impl std::fmt::Debug for ConversationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConversationRecord")
+            .field("group", &self.group)
+            .field("named", &self.name.is_some())
+            .field("peer", &self.peer)
+            .field("announced", &self.announced)
+            .field("active", &self.active)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HistoryItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HistoryItem::Text(text) => write!(f, "Text({} bytes)", text.len()),
+            HistoryItem::Event(event) => write!(f, "Event({event:?})"),
+            HistoryItem::Security { from, .. } => write!(f, "Security(from {from:?})"),
+        }
+    }
+}
+
+impl std::fmt::Debug for UnshownEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnshownEntry")
+            .field("position", &self.position)
+            .field("record", &self.record)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an outbox entry sends.
@@ -148,6 +182,21 @@ pub struct OutboxRecord {
     pub created_at: u64,
 }
 
+/// An outbox entry as read back: whole, or too damaged to send (it is then dropped and the
+/// user told, so that it cannot block the outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxEntry {
+    /// An entry to send.
+    Ready(OutboxRecord),
+    /// An entry that does not decode.
+    Damaged {
+        /// Its idempotency key.
+        client_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
 /// Which unshown entries to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unshown {
@@ -167,6 +216,14 @@ pub trait ClientStore: Send + Sync {
     /// Runs `f` in one transaction: if it returns `Ok`, everything it wrote lands at once;
     /// if it returns `Err` (or panics), nothing does.
     fn transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>;
+
+    /// Runs `f`, which only reads, on one consistent snapshot. Unlike a transaction it does
+    /// not wait for, nor keep out, another process of this device that is writing. Whatever
+    /// `f` writes anyway is not kept.
+    fn read<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E>;
@@ -243,7 +300,7 @@ pub trait StoreTx {
     /// Adds an outbox entry.
     fn put_outbox(&self, entry: &OutboxRecord) -> Result<(), StoreError>;
     /// The outbox, oldest first.
-    fn outbox(&self) -> Result<Vec<OutboxRecord>, StoreError>;
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Removes an outbox entry; returns when it was made, if it was there.
     fn remove_outbox(&self, client_id: &str) -> Result<Option<u64>, StoreError>;
 }

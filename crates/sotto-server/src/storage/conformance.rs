@@ -45,7 +45,7 @@ fn group(n: u8) -> GroupId {
     GroupId::from_bytes(&[n; 16]).expect("a valid id")
 }
 
-struct Send {
+struct Message {
     group: GroupId,
     epoch: u64,
     kind: MessageKind,
@@ -56,8 +56,8 @@ struct Send {
     welcome: Option<Vec<DeviceAddr>>,
 }
 
-fn send(group: &GroupId, n: usize, recipients: &[&DeviceAddr]) -> Send {
-    Send {
+fn send(group: &GroupId, n: usize, recipients: &[&DeviceAddr]) -> Message {
+    Message {
         group: group.clone(),
         epoch: 0,
         kind: MessageKind::Application,
@@ -69,7 +69,7 @@ fn send(group: &GroupId, n: usize, recipients: &[&DeviceAddr]) -> Send {
     }
 }
 
-impl Send {
+impl Message {
     /// The send as validation would pass it on. The rules never look inside a message, so
     /// the message is `size` bytes of filler rather than real MLS.
     fn valid(&self) -> ValidSend {

@@ -422,10 +422,15 @@ impl DeliveryTx for MemoryTx {
                 Weight::Bytes => *size,
             });
         }
-        Ok(load
-            .into_iter()
-            .max_by_key(|(_, w)| *w)
-            .map(|(d, _)| d.clone()))
+        // Ties go to the smallest address (the map iterates in order; a later one must weigh
+        // strictly more to win).
+        let mut heaviest: Option<(&DeviceAddr, u64)> = None;
+        for (d, w) in load {
+            if heaviest.is_none_or(|(_, most)| w > most) {
+                heaviest = Some((d, w));
+            }
+        }
+        Ok(heaviest.map(|(d, _)| d.clone()))
     }
 
     async fn entries_from(

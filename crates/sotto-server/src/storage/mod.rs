@@ -278,7 +278,8 @@ pub trait DeliveryTx: Send {
         entry: QueueEntry,
     ) -> Result<QueueUsage, StorageError>;
     /// The sender of the most entries (or bytes) in `device`'s queue, leaving out the entry
-    /// of message `except`; `None` if nothing else is queued.
+    /// of message `except`; ties go to the smallest sender (by user, then device). `None` if
+    /// nothing else is queued.
     async fn heaviest_sender(
         &mut self,
         device: &DeviceAddr,

@@ -39,10 +39,15 @@ pub async fn start() -> TestServer {
 
 /// A server with explicit settings.
 pub async fn start_with(config: Config) -> TestServer {
+    start_shaped(config, |state| state).await
+}
+
+/// A server with explicit settings whose state `shape` may change (its wake-ups, say).
+pub async fn start_shaped(config: Config, shape: impl FnOnce(AppState) -> AppState) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&data).unwrap());
-    let state = AppState::new(storage.clone(), config).await.unwrap();
+    let state = shape(AppState::new(storage.clone(), config).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");

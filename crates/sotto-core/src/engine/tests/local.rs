@@ -72,13 +72,17 @@ impl LocalServer {
         let config = transport.config().await.unwrap();
         let user = Username::parse(name).unwrap();
         let clock: Arc<dyn Clock> = self.clock.clone();
+        let account = crate::engine::NewAccount {
+            user: &user,
+            device_name: "test",
+            settings: &[],
+        };
         Engine::create(
             MemoryStore::new().unwrap(),
             transport,
             clock,
-            &user,
+            account,
             &config,
-            &[],
         )
         .await
         .unwrap()

@@ -3,7 +3,8 @@
 
 use super::local::{LocalServer, event, recv, text};
 use crate::events::Event;
-use crate::{ClientError, Content, DeviceKey, group};
+use crate::store::{ClientStore as _, StoreTx as _};
+use crate::{ClientError, Content, DeviceKey, Transport as _, group};
 use sotto_proto::Username;
 use sotto_proto::api::{ClaimResponse, ClaimedKeyPackage};
 
@@ -166,4 +167,93 @@ async fn a_ghost_device_added_by_a_member_is_refused_by_the_others() {
         .map(|m| m.user)
         .collect();
     assert_eq!(members, ["alice", "bob"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_into_an_existing_group_filed_under_another_is_refused() {
+    use openmls::prelude::{GroupId as MlsGroupId, MlsGroup, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY};
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let mallory = server.device("mallory").await;
+    alice.create_group("team", &["bob".into()]).await.unwrap();
+    recv(&bob).await;
+    let team = alice.group_by_name("team").unwrap();
+
+    // Mallory makes a group of her own with team's id, adds bob to it, and sends that
+    // Welcome with a commit of a second, harmless group of hers.
+    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
+    let token = mallory.token().await.unwrap();
+    let mut claims = Vec::new();
+    for _ in 0..2 {
+        let claimed = mallory
+            .transport()
+            .claim(&token, &user("bob"))
+            .await
+            .unwrap();
+        claims.push(claimed.key_packages[0].key_package.clone());
+    }
+    let bob_key = mallory
+        .fetch_device_list(&user("bob"))
+        .await
+        .unwrap()
+        .devices[0]
+        .signature_key
+        .clone();
+    let (commit, evil_welcome, decoy) = mallory
+        .store()
+        .transaction(|tx| {
+            let p = tx.mls();
+            let kp = |i: usize| {
+                group::verify_key_package(
+                    &p,
+                    claims[i].as_slice(),
+                    bob.me(),
+                    bob_key.as_slice(),
+                    suite,
+                )
+            };
+            let mut evil = MlsGroup::builder()
+                .with_group_id(MlsGroupId::from_slice(team.as_bytes()))
+                .ciphersuite(suite)
+                .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+                .use_ratchet_tree_extension(true)
+                .build(&p, &mallory.device, mallory.device.credential_with_key())
+                .unwrap();
+            let evil_welcome = group::add(&p, &mallory.device, &mut evil, &[kp(0)?], 1)?
+                .welcome
+                .unwrap();
+            let mut decoy = group::create(&p, &mallory.device, suite)?;
+            let commit = group::add(&p, &mallory.device, &mut decoy, &[kp(1)?], 1)?.commit;
+            let decoy = sotto_proto::GroupId::from_bytes(decoy.group_id().as_slice())?;
+            Ok::<_, ClientError>((commit, evil_welcome, decoy))
+        })
+        .unwrap();
+    let request = sotto_proto::api::SendRequest {
+        client_id: "ab".repeat(16),
+        message: commit.into(),
+        recipients: Vec::new(),
+        roster: Some(vec![mallory.me().clone(), bob.me().clone()]),
+        welcome: Some(sotto_proto::api::WelcomeOut {
+            message: evil_welcome.into(),
+            recipients: vec![bob.me().clone()],
+        }),
+    };
+    mallory
+        .transport()
+        .send(&token, &decoy, &request)
+        .await
+        .unwrap();
+
+    // Bob refuses it, and team is still the group alice and he share.
+    let seen = recv(&bob).await;
+    assert!(
+        seen.iter().any(|(_, item)| matches!(
+            item,
+            crate::store::HistoryItem::Security { reason, .. } if reason.contains("another group")
+        )),
+        "{seen:?}"
+    );
+    alice.send_group_text("team", "still ours").await.unwrap();
+    assert_eq!(recv(&bob).await, [text("alice", "still ours")]);
 }

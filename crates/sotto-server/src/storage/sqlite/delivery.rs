@@ -236,12 +236,14 @@ impl DeliveryTx for SqliteTx {
             Weight::Entries => {
                 "SELECT m.sender_user, m.sender_device FROM queue q JOIN messages m ON m.id = q.message_id
                  WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
-                 GROUP BY m.sender_user, m.sender_device ORDER BY COUNT(*) DESC LIMIT 1"
+                 GROUP BY m.sender_user, m.sender_device
+                 ORDER BY COUNT(*) DESC, m.sender_user, m.sender_device LIMIT 1"
             }
             Weight::Bytes => {
                 "SELECT m.sender_user, m.sender_device FROM queue q JOIN messages m ON m.id = q.message_id
                  WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
-                 GROUP BY m.sender_user, m.sender_device ORDER BY SUM(q.size) DESC LIMIT 1"
+                 GROUP BY m.sender_user, m.sender_device
+                 ORDER BY SUM(q.size) DESC, m.sender_user, m.sender_device LIMIT 1"
             }
         };
         let sender: Option<(String, String)> = self
@@ -368,7 +370,18 @@ impl DeliveryTx for SqliteTx {
 impl DeliveryStore for SqliteStorage {
     async fn begin(&self) -> Result<Box<dyn DeliveryTx + '_>, StorageError> {
         let conn = self.conn.clone().lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Off the async threads: another process holding the database (an operator's
+        // `sqlite3`) makes BEGIN wait for the busy timeout.
+        let conn = tokio::task::spawn_blocking(move || {
+            // A transaction some failure left open is ended, not built upon.
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK")?;
+            }
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            Ok::<_, StorageError>(conn)
+        })
+        .await
+        .map_err(|e| StorageError(format!("storage task failed: {e}")))??;
         Ok(Box::new(SqliteTx { conn: Some(conn) }))
     }
 
