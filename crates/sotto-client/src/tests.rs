@@ -169,3 +169,43 @@ async fn a_damaged_outbox_entry_or_event_is_reported_not_fatal_to_the_rest() {
         ])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_mls_state_stops_the_sync_and_leaves_the_message_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), XWING).await;
+    let alice = client(&server, dir.path(), "alice").await;
+    let bob = client(&server, dir.path(), "bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    recv(&bob).await;
+    alice.send_text("bob", "two").await.unwrap();
+    // A disk fault (or an edit) damages bob's MLS state of the conversation.
+    bob.engine.store().with_connection(|conn| {
+        let damaged = conn
+            .execute(
+                "UPDATE openmls_group_data SET group_data = x'7b' WHERE data_type = 'message_secrets'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(damaged, 1);
+    });
+    drop(bob);
+    let bob = harness::reopen(dir.path(), "bob");
+    // It is bob's failure, not a message alice sent wrong: the sync fails (exit 5) and the
+    // message stays queued, rather than being shown as unreadable and acknowledged.
+    let err = bob.sync().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            crate::ClientError::Engine(_) | crate::ClientError::Store(_)
+        ),
+        "{err:?}"
+    );
+    assert!(bob.unshown().unwrap().is_empty());
+    let storage = sotto_server::storage::sqlite::SqliteStorage::open(&server.data).unwrap();
+    let queued =
+        sotto_server::storage::DeliveryStore::fetch(&storage, bob.engine.me(), 10, usize::MAX)
+            .await
+            .unwrap();
+    assert_eq!(queued.messages.len(), 1);
+}
