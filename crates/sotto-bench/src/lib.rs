@@ -187,7 +187,7 @@ fn conversation(group: &GroupId) -> ConversationRecord {
 /// transaction, checks the message id, decrypts, stores the message and its id; a batch
 /// fetched from the queue shares one transaction. Only the network is left out.
 pub struct EnginePair {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     alice: DeviceEngine,
     bob: DeviceEngine,
     group: GroupId,
@@ -235,7 +235,7 @@ impl EnginePair {
         .unwrap();
         let clock = Arc::new(SystemClock);
         EnginePair {
-            _dir: dir,
+            dir,
             alice: Engine::open(sa, Offline, clock.clone()).unwrap(),
             bob: Engine::open(sb, Offline, clock).unwrap(),
             group,
@@ -277,6 +277,35 @@ impl EnginePair {
             message: req.message,
             accepted_at: 0,
         }
+    }
+
+    /// SQLCipher pages each side writes per message sent and received on its own (WAL frames
+    /// counted over `n` messages by a second connection), and the size of the receiver's
+    /// stored MLS message secrets, for the profile in `docs/benchmarks.md`.
+    pub fn pages_written_per_message(&mut self, n: usize) -> (f64, f64, i64) {
+        let open = |name: &str, key: [u8; 32]| {
+            sotto_client::store::open(&self.dir.path().join(name), &key).unwrap()
+        };
+        let (a, b) = (open("a.db", [1; 32]), open("b.db", [2; 32]));
+        let frames = |c: &rusqlite::Connection, mode: &str| -> i64 {
+            c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
+                .unwrap()
+        };
+        frames(&a, "TRUNCATE");
+        frames(&b, "TRUNCATE");
+        for _ in 0..n {
+            self.send_receive("a typical chat message of about sixty bytes, give or take");
+        }
+        let per = |c| frames(c, "PASSIVE") as f64 / n as f64;
+        // openmls keeps a group's message secrets in one value, rewritten by every message.
+        let secrets: i64 = b
+            .query_row(
+                "SELECT length(group_data) FROM openmls_group_data WHERE data_type = 'message_secrets'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (per(&a), per(&b), secrets)
     }
 
     /// Bob processes `batch` in one transaction, as the client's sync does with a batch

@@ -10,6 +10,7 @@ use crate::events::Event;
 use crate::group::{self, MemberDevice, Received};
 use crate::store::{ClientStore, ConversationRecord, HistoryItem, HistoryRecord, Setting, StoreTx};
 use crate::{ClientError, Content, CoreError, Envelope, Transport};
+use openmls::prelude::MlsGroup;
 use sotto_proto::api::{QueuedKind, QueuedMessage};
 use sotto_proto::{DeviceAddr, GroupId, Username};
 use std::collections::BTreeSet;
@@ -240,8 +241,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 self.with_group(tx, gid, |provider, g| {
                     match group::process(provider, g, m.message.as_slice())? {
                         Received::Content { sender, envelope } => {
-                            let users = group::members(g)?.into_iter().map(|d| d.addr.user);
-                            self.apply_content(tx, m, &sender, envelope, &users.collect())?;
+                            self.apply_content(tx, m, g, &sender, envelope)?;
                         }
                         Received::Commit(staged) => {
                             self.verify_members(&staged.summary.proven_devices())?;
@@ -274,15 +274,22 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         &self,
         tx: &impl StoreTx,
         m: &QueuedMessage,
+        g: &MlsGroup,
         sender: &DeviceAddr,
         envelope: Envelope,
-        users: &BTreeSet<Username>,
     ) -> Result<(), ClientError> {
         let item = match envelope.content {
             Content::Text { body } => Some(HistoryItem::Text(body)),
-            Content::GroupInfo { name } => self
-                .describe_conversation(tx, &m.group_id, sender, name, users)?
-                .map(HistoryItem::Event),
+            Content::GroupInfo { name } => {
+                // Who is in the group matters only to a description (and reading the tree
+                // for every text would cost more than the rest of receiving it).
+                let users = group::members(g)?
+                    .into_iter()
+                    .map(|d| d.addr.user)
+                    .collect();
+                self.describe_conversation(tx, &m.group_id, sender, name, &users)?
+                    .map(HistoryItem::Event)
+            }
         };
         let Some(item) = item else {
             return Ok(());
