@@ -248,9 +248,23 @@ impl SqlCipherStore {
         })
     }
 
+    /// Takes the connection and starts a transaction with `statement`, first ending one that
+    /// a panic left open.
+    fn begin(&self, statement: &str) -> Result<SqlTx<'_>, StoreError> {
+        let conn = self.conn();
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")?;
+        }
+        conn.execute_batch(statement)?;
+        Ok(SqlTx {
+            conn,
+            crypto: &self.crypto,
+        })
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A transaction that panicked was rolled back by SQLite when its statement failed or
-        // is rolled back by the next BEGIN's failure path: the connection stays usable.
+        // A panic while the lock was held left at most an open transaction, which the next
+        // `begin` rolls back: the connection stays usable.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -281,17 +295,7 @@ impl ClientStore for SqlCipherStore {
         &self,
         f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let conn = self.conn();
-        // A transaction left open by a panic is ended first.
-        if !conn.is_autocommit() {
-            conn.execute_batch("ROLLBACK").map_err(StoreError::from)?;
-        }
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(StoreError::from)?;
-        let tx = SqlTx {
-            conn,
-            crypto: &self.crypto,
-        };
+        let tx = self.begin("BEGIN IMMEDIATE")?;
         match f(&tx) {
             Ok(v) => {
                 tx.conn.execute_batch("COMMIT").map_err(StoreError::from)?;
@@ -308,17 +312,8 @@ impl ClientStore for SqlCipherStore {
         &self,
         f: impl FnOnce(&Self::Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let conn = self.conn();
-        if !conn.is_autocommit() {
-            conn.execute_batch("ROLLBACK").map_err(StoreError::from)?;
-        }
         // Deferred: a snapshot for reading, which neither waits for nor blocks a writer.
-        conn.execute_batch("BEGIN DEFERRED")
-            .map_err(StoreError::from)?;
-        let tx = SqlTx {
-            conn,
-            crypto: &self.crypto,
-        };
+        let tx = self.begin("BEGIN DEFERRED")?;
         let result = f(&tx);
         tx.conn
             .execute_batch("ROLLBACK")

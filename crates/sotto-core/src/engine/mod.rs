@@ -1,9 +1,9 @@
 //! The client engine: every decision a device makes, over a [`ClientStore`], a [`Transport`]
 //! and a [`Clock`] it is given, so the whole protocol runs in a test without files or
-//! network. The parts: [`directory`] (contacts' keys and the ghost-device check), `key_packages`
-//! (this device's KeyPackages on the server), [`sync`]
-//! (the queue, processed exactly once), [`outbox`] (sending, replay and rebase),
-//! [`conversations`] (groups and membership) and [`history`] (what is shown).
+//! network. The parts: [`directory`] (contacts' keys and the ghost-device check),
+//! `key_packages` (this device's KeyPackages on the server), [`sync`] (the queue, processed
+//! exactly once), [`outbox`] (sending, replay and rebase), [`conversations`] (groups and
+//! membership) and [`history`] (what is shown).
 //!
 //! Exactly-once: each queued message is processed in one store transaction that also records
 //! its server id, and is acknowledged only after that transaction is durable; a redelivered
