@@ -9,6 +9,7 @@
 //! row the operator broke is an error or is skipped, as the method says.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
