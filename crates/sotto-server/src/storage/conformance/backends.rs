@@ -49,7 +49,10 @@ impl Drop for Schema {
             });
         })
         .join();
-        assert!(dropped.is_ok(), "dropping {} failed", self.name);
+        if dropped.is_err() {
+            // Not a panic in a destructor: it would abort every other test.
+            eprintln!("dropping the test schema {} failed", self.name);
+        }
     }
 }
 

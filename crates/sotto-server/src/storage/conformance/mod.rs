@@ -222,6 +222,36 @@ pub async fn a_claim_without_one_time_hands_out_the_last_resort_and_takes_nothin
     assert_eq!(s.key_package_count(&bob).await.unwrap().count, 2);
 }
 
+pub async fn concurrent_claims_each_get_a_different_key_package_until_only_the_last_resort_is_left(
+    s: Arc<dyn Storage>,
+) {
+    let bob = account(&*s, "bob").await;
+    let claims: Vec<_> = (0..5)
+        .map(|_| {
+            let (s, user) = (s.clone(), bob.user.clone());
+            tokio::spawn(async move { s.claim_key_packages(&user, true).await })
+        })
+        .collect();
+    let mut handed = Vec::new();
+    for claim in claims {
+        let Claim::Claimed(kps) = claim.await.unwrap().unwrap() else {
+            panic!("bob has a last-resort KeyPackage");
+        };
+        handed.push(kps[0].key_package.as_slice().to_vec());
+    }
+    handed.sort();
+    assert_eq!(
+        handed,
+        [
+            b"bob-kp-0".to_vec(),
+            b"bob-kp-1".to_vec(),
+            b"bob-last-resort".to_vec(),
+            b"bob-last-resort".to_vec(),
+            b"bob-last-resort".to_vec(),
+        ]
+    );
+}
+
 pub async fn messages_get_sequence_numbers_and_a_commit_moves_the_epoch(s: Arc<dyn Storage>) {
     let alice = account(&*s, "alice").await;
     let bob = account(&*s, "bob").await;
@@ -514,6 +544,7 @@ macro_rules! conformance {
                 a_challenge_is_used_once_and_tokens_are_found_by_hash,
                 key_packages_are_claimed_oldest_first_then_the_last_resort_one,
                 a_claim_without_one_time_hands_out_the_last_resort_and_takes_nothing,
+                concurrent_claims_each_get_a_different_key_package_until_only_the_last_resort_is_left,
                 messages_get_sequence_numbers_and_a_commit_moves_the_epoch,
                 only_roster_members_may_send,
                 a_send_to_an_unknown_device_is_refused_whole,

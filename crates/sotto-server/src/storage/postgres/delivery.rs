@@ -3,7 +3,7 @@
 //! transaction-scoped advisory lock, so delivery transactions are serialized across every
 //! node sharing the database, as the trait requires.
 
-use super::{PostgresStorage, addr, to_i64, to_u64};
+use super::{PostgresStorage, addr, read_committed, to_i64, to_u64};
 use crate::storage::{
     DeliveryStore, DeliveryTx, GroupState, NewMessage, QueueEntry, QueueUsage, StorageError, Weight,
 };
@@ -24,6 +24,9 @@ const DELIVERY_LOCK: i64 = 0x5077_0002;
 struct PgTx {
     /// `None` once committed.
     client: Option<Object>,
+    /// A statement failed: PostgreSQL has aborted the transaction, and a COMMIT would only
+    /// roll it back, so it must not be reported as committed.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for PgTx {
@@ -50,8 +53,20 @@ impl PgTx {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StorageError> {
         let client = self.client()?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query(&statement, params).await?)
+        let result = match client.prepare_cached(sql).await {
+            Ok(statement) => client.query(&statement, params).await,
+            Err(e) => Err(e),
+        };
+        self.note(result)
+    }
+
+    /// Passes `result` on, remembering a failure.
+    fn note<T>(&self, result: Result<T, tokio_postgres::Error>) -> Result<T, StorageError> {
+        if result.is_err() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(result?)
     }
 
     async fn query_opt(
@@ -68,8 +83,11 @@ impl PgTx {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StorageError> {
         let client = self.client()?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.execute(&statement, params).await?)
+        let result = match client.prepare_cached(sql).await {
+            Ok(statement) => client.execute(&statement, params).await,
+            Err(e) => Err(e),
+        };
+        self.note(result)
     }
 }
 
@@ -265,13 +283,15 @@ impl DeliveryTx for PgTx {
                 "SELECT m.sender_user, m.sender_device FROM queue q JOIN messages m ON m.id = q.message_id
                  WHERE q.username = $1 AND q.device = $2 AND q.message_id <> $3
                  GROUP BY m.sender_user, m.sender_device
-                 ORDER BY COUNT(*) DESC, m.sender_user, m.sender_device LIMIT 1"
+                 ORDER BY COUNT(*) DESC, m.sender_user COLLATE \"C\", m.sender_device COLLATE \"C\"
+                 LIMIT 1"
             }
             Weight::Bytes => {
                 "SELECT m.sender_user, m.sender_device FROM queue q JOIN messages m ON m.id = q.message_id
                  WHERE q.username = $1 AND q.device = $2 AND q.message_id <> $3
                  GROUP BY m.sender_user, m.sender_device
-                 ORDER BY SUM(q.size) DESC, m.sender_user, m.sender_device LIMIT 1"
+                 ORDER BY SUM(q.size) DESC, m.sender_user COLLATE \"C\", m.sender_device COLLATE \"C\"
+                 LIMIT 1"
             }
         };
         let (user, dev) = pair(device);
@@ -358,6 +378,9 @@ impl DeliveryTx for PgTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError("a statement of the transaction failed".into()));
+        }
         let client = self
             .client
             .take()
@@ -379,8 +402,13 @@ impl DeliveryStore for PostgresStorage {
         let client = self.client().await?;
         let tx = PgTx {
             client: Some(client),
+            failed: std::sync::atomic::AtomicBool::new(false),
         };
-        tx.client()?.batch_execute("BEGIN").await?;
+        let begun = tx
+            .client()?
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await;
+        tx.note(begun)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DELIVERY_LOCK])
             .await?;
         Ok(Box::new(tx))
@@ -392,9 +420,16 @@ impl DeliveryStore for PostgresStorage {
         limit: u32,
         max_bytes: usize,
     ) -> Result<QueueResponse, StorageError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        // One snapshot: the messages and the dropped count agree.
+        let snapshot = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
         let (user, dev) = pair(device);
-        let rows = client
+        let rows = snapshot
             .query(
                 "SELECT m.id, m.group_id, m.seq, m.sender_user, m.sender_device, m.kind, m.data,
                         m.accepted_at
@@ -434,12 +469,13 @@ impl DeliveryStore for PostgresStorage {
                 accepted_at: to_u64(r.get(7)),
             });
         }
-        let dropped = client
+        let dropped = snapshot
             .query_opt(
                 "SELECT dropped_total FROM device_queues WHERE username = $1 AND device = $2",
                 &[&user, &dev],
             )
             .await?;
+        snapshot.commit().await?;
         Ok(QueueResponse {
             messages,
             dropped_total: dropped.map_or(0, |r| to_u64(r.get(0))),
@@ -448,7 +484,7 @@ impl DeliveryStore for PostgresStorage {
 
     async fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = read_committed(&mut client).await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DELIVERY_LOCK])
             .await?;
         let cutoff = to_i64(cutoff);

@@ -138,6 +138,18 @@ fn addr(user: &str, device: &str) -> Result<DeviceAddr, StorageError> {
     })
 }
 
+/// A transaction at READ COMMITTED whatever the database's default: every statement after a
+/// lock sees what the lock's previous holder committed.
+async fn read_committed(
+    client: &mut Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StorageError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?)
+}
+
 /// PostgreSQL-backed [`super::Storage`].
 pub struct PostgresStorage {
     pool: Pool,
@@ -150,16 +162,22 @@ impl PostgresStorage {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StorageError(format!("database URL: {e}")))?;
+        // A statement waiting for a lock, or a transaction left idle by a stalled node, gives
+        // up instead of stopping every other node's sends.
+        let mut options = config.get_options().unwrap_or_default().to_owned();
+        options.push_str(" -c lock_timeout=10s -c idle_in_transaction_session_timeout=60s");
         if let Some(schema) = schema {
-            if !schema
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            let valid = !schema.is_empty()
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
                 return Err(StorageError(
                     "schema names are letters, digits and _".into(),
                 ));
             }
-            config.options(format!("-c search_path={schema}"));
+            options.push_str(&format!(" -c search_path={schema}"));
+            config.options(options.trim());
             let (client, connection) = config.connect(NoTls).await?;
             let task = tokio::spawn(connection);
             client
@@ -168,6 +186,7 @@ impl PostgresStorage {
             drop(client);
             let _ = task.await;
         }
+        config.options(options.trim());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -177,6 +196,8 @@ impl PostgresStorage {
         );
         let pool = Pool::builder(manager)
             .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
             .map_err(|e| StorageError(e.to_string()))?;
         let storage = PostgresStorage { pool };
@@ -190,7 +211,7 @@ impl PostgresStorage {
 
     async fn migrate(&self) -> Result<(), StorageError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = read_committed(&mut client).await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
@@ -304,7 +325,7 @@ impl AccountStore for PostgresStorage {
         now: u64,
     ) -> Result<bool, StorageError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = read_committed(&mut client).await?;
         let list = account.device_list.list();
         let user = list.user.as_str();
         let inserted = tx
@@ -466,7 +487,7 @@ impl KeyPackageStore for PostgresStorage {
         max_stored: u64,
     ) -> Result<Option<KeyPackageCount>, StorageError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = read_committed(&mut client).await?;
         let (user, dev) = (device.user.as_str(), device.device.to_string());
         // One upload at a time per device, so that two cannot both pass the cap.
         tx.execute(
@@ -512,7 +533,7 @@ impl KeyPackageStore for PostgresStorage {
         one_time: bool,
     ) -> Result<Claim, StorageError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = read_committed(&mut client).await?;
         let devices: Vec<String> = tx
             .query(
                 "SELECT device FROM devices WHERE username = $1 ORDER BY device",
@@ -528,12 +549,12 @@ impl KeyPackageStore for PostgresStorage {
         let mut claimed = Vec::with_capacity(devices.len());
         for dev in devices {
             let taken: Option<Vec<u8>> = if one_time {
-                // Each one-time KeyPackage goes to exactly one claimer: a row another claim
-                // has locked is skipped, not waited for.
+                // Each one-time KeyPackage goes to exactly one claimer, oldest first: a row
+                // another claim has locked is waited for (that claim may yet roll back).
                 tx.query_opt(
                     "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages
                      WHERE username = $1 AND device = $2 ORDER BY id LIMIT 1
-                     FOR UPDATE SKIP LOCKED) RETURNING data",
+                     FOR UPDATE) RETURNING data",
                     &[&user.as_str(), &dev],
                 )
                 .await?
