@@ -145,8 +145,7 @@ pub(crate) fn describe(event: &Event, me: &Username) -> String {
         }
         Event::NobodyToRemove => "nobody to remove".to_owned(),
         Event::Earlier { text } => text.clone(),
-        Event::Unknown => "something happened that this version of Sotto cannot describe".into(),
-        // An event of a later version is not dropped, only not described.
+        // `Event::Unknown`, and any event added later: not dropped, only not described.
         _ => "something happened that this version of Sotto cannot describe".to_owned(),
     }
 }

@@ -6,7 +6,10 @@ use sotto_core::StoreError;
 use sotto_core::store::ConversationRecord;
 use sotto_proto::{GroupId, Username};
 
-const COLUMNS: &str = "group_id, name, peer, announced, active, created_at";
+const GET: &str = "SELECT group_id, name, peer, announced, active, created_at FROM conversations
+                   WHERE group_id = ?1";
+const ALL: &str = "SELECT group_id, name, peer, announced, active, created_at FROM conversations
+                   ORDER BY created_at, rowid";
 
 type Row = (Vec<u8>, Option<String>, Option<String>, bool, bool, i64);
 
@@ -39,9 +42,7 @@ pub(super) fn get(
     group: &GroupId,
 ) -> Result<Option<ConversationRecord>, StoreError> {
     let found = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM conversations WHERE group_id = ?1"
-        ))?
+        .prepare_cached(GET)?
         .query_row([group.as_bytes()], row)
         .optional()?;
     found.map(record).transpose()
@@ -49,9 +50,7 @@ pub(super) fn get(
 
 pub(super) fn all(conn: &Connection) -> Result<Vec<ConversationRecord>, StoreError> {
     let rows: Vec<Row> = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM conversations ORDER BY created_at, rowid"
-        ))?
+        .prepare_cached(ALL)?
         .query_map([], row)?
         .collect::<Result<_, _>>()?;
     rows.into_iter().map(record).collect()

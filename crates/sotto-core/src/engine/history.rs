@@ -7,6 +7,7 @@
 
 use super::{Engine, random_client_id};
 use crate::store::{ClientStore, HistoryItem, HistoryRecord, StoreTx, Unshown, UnshownEntry};
+use crate::events::Event;
 use crate::{ClientError, Transport};
 use sotto_proto::{GroupId, Username};
 
@@ -24,6 +25,18 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             from: from.cloned(),
             reason: reason.to_owned(),
         };
+        self.record_notice(tx, id, group, item)
+    }
+
+    /// Stores that something this device sent was refused for good, and why.
+    pub(super) fn record_undelivered(
+        &self,
+        tx: &impl StoreTx,
+        group: Option<&GroupId>,
+        reason: String,
+    ) -> Result<(), ClientError> {
+        let id = format!("local-{}", random_client_id());
+        let item = HistoryItem::Event(Event::Undelivered { reason });
         self.record_notice(tx, id, group, item)
     }
 

@@ -203,10 +203,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 OutboxEntry::Damaged { client_id, reason } => {
                     self.tx(|tx| {
                         tx.remove_outbox(&client_id)?;
-                        let id = format!("local-{}", random_client_id());
                         let reason = format!("its outbox entry is damaged: {reason}");
-                        let item = HistoryItem::Event(Event::Undelivered { reason });
-                        self.record_notice(tx, id, None, item)
+                        self.record_undelivered(tx, None, reason)
                     })?;
                     continue;
                 }
@@ -280,12 +278,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let group = Some(&entry.group);
         self.tx(|tx| match e {
             ClientError::Security(reason) => self.record_security(tx, group, None, reason),
-            other => {
-                let id = format!("local-{}", random_client_id());
-                let reason = other.to_string();
-                let item = HistoryItem::Event(Event::Undelivered { reason });
-                self.record_notice(tx, id, group, item)
-            }
+            other => self.record_undelivered(tx, group, other.to_string()),
         })
     }
 }

@@ -51,6 +51,14 @@ fn is_local_failure<X: StoreTx>(e: &ClientError) -> bool {
     }
 }
 
+/// The server's count of messages dropped for this device, as last seen.
+fn dropped_seen(tx: &impl StoreTx) -> Result<u64, crate::StoreError> {
+    Ok(tx
+        .setting(Setting::DroppedSeen)?
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
 /// What [`Engine::process`] got through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Processed {
@@ -151,11 +159,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Notes when the server reports more messages dropped for this device than it did last
     /// time (a full queue, or messages that outlived the retention period).
     fn note_dropped(&self, total: u64) -> Result<(), ClientError> {
+        // Nearly always unchanged: checked without taking the write lock.
+        if self.store.read(|tx| dropped_seen(tx))? == total {
+            return Ok(());
+        }
         self.tx(|tx| {
-            let seen = tx
-                .setting(Setting::DroppedSeen)?
-                .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                .map_or(0, u64::from_be_bytes);
+            let seen = dropped_seen(tx)?;
             // A count that went back means the server's data was reset: count from there.
             if total > seen {
                 let id = format!("dropped-{total}");
