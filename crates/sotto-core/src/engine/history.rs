@@ -6,8 +6,8 @@
 //! that could not be read, with the sender marked unverified).
 
 use super::{Engine, random_client_id};
-use crate::store::{ClientStore, HistoryItem, HistoryRecord, StoreTx, Unshown, UnshownEntry};
 use crate::events::Event;
+use crate::store::{ClientStore, HistoryItem, HistoryRecord, StoreTx, Unshown, UnshownEntry};
 use crate::{ClientError, Transport};
 use sotto_proto::{GroupId, Username};
 
