@@ -1,9 +1,10 @@
 //! The rules of delivery, shared by every storage backend: idempotent sends, one commit per
 //! (group, epoch), a sequence number per message, the roster that says who may send, one
 //! stored copy of each message with a queue entry per recipient device, and queue quotas that
-//! a flood cannot turn against a device's own groups. Each operation runs in one
-//! [`DeliveryTx`], so it applies all of its effect or none. Waking the devices that got
-//! something is the caller's part (after the commit, never before).
+//! a flood cannot turn against a device's own groups. Each operation runs within a
+//! [`DeliveryTx`], alone (`submit`, `ack`) or with others in one shared transaction
+//! ([`crate::group_commit`]); it applies all of its effect or none. Waking the devices that
+//! got something is the caller's part (after the commit, never before).
 
 use sotto_proto::DeviceAddr;
 use sotto_proto::api::{QueuedKind, SendResponse, ValidSend};
@@ -43,11 +44,8 @@ pub enum Submitted {
     UnknownRecipient,
 }
 
-/// Orders and stores one group message (with its Welcome, if any), all or nothing: at most
-/// one commit per (group, epoch), a sequence number per message, one stored copy and a queue
-/// entry per recipient device, within each recipient's `quota`. A message with no recipients
-/// is ordered (it may move the epoch) but not stored. A repeated `client_id` from the same
-/// device returns the first answer and stores nothing.
+/// Orders and stores one group message (with its Welcome, if any), all or nothing, in a
+/// transaction of its own; see [`submit_in`].
 pub async fn submit(
     store: &(dyn DeliveryStore + Send + Sync),
     sender: &DeviceAddr,
@@ -56,6 +54,25 @@ pub async fn submit(
     quota: QueueQuota,
 ) -> Result<Submitted, StorageError> {
     let mut tx = store.begin().await?;
+    let submitted = submit_in(tx.as_mut(), sender, send, now, quota).await?;
+    tx.commit().await?;
+    Ok(submitted)
+}
+
+/// Orders and stores one group message (with its Welcome, if any) within `tx`: at most one
+/// commit per (group, epoch), a sequence number per message, one stored copy and a queue
+/// entry per recipient device, within each recipient's `quota`. A message with no recipients
+/// is ordered (it may move the epoch) but not stored. A repeated `client_id` from the same
+/// device returns the first answer and stores nothing. A refused message writes nothing, so
+/// the other changes of a shared transaction stand; an `Err` leaves `tx` half-changed, to be
+/// dropped.
+pub async fn submit_in(
+    tx: &mut dyn DeliveryTx,
+    sender: &DeviceAddr,
+    send: &ValidSend,
+    now: u64,
+    quota: QueueQuota,
+) -> Result<Submitted, StorageError> {
     let req = &send.request;
     if let Some(response) = tx.sent(sender, &req.client_id).await? {
         return Ok(Submitted::Accepted {
@@ -64,21 +81,21 @@ pub async fn submit(
         });
     }
     let group = &send.framing.group_id;
-    let state = match tx.group(group).await? {
+    let (state, new_group) = match tx.group(group).await? {
         Some(state) => {
             if !tx.in_roster(group, sender).await? {
                 return Ok(Submitted::NotAMember);
             }
-            state
+            (state, false)
         }
-        None => {
-            // A new group: its creator is its only member until its first commit.
-            tx.set_roster(group, std::slice::from_ref(sender)).await?;
+        // A new group: its creator is its only member until its first commit.
+        None => (
             GroupState {
                 epoch: send.framing.epoch,
                 next_seq: 1,
-            }
-        }
+            },
+            true,
+        ),
     };
     if send.framing.epoch != state.epoch {
         return Ok(Submitted::EpochConflict(state.epoch));
@@ -104,6 +121,10 @@ pub async fn submit(
     };
     let next_seq =
         successor(seq).ok_or_else(|| StorageError::corrupt("group sequence at its limit"))?;
+    // Every check is behind us: from here on only the storage itself can fail.
+    if new_group {
+        tx.set_roster(group, std::slice::from_ref(sender)).await?;
+    }
     tx.set_group(group, GroupState { epoch, next_seq }).await?;
     if let Some(roster) = &req.roster {
         tx.set_roster(group, roster).await?;
@@ -117,14 +138,14 @@ pub async fn submit(
         data: req.message.as_slice(),
         accepted_at: now,
     };
-    let id = enqueue(tx.as_mut(), message, &req.recipients, quota, &mut wake).await?;
+    let id = enqueue(tx, message, &req.recipients, quota, &mut wake).await?;
     if let Some(w) = &req.welcome {
         let welcome = NewMessage {
             kind: QueuedKind::Welcome,
             data: w.message.as_slice(),
             ..message
         };
-        enqueue(tx.as_mut(), welcome, &w.recipients, quota, &mut wake).await?;
+        enqueue(tx, welcome, &w.recipients, quota, &mut wake).await?;
     }
     let response = SendResponse {
         id,
@@ -133,7 +154,6 @@ pub async fn submit(
         accepted_at: now,
     };
     tx.record_send(sender, &req.client_id, &response).await?;
-    tx.commit().await?;
     Ok(Submitted::Accepted {
         response,
         wake: wake.into_iter().collect(),
@@ -222,14 +242,27 @@ async fn drop_over_quota(
     tx.count_dropped(device, dropped).await
 }
 
-/// Removes the acknowledged entries of `device`'s queue, and every message no queue refers to
-/// any more. Ids that are not in the queue are ignored. Returns how many entries were removed.
+/// Removes the acknowledged entries of `device`'s queue in a transaction of its own; see
+/// [`ack_in`].
 pub async fn ack(
     store: &(dyn DeliveryStore + Send + Sync),
     device: &DeviceAddr,
     ids: &[u64],
 ) -> Result<u64, StorageError> {
     let mut tx = store.begin().await?;
+    let removed = ack_in(tx.as_mut(), device, ids).await?;
+    tx.commit().await?;
+    Ok(removed)
+}
+
+/// Removes the acknowledged entries of `device`'s queue within `tx`, and every message no
+/// queue refers to any more. Ids that are not in the queue are ignored. Returns how many
+/// entries were removed.
+pub async fn ack_in(
+    tx: &mut dyn DeliveryTx,
+    device: &DeviceAddr,
+    ids: &[u64],
+) -> Result<u64, StorageError> {
     let mut removed = 0u64;
     for &id in ids {
         if tx.remove_entry(device, id).await?.is_some() {
@@ -237,6 +270,5 @@ pub async fn ack(
             tx.delete_if_unqueued(id).await?;
         }
     }
-    tx.commit().await?;
     Ok(removed)
 }

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod delivery;
 pub mod error;
+pub mod group_commit;
 pub mod limits;
 mod listener;
 pub mod push;
@@ -39,6 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Level;
 
 use crate::error::ApiError;
+use crate::group_commit::GroupCommit;
 use crate::limits::{Limits, RateLimiters};
 use crate::push::{Push, Wake};
 use crate::storage::{Storage, StorageError};
@@ -78,6 +80,8 @@ impl Default for Config {
 #[derive(Clone)]
 pub struct AppState {
     storage: Arc<dyn Storage>,
+    /// Every change to delivery state goes through here, to share its commit with others.
+    commit: GroupCommit,
     /// This process's push sockets.
     push: Arc<Push>,
     /// How a device's sockets, wherever they are open, learn of news.
@@ -95,6 +99,7 @@ impl AppState {
         Ok(AppState {
             server_id: storage.server_id().await?,
             challenge_key: Arc::new(storage.challenge_key().await?),
+            commit: GroupCommit::start(storage.clone()),
             storage,
             wake: push.clone(),
             push,
@@ -118,6 +123,11 @@ impl AppState {
     /// The server's settings.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The group committer of delivery changes.
+    pub fn group_commit(&self) -> &GroupCommit {
+        &self.commit
     }
 }
 

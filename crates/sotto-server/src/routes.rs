@@ -14,7 +14,7 @@ use sotto_proto::{API_VERSION, ErrorCode, GroupId, Username, limits};
 
 use crate::auth::AuthDevice;
 use crate::client_ip::ClientIp;
-use crate::delivery::{self, Submitted};
+use crate::delivery::Submitted;
 use crate::error::{ApiError, ApiJson};
 use crate::storage::Claim;
 use crate::{AppState, now};
@@ -158,7 +158,7 @@ pub async fn send(
     let group = GroupId::parse(&group)?;
     let valid = req.validate(&group)?;
     let quota = state.config.limits.queue_quota();
-    let outcome = delivery::submit(state.storage.as_ref(), &sender, &valid, now(), quota).await?;
+    let outcome = state.commit.submit(sender, valid, now(), quota).await?;
     match outcome {
         Submitted::Accepted { response, wake } => {
             for d in &wake {
@@ -208,6 +208,6 @@ pub async fn ack(
     ApiJson(req): ApiJson<AckRequest>,
 ) -> Result<StatusCode, ApiError> {
     let req = req.validate()?;
-    delivery::ack(state.storage.as_ref(), &device, &req.ids).await?;
+    state.commit.ack(device, req.ids).await?;
     Ok(StatusCode::NO_CONTENT)
 }

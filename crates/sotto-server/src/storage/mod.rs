@@ -23,7 +23,7 @@ use sotto_proto::api::{
 use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
 
 /// The storage failed (I/O, corruption, a bug). Never shown to a peer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("storage failure: {0}")]
 pub struct StorageError(pub String);
 

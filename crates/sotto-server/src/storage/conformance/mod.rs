@@ -2,6 +2,9 @@
 //! traits and the delivery rules alone. A backend joins with one line at the bottom.
 
 mod backends;
+mod group_commit;
+
+pub use group_commit::*;
 
 use super::{Claim, Stats, Storage};
 use crate::delivery::{self, QueueQuota, Submitted};
@@ -557,6 +560,8 @@ macro_rules! conformance {
                 purge_deletes_old_messages_and_counts_them_as_dropped,
                 a_transaction_dropped_before_its_commit_changes_nothing,
                 of_two_racing_commits_for_one_epoch_exactly_one_wins,
+                changes_that_wait_share_one_transaction_and_each_gets_its_own_answer,
+                a_change_the_storage_fails_fails_alone_and_the_rest_of_its_batch_commits,
             );
         }
     };

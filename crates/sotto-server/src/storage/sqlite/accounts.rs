@@ -60,7 +60,7 @@ impl AccountStore for SqliteStorage {
 
     async fn account(&self, user: &Username) -> Result<Option<Account>, StorageError> {
         let user = user.clone();
-        self.run(move |conn| {
+        self.read(move |conn| {
         Ok(conn
             .query_row(
                 "SELECT identity_key, device_list_body, device_list_signature FROM accounts WHERE user = ?1",
@@ -80,7 +80,7 @@ impl AccountStore for SqliteStorage {
 
     async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError> {
         let device = device.clone();
-        self.run(move |conn| {
+        self.read(move |conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT signature_key FROM devices WHERE user = ?1 AND device = ?2",
@@ -137,7 +137,7 @@ impl AuthStore for SqliteStorage {
 
     async fn token(&self, token_hash: &[u8]) -> Result<Option<(DeviceAddr, u64)>, StorageError> {
         let token_hash = token_hash.to_vec();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let row: Option<(String, String, i64)> = conn
                 .prepare_cached(
                     "SELECT user, device, expires_at FROM tokens WHERE token_hash = ?1",

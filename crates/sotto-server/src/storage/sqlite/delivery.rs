@@ -392,7 +392,8 @@ impl DeliveryStore for SqliteStorage {
         max_bytes: usize,
     ) -> Result<QueueResponse, StorageError> {
         let device = device.clone();
-        self.run(move |conn| fetch(conn, &device, limit, max_bytes))
+        // One read transaction: the messages and the dropped count from one snapshot.
+        self.read(move |conn| fetch(&*conn.transaction()?, &device, limit, max_bytes))
             .await
     }
 

@@ -71,7 +71,7 @@ impl KeyPackageStore for SqliteStorage {
         device: &DeviceAddr,
     ) -> Result<KeyPackageCount, StorageError> {
         let device = device.clone();
-        self.run(move |conn| count_key_packages(conn, &device))
+        self.read(move |conn| count_key_packages(conn, &device))
             .await
     }
 

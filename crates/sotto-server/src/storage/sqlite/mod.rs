@@ -9,9 +9,10 @@ mod key_packages;
 
 use super::{ServerStore, Stats, StorageError};
 use async_trait::async_trait;
+use rusqlite::OpenFlags;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use sotto_proto::{DeviceAddr, DeviceId, ServerId, Username};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Numbered migrations; entry `i` moves the schema from version `i` to `i + 1`. Never edit an
@@ -122,12 +123,42 @@ INSERT INTO device_queues (user, device, count, bytes)
 "#,
 ];
 
-/// SQLite-backed [`super::Storage`]: one connection, used by one operation at a time. Whole
-/// operations run on the blocking pool; a [`DeliveryTx`](super::DeliveryTx) runs its
-/// statements in place (they touch only the page cache and the WAL) and its commit, which
-/// waits for the disk, on the blocking pool.
+/// SQLite-backed [`super::Storage`]: one writing connection, used by one operation at a time,
+/// and a few read-only ones beside it (WAL lets readers run alongside the writer), so token
+/// lookups and fetches never wait for a commit. Whole operations run on the blocking pool; a
+/// [`DeliveryTx`](super::DeliveryTx) runs its statements in place (they touch only the page
+/// cache and the WAL) and its commit, which waits for the disk, on the blocking pool.
 pub struct SqliteStorage {
     conn: Arc<tokio::sync::Mutex<Connection>>,
+    readers: Arc<Readers>,
+}
+
+/// How many read-only connections serve reads at once.
+const READERS: usize = 4;
+
+/// The read-only connections: idle ones, and a permit for each that may be in use.
+struct Readers {
+    path: PathBuf,
+    idle: std::sync::Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Readers {
+    fn open(&self) -> Result<Connection, StorageError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        // A list of connections holds no invariant a panic could break.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -152,11 +183,8 @@ impl SqliteStorage {
     /// Opens (creating if needed) `sotto.db` in `dir` and migrates it.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError(e.to_string()))?;
-        let conn = Connection::open(dir.join("sotto.db"))?;
-        Self::from_connection(conn)
-    }
-
-    fn from_connection(mut conn: Connection) -> Result<Self, StorageError> {
+        let path = dir.join("sotto.db");
+        let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -174,6 +202,11 @@ impl SqliteStorage {
         )?;
         Ok(SqliteStorage {
             conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            readers: Arc::new(Readers {
+                path,
+                idle: std::sync::Mutex::new(Vec::with_capacity(READERS)),
+                permits: tokio::sync::Semaphore::new(READERS),
+            }),
         })
     }
 
@@ -188,6 +221,34 @@ impl SqliteStorage {
         tokio::task::spawn_blocking(move || f(&mut conn))
             .await
             .map_err(|e| StorageError(format!("storage task failed: {e}")))?
+    }
+
+    /// Runs `f` on a read-only connection, on the blocking pool, beside the writer and other
+    /// readers. A connection lost to a panic in `f` is replaced by a new one when needed.
+    async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| StorageError(e.to_string()))?;
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = readers.idle().pop();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => readers.open()?,
+            };
+            let result = f(&mut conn);
+            readers.idle().push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StorageError(format!("storage task failed: {e}")))?
     }
 }
 
@@ -253,7 +314,8 @@ impl ServerStore for SqliteStorage {
     }
 
     async fn stats(&self) -> Result<Stats, StorageError> {
-        self.run(|c| {
+        self.read(|c| {
+            let c = c.transaction()?;
             let count = |table: &str| -> Result<u64, StorageError> {
                 let n: i64 =
                     c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
