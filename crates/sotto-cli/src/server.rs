@@ -1,8 +1,10 @@
-//! `sotto server`: runs the server on its embedded SQLite storage.
+//! `sotto server`: runs the server on its embedded SQLite storage or on PostgreSQL.
 
 use clap::Args;
 use sotto_client::ClientError;
 use sotto_server::limits::Limits;
+use sotto_server::storage::Storage;
+use sotto_server::storage::postgres::PostgresStorage;
 use sotto_server::storage::sqlite::SqliteStorage;
 use sotto_server::{AppState, Config, SUPPORTED_SUITES};
 use std::net::{IpAddr, SocketAddr};
@@ -19,8 +21,9 @@ pub struct ServerArgs {
     /// Data directory of the embedded storage.
     #[arg(long, default_value = "./sotto-data")]
     data: PathBuf,
-    /// External database URL. Only the embedded SQLite storage exists so far.
-    #[arg(long)]
+    /// A PostgreSQL database (`postgres://user@host/db`) instead of the embedded storage;
+    /// several servers may share one.
+    #[arg(long, value_name = "URL")]
     database: Option<String>,
     /// MLS ciphersuite of all groups: 0x004D (X-Wing hybrid, default) or 0x0001.
     #[arg(long, default_value = "0x004D", value_parser = parse_suite)]
@@ -93,11 +96,6 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    if let Some(url) = &args.database {
-        return Err(ClientError::Usage(format!(
-            "--database {url}: only the embedded SQLite storage (--data) is available in this version"
-        )));
-    }
     if !args.listen.ip().is_loopback() && !args.behind_tls_proxy {
         return Err(ClientError::Usage(format!(
             "refusing to serve plain HTTP on {}: Sotto serves plain HTTP only on loopback. \
@@ -109,10 +107,30 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
     for setting in &args.limit {
         limits.set(setting).map_err(ClientError::Usage)?;
     }
-    let storage = SqliteStorage::open(&args.data)
-        .map_err(|e| ClientError::Store(format!("{}: {e}", args.data.display())))?;
+    let (storage, place): (Arc<dyn Storage>, String) = match &args.database {
+        Some(url) => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ClientError::Usage(
+                    "--database takes a PostgreSQL URL: postgres://user@host/database".into(),
+                ));
+            }
+            // The URL may hold a password: it is never printed.
+            let storage = PostgresStorage::connect(url, None)
+                .await
+                .map_err(|e| ClientError::Store(format!("the database of --database: {e}")))?;
+            (
+                Arc::new(storage),
+                "the PostgreSQL database of --database".into(),
+            )
+        }
+        None => {
+            let storage = SqliteStorage::open(&args.data)
+                .map_err(|e| ClientError::Store(format!("{}: {e}", args.data.display())))?;
+            (Arc::new(storage), args.data.display().to_string())
+        }
+    };
     let state = AppState::new(
-        Arc::new(storage),
+        storage,
         Config {
             ciphersuite: args.ciphersuite,
             limits,
@@ -121,7 +139,7 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
         },
     )
     .await
-    .map_err(|e| ClientError::Store(format!("{}: {e}", args.data.display())))?;
+    .map_err(|e| ClientError::Store(format!("{place}: {e}")))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| ClientError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -130,14 +148,11 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
         .map_err(|e| ClientError::Usage(e.to_string()))?;
     tracing::info!(
         %addr,
-        data = %args.data.display(),
+        data = %place,
         ciphersuite = format!("0x{:04X}", args.ciphersuite),
         "sotto server listening"
     );
-    eprintln!(
-        "sotto server listening on http://{addr} (data in {})",
-        args.data.display()
-    );
+    eprintln!("sotto server listening on http://{addr} (data in {place})");
     sotto_server::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| ClientError::Unreachable(e.to_string()))?;

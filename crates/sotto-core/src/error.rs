@@ -88,7 +88,12 @@ impl ClientError {
         matches!(self, ClientError::Unreachable(_))
             || matches!(
                 self.code(),
-                Some(ErrorCode::Internal | ErrorCode::RateLimited | ErrorCode::RequestTimeout)
+                Some(
+                    ErrorCode::Internal
+                        | ErrorCode::RateLimited
+                        | ErrorCode::RequestTimeout
+                        | ErrorCode::Unavailable
+                )
             )
     }
 }

@@ -72,6 +72,9 @@ error_codes! {
     /// The request took too long to arrive or to be answered. What it asked for may or may
     /// not have happened: a send is to be repeated with the same idempotency key.
     RequestTimeout => "request_timeout",
+    /// The server cannot reach its storage for now. The request may be repeated after the
+    /// `Retry-After` header's delay; a send with the same idempotency key.
+    Unavailable => "unavailable",
 }
 
 /// The JSON body of every error response.
@@ -146,6 +149,7 @@ mod tests {
         "internal",
         "method_not_allowed",
         "request_timeout",
+        "unavailable",
     ];
 
     #[test]

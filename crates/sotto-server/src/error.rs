@@ -85,7 +85,19 @@ impl From<ProtoError> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        ApiError::internal(e)
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "storage unavailable");
+            ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "the server cannot reach its storage for now; try again",
+                )
+            }
+        } else {
+            ApiError::internal(e)
+        }
     }
 }
 

@@ -144,7 +144,7 @@ impl GroupCommit {
         };
         match self.apply(change).await? {
             Applied::Submitted(s) => Ok(s),
-            Applied::Acked(_) => Err(StorageError("a send answered as an ack".into())),
+            Applied::Acked(_) => Err(StorageError::new("a send answered as an ack")),
         }
     }
 
@@ -152,13 +152,13 @@ impl GroupCommit {
     pub async fn ack(&self, device: DeviceAddr, ids: Vec<u64>) -> Result<u64, StorageError> {
         match self.apply(Change::Ack { device, ids }).await? {
             Applied::Acked(n) => Ok(n),
-            Applied::Submitted(_) => Err(StorageError("an ack answered as a send".into())),
+            Applied::Submitted(_) => Err(StorageError::new("an ack answered as a send")),
         }
     }
 
     async fn apply(&self, change: Change) -> Result<Applied, StorageError> {
         let (answer, answered) = oneshot::channel();
-        let stopped = || StorageError("the committer has stopped".into());
+        let stopped = || StorageError::new("the committer has stopped");
         self.queue
             .send(Pending { change, answer })
             .await
@@ -220,7 +220,7 @@ async fn commit(
                 }
                 let _ = answer.send(result.and_then(|mut a| {
                     a.pop()
-                        .ok_or_else(|| StorageError("a change without an answer".into()))
+                        .ok_or_else(|| StorageError::new("a change without an answer"))
                 }));
             }
         }

@@ -216,7 +216,7 @@ impl AuthStore for MemoryStorage {
     ) -> Result<(), StorageError> {
         let mut s = self.state.lock().await;
         if s.tokens.contains_key(token_hash) {
-            return Err(StorageError("token hash already stored".into()));
+            return Err(StorageError::new("token hash already stored"));
         }
         s.tokens
             .insert(token_hash.to_vec(), (device.clone(), expires_at));
@@ -290,7 +290,7 @@ impl KeyPackageStore for MemoryStorage {
                 s.last_resort.get(&d).cloned()
             };
             let key_package =
-                key_package.ok_or_else(|| StorageError("a planned KeyPackage vanished".into()))?;
+                key_package.ok_or_else(|| StorageError::new("a planned KeyPackage vanished"))?;
             claimed.push(ClaimedKeyPackage {
                 device: d.device,
                 key_package: key_package.into(),
@@ -373,7 +373,7 @@ impl DeliveryTx for MemoryTx {
             .work
             .last_message_id
             .checked_add(1)
-            .ok_or_else(|| StorageError("message ids exhausted".into()))?;
+            .ok_or_else(|| StorageError::new("message ids exhausted"))?;
         self.work.last_message_id = id;
         self.work.messages.insert(
             id,

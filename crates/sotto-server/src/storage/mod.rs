@@ -22,15 +22,40 @@ use sotto_proto::api::{
 };
 use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
 
-/// The storage failed (I/O, corruption, a bug). Never shown to a peer.
+/// The storage failed (I/O, corruption, a bug), or cannot be reached. Never shown to a peer.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("storage failure: {0}")]
-pub struct StorageError(pub String);
+#[error("storage failure: {message}")]
+pub struct StorageError {
+    message: String,
+    unavailable: bool,
+}
 
 impl StorageError {
+    /// The storage failed.
+    pub fn new(message: impl Into<String>) -> Self {
+        StorageError {
+            message: message.into(),
+            unavailable: false,
+        }
+    }
+
+    /// The storage cannot be reached for now (a database down, restarting or out of
+    /// connections): the same request may succeed later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StorageError {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+
     /// A stored value that cannot be what it claims: the operator or a bug broke a row.
     pub fn corrupt(what: &str) -> Self {
-        StorageError(format!("corrupt row: {what}"))
+        StorageError::new(format!("corrupt row: {what}"))
+    }
+
+    /// Whether the storage could not be reached, rather than failed.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 }
 

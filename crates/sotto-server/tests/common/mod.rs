@@ -47,6 +47,17 @@ pub async fn start_shaped(config: Config, shape: impl FnOnce(AppState) -> AppSta
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&data).unwrap());
+    start_over(storage, config, shape, dir).await
+}
+
+/// A server over `storage`; `dir` lives as long as the server.
+pub async fn start_over(
+    storage: Arc<dyn Storage>,
+    config: Config,
+    shape: impl FnOnce(AppState) -> AppState,
+    dir: tempfile::TempDir,
+) -> TestServer {
+    let data = dir.path().join("data");
     let state = shape(AppState::new(storage.clone(), config).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -44,7 +44,7 @@ impl PgTx {
     fn client(&self) -> Result<&Object, StorageError> {
         self.client
             .as_ref()
-            .ok_or_else(|| StorageError("transaction already committed".into()))
+            .ok_or_else(|| StorageError::new("transaction already committed"))
     }
 
     async fn query(
@@ -240,7 +240,7 @@ impl DeliveryTx for PgTx {
                 ],
             )
             .await?
-            .ok_or_else(|| StorageError("no id for a stored message".into()))?;
+            .ok_or_else(|| StorageError::new("no id for a stored message"))?;
         Ok(to_u64(row.get(0)))
     }
 
@@ -265,7 +265,7 @@ impl DeliveryTx for PgTx {
                 &[&user, &dev, &size],
             )
             .await?
-            .ok_or_else(|| StorageError("no queue usage".into()))?;
+            .ok_or_else(|| StorageError::new("no queue usage"))?;
         Ok(QueueUsage {
             count: to_u64(row.get(0)),
             bytes: to_u64(row.get(1)),
@@ -379,12 +379,12 @@ impl DeliveryTx for PgTx {
 
     async fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
         if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StorageError("a statement of the transaction failed".into()));
+            return Err(StorageError::new("a statement of the transaction failed"));
         }
         let client = self
             .client
             .take()
-            .ok_or_else(|| StorageError("transaction already committed".into()))?;
+            .ok_or_else(|| StorageError::new("transaction already committed"))?;
         match client.batch_execute("COMMIT").await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -113,13 +113,47 @@ const MIGRATION_LOCK: i64 = 0x5077_0001;
 
 impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StorageError(e.to_string())
+        if unreachable(&e) {
+            StorageError::unavailable(e.to_string())
+        } else {
+            StorageError::new(e.to_string())
+        }
+    }
+}
+
+/// Whether `e` says the database cannot be reached for now, rather than that it refused or
+/// failed a statement: a lost or refused connection, a server shutting down or starting, no
+/// connection slot free, a lock not granted in time.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::LOCK_NOT_AVAILABLE,
+                ]
+                .contains(code)
+        }
+        // No answer from the server at all: the connection itself failed.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StorageError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StorageError(e.to_string())
+        use deadpool_postgres::PoolError;
+        match e {
+            PoolError::Backend(e) => e.into(),
+            PoolError::Timeout(_) | PoolError::Closed => StorageError::unavailable(e.to_string()),
+            e => StorageError::new(e.to_string()),
+        }
     }
 }
 
@@ -161,7 +195,7 @@ impl PostgresStorage {
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, StorageError> {
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StorageError(format!("database URL: {e}")))?;
+            .map_err(|e| StorageError::new(format!("database URL: {e}")))?;
         // A statement waiting for a lock, or a transaction left idle by a stalled node, gives
         // up instead of stopping every other node's sends.
         let mut options = config.get_options().unwrap_or_default().to_owned();
@@ -172,9 +206,7 @@ impl PostgresStorage {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
-                return Err(StorageError(
-                    "schema names are letters, digits and _".into(),
-                ));
+                return Err(StorageError::new("schema names are letters, digits and _"));
             }
             options.push_str(&format!(" -c search_path={schema}"));
             config.options(options.trim());
@@ -199,7 +231,7 @@ impl PostgresStorage {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
-            .map_err(|e| StorageError(e.to_string()))?;
+            .map_err(|e| StorageError::new(e.to_string()))?;
         let storage = PostgresStorage { pool };
         storage.migrate().await?;
         Ok(storage)
@@ -223,7 +255,7 @@ impl PostgresStorage {
         let current = usize::try_from(current.unwrap_or(0))
             .map_err(|_| StorageError::corrupt("schema_version"))?;
         if current > MIGRATIONS.len() {
-            return Err(StorageError(format!(
+            return Err(StorageError::new(format!(
                 "database schema version {current} is newer than this server ({})",
                 MIGRATIONS.len()
             )));

@@ -27,7 +27,7 @@ impl SqliteTx {
     fn conn(&self) -> Result<&Connection, StorageError> {
         self.conn
             .as_deref()
-            .ok_or_else(|| StorageError("transaction already committed".into()))
+            .ok_or_else(|| StorageError::new("transaction already committed"))
     }
 }
 
@@ -352,7 +352,7 @@ impl DeliveryTx for SqliteTx {
         let conn = self
             .conn
             .take()
-            .ok_or_else(|| StorageError("transaction already committed".into()))?;
+            .ok_or_else(|| StorageError::new("transaction already committed"))?;
         // The commit waits for the disk (`synchronous = FULL`): off the async threads.
         tokio::task::spawn_blocking(move || {
             conn.execute_batch("COMMIT").map_err(|e| {
@@ -362,7 +362,7 @@ impl DeliveryTx for SqliteTx {
             })
         })
         .await
-        .map_err(|e| StorageError(format!("storage task failed: {e}")))?
+        .map_err(|e| StorageError::new(format!("storage task failed: {e}")))?
     }
 }
 
@@ -381,7 +381,7 @@ impl DeliveryStore for SqliteStorage {
             Ok::<_, StorageError>(conn)
         })
         .await
-        .map_err(|e| StorageError(format!("storage task failed: {e}")))??;
+        .map_err(|e| StorageError::new(format!("storage task failed: {e}")))??;
         Ok(Box::new(SqliteTx { conn: Some(conn) }))
     }
 

@@ -163,7 +163,7 @@ impl Readers {
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
-        StorageError(e.to_string())
+        StorageError::new(e.to_string())
     }
 }
 
@@ -182,7 +182,7 @@ fn corrupt(what: &str) -> StorageError {
 impl SqliteStorage {
     /// Opens (creating if needed) `sotto.db` in `dir` and migrates it.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::new(e.to_string()))?;
         let path = dir.join("sotto.db");
         let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -220,7 +220,7 @@ impl SqliteStorage {
         let mut conn = self.conn.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || f(&mut conn))
             .await
-            .map_err(|e| StorageError(format!("storage task failed: {e}")))?
+            .map_err(|e| StorageError::new(format!("storage task failed: {e}")))?
     }
 
     /// Runs `f` on a read-only connection, on the blocking pool, beside the writer and other
@@ -235,7 +235,7 @@ impl SqliteStorage {
             .permits
             .acquire()
             .await
-            .map_err(|e| StorageError(e.to_string()))?;
+            .map_err(|e| StorageError::new(e.to_string()))?;
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let idle = readers.idle().pop();
@@ -248,7 +248,7 @@ impl SqliteStorage {
             result
         })
         .await
-        .map_err(|e| StorageError(format!("storage task failed: {e}")))?
+        .map_err(|e| StorageError::new(format!("storage task failed: {e}")))?
     }
 }
 
@@ -260,7 +260,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let current = usize::try_from(current).map_err(|_| corrupt("user_version"))?;
     if current > MIGRATIONS.len() {
-        return Err(StorageError(format!(
+        return Err(StorageError::new(format!(
             "database schema version {current} is newer than this server ({})",
             MIGRATIONS.len()
         )));
