@@ -39,6 +39,10 @@ pub struct ServerArgs {
     /// limits and their defaults are listed in docs/design.md).
     #[arg(long, value_name = "NAME=VALUE")]
     limit: Vec<String>,
+    /// Serve Prometheus metrics at `/metrics` on this address (off unless given). Keep it
+    /// off the Internet: it shows the server's load.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -153,6 +157,20 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
         "sotto server listening"
     );
     eprintln!("sotto server listening on http://{addr} (data in {place})");
+    if let Some(metrics) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(metrics)
+            .await
+            .map_err(|e| ClientError::Usage(format!("cannot listen on {metrics}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        eprintln!("metrics on http://{addr}/metrics");
+        tokio::spawn(sotto_server::serve_metrics(
+            listener,
+            state.clone(),
+            shutdown_signal(),
+        ));
+    }
     sotto_server::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| ClientError::Unreachable(e.to_string()))?;

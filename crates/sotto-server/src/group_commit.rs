@@ -10,10 +10,12 @@
 //! transaction of its own, so that one poisoned row (an operator's edit) fails only the
 //! change that touches it.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use sotto_proto::DeviceAddr;
 use sotto_proto::api::ValidSend;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::delivery::{self, QueueQuota, Submitted};
@@ -52,27 +54,69 @@ struct Pending {
 }
 
 /// Counts of the committer's work, for operators.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CommitStats {
-    transactions: AtomicU64,
-    changes: AtomicU64,
-    failed: AtomicU64,
+    transactions: Counter,
+    changes: Counter,
+    failed: Counter,
+    batch_sizes: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            transactions: Counter::default(),
+            changes: Counter::default(),
+            failed: Counter::default(),
+            // 1 to 512 changes.
+            batch_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+        }
+    }
 }
 
 impl CommitStats {
-    /// Transactions committed.
+    /// Transactions committed (on SQLite, one fsync each).
     pub fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
+        self.transactions.get()
     }
 
     /// Changes committed in them.
     pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Relaxed)
+        self.changes.get()
     }
 
     /// Changes answered with a storage failure.
     pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
+        self.failed.get()
+    }
+
+    fn committed(&self, changes: u64) {
+        self.transactions.inc();
+        self.changes.inc_by(changes);
+        self.batch_sizes.observe(changes as f64);
+    }
+
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "commit_transactions",
+            "Delivery transactions committed (on SQLite, one fsync each)",
+            self.transactions.clone(),
+        );
+        registry.register(
+            "commit_changes",
+            "Sends and acks committed",
+            self.changes.clone(),
+        );
+        registry.register(
+            "commit_failed_changes",
+            "Sends and acks answered with a storage failure",
+            self.failed.clone(),
+        );
+        registry.register(
+            "commit_batch_size",
+            "Sends and acks per committed transaction",
+            self.batch_sizes.clone(),
+        );
     }
 }
 
@@ -195,15 +239,14 @@ async fn commit(
     let n = changes.len() as u64;
     match shared(store.as_ref(), &changes).await {
         Ok(applied) => {
-            stats.transactions.fetch_add(1, Ordering::Relaxed);
-            stats.changes.fetch_add(n, Ordering::Relaxed);
+            stats.committed(n);
             for (answer, applied) in answers.into_iter().zip(applied) {
                 // A caller that gave up (its request timed out) needs no answer.
                 let _ = answer.send(Ok(applied));
             }
         }
         Err(e) if n == 1 => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
+            stats.failed.inc();
             for answer in answers {
                 let _ = answer.send(Err(e.clone()));
             }
@@ -213,10 +256,9 @@ async fn commit(
             for (change, answer) in changes.iter().zip(answers) {
                 let result = shared(store.as_ref(), std::slice::from_ref(change)).await;
                 if result.is_ok() {
-                    stats.transactions.fetch_add(1, Ordering::Relaxed);
-                    stats.changes.fetch_add(1, Ordering::Relaxed);
+                    stats.committed(1);
                 } else {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    stats.failed.inc();
                 }
                 let _ = answer.send(result.and_then(|mut a| {
                     a.pop()

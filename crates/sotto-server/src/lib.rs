@@ -23,6 +23,7 @@ pub mod error;
 pub mod group_commit;
 pub mod limits;
 mod listener;
+pub mod metrics;
 pub mod push;
 pub mod routes;
 pub mod storage;
@@ -42,6 +43,7 @@ use tracing::Level;
 use crate::error::ApiError;
 use crate::group_commit::GroupCommit;
 use crate::limits::{Limits, RateLimiters};
+use crate::metrics::Metrics;
 use crate::push::{Push, Wake};
 use crate::storage::{Storage, StorageError};
 
@@ -82,6 +84,8 @@ pub struct AppState {
     storage: Arc<dyn Storage>,
     /// Every change to delivery state goes through here, to share its commit with others.
     commit: GroupCommit,
+    /// What operators see at `/metrics`.
+    metrics: Arc<Metrics>,
     /// This process's push sockets.
     push: Arc<Push>,
     /// How a device's sockets, wherever they are open, learn of news.
@@ -96,10 +100,12 @@ impl AppState {
     /// State over `storage`, with push wake-ups within this process.
     pub async fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
         let push = Arc::new(Push::default());
+        let commit = GroupCommit::start(storage.clone());
         Ok(AppState {
             server_id: storage.server_id().await?,
             challenge_key: Arc::new(storage.challenge_key().await?),
-            commit: GroupCommit::start(storage.clone()),
+            metrics: Arc::new(Metrics::new(commit.stats(), &push)),
+            commit,
             storage,
             wake: push.clone(),
             push,
@@ -219,6 +225,10 @@ pub fn app(state: AppState) -> Router {
         ))
         // One structured line per request: method, route template, status, latency. Paths
         // (which name users and groups), headers (bearer tokens) and bodies are never logged.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -248,6 +258,25 @@ pub async fn serve(
     let result = listener::accept_loop(listener, app(state), accept, shutdown).await;
     housekeeping.abort();
     result
+}
+
+/// Serves `/metrics` (Prometheus text format) for `state` on a listener of its own, which
+/// should not be reachable from the Internet, until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let accept = listener::Accept {
+        cap: state.config.limits.connections_per_ip,
+        exempt: Vec::new(),
+        header_timeout: Duration::from_secs(state.config.limits.header_timeout.0),
+        write_timeout: Duration::from_secs(state.config.limits.write_timeout.0),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics::render))
+        .with_state(state);
+    listener::accept_loop(listener, app, accept, shutdown).await
 }
 
 async fn housekeeping(state: AppState) {

@@ -10,6 +10,7 @@
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use prometheus_client::metrics::gauge::Gauge;
 use sotto_proto::DeviceAddr;
 use sotto_proto::api::{CLOSE_REPLACED, PushEvent};
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +47,8 @@ struct DeviceSockets {
 pub struct Push {
     devices: Mutex<HashMap<DeviceAddr, DeviceSockets>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Sockets open, for operators.
+    sockets: Gauge,
 }
 
 /// One socket's place in [`Push`]; leaving it (on drop) forgets the socket.
@@ -56,6 +59,11 @@ struct Subscription {
 }
 
 impl Push {
+    /// The gauge of open sockets.
+    pub(crate) fn sockets_gauge(&self) -> Gauge {
+        self.sockets.clone()
+    }
+
     fn devices(&self) -> MutexGuard<'_, HashMap<DeviceAddr, DeviceSockets>> {
         // The map holds no invariant a panic could break half-way.
         self.devices.lock().unwrap_or_else(PoisonError::into_inner)
@@ -85,6 +93,7 @@ impl Push {
             }
         }
         let wake = sockets.wake.subscribe();
+        self.sockets.inc();
         let subscription = Subscription {
             push: self.clone(),
             device: device.clone(),
@@ -104,6 +113,7 @@ impl Wake for Push {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.push.sockets.dec();
         let mut devices = self.push.devices();
         if let Some(d) = devices.get_mut(&self.device) {
             d.open.retain(|(id, _)| *id != self.id);
