@@ -66,9 +66,11 @@ fn raw(data: &[u8], group: &GroupId, owner: &DeviceAddr) {
     let _ = serde_json::from_slice::<RegisterRequest>(data).map(RegisterRequest::validate);
     let _ = serde_json::from_slice::<TokenRequest>(data).map(TokenRequest::validate);
     let _ = serde_json::from_slice::<AckRequest>(data).map(AckRequest::validate);
+    let _ = serde_json::from_slice::<PushRequest>(data).map(PushRequest::validate);
     let _ = serde_json::from_slice::<ChallengeRequest>(data);
     let _ = serde_json::from_slice::<ClaimRequest>(data);
     let _ = serde_json::from_slice::<QueueResponse>(data);
+    let _ = serde_json::from_slice::<PushEvent>(data);
     let _ = serde_json::from_slice::<ClaimResponse>(data);
     let _ = serde_json::from_slice::<UserResponse>(data);
     let _ = serde_json::from_slice::<ServerConfig>(data);

@@ -16,17 +16,23 @@ use std::sync::Arc;
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8787")]
+    #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
     /// Data directory of the embedded storage.
-    #[arg(long, default_value = "./sotto-data")]
+    #[arg(long, env = "SOTTO_DATA", default_value = "./sotto-data")]
     data: PathBuf,
-    /// A PostgreSQL database (`postgres://user@host/db`) instead of the embedded storage;
-    /// several servers may share one.
-    #[arg(long, value_name = "URL")]
+    /// A PostgreSQL database (`postgres://user:password@host/db`) instead of the embedded
+    /// storage. Better given in the environment than on the command line, where other users
+    /// of the machine can read it.
+    #[arg(
+        long,
+        env = "SOTTO_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     database: Option<String>,
     /// MLS ciphersuite of all groups: 0x004D (X-Wing hybrid, default) or 0x0001.
-    #[arg(long, default_value = "0x004D", value_parser = parse_suite)]
+    #[arg(long, env = "SOTTO_CIPHERSUITE", default_value = "0x004D", value_parser = parse_suite)]
     ciphersuite: u16,
     /// Serve plain HTTP on a non-loopback address, because a TLS-terminating proxy is in front.
     #[arg(long)]
@@ -41,7 +47,7 @@ pub struct ServerArgs {
     limit: Vec<String>,
     /// Serve Prometheus metrics at `/metrics` on this address (off unless given). Keep it
     /// off the Internet: it shows the server's load.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "SOTTO_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
     #[arg(long, value_enum, default_value = "text")]

@@ -11,6 +11,7 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 #[test]
 fn messages_survive_a_killed_server_and_show_once() {
@@ -45,6 +46,28 @@ fn a_waiting_recv_is_woken_by_push() {
     let got = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["text"], "are you there?");
+    // The socket carried the message, and bob acknowledged it on the socket: nothing else
+    // fetched or acknowledged since, yet the server's queue empties.
+    let db = rusqlite::Connection::open(server.sqlite_file()).unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while db
+        .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))
+        .unwrap()
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message stayed queued"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let acks_over_http = server
+        .log
+        .all()
+        .iter()
+        .filter(|l| l.contains(r#"route="/v1/queue/ack""#))
+        .count();
+    assert_eq!(acks_over_http, 0);
 }
 
 #[test]
@@ -105,6 +128,11 @@ fn exit_codes_follow_the_contract() {
     assert_eq!(code(short), 1);
     assert_eq!(code(run(&alice, &["server", "--listen", "0.0.0.0:0"])), 1);
     assert_eq!(code(run(&alice, &["server", "--database", "mysql://x"])), 1);
+    let from_environment = sotto(&alice, &["server"])
+        .env("SOTTO_DATABASE", "mysql://x")
+        .output()
+        .unwrap();
+    assert_eq!(code(from_environment), 1);
     assert_eq!(code(run(&alice, &["server", "--limit", "nope=1"])), 1);
     // A home holding files of an earlier setup is refused, and they are left alone.
     let leftover = dir.path().join("leftover");

@@ -3,6 +3,7 @@
 
 use crate::{Client, ClientError, MessageView};
 use futures_util::StreamExt as _;
+use sotto_proto::api::{PushEvent, PushRequest, QueueResponse, QueuedKind};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -10,7 +11,7 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FollowStatus {
-    /// Subscribed to pushes and up to date: new messages show as the server announces them.
+    /// On the push socket and up to date: new messages show as the server sends them.
     Listening,
     /// No push connection: checking for new messages every few seconds instead.
     Polling,
@@ -55,10 +56,12 @@ impl Client {
         Ok(stream)
     }
 
-    /// Syncs and hands new messages to `emit` until `deadline` (forever if `None`), waking on
-    /// WebSocket pushes; `status` hears of every change of state. With `until_first`, returns
-    /// after the first non-empty batch. The socket is opened before each sync, so a message
-    /// queued in between is in that sync or announced on the socket, never missed.
+    /// Syncs and hands new messages to `emit` until `deadline` (forever if `None`), then
+    /// takes messages as the push socket carries them, acknowledging each batch on it once
+    /// it is durable; `status` hears of every change of state. With `until_first`, returns
+    /// after the first non-empty batch. The socket is opened before each sync, and sends the
+    /// whole queue when it opens, so nothing queued in between is missed (what the sync
+    /// already processed is skipped and acknowledged again).
     pub async fn follow(
         &self,
         deadline: Option<Instant>,
@@ -109,44 +112,99 @@ impl Client {
             let far = Instant::now() + Duration::from_secs(3600);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or(far));
             tokio::pin!(sleep);
-            match ws.as_mut() {
-                Some(stream) => {
-                    report(FollowStatus::Listening);
-                    match wait_for_push(stream, &mut sleep).await {
-                        Woken::Push => {}
-                        Woken::Lost => {
-                            ws = None;
-                            report(FollowStatus::Reconnecting);
-                        }
-                        Woken::Replaced => {
-                            ws = None;
-                            replaced = true;
-                        }
-                    }
+            let Some(stream) = ws.as_mut() else {
+                report(FollowStatus::Polling);
+                tokio::select! {
+                    () = tokio::time::sleep(POLL) => {}
+                    () = &mut sleep => {}
                 }
-                None => {
-                    report(FollowStatus::Polling);
-                    tokio::select! {
-                        () = tokio::time::sleep(POLL) => {}
-                        () = &mut sleep => {}
+                continue;
+            };
+            report(FollowStatus::Listening);
+            loop {
+                let queue = match wait_for_push(stream, &mut sleep).await {
+                    Woken::Messages(queue) => queue,
+                    Woken::Deadline => return Ok(()),
+                    Woken::Lost => {
+                        ws = None;
+                        report(FollowStatus::Reconnecting);
+                        break;
+                    }
+                    Woken::Replaced => {
+                        ws = None;
+                        replaced = true;
+                        break;
+                    }
+                };
+                match self.take_pushed(stream, &queue).await {
+                    Ok(true) => {}
+                    // Back to a sync: it retries what is left.
+                    Ok(false) => break,
+                    Err(e) if e.is_transient() => {
+                        ws = None;
+                        report(FollowStatus::Unreachable(e.to_string()));
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+                let batch = self.unshown()?;
+                if !batch.is_empty() {
+                    emit(&batch)?;
+                    self.mark_shown(&batch)?;
+                    if until_first {
+                        return Ok(());
                     }
                 }
             }
         }
     }
+
+    /// Processes a batch the socket carried and acknowledges it on the socket; after a
+    /// Welcome (someone used one of this device's KeyPackages) tops KeyPackages up.
+    /// `Ok(false)` asks for a sync: the batch stopped early (a device list could not be
+    /// fetched).
+    async fn take_pushed(
+        &self,
+        stream: &mut PushSocket,
+        queue: &QueueResponse,
+    ) -> Result<bool, ClientError> {
+        use futures_util::SinkExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        let receipt = match self.engine.receive(queue).await {
+            Ok(receipt) => receipt,
+            // Stored as a security event, shown with the batch.
+            Err(ClientError::Security(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if !receipt.acks.is_empty() {
+            let ack = serde_json::to_string(&PushRequest::Ack { ids: receipt.acks })
+                .map_err(|e| ClientError::Internal(e.to_string()))?;
+            stream
+                .send(Message::Text(ack.into()))
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        }
+        if queue.messages.iter().any(|m| m.kind == QueuedKind::Welcome) {
+            // Best effort, as in a sync: a failed top-up is tried on the next one.
+            let _ = self.engine.top_up().await;
+        }
+        Ok(receipt.failure.is_none() && receipt.durable)
+    }
 }
 
 /// Why [`wait_for_push`] returned.
 enum Woken {
-    /// A push event, or the deadline: time to sync.
-    Push,
+    /// The socket carried messages of the queue.
+    Messages(QueueResponse),
+    /// The deadline passed.
+    Deadline,
     /// The socket closed or failed.
     Lost,
     /// The server closed the socket for a newer one of this device.
     Replaced,
 }
 
-/// Waits for a push event or for `sleep`, pinging the server every [`KEEPALIVE`].
+/// Waits for messages on the socket or for `sleep`, pinging the server every [`KEEPALIVE`].
 async fn wait_for_push(
     stream: &mut PushSocket,
     sleep: &mut std::pin::Pin<&mut tokio::time::Sleep>,
@@ -165,7 +223,13 @@ async fn wait_for_push(
                 }
             }
             frame = stream.next() => match frame {
-                Some(Ok(Message::Text(_))) => return Woken::Push,
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str(text.as_str()) {
+                        Ok(PushEvent::Messages(queue)) => return Woken::Messages(queue),
+                        // Not a server this client can follow on its socket.
+                        Err(_) => return Woken::Lost,
+                    }
+                }
                 // Pings are answered by the stream itself while it is read.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => heard = true,
                 Some(Ok(Message::Close(Some(frame))))
@@ -175,7 +239,7 @@ async fn wait_for_push(
                 }
                 _ => return Woken::Lost,
             },
-            () = sleep.as_mut() => return Woken::Push,
+            () = sleep.as_mut() => return Woken::Deadline,
         }
     }
 }

@@ -54,7 +54,7 @@ async fn messages_are_acknowledged_only_after_a_complete_checkpoint() {
         .unwrap();
     let queued = async |s: &Server| {
         let storage = sotto_server::storage::sqlite::SqliteStorage::open(&s.data).unwrap();
-        sotto_server::storage::DeliveryStore::fetch(&storage, bob.engine.me(), 100, usize::MAX)
+        sotto_server::storage::DeliveryStore::fetch(&storage, bob.engine.me(), 0, 100, usize::MAX)
             .await
             .unwrap()
             .messages
@@ -204,7 +204,7 @@ async fn damaged_mls_state_stops_the_sync_and_leaves_the_message_queued() {
     assert!(bob.unshown().unwrap().is_empty());
     let storage = sotto_server::storage::sqlite::SqliteStorage::open(&server.data).unwrap();
     let queued =
-        sotto_server::storage::DeliveryStore::fetch(&storage, bob.engine.me(), 10, usize::MAX)
+        sotto_server::storage::DeliveryStore::fetch(&storage, bob.engine.me(), 0, 10, usize::MAX)
             .await
             .unwrap();
     assert_eq!(queued.messages.len(), 1);

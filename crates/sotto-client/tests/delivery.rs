@@ -28,7 +28,7 @@ async fn queued(server: &Server, user: &str, device: &str) -> usize {
         device: sotto_proto::DeviceId::parse(device).unwrap(),
     };
     storage(server)
-        .fetch(&addr, 500, usize::MAX)
+        .fetch(&addr, 0, 500, usize::MAX)
         .await
         .unwrap()
         .messages

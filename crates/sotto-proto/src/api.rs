@@ -426,10 +426,37 @@ impl AckRequest {
 /// device opens one more than it may keep.
 pub const CLOSE_REPLACED: u16 = 4000;
 
-/// Sent over the WebSocket when the device's queue has something new.
+/// What the server sends over the WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PushEvent {
-    /// Fetch the queue.
-    NewMessages,
+    /// Messages of the device's queue, oldest first, as `GET /v1/queue` returns them: on a
+    /// new socket the queue from its start, then what is queued as it comes. A message is
+    /// sent once on a socket and stays queued until acknowledged (on the socket with
+    /// [`PushRequest::Ack`], or over HTTP); a new socket sends it again.
+    Messages(QueueResponse),
+}
+
+/// What a client sends over the WebSocket, as a text frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PushRequest {
+    /// These messages are processed: take them off the queue. At most
+    /// [`limits::MAX_SOCKET_ACK`] ids.
+    Ack {
+        /// Message ids.
+        ids: Vec<u64>,
+    },
+}
+
+impl PushRequest {
+    /// Checks the count.
+    pub fn validate(self) -> Result<Self, ProtoError> {
+        match &self {
+            PushRequest::Ack { ids } if ids.len() > limits::MAX_SOCKET_ACK => {
+                Err(ProtoError::TooLarge("ids"))
+            }
+            PushRequest::Ack { .. } => Ok(self),
+        }
+    }
 }

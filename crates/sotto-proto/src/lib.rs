@@ -77,6 +77,9 @@ pub mod limits {
     pub const MAX_FETCH_BYTES: usize = 8 * 1024 * 1024;
     /// Most message ids acknowledged at once.
     pub const MAX_ACK: usize = 1000;
+    /// Most messages a WebSocket carries that the device has not acknowledged yet, and so
+    /// most ids in one acknowledgement sent on the socket.
+    pub const MAX_SOCKET_ACK: usize = MAX_FETCH as usize;
     /// Length of a client-chosen idempotency key, in hex characters.
     pub const CLIENT_ID_HEX: usize = 32;
     /// Largest epoch a group message may carry: epochs are stored as signed 64-bit integers,

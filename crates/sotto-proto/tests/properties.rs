@@ -158,9 +158,11 @@ proptest! {
             kind: if welcome_kind { QueuedKind::Welcome } else { QueuedKind::Group },
             message: m, accepted_at: n,
         };
-        round_trip(&QueueResponse { messages: vec![q], dropped_total: n });
-        round_trip(&AckRequest { ids });
-        round_trip(&PushEvent::NewMessages);
+        let queue = QueueResponse { messages: vec![q], dropped_total: n };
+        round_trip(&queue);
+        round_trip(&PushEvent::Messages(queue));
+        round_trip(&AckRequest { ids: ids.clone() });
+        round_trip(&PushRequest::Ack { ids });
     }
 
     #[test]

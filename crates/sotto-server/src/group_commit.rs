@@ -3,12 +3,14 @@
 //! fsync on SQLite, one WAL flush on PostgreSQL) serves many sends and acks. No one hears
 //! of a change before the transaction holding it is durable.
 //!
-//! One task, the committer, owns the writing: it takes every change waiting (up to a bound),
-//! applies them in order in one [`DeliveryTx`] by the rules of [`crate::delivery`], commits,
-//! and only then answers each. A refused send writes nothing, so it never spoils the others.
-//! When the storage fails a shared transaction, each of its changes is tried again in a
-//! transaction of its own, so that one poisoned row (an operator's edit) fails only the
-//! change that touches it.
+//! One task, the committer, owns the writing: it takes every change waiting (up to a count
+//! and a size), applies them in order in one [`DeliveryTx`] by the rules of
+//! [`crate::delivery`], commits, wakes the devices that got something, and only then answers
+//! each. A change whose caller gave up before its batch began (a request that timed out) is
+//! left out. A refused send writes nothing, so it never spoils the others. When the storage
+//! fails a shared transaction, each of its changes is tried again in a transaction of its
+//! own, so that one poisoned row (an operator's edit) fails only the change that touches
+//! it; when the storage cannot be reached, every change of the batch hears so at once.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -19,10 +21,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::delivery::{self, QueueQuota, Submitted};
+use crate::push::Wake;
 use crate::storage::{DeliveryStore, DeliveryTx, StorageError};
 
 /// The most changes one transaction carries.
 pub const MAX_BATCH: usize = 512;
+
+/// The most bytes of messages one transaction carries (a single larger send goes alone).
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// How many changes may wait for the committer before callers wait to hand theirs over.
 const QUEUE: usize = 8 * MAX_BATCH;
@@ -45,6 +51,20 @@ enum Change {
 enum Applied {
     Submitted(Submitted),
     Acked(u64),
+}
+
+impl Change {
+    /// Bytes of messages the change stores.
+    fn bytes(&self) -> usize {
+        match self {
+            Change::Submit { send, .. } => send
+                .request
+                .message
+                .len()
+                .saturating_add(send.request.welcome.as_ref().map_or(0, |w| w.message.len())),
+            Change::Ack { .. } => 0,
+        }
+    }
 }
 
 /// A change and where its answer goes.
@@ -130,14 +150,27 @@ pub struct GroupCommit {
 
 /// The committer, before it is started.
 pub struct Committer {
-    store: Arc<dyn DeliveryStore + Send + Sync>,
+    world: World,
     queue: mpsc::Receiver<Pending>,
+    /// A change taken from the queue that did not fit in the last batch.
+    carried: Option<Pending>,
+}
+
+/// What a batch needs: the storage, whom to wake, what to count.
+#[derive(Clone)]
+struct World {
+    store: Arc<dyn DeliveryStore + Send + Sync>,
+    wake: Arc<dyn Wake>,
     stats: Arc<CommitStats>,
 }
 
 impl GroupCommit {
-    /// A handle and its committer, not yet running.
-    pub fn new(store: Arc<dyn DeliveryStore + Send + Sync>) -> (Self, Committer) {
+    /// A handle and its committer, not yet running. The committer wakes through `wake` the
+    /// devices each committed send queued something for.
+    pub fn new(
+        store: Arc<dyn DeliveryStore + Send + Sync>,
+        wake: Arc<dyn Wake>,
+    ) -> (Self, Committer) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(CommitStats::default());
         (
@@ -146,16 +179,16 @@ impl GroupCommit {
                 stats: stats.clone(),
             },
             Committer {
-                store,
+                world: World { store, wake, stats },
                 queue: rx,
-                stats,
+                carried: None,
             },
         )
     }
 
     /// A handle with its committer running on the current runtime.
-    pub fn start(store: Arc<dyn DeliveryStore + Send + Sync>) -> Self {
-        let (handle, committer) = Self::new(store);
+    pub fn start(store: Arc<dyn DeliveryStore + Send + Sync>, wake: Arc<dyn Wake>) -> Self {
+        let (handle, committer) = Self::new(store, wake);
         tokio::spawn(committer.run());
         handle
     }
@@ -172,7 +205,7 @@ impl GroupCommit {
             .saturating_sub(self.queue.capacity())
     }
 
-    /// [`delivery::submit`], answered once durable.
+    /// [`delivery::submit`], answered once durable (and its recipients woken).
     pub async fn submit(
         &self,
         sender: DeviceAddr,
@@ -202,68 +235,105 @@ impl GroupCommit {
 
     async fn apply(&self, change: Change) -> Result<Applied, StorageError> {
         let (answer, answered) = oneshot::channel();
-        let stopped = || StorageError::new("the committer has stopped");
         self.queue
             .send(Pending { change, answer })
             .await
-            .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+            .map_err(|_| StorageError::new("the committer has stopped"))?;
+        answered
+            .await
+            .map_err(|_| StorageError::new("the batch of this change failed (a bug)"))?
     }
 }
 
 impl Committer {
     /// Commits batches until every [`GroupCommit`] handle is gone. A batch runs as a task of
-    /// its own, so that a bug that panics fails its changes (their callers hear that the
-    /// storage failed) and not the committer.
+    /// its own, so that a bug that panics fails that batch's changes (their callers hear that
+    /// the storage failed) and not the committer.
     pub async fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while self.queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let batch = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-            let task = tokio::spawn(commit(self.store.clone(), self.stats.clone(), batch));
+        while let Some(batch) = self.next_batch().await {
+            let task = tokio::spawn(commit(self.world.clone(), batch));
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a group commit failed");
             }
         }
     }
+
+    /// The changes waiting, oldest first, at most [`MAX_BATCH`] of them and
+    /// [`MAX_BATCH_BYTES`] of messages (but always one), leaving out those whose caller has
+    /// gone. `None` once every handle is gone.
+    async fn next_batch(&mut self) -> Option<Vec<Pending>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while batch.is_empty() {
+            let first = match self.carried.take() {
+                Some(p) => p,
+                None => self.queue.recv().await?,
+            };
+            let mut next = Some(first);
+            while let Some(p) = next.take() {
+                let size = p.change.bytes();
+                if !batch.is_empty()
+                    && (batch.len() >= MAX_BATCH || bytes.saturating_add(size) > MAX_BATCH_BYTES)
+                {
+                    self.carried = Some(p);
+                    break;
+                }
+                if !p.answer.is_closed() {
+                    bytes = bytes.saturating_add(size);
+                    batch.push(p);
+                }
+                next = self.queue.try_recv().ok();
+            }
+        }
+        Some(batch)
+    }
 }
 
-/// Applies `batch` in one transaction and answers each change; on a storage failure, tries
-/// each change alone.
-async fn commit(
-    store: Arc<dyn DeliveryStore + Send + Sync>,
-    stats: Arc<CommitStats>,
-    batch: Vec<Pending>,
-) {
+/// Applies `batch` in one transaction, wakes whom it queued something for, and answers each
+/// change; on a storage failure, tries each change alone unless the storage is unreachable.
+async fn commit(world: World, batch: Vec<Pending>) {
+    let World { store, wake, stats } = &world;
     let (changes, answers): (Vec<Change>, Vec<_>) =
         batch.into_iter().map(|p| (p.change, p.answer)).unzip();
     let n = changes.len() as u64;
+    let answer = |answer: oneshot::Sender<_>, result: Result<Applied, StorageError>| {
+        if let Ok(Applied::Submitted(Submitted::Accepted { wake: devices, .. })) = &result {
+            for d in devices {
+                wake.wake(d);
+            }
+        }
+        // A caller that gave up (its request timed out) needs no answer.
+        let _ = answer.send(result);
+    };
     match shared(store.as_ref(), &changes).await {
         Ok(applied) => {
             stats.committed(n);
-            for (answer, applied) in answers.into_iter().zip(applied) {
-                // A caller that gave up (its request timed out) needs no answer.
-                let _ = answer.send(Ok(applied));
+            for (a, applied) in answers.into_iter().zip(applied) {
+                answer(a, Ok(applied));
             }
         }
-        Err(e) if n == 1 => {
-            stats.failed.inc();
-            for answer in answers {
-                let _ = answer.send(Err(e.clone()));
+        Err(e) if n == 1 || e.is_unavailable() => {
+            stats.failed.inc_by(n);
+            for a in answers {
+                answer(a, Err(e.clone()));
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, changes = n, "a shared transaction failed; trying each change alone");
-            for (change, answer) in changes.iter().zip(answers) {
+            for (change, a) in changes.iter().zip(answers) {
                 let result = shared(store.as_ref(), std::slice::from_ref(change)).await;
                 if result.is_ok() {
                     stats.committed(1);
                 } else {
                     stats.failed.inc();
                 }
-                let _ = answer.send(result.and_then(|mut a| {
-                    a.pop()
-                        .ok_or_else(|| StorageError::new("a change without an answer"))
-                }));
+                answer(
+                    a,
+                    result.and_then(|mut a| {
+                        a.pop()
+                            .ok_or_else(|| StorageError::new("a change without an answer"))
+                    }),
+                );
             }
         }
     }

@@ -88,8 +88,6 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// This process's push sockets.
     push: Arc<Push>,
-    /// How a device's sockets, wherever they are open, learn of news.
-    wake: Arc<dyn Wake>,
     config: Arc<Config>,
     rate: Arc<RateLimiters>,
     server_id: ServerId,
@@ -100,14 +98,13 @@ impl AppState {
     /// State over `storage`, with push wake-ups within this process.
     pub async fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
         let push = Arc::new(Push::default());
-        let commit = GroupCommit::start(storage.clone());
+        let commit = GroupCommit::start(storage.clone(), push.clone());
         Ok(AppState {
             server_id: storage.server_id().await?,
             challenge_key: Arc::new(storage.challenge_key().await?),
             metrics: Arc::new(Metrics::new(commit.stats(), &push)),
             commit,
             storage,
-            wake: push.clone(),
             push,
             rate: Arc::new(RateLimiters::new(&config.limits)),
             config: Arc::new(config),
@@ -118,7 +115,13 @@ impl AppState {
     /// processes, say) instead of this process's own sockets only. `wake` must in turn wake
     /// the sockets of [`AppState::push`] that it is told about.
     pub fn with_wake(self, wake: Arc<dyn Wake>) -> Self {
-        AppState { wake, ..self }
+        // The committer wakes: a new one with the new wake (the old one stops with its handle).
+        let commit = GroupCommit::start(self.storage.clone(), wake.clone());
+        AppState {
+            metrics: Arc::new(Metrics::new(commit.stats(), &self.push)),
+            commit,
+            ..self
+        }
     }
 
     /// This process's push sockets.

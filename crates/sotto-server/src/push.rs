@@ -1,19 +1,23 @@
-//! WebSocket push: every open socket of a device is told when its queue has something new;
-//! the device then fetches over HTTP. A client opens its socket before it fetches, so a
-//! message queued in between is either in that fetch or announced on the socket.
+//! The WebSocket carries a device's queue: a new socket sends the queue from its start, then
+//! each message as it is queued (every open socket of the device is woken), and the device
+//! acknowledges on the socket what it processed. So a message costs one send and one
+//! acknowledgement; `GET /v1/queue` stays for catching up without a socket.
 //!
-//! Sockets are bounded: a few per device (a new one past the cap closes the oldest), frames
-//! from the client of a few KiB at most (it has nothing to send but pongs), and a ping every
+//! A socket sends at most [`MAX_SOCKET_ACK`] messages ahead of the acknowledgements, and
+//! each message once; a message stays queued until acknowledged, so a new socket sends it
+//! again. Sockets are bounded: a few per device (a new one past the cap closes the oldest),
+//! client frames of [`MAX_CLIENT_FRAME`] at most, small buffers while idle, and a ping every
 //! interval that must be answered before the next, which closes half-open connections. A
 //! client that stops reading is cut off by the listener's write timeout, as on any connection.
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use prometheus_client::metrics::gauge::Gauge;
 use sotto_proto::DeviceAddr;
-use sotto_proto::api::{CLOSE_REPLACED, PushEvent};
-use std::collections::{HashMap, VecDeque};
+use sotto_proto::api::{CLOSE_REPLACED, PushEvent, PushRequest};
+use sotto_proto::limits::{MAX_FETCH, MAX_FETCH_BYTES, MAX_SOCKET_ACK};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -22,9 +26,11 @@ use crate::AppState;
 use crate::auth::AuthDevice;
 use crate::client_ip::ClientIp;
 use crate::error::ApiError;
+use crate::storage::StorageError;
 
-/// Largest frame or message a client may send on its socket.
-pub const MAX_CLIENT_FRAME: usize = 4 * 1024;
+/// Largest frame or message a client may send on its socket: an acknowledgement of as many
+/// messages as a socket carries unacknowledged.
+pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
 
 /// How the sockets of a device learn that its queue has news. [`Push`] reaches the sockets
 /// open in this process; a server of several processes wakes each other's through a bus.
@@ -124,7 +130,8 @@ impl Drop for Subscription {
     }
 }
 
-/// `GET /v1/ws`: upgrade to a WebSocket that carries [`PushEvent`]s.
+/// `GET /v1/ws`: upgrade to a WebSocket that carries the device's queue ([`PushEvent`]s)
+/// and its acknowledgements ([`PushRequest`]s).
 pub async fn websocket(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -138,55 +145,163 @@ pub async fn websocket(
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .read_buffer_size(MAX_CLIENT_FRAME)
-        .write_buffer_size(MAX_CLIENT_FRAME)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .on_upgrade(move |socket| async move {
-            serve_socket(socket, wake, closed, ping).await;
+            let mut queue = SocketQueue {
+                state,
+                device,
+                unacked: BTreeSet::new(),
+                last_sent: 0,
+                more: true,
+            };
+            queue.serve(socket, wake, closed, ping).await;
             drop(subscription);
         }))
 }
 
-async fn serve_socket(
-    mut socket: WebSocket,
-    mut wake: watch::Receiver<u64>,
-    mut closed: oneshot::Receiver<()>,
-    ping_every: Duration,
-) {
-    let event = serde_json::to_string(&PushEvent::NewMessages).unwrap_or_default();
-    let first_ping = tokio::time::Instant::now()
-        .checked_add(ping_every)
-        .unwrap_or_else(tokio::time::Instant::now);
-    let mut ping = tokio::time::interval_at(first_ping, ping_every);
-    let mut unanswered = false;
-    loop {
-        let outgoing = tokio::select! {
-            changed = wake.changed() => match changed {
-                Ok(()) => Message::Text(event.clone().into()),
-                Err(_) => return,
-            },
-            _ = &mut closed => Message::Close(Some(CloseFrame {
-                code: CLOSE_REPLACED,
-                reason: "replaced by a newer connection of this device".into(),
-            })),
-            _ = ping.tick() => {
-                if unanswered {
-                    return;
+/// Bytes a socket buffers for reading and for writing before it flushes: an idle socket
+/// holds little.
+const SOCKET_BUFFER: usize = 4 * 1024;
+
+/// The device's queue as one socket carries it.
+struct SocketQueue {
+    state: AppState,
+    device: DeviceAddr,
+    /// Ids sent on this socket and not yet acknowledged on it; at most [`MAX_SOCKET_ACK`].
+    unacked: BTreeSet<u64>,
+    /// The highest id sent on this socket.
+    last_sent: u64,
+    /// Whether the queue may hold messages this socket has not sent.
+    more: bool,
+}
+
+impl SocketQueue {
+    async fn serve(
+        &mut self,
+        mut socket: WebSocket,
+        mut wake: watch::Receiver<u64>,
+        mut closed: oneshot::Receiver<()>,
+        ping_every: Duration,
+    ) {
+        let first_ping = tokio::time::Instant::now()
+            .checked_add(ping_every)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let mut ping = tokio::time::interval_at(first_ping, ping_every);
+        let mut unanswered = false;
+        let frame = loop {
+            if self.more && self.unacked.len() < MAX_SOCKET_ACK {
+                // Whatever is queued from here on wakes the socket again.
+                wake.borrow_and_update();
+                match self.next_page().await {
+                    Ok(Some(text)) => {
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a socket could not read its queue");
+                        break CloseFrame {
+                            code: close_code::AGAIN,
+                            reason: "the queue cannot be read now; try again".into(),
+                        };
+                    }
                 }
-                unanswered = true;
-                Message::Ping(Default::default())
+                continue;
             }
-            incoming = socket.recv() => match incoming {
-                // Clients send nothing but pongs and a close; any frame shows the peer alive.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {
-                    unanswered = false;
-                    continue;
+            let outgoing = tokio::select! {
+                changed = wake.changed() => match changed {
+                    Ok(()) => {
+                        self.more = true;
+                        continue;
+                    }
+                    Err(_) => return,
+                },
+                _ = &mut closed => break CloseFrame {
+                    code: CLOSE_REPLACED,
+                    reason: "replaced by a newer connection of this device".into(),
+                },
+                _ = ping.tick() => {
+                    if unanswered {
+                        return;
+                    }
+                    unanswered = true;
+                    Message::Ping(Default::default())
                 }
-            },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    // Any frame shows the peer alive; text frames are requests.
+                    Some(Ok(Message::Text(text))) => {
+                        unanswered = false;
+                        match self.request(text.as_str()).await {
+                            Ok(()) => continue,
+                            Err(end) => break end,
+                        }
+                    }
+                    Some(Ok(_)) => {
+                        unanswered = false;
+                        continue;
+                    }
+                },
+            };
+            if socket.send(outgoing).await.is_err() {
+                return;
+            }
         };
-        let is_close = matches!(outgoing, Message::Close(_));
-        if socket.send(outgoing).await.is_err() || is_close {
-            return;
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    }
+
+    /// The next messages of the queue this socket has not sent, as a frame; `None` when there
+    /// are none.
+    async fn next_page(&mut self) -> Result<Option<String>, StorageError> {
+        let room = MAX_SOCKET_ACK.saturating_sub(self.unacked.len());
+        let page = self
+            .state
+            .storage
+            .fetch(
+                &self.device,
+                self.last_sent,
+                u32::try_from(room).unwrap_or(MAX_FETCH),
+                MAX_FETCH_BYTES,
+            )
+            .await?;
+        let bytes: usize = page.messages.iter().map(|m| m.message.len()).sum();
+        // A page cut short by neither bound is all there was.
+        self.more = page.messages.len() >= room || bytes.saturating_mul(2) > MAX_FETCH_BYTES;
+        let Some(last) = page.messages.last() else {
+            return Ok(None);
+        };
+        self.last_sent = last.id;
+        self.unacked.extend(page.messages.iter().map(|m| m.id));
+        serde_json::to_string(&PushEvent::Messages(page))
+            .map(Some)
+            .map_err(|e| StorageError::new(e.to_string()))
+    }
+
+    /// Carries out a client's request; a malformed one ends the socket.
+    async fn request(&mut self, text: &str) -> Result<(), CloseFrame> {
+        let malformed = |reason: &str| CloseFrame {
+            code: close_code::INVALID,
+            reason: reason.to_owned().into(),
+        };
+        let request: PushRequest =
+            serde_json::from_str(text).map_err(|_| malformed("malformed request"))?;
+        let PushRequest::Ack { ids } = request
+            .validate()
+            .map_err(|_| malformed("too many ids in one acknowledgement"))?;
+        for id in &ids {
+            self.unacked.remove(id);
         }
+        // Not acknowledged now, redelivered later: the client skips what it processed.
+        if let Err(e) = self
+            .state
+            .group_commit()
+            .ack(self.device.clone(), ids)
+            .await
+        {
+            tracing::warn!(error = %e, "an acknowledgement on a socket failed");
+        }
+        Ok(())
     }
 }

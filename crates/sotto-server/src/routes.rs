@@ -160,12 +160,8 @@ pub async fn send(
     let quota = state.config.limits.queue_quota();
     let outcome = state.commit.submit(sender, valid, now(), quota).await?;
     match outcome {
-        Submitted::Accepted { response, wake } => {
-            for d in &wake {
-                state.wake.wake(d);
-            }
-            Ok((StatusCode::CREATED, ApiJson(response)))
-        }
+        // The committer has woken the recipients.
+        Submitted::Accepted { response, .. } => Ok((StatusCode::CREATED, ApiJson(response))),
         Submitted::EpochConflict(epoch) => Err(ApiError::epoch_conflict(epoch)),
         Submitted::NotAMember => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -196,7 +192,7 @@ pub async fn fetch_queue(
     Ok(ApiJson(
         state
             .storage
-            .fetch(&device, limit, limits::MAX_FETCH_BYTES)
+            .fetch(&device, 0, limit, limits::MAX_FETCH_BYTES)
             .await?,
     ))
 }

@@ -524,13 +524,13 @@ async fn retention_purges_undelivered_messages() {
     // and bob is told one message expired unread.
     assert_eq!(storage.purge(now - 60, now).await.unwrap(), 0);
     let queue = storage
-        .fetch(bob.device.addr(), 10, usize::MAX)
+        .fetch(bob.device.addr(), 0, 10, usize::MAX)
         .await
         .unwrap();
     assert_eq!((queue.messages.len(), queue.dropped_total), (1, 0));
     assert_eq!(storage.purge(now + 1, now).await.unwrap(), 1);
     let queue = storage
-        .fetch(bob.device.addr(), 10, usize::MAX)
+        .fetch(bob.device.addr(), 0, 10, usize::MAX)
         .await
         .unwrap();
     assert_eq!((queue.messages.len(), queue.dropped_total), (0, 1));

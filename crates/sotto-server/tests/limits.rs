@@ -445,7 +445,7 @@ async fn a_fetch_returns_at_most_its_byte_bound_but_always_one_message() {
     for max_bytes in [usize::MAX, 66, 65, 1] {
         let q = s
             .storage
-            .fetch(bob.device.addr(), 100, max_bytes)
+            .fetch(bob.device.addr(), 0, 100, max_bytes)
             .await
             .unwrap();
         fetched.push(q.messages.len());

@@ -93,19 +93,44 @@ fn through(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
     if let Some(user) = config.get_user() {
         url.push_str(&format!(" user={user}"));
     }
+    if let Some(password) = config.get_password() {
+        let password = String::from_utf8_lossy(password)
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
+        url.push_str(&format!(" password='{password}'"));
+    }
     if let Some(db) = config.get_dbname() {
         url.push_str(&format!(" dbname={db}"));
     }
     url
 }
 
-async fn drop_schema(config: &tokio_postgres::Config, schema: &str) {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+/// A schema of its own, dropped when the test ends, passed or failed.
+struct Schema {
+    config: tokio_postgres::Config,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let (config, name) = (self.config.clone(), self.name.clone());
+        // Outside the test's runtime, which may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+                    .await
+                    .unwrap();
+            });
+        })
+        .join();
+    }
 }
 
 #[tokio::test]
@@ -114,8 +139,11 @@ async fn while_postgres_is_unreachable_requests_get_503_and_the_server_recovers_
         return;
     };
     let relay = Relay::to(target(&config)).await;
-    let schema = format!("sotto_test_{}", hex::encode(rand::random::<[u8; 8]>()));
-    let storage = PostgresStorage::connect(&through(&config, relay.addr), Some(&schema))
+    let schema = Schema {
+        config: config.clone(),
+        name: format!("sotto_test_{}", hex::encode(rand::random::<[u8; 8]>())),
+    };
+    let storage = PostgresStorage::connect(&through(&config, relay.addr), Some(&schema.name))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -153,5 +181,4 @@ async fn while_postgres_is_unreachable_requests_get_503_and_the_server_recovers_
     assert_eq!(status, StatusCode::OK, "{body}");
     s.send_small(&alice, [7; 16], 2, &[&bob]).await;
     assert_eq!(s.queue(&bob).await.messages.len(), 2);
-    drop_schema(&config, &schema).await;
 }

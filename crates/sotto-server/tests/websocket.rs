@@ -1,6 +1,7 @@
-//! The push WebSocket from the client's side of a real connection: every open socket of a
-//! device is woken, a device keeps only its newest few sockets, and a client can hold no
-//! more than a few KiB of the server's memory or keep a dead connection open.
+//! The push WebSocket from the client's side of a real connection: it carries the queue and
+//! takes acknowledgements, every open socket of a device gets each message, a device keeps
+//! only its newest few sockets, and a client can hold no more than a few KiB of the server's
+//! memory or keep a dead connection open.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failed unwrap is a failed test"
@@ -11,6 +12,7 @@ mod common;
 use common::{TestServer, start, start_shaped, start_with, websocket, with_limits};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sotto_proto::DeviceAddr;
+use sotto_proto::api::{PushEvent, PushRequest};
 use sotto_server::Config;
 use sotto_server::push::{Push, Wake};
 use std::sync::{Arc, Mutex};
@@ -36,8 +38,98 @@ where
     }
 }
 
+/// The ids of the messages in the next frame, which must carry messages.
+async fn next_ids<S>(ws: &mut S) -> Vec<u64>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    match next_frame(ws).await {
+        Some(Message::Text(t)) => match serde_json::from_str(t.as_str()).unwrap() {
+            PushEvent::Messages(q) => q.messages.iter().map(|m| m.id).collect(),
+        },
+        other => panic!("expected messages, got {other:?}"),
+    }
+}
+
+/// Acknowledges `ids` on the socket.
+async fn ack<S>(ws: &mut S, ids: Vec<u64>)
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Debug,
+{
+    let ack = serde_json::to_string(&PushRequest::Ack { ids }).unwrap();
+    ws.send(Message::Text(ack.into())).await.unwrap();
+}
+
 #[tokio::test]
-async fn a_device_keeps_its_newest_sockets_and_every_one_is_woken() {
+async fn a_new_socket_carries_the_queue_from_its_start_and_an_ack_on_it_empties_the_queue() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(s.send_small(&alice, [0x45; 16], n, &[&bob]).await);
+    }
+    let mut ws = websocket(&s, &bob.token).await;
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        got.extend(next_ids(&mut ws).await);
+    }
+    assert_eq!(got, sent);
+    // What is queued from now on comes as it is queued, once.
+    let later = s.send_small(&alice, [0x45; 16], 3, &[&bob]).await;
+    assert_eq!(next_ids(&mut ws).await, [later]);
+    got.push(later);
+    ack(&mut ws, got).await;
+    tokio::time::timeout(PATIENCE, async {
+        while !s.queue(&bob).await.messages.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the acknowledgement on the socket emptied the queue");
+}
+
+#[tokio::test]
+async fn a_socket_keeps_at_most_a_window_unacknowledged_and_sends_the_rest_after_acks() {
+    let s = start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let window = sotto_proto::limits::MAX_SOCKET_ACK;
+    let mut sent = Vec::new();
+    for n in 0..window + 2 {
+        sent.push(s.send_small(&alice, [0x46; 16], n, &[&bob]).await);
+    }
+    let mut ws = websocket(&s, &bob.token).await;
+    let mut got = Vec::new();
+    while got.len() < window {
+        got.extend(next_ids(&mut ws).await);
+    }
+    assert_eq!(got, sent[..window]);
+    // The last two wait for room, which each acknowledgement makes for one: a socket without
+    // a window would have sent both in one page.
+    ack(&mut ws, vec![got[0]]).await;
+    assert_eq!(next_ids(&mut ws).await, [sent[window]]);
+    ack(&mut ws, vec![got[1]]).await;
+    assert_eq!(next_ids(&mut ws).await, [sent[window + 1]]);
+}
+
+#[tokio::test]
+async fn a_malformed_request_on_a_socket_closes_it_as_invalid() {
+    let s = start().await;
+    let bob = s.user("bob").await;
+    let mut ws = websocket(&s, &bob.token).await;
+    ws.send(Message::Text("{\"type\":\"ack\"}".into()))
+        .await
+        .unwrap();
+    match next_frame(&mut ws).await {
+        Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Invalid),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_device_keeps_its_newest_sockets_and_every_one_gets_each_message() {
     let s = start().await; // at most 3 sockets per device
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
@@ -51,13 +143,10 @@ async fn a_device_keeps_its_newest_sockets_and_every_one_is_woken() {
         Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::from(4000)),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    // Each of the three (say `recv --follow` and the web app) is told of a new message.
-    s.send_small(&alice, [0x44; 16], 1, &[&bob]).await;
+    // Each of the three (say `recv --follow` and the web app) gets the new message.
+    let id = s.send_small(&alice, [0x44; 16], 1, &[&bob]).await;
     for ws in &mut newer {
-        match next_frame(ws).await {
-            Some(Message::Text(t)) => assert_eq!(t.as_str(), r#"{"type":"new_messages"}"#),
-            other => panic!("expected a push, got {other:?}"),
-        }
+        assert_eq!(next_ids(ws).await, [id]);
     }
 }
 
@@ -164,5 +253,5 @@ async fn sends_wake_their_recipients_through_the_wake_the_server_was_given() {
     let bus = bus.lock().unwrap().clone().unwrap();
     assert_eq!(*bus.woken.lock().unwrap(), [bob.device.addr().clone()]);
     // ...and what it passed on reached bob's socket.
-    assert!(matches!(next_frame(&mut ws).await, Some(Message::Text(_))));
+    assert_eq!(next_ids(&mut ws).await.len(), 1);
 }

@@ -28,6 +28,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         )?)
     }
 
+    /// [`Engine::top_up_key_packages`] with this device's token: for a device that took a
+    /// Welcome off its push socket (someone used one of its KeyPackages).
+    pub async fn top_up(&self) -> Result<(), ClientError> {
+        let token = self.token().await?;
+        self.top_up_key_packages(&token).await
+    }
+
     /// Uploads a batch of KeyPackages when the server holds fewer than the low mark (or no
     /// last-resort one): others may have claimed them while this device was away.
     pub(super) async fn top_up_key_packages(&self, token: &str) -> Result<(), ClientError> {

@@ -11,7 +11,7 @@ use crate::group::{self, MemberDevice, Received};
 use crate::store::{ClientStore, ConversationRecord, HistoryItem, HistoryRecord, Setting, StoreTx};
 use crate::{ClientError, Content, CoreError, Envelope, Transport};
 use openmls::prelude::MlsGroup;
-use sotto_proto::api::{QueuedKind, QueuedMessage};
+use sotto_proto::api::{QueueResponse, QueuedKind, QueuedMessage};
 use sotto_proto::{DeviceAddr, GroupId, Username};
 use std::collections::BTreeSet;
 
@@ -59,6 +59,18 @@ fn dropped_seen(tx: &impl StoreTx) -> Result<u64, crate::StoreError> {
         .map_or(0, u64::from_be_bytes))
 }
 
+/// What [`Engine::receive`] made of a batch of the queue.
+#[derive(Debug)]
+pub struct Receipt {
+    /// The ids to acknowledge: decided, and durable.
+    pub acks: Vec<u64>,
+    /// Whether the store made the batch durable; when not, nothing may be acknowledged and
+    /// the batch comes again (and is skipped as processed).
+    pub durable: bool,
+    /// What stopped the batch before its end (a device list that could not be fetched).
+    pub failure: Option<ClientError>,
+}
+
 /// What [`Engine::process`] got through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Processed {
@@ -93,48 +105,68 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         self.forget_lists();
         loop {
             let queue = self.transport.queue(&token, FETCH_BATCH).await?;
-            self.note_dropped(queue.dropped_total)?;
-            let batch = queue.messages;
-            if batch.is_empty() {
-                break;
+            let received = self.receive(&queue).await?;
+            if !received.acks.is_empty() {
+                self.transport.ack(&token, received.acks).await?;
             }
-            let mut acks = Vec::with_capacity(batch.len());
-            let mut failure = None;
-            'batch: while acks.len() < batch.len() {
-                // One transaction for as much of the batch as can be checked without network.
-                let processed = self.process(batch.get(acks.len()..).unwrap_or_default())?;
-                acks.extend(processed.done);
-                for user in processed.need {
-                    match self.fetch_device_list(&user).await {
-                        Ok(_) => {}
-                        // Verified, or the server's word that there is no such account: the
-                        // devices cannot be proven, so the check refuses them.
-                        Err(ClientError::Security(reason) | ClientError::Usage(reason)) => {
-                            self.list_unverifiable(&user, reason);
-                        }
-                        // Nothing learned: leave this message queued for the next sync.
-                        Err(e) => {
-                            failure = Some(e);
-                            break 'batch;
-                        }
-                    }
-                }
-            }
-            let durable = self.store.make_durable()?;
-            if durable && !acks.is_empty() {
-                self.transport.ack(&token, acks).await?;
-            }
-            if let Some(e) = failure {
+            if let Some(e) = received.failure {
                 return Err(e);
             }
-            if !durable {
-                // Redelivered next time, and skipped as already processed.
+            if queue.messages.is_empty() || !received.durable {
+                // When not durable: redelivered next time, and skipped as already processed.
                 break;
             }
         }
         // Best effort: what was received is done; a failed top-up is tried on the next sync.
         let _ = self.top_up_key_packages(&token).await;
         Ok(())
+    }
+
+    /// Processes a batch of the queue (from `GET /v1/queue` or the push socket): each message
+    /// exactly once, fetching the device lists the checks need, then makes the result
+    /// durable. Returns the ids to acknowledge, and the failure that stopped the batch
+    /// early, if any: the messages from there on stay queued for the next sync.
+    pub async fn receive(&self, queue: &QueueResponse) -> Result<Receipt, ClientError> {
+        self.note_dropped(queue.dropped_total)?;
+        let batch = &queue.messages;
+        if batch.is_empty() {
+            return Ok(Receipt {
+                acks: Vec::new(),
+                durable: true,
+                failure: None,
+            });
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        'batch: while acks.len() < batch.len() {
+            // One transaction for as much of the batch as can be checked without network.
+            let processed = self.process(batch.get(acks.len()..).unwrap_or_default())?;
+            acks.extend(processed.done);
+            for user in processed.need {
+                match self.fetch_device_list(&user).await {
+                    Ok(_) => {}
+                    // Verified, or the server's word that there is no such account: the
+                    // devices cannot be proven, so the check refuses them.
+                    Err(ClientError::Security(reason) | ClientError::Usage(reason)) => {
+                        self.list_unverifiable(&user, reason);
+                    }
+                    // Nothing learned: leave this message queued for the next sync.
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'batch;
+                    }
+                }
+            }
+        }
+        let durable = self.store.make_durable()?;
+        if !durable {
+            acks.clear();
+        }
+        Ok(Receipt {
+            acks,
+            durable,
+            failure,
+        })
     }
 
     /// Processes queued messages in order, in one transaction, each exactly once (an id

@@ -509,6 +509,7 @@ impl DeliveryStore for MemoryStorage {
     async fn fetch(
         &self,
         device: &DeviceAddr,
+        after: u64,
         limit: u32,
         max_bytes: usize,
     ) -> Result<QueueResponse, StorageError> {
@@ -521,7 +522,13 @@ impl DeliveryStore for MemoryStorage {
         };
         let mut messages = Vec::new();
         let mut bytes = 0usize;
-        for id in q.entries.keys().take(limit as usize) {
+        let later = (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded);
+        for id in q
+            .entries
+            .range(later)
+            .map(|(id, _)| id)
+            .take(limit as usize)
+        {
             let Some(m) = s.messages.get(id) else {
                 tracing::warn!(message = id, "skipping a queue entry without its message");
                 continue;

@@ -244,12 +244,14 @@ pub trait DeliveryStore {
     /// Starts a transaction. Transactions are serializable: while one is open, no other
     /// changes what it reads. Dropping it without [`DeliveryTx::commit`] undoes all of it.
     async fn begin(&self) -> Result<Box<dyn DeliveryTx + '_>, StorageError>;
-    /// The oldest messages queued for `device`: at most `limit`, and no more than `max_bytes`
-    /// of them (but always the first), with the device's `dropped_total`. A stored message
-    /// that cannot be decoded is skipped (and logged), never allowed to block the queue.
+    /// The oldest messages queued for `device` with an id above `after` (0 for the whole
+    /// queue): at most `limit`, and no more than `max_bytes` of them (but always the first),
+    /// with the device's `dropped_total`. A stored message that cannot be decoded is skipped
+    /// (and logged), never allowed to block the queue. A device's queue is in id order.
     async fn fetch(
         &self,
         device: &DeviceAddr,
+        after: u64,
         limit: u32,
         max_bytes: usize,
     ) -> Result<QueueResponse, StorageError>;

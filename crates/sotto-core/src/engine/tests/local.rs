@@ -304,7 +304,7 @@ impl Transport for LocalTransport {
     async fn queue(&self, token: &str, limit: u32) -> Result<QueueResponse, ClientError> {
         let device = self.server.signed_in(token)?;
         self.storage()
-            .fetch(&device, limit, sotto_proto::limits::MAX_FETCH_BYTES)
+            .fetch(&device, 0, limit, sotto_proto::limits::MAX_FETCH_BYTES)
             .await
             .map_err(failed)
     }

@@ -4,11 +4,22 @@
 use super::{ROOMY, account, group, queued, send, stats};
 use crate::delivery::Submitted;
 use crate::group_commit::GroupCommit;
+use crate::push::Wake;
 use crate::storage::{GroupState, Storage};
 use sotto_proto::framing::MessageKind;
 use sotto_proto::{DeviceAddr, Username};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
+
+/// Records whom the committer wakes.
+#[derive(Default)]
+struct Woken(Mutex<Vec<DeviceAddr>>);
+
+impl Wake for Woken {
+    fn wake(&self, device: &DeviceAddr) {
+        self.0.lock().expect("not poisoned").push(device.clone());
+    }
+}
 
 /// Hands `message` to the committer from a task of its own; the task ends with the answer.
 fn submit(
@@ -45,7 +56,8 @@ pub async fn changes_that_wait_share_one_transaction_and_each_gets_its_own_answe
     send(&g, 0, &[&bob]).accepted(&*s, &alice).await;
     let before = stats(&*s).await;
 
-    let (commit, committer) = GroupCommit::new(s.clone());
+    let woken = Arc::new(Woken::default());
+    let (commit, committer) = GroupCommit::new(s.clone(), woken.clone());
     let mut handles = Vec::new();
     for n in 1..=5 {
         handles.push(submit(&commit, &alice, &send(&g, n, &[&bob])));
@@ -57,7 +69,7 @@ pub async fn changes_that_wait_share_one_transaction_and_each_gets_its_own_answe
     handles.push(submit(&commit, &stranger, &send(&g, 6, &[&bob])));
     until_waiting(&commit, handles.len()).await;
     // A new group whose first message names a device that does not exist is refused whole:
-    // it must not leave alice in the group's roster for carol's first message to trip on.
+    // it must leave no group and no roster behind.
     let g2 = group(2);
     let ghost = DeviceAddr {
         user: Username::parse("ghost").expect("a valid name"),
@@ -65,7 +77,7 @@ pub async fn changes_that_wait_share_one_transaction_and_each_gets_its_own_answe
     };
     handles.push(submit(&commit, &alice, &send(&g2, 7, &[&ghost])));
     until_waiting(&commit, handles.len()).await;
-    handles.push(submit(&commit, &carol, &send(&g2, 8, &[&bob])));
+    handles.push(submit(&commit, &carol, &send(&group(3), 8, &[&bob])));
     until_waiting(&commit, handles.len()).await;
     let ack = {
         let (commit, bob) = (commit.clone(), bob.clone());
@@ -91,6 +103,12 @@ pub async fn changes_that_wait_share_one_transaction_and_each_gets_its_own_answe
     let after = stats(&*s).await;
     assert_eq!(after.messages, before.messages + 6);
     assert_eq!(after.groups, before.groups + 1);
+    let mut tx = s.begin().await.expect("a transaction");
+    assert_eq!(tx.group(&g2).await.expect("read"), None);
+    assert!(!tx.in_roster(&g2, &alice).await.expect("read"));
+    drop(tx);
+    // Each accepted send woke bob once it was committed; the repeat and the refusals, no one.
+    assert_eq!(*woken.0.lock().expect("not poisoned"), vec![bob; 6]);
 }
 
 pub async fn a_change_the_storage_fails_fails_alone_and_the_rest_of_its_batch_commits(
@@ -111,7 +129,7 @@ pub async fn a_change_the_storage_fails_fails_alone_and_the_rest_of_its_batch_co
     tx.set_group(&poisoned, state).await.expect("written");
     tx.commit().await.expect("committed");
 
-    let (commit, committer) = GroupCommit::new(s.clone());
+    let (commit, committer) = GroupCommit::new(s.clone(), Arc::new(Woken::default()));
     let first = submit(&commit, &alice, &send(&good, 2, &[&bob]));
     until_waiting(&commit, 1).await;
     let mut next_epoch = send(&poisoned, 3, &[&bob]);

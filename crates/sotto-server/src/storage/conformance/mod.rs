@@ -113,7 +113,7 @@ impl Message {
 }
 
 async fn queued(s: &dyn Storage, d: &DeviceAddr) -> Vec<u64> {
-    let q = s.fetch(d, 1000, usize::MAX).await.expect("fetched");
+    let q = s.fetch(d, 0, 1000, usize::MAX).await.expect("fetched");
     q.messages.iter().map(|m| m.id).collect()
 }
 
@@ -374,7 +374,7 @@ pub async fn a_welcome_is_queued_for_the_devices_a_commit_adds(s: Arc<dyn Storag
         panic!("accepted");
     };
     assert_eq!(wake, std::slice::from_ref(&bob));
-    let q = s.fetch(&bob, 10, usize::MAX).await.unwrap();
+    let q = s.fetch(&bob, 0, 10, usize::MAX).await.unwrap();
     assert_eq!(q.messages.len(), 1);
     assert_eq!(q.messages[0].kind, QueuedKind::Welcome);
     assert_eq!(q.messages[0].group_id, g);
@@ -393,7 +393,7 @@ pub async fn a_fetch_is_bounded_by_count_and_bytes_but_returns_the_first(s: Arc<
     let fetch = |limit, bytes| {
         let (s, bob) = (s.clone(), bob.clone());
         async move {
-            let q = s.fetch(&bob, limit, bytes).await.unwrap();
+            let q = s.fetch(&bob, 0, limit, bytes).await.unwrap();
             q.messages.iter().map(|m| m.id).collect::<Vec<_>>()
         }
     };
@@ -428,7 +428,7 @@ pub async fn a_full_queue_drops_the_heaviest_senders_oldest_entries(s: Arc<dyn S
         [from_alice, flood[2], flood[3]],
         "{flood:?}"
     );
-    let q = s.fetch(&bob, 10, usize::MAX).await.unwrap();
+    let q = s.fetch(&bob, 0, 10, usize::MAX).await.unwrap();
     assert_eq!(q.dropped_total, 2);
     assert_eq!(stats(&*s).await.messages, 3, "dropped messages are deleted");
 }
@@ -450,7 +450,7 @@ pub async fn a_queue_over_its_byte_quota_keeps_the_message_being_queued(s: Arc<d
         }
     }
     assert_eq!(queued(&*s, &bob).await, [ids[2]]);
-    let q = s.fetch(&bob, 10, usize::MAX).await.unwrap();
+    let q = s.fetch(&bob, 0, 10, usize::MAX).await.unwrap();
     assert_eq!(q.dropped_total, 2);
 }
 
@@ -464,7 +464,7 @@ pub async fn purge_deletes_old_messages_and_counts_them_as_dropped(s: Arc<dyn St
         "accepted at 100: not older"
     );
     assert_eq!(s.purge(101, 0).await.unwrap(), 1);
-    let q = s.fetch(&bob, 10, usize::MAX).await.unwrap();
+    let q = s.fetch(&bob, 0, 10, usize::MAX).await.unwrap();
     assert!(q.messages.is_empty());
     assert_eq!(q.dropped_total, 1);
     let counts = stats(&*s).await;
@@ -481,7 +481,10 @@ pub async fn purge_deletes_old_messages_and_counts_them_as_dropped(s: Arc<dyn St
         .submit(&*s, &alice, quota)
         .await;
     assert_eq!(
-        s.fetch(&bob, 10, usize::MAX).await.unwrap().dropped_total,
+        s.fetch(&bob, 0, 10, usize::MAX)
+            .await
+            .unwrap()
+            .dropped_total,
         1
     );
 }

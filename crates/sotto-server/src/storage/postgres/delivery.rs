@@ -417,6 +417,7 @@ impl DeliveryStore for PostgresStorage {
     async fn fetch(
         &self,
         device: &DeviceAddr,
+        after: u64,
         limit: u32,
         max_bytes: usize,
     ) -> Result<QueueResponse, StorageError> {
@@ -434,8 +435,9 @@ impl DeliveryStore for PostgresStorage {
                 "SELECT m.id, m.group_id, m.seq, m.sender_user, m.sender_device, m.kind, m.data,
                         m.accepted_at
                  FROM queue q JOIN messages m ON m.id = q.message_id
-                 WHERE q.username = $1 AND q.device = $2 ORDER BY q.id LIMIT $3",
-                &[&user, &dev, &i64::from(limit)],
+                 WHERE q.username = $1 AND q.device = $2 AND q.message_id > $4
+                 ORDER BY q.id LIMIT $3",
+                &[&user, &dev, &i64::from(limit), &to_i64(after)],
             )
             .await?;
         let mut messages = Vec::new();

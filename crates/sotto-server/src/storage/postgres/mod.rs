@@ -131,13 +131,14 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
     }
     match e.code() {
         Some(code) => {
-            code.code().starts_with("08")
+            (code.code().starts_with("08") && *code != SqlState::PROTOCOL_VIOLATION)
                 || [
                     SqlState::ADMIN_SHUTDOWN,
                     SqlState::CRASH_SHUTDOWN,
                     SqlState::CANNOT_CONNECT_NOW,
                     SqlState::TOO_MANY_CONNECTIONS,
                     SqlState::LOCK_NOT_AVAILABLE,
+                    SqlState::QUERY_CANCELED,
                 ]
                 .contains(code)
         }
@@ -196,10 +197,20 @@ impl PostgresStorage {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StorageError::new(format!("database URL: {e}")))?;
-        // A statement waiting for a lock, or a transaction left idle by a stalled node, gives
-        // up instead of stopping every other node's sends.
+        // A statement waiting for a lock or running long, or a transaction left idle by a
+        // stalled node, gives up instead of stopping every other node's sends; a database
+        // that stops answering without closing the connection is noticed by TCP keepalives.
         let mut options = config.get_options().unwrap_or_default().to_owned();
-        options.push_str(" -c lock_timeout=10s -c idle_in_transaction_session_timeout=60s");
+        options.push_str(
+            " -c lock_timeout=10s -c statement_timeout=30s \
+             -c idle_in_transaction_session_timeout=60s",
+        );
+        config
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(10))
+            .keepalives_interval(std::time::Duration::from_secs(5))
+            .keepalives_retries(3);
         if let Some(schema) = schema {
             let valid = !schema.is_empty()
                 && schema
@@ -230,6 +241,7 @@ impl PostgresStorage {
             .max_size(16)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
             .map_err(|e| StorageError::new(e.to_string()))?;
         let storage = PostgresStorage { pool };

@@ -388,12 +388,13 @@ impl DeliveryStore for SqliteStorage {
     async fn fetch(
         &self,
         device: &DeviceAddr,
+        after: u64,
         limit: u32,
         max_bytes: usize,
     ) -> Result<QueueResponse, StorageError> {
         let device = device.clone();
         // One read transaction: the messages and the dropped count from one snapshot.
-        self.read(move |conn| fetch(&*conn.transaction()?, &device, limit, max_bytes))
+        self.read(move |conn| fetch(&*conn.transaction()?, &device, after, limit, max_bytes))
             .await
     }
 
@@ -435,6 +436,7 @@ impl DeliveryStore for SqliteStorage {
 fn fetch(
     conn: &Connection,
     device: &DeviceAddr,
+    after: u64,
     limit: u32,
     max_bytes: usize,
 ) -> Result<QueueResponse, StorageError> {
@@ -442,9 +444,9 @@ fn fetch(
     let mut stmt = conn.prepare_cached(
             "SELECT m.id, m.group_id, m.seq, m.sender_user, m.sender_device, m.kind, m.data, m.accepted_at
              FROM queue q JOIN messages m ON m.id = q.message_id
-             WHERE q.user = ?1 AND q.device = ?2 ORDER BY q.id LIMIT ?3",
+             WHERE q.user = ?1 AND q.device = ?2 AND q.message_id > ?4 ORDER BY q.id LIMIT ?3",
         )?;
-    let rows = stmt.query_map(params![user, dev, i64::from(limit)], |r| {
+    let rows = stmt.query_map(params![user, dev, i64::from(limit), to_i64(after)], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, Vec<u8>>(1)?,
