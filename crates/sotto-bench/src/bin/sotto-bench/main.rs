@@ -1,0 +1,190 @@
+//! `sotto-bench`: the server's load generator.
+//!
+//! `sotto-bench load --devices N --messages M [--rate R] [--database URL] --json` starts a
+//! server node (this same binary, `sotto-bench node`, on fresh data: SQLite unless
+//! `--database`), registers N devices in N/2 one-to-one conversations (real MLS groups, each
+//! member added by a real commit), prepares M real MLS application messages of 300 bytes
+//! before the clock starts, connects every device's WebSocket, then sends the messages over
+//! HTTP (paced at R per second, or as fast as the server takes them) while every device takes
+//! its messages off its socket and acknowledges them there. It prints JSON lines and stops the
+//! node. Everything stays on loopback.
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark driver: a failure aborts the run"
+)]
+
+mod drive;
+mod jetstream;
+mod node;
+mod setup;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(about = "Sotto's load generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a workload against a server node it starts, and prints what it measured.
+    Load(LoadArgs),
+    /// A server node with the rate limits lifted (what `load` starts).
+    Node(NodeArgs),
+}
+
+/// Arguments of `sotto-bench load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Devices, in one-to-one conversations of two.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Messages sent in the timed phase, spread over every device.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Messages per second, paced open-loop (latency counts from when each was due);
+    /// without it, the server is saturated by `--concurrency` senders.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Sends in flight at once when saturating.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Plaintext bytes of each message.
+    #[arg(long, default_value_t = 300)]
+    size: usize,
+    /// A PostgreSQL database for the node instead of a fresh SQLite file (its tables are
+    /// made in a fresh schema, dropped afterwards).
+    #[arg(long)]
+    database: Option<String>,
+    /// Server nodes.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Also run the same workload through this system, and print Sotto's delivered
+    /// messages per second over its.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// Print JSON lines only.
+    #[arg(long)]
+    json: bool,
+    /// How long the timed phase may take before the run is called failed.
+    #[arg(long, default_value = "300", value_parser = seconds)]
+    timeout: Duration,
+}
+
+/// What to compare Sotto with.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Baseline {
+    /// NATS JetStream (the machine's, 127.0.0.1:4222): one durable consumer per device.
+    Jetstream,
+}
+
+/// Arguments of `sotto-bench node`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Data directory (SQLite).
+    #[arg(long)]
+    data: PathBuf,
+    /// PostgreSQL URL instead of SQLite.
+    #[arg(long)]
+    database: Option<String>,
+    /// Schema in that database.
+    #[arg(long)]
+    schema: Option<String>,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| e.to_string())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match cli.command {
+        Command::Node(args) => rt.block_on(node::serve(args)),
+        Command::Load(args) => {
+            if let Err(e) = rt.block_on(load(args)) {
+                eprintln!("sotto-bench load: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+async fn load(args: LoadArgs) -> Result<(), String> {
+    if args.nodes != 1 {
+        return Err("only one node for now: several nodes need wake-ups between them".into());
+    }
+    if args.devices < 2 || args.devices % 2 != 0 {
+        return Err("--devices must be even and at least 2".into());
+    }
+    let say = |line: serde_json::Value| println!("{line}");
+    let server = node::Node::start(args.database.as_deref()).await?;
+    let idle = server.usage()?;
+    let world = setup::World::build(&server.url, &args, &say).await?;
+    let before_sockets = server.usage()?;
+    let sockets = world.connect().await?;
+    let with_sockets = server.usage()?;
+    let per_socket = with_sockets
+        .rss_bytes
+        .saturating_sub(before_sockets.rss_bytes)
+        / args.devices as u64;
+    say(serde_json::json!({
+        "phase": "connected",
+        "devices": args.devices,
+        "server_rss_idle_bytes": idle.rss_bytes,
+        "server_rss_with_sockets_bytes": with_sockets.rss_bytes,
+        "bytes_per_idle_socket": per_socket,
+    }));
+    let result = drive::run(&world, sockets, &args).await?;
+    let after = server.usage()?;
+    let cpu = after.cpu_seconds - with_sockets.cpu_seconds;
+    let mut line = result.json();
+    let object = line.as_object_mut().expect("an object");
+    object.insert("server_cpu_seconds".into(), cpu.into());
+    object.insert(
+        "server_cpu_cores".into(),
+        (cpu / result.elapsed.as_secs_f64()).into(),
+    );
+    object.insert("server_peak_rss_bytes".into(), after.peak_rss_bytes.into());
+    object.insert("bytes_per_idle_socket".into(), per_socket.into());
+    object.insert("system".into(), "sotto".into());
+    object.insert(
+        "backend".into(),
+        if args.database.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+        .into(),
+    );
+    server.stop().await;
+    if args.baseline.is_some() {
+        let anchor = jetstream::run(&world, &args).await?;
+        let mut anchor_line = anchor.json();
+        let object = anchor_line.as_object_mut().expect("an object");
+        object.insert("system".into(), "jetstream".into());
+        say(anchor_line);
+        let object = line.as_object_mut().expect("an object");
+        object.insert(
+            "jetstream_delivered_per_s".into(),
+            anchor.delivered_per_s.into(),
+        );
+        object.insert(
+            "ratio".into(),
+            (result.delivered_per_s / anchor.delivered_per_s).into(),
+        );
+    }
+    say(line);
+    Ok(())
+}
