@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// off the Internet: it shows the server's load.
     #[arg(long, env = "SOTTO_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// A NATS server (`nats://host:4222`) through which several nodes on one `--database`
+    /// wake each other's sockets. Without it a node wakes only its own.
+    #[arg(long, env = "SOTTO_NATS", value_name = "URL")]
+    nats: Option<String>,
     /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -150,6 +154,15 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
     )
     .await
     .map_err(|e| ClientError::Store(format!("{place}: {e}")))?;
+    let state = match &args.nats {
+        Some(url) => {
+            let wake = sotto_server::nats::NatsWake::start(url, state.push().clone())
+                .await
+                .map_err(ClientError::Usage)?;
+            state.with_wake(wake)
+        }
+        None => state,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| ClientError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;

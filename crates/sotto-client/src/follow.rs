@@ -130,6 +130,14 @@ impl Client {
                         report(FollowStatus::Reconnecting);
                         break;
                     }
+                    Woken::Unavailable => {
+                        ws = None;
+                        report(FollowStatus::Unreachable(
+                            "the server cannot read its storage for now".into(),
+                        ));
+                        tokio::time::sleep(RETRY).await;
+                        break;
+                    }
                     Woken::Replaced => {
                         ws = None;
                         replaced = true;
@@ -138,8 +146,12 @@ impl Client {
                 };
                 match self.take_pushed(stream, &queue).await {
                     Ok(true) => {}
-                    // Back to a sync: it retries what is left.
-                    Ok(false) => break,
+                    // Back to a sync, which retries what is left, on a new socket: this one
+                    // would wait for acknowledgements of what the sync takes instead.
+                    Ok(false) => {
+                        ws = None;
+                        break;
+                    }
                     Err(e) if e.is_transient() => {
                         ws = None;
                         report(FollowStatus::Unreachable(e.to_string()));
@@ -200,6 +212,8 @@ enum Woken {
     Deadline,
     /// The socket closed or failed.
     Lost,
+    /// The server closed the socket because it cannot read its storage for now.
+    Unavailable,
     /// The server closed the socket for a newer one of this device.
     Replaced,
 }
@@ -236,6 +250,11 @@ async fn wait_for_push(
                     if u16::from(frame.code) == sotto_proto::api::CLOSE_REPLACED =>
                 {
                     return Woken::Replaced;
+                }
+                Some(Ok(Message::Close(Some(frame))))
+                    if frame.code == tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Again =>
+                {
+                    return Woken::Unavailable;
                 }
                 _ => return Woken::Lost,
             },

@@ -24,6 +24,7 @@ pub mod group_commit;
 pub mod limits;
 mod listener;
 pub mod metrics;
+pub mod nats;
 pub mod push;
 pub mod routes;
 pub mod storage;

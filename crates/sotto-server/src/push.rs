@@ -5,7 +5,8 @@
 //!
 //! A socket sends at most [`MAX_SOCKET_ACK`] messages ahead of the acknowledgements, and
 //! each message once; a message stays queued until acknowledged, so a new socket sends it
-//! again. Sockets are bounded: a few per device (a new one past the cap closes the oldest),
+//! again. Each ping interval the socket also checks the queue unprompted, so a wake-up lost
+//! between nodes (`nats.rs`) delays a message, never loses it. Sockets are bounded: a few per device (a new one past the cap closes the oldest),
 //! client frames of [`MAX_CLIENT_FRAME`] at most, small buffers while idle, and a ping every
 //! interval that must be answered before the next, which closes half-open connections. A
 //! client that stops reading is cut off by the listener's write timeout, as on any connection.
@@ -227,6 +228,9 @@ impl SocketQueue {
                         return;
                     }
                     unanswered = true;
+                    // A wake-up from another node may have been lost (NATS down): look
+                    // anyway, so that such a message is only late.
+                    self.more = true;
                     Message::Ping(Default::default())
                 }
                 incoming = socket.recv() => match incoming {
@@ -266,12 +270,16 @@ impl SocketQueue {
                 MAX_FETCH_BYTES,
             )
             .await?;
-        let bytes: usize = page.messages.iter().map(|m| m.message.len()).sum();
-        // A page cut short by neither bound is all there was.
-        self.more = page.messages.len() >= room || bytes.saturating_mul(2) > MAX_FETCH_BYTES;
+        // Only an empty page says there is no more: one can be cut short by its byte bound,
+        // or by a row skipped as corrupt.
+        self.more = !page.messages.is_empty();
         let Some(last) = page.messages.last() else {
             return Ok(None);
         };
+        if page.messages.iter().any(|m| m.id <= self.last_sent) {
+            // The storage broke its promise that a device's ids only grow.
+            return Err(StorageError::new("a queue page went back in id order"));
+        }
         self.last_sent = last.id;
         self.unacked.extend(page.messages.iter().map(|m| m.id));
         serde_json::to_string(&PushEvent::Messages(page))
@@ -290,8 +298,14 @@ impl SocketQueue {
         let PushRequest::Ack { ids } = request
             .validate()
             .map_err(|_| malformed("too many ids in one acknowledgement"))?;
-        for id in &ids {
-            self.unacked.remove(id);
+        // Only what this socket sent and is still owed an acknowledgement: a flood of other
+        // ids costs the committer nothing.
+        let ids: Vec<u64> = ids
+            .into_iter()
+            .filter(|id| self.unacked.remove(id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
         }
         // Not acknowledged now, redelivered later: the client skips what it processed.
         if let Err(e) = self

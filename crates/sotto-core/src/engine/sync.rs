@@ -197,13 +197,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }
         self.tx(|tx| {
             let seen = dropped_seen(tx)?;
-            // A count that went back means the server's data was reset: count from there.
+            // A lower count is an older answer (a socket's first page, read before a sync's
+            // fetch): the count only grows. A server whose data was reset is another server
+            // (a new server id), which the client refuses anyway.
             if total > seen {
                 let id = format!("dropped-{total}");
                 let count = total.saturating_sub(seen);
                 self.record_notice(tx, id, None, HistoryItem::Event(Event::Dropped { count }))?;
-            }
-            if total != seen {
                 tx.set_setting(Setting::DroppedSeen, &total.to_be_bytes())?;
             }
             Ok(())

@@ -247,7 +247,9 @@ pub trait DeliveryStore {
     /// The oldest messages queued for `device` with an id above `after` (0 for the whole
     /// queue): at most `limit`, and no more than `max_bytes` of them (but always the first),
     /// with the device's `dropped_total`. A stored message that cannot be decoded is skipped
-    /// (and logged), never allowed to block the queue. A device's queue is in id order.
+    /// (and logged), never allowed to block the queue. A device's queue is in id order, and
+    /// ids become visible in increasing order: a message committed after another has a
+    /// higher id (sockets rely on it to send each message once, with `after`).
     async fn fetch(
         &self,
         device: &DeviceAddr,

@@ -57,8 +57,17 @@ pub async fn start_over(
     shape: impl FnOnce(AppState) -> AppState,
     dir: tempfile::TempDir,
 ) -> TestServer {
-    let data = dir.path().join("data");
     let state = shape(AppState::new(storage.clone(), config).await.unwrap());
+    serve_state(state, storage, dir).await
+}
+
+/// A server of `state`, whose storage is `storage`; `dir` lives as long as the server.
+pub async fn serve_state(
+    state: AppState,
+    storage: Arc<dyn Storage>,
+    dir: tempfile::TempDir,
+) -> TestServer {
+    let data = dir.path().join("data");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");
@@ -284,10 +293,11 @@ pub fn two_rival_commits(
 }
 
 /// Opens the push WebSocket of the device holding `token`.
-pub async fn websocket(
-    s: &TestServer,
-    token: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+/// A push WebSocket, client side.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn websocket(s: &TestServer, token: &str) -> Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let mut req = format!("ws://{}/v1/ws", s.addr)
         .into_client_request()

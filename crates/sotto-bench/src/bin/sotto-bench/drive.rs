@@ -73,6 +73,8 @@ impl Outcome {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "phase": "result",
+            // Paced, latency counts from when each message was due (open loop); saturating,
+            // from when a sender took it up (closed loop: it grows with --concurrency).
             "mode": if self.rate.is_some() { "paced" } else { "saturation" },
             "rate": self.rate,
             "messages": self.messages,

@@ -33,6 +33,19 @@ pub async fn run(world: &World, args: &LoadArgs) -> Result<Outcome, String> {
         })
         .await
         .map_err(|e| format!("creating the stream: {e}"))?;
+    let outcome = drive(world, args, &js, &stream, &subjects).await;
+    let _ = js.delete_stream(&name).await;
+    outcome
+}
+
+/// Consumers, then the timed phase, on `stream`.
+async fn drive(
+    world: &World,
+    args: &LoadArgs,
+    js: &jetstream::Context,
+    stream: &stream::Stream,
+    subjects: &str,
+) -> Result<Outcome, String> {
     let mut consumers = Vec::with_capacity(world.devices.len());
     for i in 0..world.devices.len() {
         let consumer = stream
@@ -64,7 +77,7 @@ pub async fn run(world: &World, args: &LoadArgs) -> Result<Outcome, String> {
             .collect::<Vec<_>>(),
     );
     let publisher = js.clone();
-    let outcome = timed(
+    timed(
         world,
         args,
         |clock| {
@@ -94,7 +107,5 @@ pub async fn run(world: &World, args: &LoadArgs) -> Result<Outcome, String> {
             }
         },
     )
-    .await;
-    let _ = js.delete_stream(&name).await;
-    outcome
+    .await
 }

@@ -154,18 +154,32 @@ impl Node {
             peak_rss_bytes: kib("VmHWM:"),
         })
     }
+}
 
-    /// Stops the node and drops its schema, if it had one.
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        if let Some((url, schema)) = self.schema.take()
-            && let Ok((client, connection)) =
-                tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(connection);
-            let _ = client
-                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                .await;
-        }
+impl Drop for Node {
+    /// Stops the node and drops its schema, if it had one, whether the run succeeded or not.
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let Some((url, schema)) = self.schema.take() else {
+            return;
+        };
+        // Outside the caller's runtime, which cannot be blocked on from within.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }

@@ -86,7 +86,9 @@ impl World {
         args: &LoadArgs,
         say: &impl Fn(serde_json::Value),
     ) -> Result<World, String> {
+        // Never through a proxy the environment names: everything stays on loopback.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .pool_max_idle_per_host(args.concurrency.max(64))
             .build()
             .map_err(|e| e.to_string())?;
