@@ -24,9 +24,10 @@ impl World {
     /// Opens every device's WebSocket.
     pub async fn connect(&self) -> Result<Vec<Socket>, String> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        let ws_url = self.url.replacen("http://", "ws://", 1) + "/v1/ws";
         let mut sockets = Vec::with_capacity(self.devices.len());
-        for d in &self.devices {
+        for (i, d) in self.devices.iter().enumerate() {
+            let node = &self.urls[i % self.urls.len()];
+            let ws_url = node.replacen("http://", "ws://", 1) + "/v1/ws";
             let mut req = ws_url
                 .as_str()
                 .into_client_request()
@@ -141,8 +142,9 @@ pub async fn run(world: &World, sockets: Vec<Socket>, args: &LoadArgs) -> Result
             .messages
             .iter()
             .map(|m| {
+                let node = &world.urls[(m.recipient + 1) % world.urls.len()];
                 (
-                    m.path.clone(),
+                    format!("{node}{}", m.path),
                     world.devices[m.sender].token.clone(),
                     m.body.clone(),
                 )

@@ -13,7 +13,7 @@ use crate::drive::{Outcome, timed};
 use crate::setup::World;
 
 /// Where the machine's NATS server listens.
-const NATS: &str = "nats://127.0.0.1:4222";
+pub const NATS: &str = "nats://127.0.0.1:4222";
 
 /// Runs the timed phase through JetStream.
 pub async fn run(world: &World, args: &LoadArgs) -> Result<Outcome, String> {

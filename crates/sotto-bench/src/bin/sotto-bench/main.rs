@@ -96,6 +96,9 @@ pub struct NodeArgs {
     /// Schema in that database.
     #[arg(long)]
     schema: Option<String>,
+    /// NATS server through which nodes wake each other.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -122,16 +125,24 @@ fn main() {
 }
 
 async fn load(args: LoadArgs) -> Result<(), String> {
-    if args.nodes != 1 {
-        return Err("only one node for now: several nodes need wake-ups between them".into());
+    if args.nodes == 0 || (args.nodes > 1 && args.database.is_none()) {
+        return Err("several nodes share one PostgreSQL database: give --database".into());
     }
     if args.devices < 2 || !args.devices.is_multiple_of(2) {
         return Err("--devices must be even and at least 2".into());
     }
     let say = |line: serde_json::Value| println!("{line}");
-    let server = node::Node::start(args.database.as_deref()).await?;
+    let schema = format!("sotto_load_{}", std::process::id());
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for i in 0..args.nodes {
+        let database = args.database.as_deref().map(|url| (url, schema.as_str()));
+        // Several nodes wake each other through the machine's NATS.
+        let nats = (args.nodes > 1).then_some(jetstream::NATS);
+        nodes.push(node::Node::start(database, nats, i == 0).await?);
+    }
+    let server = node::Nodes(nodes);
     let idle = server.usage()?;
-    let world = setup::World::build(&server.url, &args, &say).await?;
+    let world = setup::World::build(server.urls(), &args, &say).await?;
     let before_sockets = server.usage()?;
     let sockets = world.connect().await?;
     let with_sockets = server.usage()?;
@@ -157,6 +168,7 @@ async fn load(args: LoadArgs) -> Result<(), String> {
         (cpu / result.elapsed.as_secs_f64()).into(),
     );
     object.insert("server_peak_rss_bytes".into(), after.peak_rss_bytes.into());
+    object.insert("nodes".into(), args.nodes.into());
     object.insert("bytes_per_idle_socket".into(), per_socket.into());
     object.insert("system".into(), "sotto".into());
     object.insert(

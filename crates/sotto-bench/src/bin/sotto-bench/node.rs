@@ -48,6 +48,15 @@ pub async fn serve(args: NodeArgs) {
         ..Config::default()
     };
     let state = AppState::new(storage, config).await.expect("the state");
+    let state = match &args.nats {
+        Some(url) => {
+            let wake = sotto_server::nats::NatsWake::start(url, state.push().clone())
+                .await
+                .expect("NATS");
+            state.with_wake(wake)
+        }
+        None => state,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
@@ -66,7 +75,34 @@ pub struct Node {
     /// Its base URL.
     pub url: String,
     _data: tempfile::TempDir,
+    /// The database and schema this node drops when it stops.
     schema: Option<(String, String)>,
+}
+
+/// The nodes of a run.
+pub struct Nodes(pub Vec<Node>);
+
+impl Nodes {
+    /// Their URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.0.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// What they have used, together.
+    pub fn usage(&self) -> Result<Usage, String> {
+        let mut total = Usage {
+            cpu_seconds: 0.0,
+            rss_bytes: 0,
+            peak_rss_bytes: 0,
+        };
+        for n in &self.0 {
+            let u = n.usage()?;
+            total.cpu_seconds += u.cpu_seconds;
+            total.rss_bytes += u.rss_bytes;
+            total.peak_rss_bytes += u.peak_rss_bytes;
+        }
+        Ok(total)
+    }
 }
 
 /// What a node has used so far.
@@ -81,8 +117,14 @@ pub struct Usage {
 }
 
 impl Node {
-    /// Starts a node on fresh data: a new SQLite directory, or a new schema in `database`.
-    pub async fn start(database: Option<&str>) -> Result<Node, String> {
+    /// Starts a node on fresh data: a new SQLite directory, or `(url, schema)` of a
+    /// PostgreSQL database (which it drops when it stops, if `owner`), waking others through
+    /// `nats`.
+    pub async fn start(
+        database: Option<(&str, &str)>,
+        nats: Option<&str>,
+        owner: bool,
+    ) -> Result<Node, String> {
         let data = tempfile::tempdir().map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = tokio::process::Command::new(exe);
@@ -90,10 +132,12 @@ impl Node {
             .arg("node")
             .arg("--data")
             .arg(data.path().join("data"));
-        let schema = database.map(|url| {
-            let name = format!("sotto_load_{}", std::process::id());
-            command.args(["--database", url, "--schema", &name]);
-            (url.to_owned(), name)
+        if let Some(url) = nats {
+            command.args(["--nats", url]);
+        }
+        let schema = database.and_then(|(url, name)| {
+            command.args(["--database", url, "--schema", name]);
+            owner.then(|| (url.to_owned(), name.to_owned()))
         });
         let mut child = command
             .stdout(Stdio::piped())

@@ -23,7 +23,7 @@ pub struct Device {
 
 /// One message of the timed phase, ready to post.
 pub struct Prepared {
-    /// `/v1/groups/{group}/messages`.
+    /// `/v1/groups/{group}/messages`, on the node's URL.
     pub path: String,
     /// The sending device.
     pub sender: usize,
@@ -37,7 +37,10 @@ pub struct Prepared {
 
 /// Everything the timed phase needs.
 pub struct World {
-    pub url: String,
+    /// The nodes' URLs. Device `d` holds its socket on node `d mod K`; a message goes through
+    /// the node after its recipient's, so that with several nodes every message crosses
+    /// from one node to another.
+    pub urls: Vec<String>,
     pub devices: Vec<Device>,
     pub messages: Vec<Prepared>,
     /// Each message's index, by the hash of its MLS bytes: how a receiver knows which one
@@ -80,12 +83,15 @@ async fn post<T: serde::de::DeserializeOwned>(
 
 impl World {
     /// Registers and signs in `args.devices` devices, sets up their conversations through
-    /// the server and prepares `args.messages` messages; reports its progress through `say`.
+    /// the first node and prepares `args.messages` messages; reports its progress through
+    /// `say`.
     pub async fn build(
-        url: &str,
+        urls: Vec<String>,
         args: &LoadArgs,
         say: &impl Fn(serde_json::Value),
     ) -> Result<World, String> {
+        let url = urls.first().ok_or("no node")?.clone();
+        let url = url.as_str();
         // Never through a proxy the environment names: everything stays on loopback.
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -149,7 +155,7 @@ impl World {
             let gid = ga.group_id().as_slice().to_vec();
             let gb = group::join(&pb, &welcome, &gid).map_err(|e| e.to_string())?;
             let group_id = GroupId::from_bytes(&gid).map_err(|e| e.to_string())?;
-            let path = format!("{url}/v1/groups/{}/messages", hex(group_id.as_bytes()));
+            let path = format!("/v1/groups/{}/messages", hex(group_id.as_bytes()));
             let commit = SendRequest {
                 client_id: format!("{:032x}", u128::MAX - k as u128),
                 message: Bytes(out.commit),
@@ -160,7 +166,8 @@ impl World {
                     recipients: vec![b.key.addr().clone()],
                 }),
             };
-            let _: serde_json::Value = post(&http, &path, Some(&a.token), &commit).await?;
+            let _: serde_json::Value =
+                post(&http, &format!("{url}{path}"), Some(&a.token), &commit).await?;
             pairs.push((
                 path,
                 Member {
@@ -225,7 +232,7 @@ impl World {
             "mls_bytes_per_message": mls_bytes / messages.len().max(1),
         }));
         Ok(World {
-            url: url.to_owned(),
+            urls,
             devices,
             messages,
             index,
