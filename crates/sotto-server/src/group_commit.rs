@@ -246,12 +246,16 @@ impl GroupCommit {
 }
 
 impl Committer {
-    /// Commits batches until every [`GroupCommit`] handle is gone. A batch runs as a task of
-    /// its own, so that a bug that panics fails that batch's changes (their callers hear that
-    /// the storage failed) and not the committer.
+    /// Commits batches until every [`GroupCommit`] handle is gone. A batch runs on a thread
+    /// of the blocking pool: a backend may run its statements in place (SQLite does), and a
+    /// batch of hundreds of sends must not hold one of the runtime's few worker threads. A
+    /// bug that panics fails that batch's changes (their callers hear that the storage
+    /// failed), not the committer.
     pub async fn run(mut self) {
+        let runtime = tokio::runtime::Handle::current();
         while let Some(batch) = self.next_batch().await {
-            let task = tokio::spawn(commit(self.world.clone(), batch));
+            let (runtime, world) = (runtime.clone(), self.world.clone());
+            let task = tokio::task::spawn_blocking(move || runtime.block_on(commit(world, batch)));
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a group commit failed");
             }
