@@ -163,7 +163,7 @@ pub async fn websocket(
 
 /// Bytes a socket buffers for reading and for writing before it flushes: an idle socket
 /// holds little.
-const SOCKET_BUFFER: usize = 4 * 1024;
+const SOCKET_BUFFER: usize = 1024;
 
 /// The device's queue as one socket carries it.
 struct SocketQueue {
