@@ -36,39 +36,9 @@ fn services() -> Option<(String, String)> {
     }
 }
 
-/// A schema of its own, dropped when the test ends, passed or failed.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // Outside the test's runtime, which may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
-                    .await
-                    .unwrap();
-            });
-        })
-        .join();
-    }
-}
-
 /// A node on `schema`, waking the others through the NATS server at `nats`; `ping` is its
 /// sockets' ping interval (and so how often they check their queue unprompted).
-async fn node(db: &str, schema: &Schema, nats: &str, ping: &str) -> common::TestServer {
+async fn node(db: &str, schema: &common::Schema, nats: &str, ping: &str) -> common::TestServer {
     let storage: Arc<dyn Storage> = Arc::new(
         PostgresStorage::connect(db, Some(&schema.name))
             .await
@@ -78,13 +48,6 @@ async fn node(db: &str, schema: &Schema, nats: &str, ping: &str) -> common::Test
     let state = AppState::new(storage.clone(), config).await.unwrap();
     let wake = NatsWake::start(nats, state.push().clone()).await.unwrap();
     common::serve_state(state.with_wake(wake), storage, tempfile::tempdir().unwrap()).await
-}
-
-fn schema(db: &str) -> Schema {
-    Schema {
-        url: db.to_owned(),
-        name: format!("sotto_test_{}", hex::encode(rand::random::<[u8; 8]>())),
-    }
 }
 
 /// The ids of the messages in the next frame of `ws` that carries messages.
@@ -105,7 +68,7 @@ async fn a_message_accepted_on_one_node_reaches_a_socket_on_another_through_nats
     let Some((db, nats)) = services() else {
         return;
     };
-    let schema = schema(&db);
+    let schema = common::Schema::new(&db);
     // Pings an hour apart: within the wait, only a wake-up through NATS can move the socket.
     let a = node(&db, &schema, &nats, "1h").await;
     let b = node(&db, &schema, &nats, "1h").await;
@@ -121,7 +84,7 @@ async fn with_nats_unreachable_a_message_still_arrives_at_the_sockets_next_check
     let Some((db, _)) = services() else {
         return;
     };
-    let schema = schema(&db);
+    let schema = common::Schema::new(&db);
     // A loopback port where no NATS server listens (bound, then given back).
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -105,44 +105,13 @@ fn through(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
     url
 }
 
-/// A schema of its own, dropped when the test ends, passed or failed.
-struct Schema {
-    config: tokio_postgres::Config,
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (config, name) = (self.config.clone(), self.name.clone());
-        // Outside the test's runtime, which may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
-                    .await
-                    .unwrap();
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn while_postgres_is_unreachable_requests_get_503_and_the_server_recovers_by_itself() {
     let Some(config) = database() else {
         return;
     };
     let relay = Relay::to(target(&config)).await;
-    let schema = Schema {
-        config: config.clone(),
-        name: format!("sotto_test_{}", hex::encode(rand::random::<[u8; 8]>())),
-    };
+    let schema = common::Schema::new(&std::env::var(POSTGRES_URL).unwrap());
     let storage = PostgresStorage::connect(&through(&config, relay.addr), Some(&schema.name))
         .await
         .unwrap();

@@ -355,3 +355,43 @@ impl TestServer {
         serde_json::from_value(q).unwrap()
     }
 }
+
+/// A PostgreSQL schema of its own in the database at `url`, with a fresh name, dropped when
+/// the test ends, passed or failed.
+pub struct Schema {
+    url: String,
+    pub name: String,
+}
+
+impl Schema {
+    pub fn new(url: &str) -> Schema {
+        Schema {
+            url: url.to_owned(),
+            name: format!("sotto_test_{}", hex::encode(rand::random::<[u8; 8]>())),
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // Outside the test's runtime, which may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+                    .await
+                    .unwrap();
+            });
+        })
+        .join();
+    }
+}

@@ -1,9 +1,12 @@
 //! PostgreSQL storage, for several server nodes sharing one database. The SQL of each concern
-//! lives beside it: this file (migrations, the server's identity, accounts, sign-in and
-//! KeyPackages) and `delivery` (ordering and queues). Every statement is prepared once per
+//! lives beside it: this file (the server's identity, accounts, sign-in and KeyPackages),
+//! `delivery` (ordering and queues) and `schema` (the migrations). Every statement is prepared once per
 //! connection; connections come from a pool.
 
 mod delivery;
+mod schema;
+
+use schema::MIGRATIONS;
 
 use super::{
     Account, AccountStore, AuthStore, Claim, KeyPackageStore, ServerStore, Stats, StorageError,
@@ -13,100 +16,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sotto_proto::api::{ClaimedKeyPackage, KeyPackageCount, ValidRegistration, ValidUpload};
 use sotto_proto::{DeviceAddr, DeviceId, ServerId, Username};
 use tokio_postgres::NoTls;
-
-/// Numbered migrations; entry `i` moves the schema from version `i` to `i + 1`. Never edit an
-/// entry that has shipped: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE server_meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
-CREATE TABLE accounts (
-    username TEXT PRIMARY KEY,
-    identity_key BYTEA NOT NULL,
-    device_list_body BYTEA NOT NULL,
-    device_list_signature BYTEA NOT NULL,
-    revision BIGINT NOT NULL,
-    created_at BIGINT NOT NULL
-);
-CREATE TABLE devices (
-    username TEXT NOT NULL REFERENCES accounts(username),
-    device TEXT NOT NULL,
-    signature_key BYTEA NOT NULL,
-    PRIMARY KEY (username, device)
-);
-CREATE TABLE used_challenges (
-    challenge_hash BYTEA PRIMARY KEY,
-    expires_at BIGINT NOT NULL
-);
-CREATE INDEX used_challenges_expiry ON used_challenges(expires_at);
-CREATE TABLE tokens (
-    token_hash BYTEA PRIMARY KEY,
-    username TEXT NOT NULL,
-    device TEXT NOT NULL,
-    expires_at BIGINT NOT NULL
-);
-CREATE TABLE key_packages (
-    id BIGSERIAL PRIMARY KEY,
-    username TEXT NOT NULL,
-    device TEXT NOT NULL,
-    data BYTEA NOT NULL
-);
-CREATE INDEX key_packages_device ON key_packages(username, device, id);
-CREATE TABLE last_resort_key_packages (
-    username TEXT NOT NULL,
-    device TEXT NOT NULL,
-    data BYTEA NOT NULL,
-    PRIMARY KEY (username, device)
-);
-CREATE TABLE groups (
-    group_id BYTEA PRIMARY KEY,
-    epoch BIGINT NOT NULL,
-    next_seq BIGINT NOT NULL
-);
-CREATE TABLE group_roster (
-    group_id BYTEA NOT NULL,
-    username TEXT NOT NULL,
-    device TEXT NOT NULL,
-    PRIMARY KEY (group_id, username, device)
-);
-CREATE TABLE messages (
-    id BIGSERIAL PRIMARY KEY,
-    group_id BYTEA NOT NULL,
-    seq BIGINT NOT NULL,
-    sender_user TEXT NOT NULL,
-    sender_device TEXT NOT NULL,
-    kind SMALLINT NOT NULL,
-    data BYTEA NOT NULL,
-    accepted_at BIGINT NOT NULL
-);
-CREATE INDEX messages_accepted ON messages(accepted_at);
-CREATE TABLE queue (
-    id BIGSERIAL PRIMARY KEY,
-    username TEXT NOT NULL,
-    device TEXT NOT NULL,
-    message_id BIGINT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    size BIGINT NOT NULL
-);
-CREATE INDEX queue_device ON queue(username, device, id);
-CREATE INDEX queue_message ON queue(message_id);
-CREATE TABLE device_queues (
-    username TEXT NOT NULL,
-    device TEXT NOT NULL,
-    count BIGINT NOT NULL DEFAULT 0,
-    bytes BIGINT NOT NULL DEFAULT 0,
-    dropped_total BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (username, device)
-);
-CREATE TABLE sends (
-    username TEXT NOT NULL,
-    device TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    message_id BIGINT NOT NULL,
-    seq BIGINT NOT NULL,
-    epoch BIGINT NOT NULL,
-    accepted_at BIGINT NOT NULL,
-    PRIMARY KEY (username, device, client_id)
-);
-CREATE INDEX sends_accepted ON sends(accepted_at);
-"#];
 
 /// The advisory lock that serializes migrations between nodes starting together.
 const MIGRATION_LOCK: i64 = 0x5077_0001;
