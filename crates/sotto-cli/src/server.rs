@@ -51,7 +51,7 @@ pub struct ServerArgs {
     metrics_listen: Option<SocketAddr>,
     /// A NATS server (`nats://host:4222`) through which several nodes on one `--database`
     /// wake each other's sockets. Without it a node wakes only its own.
-    #[arg(long, env = "SOTTO_NATS", value_name = "URL")]
+    #[arg(long, env = "SOTTO_NATS", hide_env_values = true, value_name = "URL")]
     nats: Option<String>,
     /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
     #[arg(long, value_enum, default_value = "text")]
@@ -154,6 +154,12 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
     )
     .await
     .map_err(|e| ClientError::Store(format!("{place}: {e}")))?;
+    if args.nats.is_some() && args.database.is_none() {
+        return Err(ClientError::Usage(
+            "--nats wakes nodes that share one --database; the embedded storage has one node"
+                .into(),
+        ));
+    }
     let state = match &args.nats {
         Some(url) => {
             let wake = sotto_server::nats::NatsWake::start(url, state.push().clone())

@@ -32,7 +32,7 @@ fn waiting_recv(home: &Path, args: &[&str]) -> (Child, Lines) {
 }
 
 #[test]
-fn a_waiting_recv_is_woken_by_push() {
+fn a_waiting_recv_takes_the_message_off_its_socket_and_acknowledges_it_there() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("server"));
     let (alice, bob) = alice_and_bob(&server, dir.path());

@@ -98,13 +98,8 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             }
-            let batch = self.unshown()?;
-            if !batch.is_empty() {
-                emit(&batch)?;
-                self.mark_shown(&batch)?;
-                if until_first {
-                    return Ok(());
-                }
+            if self.show(&mut emit)? && until_first {
+                return Ok(());
             }
             if past_deadline() {
                 return Ok(());
@@ -124,7 +119,9 @@ impl Client {
             loop {
                 let queue = match wait_for_push(stream, &mut sleep).await {
                     Woken::Messages(queue) => queue,
-                    Woken::Deadline => return Ok(()),
+                    // Back to a sync, which returns if the deadline has passed (without one,
+                    // this is an hour of quiet: the sync is a check).
+                    Woken::Deadline => break,
                     Woken::Lost => {
                         ws = None;
                         report(FollowStatus::Reconnecting);
@@ -135,7 +132,10 @@ impl Client {
                         report(FollowStatus::Unreachable(
                             "the server cannot read its storage for now".into(),
                         ));
-                        tokio::time::sleep(RETRY).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(RETRY) => {}
+                            () = &mut sleep => {}
+                        }
                         break;
                     }
                     Woken::Replaced => {
@@ -159,16 +159,25 @@ impl Client {
                     }
                     Err(e) => return Err(e),
                 }
-                let batch = self.unshown()?;
-                if !batch.is_empty() {
-                    emit(&batch)?;
-                    self.mark_shown(&batch)?;
-                    if until_first {
-                        return Ok(());
-                    }
+                if self.show(&mut emit)? && until_first {
+                    return Ok(());
                 }
             }
         }
+    }
+
+    /// Hands what is not yet shown to `emit` and marks it shown; whether there was any.
+    fn show(
+        &self,
+        emit: &mut impl FnMut(&[MessageView]) -> Result<(), ClientError>,
+    ) -> Result<bool, ClientError> {
+        let batch = self.unshown()?;
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        emit(&batch)?;
+        self.mark_shown(&batch)?;
+        Ok(true)
     }
 
     /// Processes a batch the socket carried and acknowledges it on the socket; after a

@@ -264,7 +264,8 @@ pub async fn ack_in(
     ids: &[u64],
 ) -> Result<u64, StorageError> {
     let mut removed = 0u64;
-    for &id in ids {
+    let ids: BTreeSet<u64> = ids.iter().copied().collect();
+    for id in ids {
         if tx.remove_entry(device, id).await?.is_some() {
             removed = removed.saturating_add(1);
             tx.delete_if_unqueued(id).await?;

@@ -87,6 +87,8 @@ pub struct AppState {
     commit: GroupCommit,
     /// What operators see at `/metrics`.
     metrics: Arc<Metrics>,
+    /// Whether wake-ups come from other processes too (and may be lost on the way).
+    shared_wake: bool,
     /// This process's push sockets.
     push: Arc<Push>,
     config: Arc<Config>,
@@ -105,6 +107,7 @@ impl AppState {
             challenge_key: Arc::new(storage.challenge_key().await?),
             metrics: Arc::new(Metrics::new(commit.stats(), &push)),
             commit,
+            shared_wake: false,
             storage,
             push,
             rate: Arc::new(RateLimiters::new(&config.limits)),
@@ -121,6 +124,7 @@ impl AppState {
         AppState {
             metrics: Arc::new(Metrics::new(commit.stats(), &self.push)),
             commit,
+            shared_wake: true,
             ..self
         }
     }

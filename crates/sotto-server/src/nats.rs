@@ -38,11 +38,15 @@ impl NatsWake {
             .name("sotto-server")
             .connect(url)
             .await
-            .map_err(|e| format!("NATS at {url}: {e}"))?;
+            // The URL may hold a password: never repeated.
+            .map_err(|e| format!("NATS: {e}"))?;
         let mut incoming = client
             .subscribe(SUBJECT)
             .await
-            .map_err(|e| format!("NATS at {url}: {e}"))?;
+            .map_err(|e| format!("NATS: {e}"))?;
+        // With NATS up, the subscription is in place before this node serves anyone; with
+        // it down, the node starts anyway.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
         let (outgoing, mut queued) = mpsc::channel::<DeviceAddr>(BACKLOG);
         let publisher = client.clone();
         tokio::spawn(async move {

@@ -5,11 +5,13 @@
 //!
 //! A socket sends at most [`MAX_SOCKET_ACK`] messages ahead of the acknowledgements, and
 //! each message once; a message stays queued until acknowledged, so a new socket sends it
-//! again. Each ping interval the socket also checks the queue unprompted, so a wake-up lost
-//! between nodes (`nats.rs`) delays a message, never loses it. Sockets are bounded: a few per device (a new one past the cap closes the oldest),
+//! again. With wake-ups from other nodes (`nats.rs`), each ping interval the socket also
+//! checks the queue unprompted, so a wake-up lost between nodes delays a message, never loses
+//! it. Sockets are bounded: a few per device (a new one past the cap closes the oldest),
 //! client frames of [`MAX_CLIENT_FRAME`] at most, small buffers while idle, and a ping every
 //! interval that must be answered before the next, which closes half-open connections. A
-//! client that stops reading is cut off by the listener's write timeout, as on any connection.
+//! page holds at most 1 MiB of messages (or one larger message) and must be sent whole within
+//! the write timeout, so a client that reads slowly cannot keep one in the server's memory.
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
@@ -17,7 +19,7 @@ use axum::response::Response;
 use prometheus_client::metrics::gauge::Gauge;
 use sotto_proto::DeviceAddr;
 use sotto_proto::api::{CLOSE_REPLACED, PushEvent, PushRequest};
-use sotto_proto::limits::{MAX_FETCH, MAX_FETCH_BYTES, MAX_SOCKET_ACK};
+use sotto_proto::limits::{MAX_FETCH, MAX_SOCKET_ACK};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -161,6 +163,10 @@ pub async fn websocket(
         }))
 }
 
+/// Most bytes of messages in one page a socket sends (always at least one message): what a
+/// socket holds while its client reads.
+const SOCKET_PAGE_BYTES: usize = 1024 * 1024;
+
 /// Bytes a socket buffers for reading and for writing before it flushes: an idle socket
 /// holds little.
 const SOCKET_BUFFER: usize = 1024;
@@ -189,14 +195,25 @@ impl SocketQueue {
             .checked_add(ping_every)
             .unwrap_or_else(tokio::time::Instant::now);
         let mut ping = tokio::time::interval_at(first_ping, ping_every);
+        // A long send must not leave a burst of ticks behind it, each finding the last ping
+        // unanswered.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unanswered = false;
+        let send_within = Duration::from_secs(self.state.config().limits.write_timeout.0.max(1));
         let frame = loop {
             if self.more && self.unacked.len() < MAX_SOCKET_ACK {
                 // Whatever is queued from here on wakes the socket again.
                 wake.borrow_and_update();
                 match self.next_page().await {
                     Ok(Some(text)) => {
-                        if socket.send(Message::Text(text.into())).await.is_err() {
+                        // A whole page within the write timeout: a client that reads a few
+                        // bytes now and then cannot keep a page in the server's memory.
+                        let sent = tokio::time::timeout(
+                            send_within,
+                            socket.send(Message::Text(text.into())),
+                        )
+                        .await;
+                        if !matches!(sent, Ok(Ok(()))) {
                             return;
                         }
                     }
@@ -229,8 +246,9 @@ impl SocketQueue {
                     }
                     unanswered = true;
                     // A wake-up from another node may have been lost (NATS down): look
-                    // anyway, so that such a message is only late.
-                    self.more = true;
+                    // anyway, so that such a message is only late. A lone node's own
+                    // wake-ups are not lost.
+                    self.more |= self.state.shared_wake;
                     Message::Ping(Default::default())
                 }
                 incoming = socket.recv() => match incoming {
@@ -267,20 +285,16 @@ impl SocketQueue {
                 &self.device,
                 self.last_sent,
                 u32::try_from(room).unwrap_or(MAX_FETCH),
-                MAX_FETCH_BYTES,
+                SOCKET_PAGE_BYTES,
             )
             .await?;
         // Only an empty page says there is no more: one can be cut short by its byte bound,
         // or by a row skipped as corrupt.
         self.more = !page.messages.is_empty();
-        let Some(last) = page.messages.last() else {
+        let Some(last) = page.messages.iter().map(|m| m.id).max() else {
             return Ok(None);
         };
-        if page.messages.iter().any(|m| m.id <= self.last_sent) {
-            // The storage broke its promise that a device's ids only grow.
-            return Err(StorageError::new("a queue page went back in id order"));
-        }
-        self.last_sent = last.id;
+        self.last_sent = last;
         self.unacked.extend(page.messages.iter().map(|m| m.id));
         serde_json::to_string(&PushEvent::Messages(page))
             .map(Some)

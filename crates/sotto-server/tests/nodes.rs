@@ -74,14 +74,19 @@ async fn a_message_accepted_on_one_node_reaches_a_socket_on_another_through_nats
     let b = node(&db, &schema, &nats, "1h").await;
     let alice = a.user("alice").await;
     let bob = a.user("bob").await;
+    // The socket's first page carries what was queued before it opened; once it has, only
+    // a wake-up can bring the next message.
+    let first = a.send_small(&alice, [0x51; 16], 1, &[&bob]).await;
     let mut ws = common::websocket(&b, &bob.token).await;
-    let id = a.send_small(&alice, [0x51; 16], 1, &[&bob]).await;
+    assert_eq!(next_ids(&mut ws).await, [first]);
+    let id = a.send_small(&alice, [0x51; 16], 2, &[&bob]).await;
     assert_eq!(next_ids(&mut ws).await, [id]);
 }
 
 #[tokio::test]
 async fn with_nats_unreachable_a_message_still_arrives_at_the_sockets_next_check() {
-    let Some((db, _)) = services() else {
+    let Ok(db) = std::env::var("SOTTO_TEST_POSTGRES") else {
+        eprintln!("skipped: set SOTTO_TEST_POSTGRES to run this");
         return;
     };
     let schema = common::Schema::new(&db);
@@ -95,7 +100,9 @@ async fn with_nats_unreachable_a_message_still_arrives_at_the_sockets_next_check
     let b = node(&db, &schema, &nowhere, "1s").await;
     let alice = a.user("alice").await;
     let bob = a.user("bob").await;
+    let first = a.send_small(&alice, [0x52; 16], 1, &[&bob]).await;
     let mut ws = common::websocket(&b, &bob.token).await;
-    let id = a.send_small(&alice, [0x52; 16], 1, &[&bob]).await;
+    assert_eq!(next_ids(&mut ws).await, [first]);
+    let id = a.send_small(&alice, [0x52; 16], 2, &[&bob]).await;
     assert_eq!(next_ids(&mut ws).await, [id]);
 }

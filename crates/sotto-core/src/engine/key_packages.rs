@@ -28,8 +28,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         )?)
     }
 
-    /// [`Engine::top_up_key_packages`] with this device's token: for a device that took a
-    /// Welcome off its push socket (someone used one of its KeyPackages).
+    /// Uploads a batch of KeyPackages when the server holds too few, as a sync does at its
+    /// end: for a device that took a Welcome off its push socket (someone used one of its
+    /// KeyPackages).
     pub async fn top_up(&self) -> Result<(), ClientError> {
         let token = self.token().await?;
         self.top_up_key_packages(&token).await

@@ -102,7 +102,6 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
 
     pub(super) async fn pull(&self) -> Result<(), ClientError> {
         let token = self.token().await?;
-        self.forget_lists();
         loop {
             let queue = self.transport.queue(&token, FETCH_BATCH).await?;
             let received = self.receive(&queue).await?;
@@ -128,6 +127,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// early, if any: the messages from there on stay queued for the next sync.
     pub async fn receive(&self, queue: &QueueResponse) -> Result<Receipt, ClientError> {
         self.note_dropped(queue.dropped_total)?;
+        // Device lists are checked as they are now, not as they were at an earlier batch: a
+        // socket followed for hours must see a contact's new device.
+        self.forget_lists();
         let batch = &queue.messages;
         if batch.is_empty() {
             return Ok(Receipt {

@@ -69,7 +69,8 @@ pub struct LoadArgs {
     /// messages per second over its.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
-    /// Print JSON lines only.
+    /// Print JSON lines (the last holds `delivered_per_s`, `p99_ms` and, with a baseline,
+    /// `ratio`); without it, the same as `key=value` words.
     #[arg(long)]
     json: bool,
     /// How long the timed phase may take before the run is called failed.
@@ -131,7 +132,16 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     if args.devices < 2 || !args.devices.is_multiple_of(2) {
         return Err("--devices must be even and at least 2".into());
     }
-    let say = |line: serde_json::Value| println!("{line}");
+    // JSON lines with --json; otherwise the same as `key=value` words, for a person.
+    let json = args.json;
+    let say = move |line: serde_json::Value| {
+        if json {
+            println!("{line}");
+        } else if let Some(object) = line.as_object() {
+            let words: Vec<String> = object.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("{}", words.join(" "));
+        }
+    };
     let schema = format!("sotto_load_{}", std::process::id());
     let mut nodes = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
@@ -186,6 +196,8 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     );
     drop(server);
     if args.baseline.is_some() {
+        // Sotto's figures first: a baseline that cannot run loses nothing measured.
+        say(line.clone());
         let anchor = jetstream::run(&world, &args).await?;
         let mut anchor_line = anchor.json();
         let object = anchor_line.as_object_mut().expect("an object");

@@ -31,11 +31,16 @@ fn submit(
     tokio::spawn(async move { commit.submit(from, valid, 100, ROOMY).await })
 }
 
-/// Waits until `n` changes wait for the committer (which is not running yet).
+/// Waits until `n` changes wait for the committer (which is not running yet); a bound only a
+/// broken test reaches.
 async fn until_waiting(commit: &GroupCommit, n: usize) {
-    while commit.waiting() < n {
-        tokio::task::yield_now().await;
-    }
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while commit.waiting() < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{n} changes never reached the committer");
 }
 
 fn accepted_seq(s: &Submitted) -> u64 {

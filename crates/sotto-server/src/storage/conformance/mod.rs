@@ -3,8 +3,10 @@
 
 mod backends;
 mod group_commit;
+mod queue;
 
 pub use group_commit::*;
+pub use queue::*;
 
 use super::{Claim, Stats, Storage};
 use crate::delivery::{self, QueueQuota, Submitted};
@@ -565,6 +567,7 @@ macro_rules! conformance {
                 of_two_racing_commits_for_one_epoch_exactly_one_wins,
                 changes_that_wait_share_one_transaction_and_each_gets_its_own_answer,
                 a_change_the_storage_fails_fails_alone_and_the_rest_of_its_batch_commits,
+                a_fetch_after_an_id_returns_only_the_later_messages_in_order,
             );
         }
     };
