@@ -369,3 +369,79 @@ async fn apply(tx: &mut dyn DeliveryTx, change: &Change) -> Result<Applied, Stor
         Change::Ack { device, ids } => Applied::Acked(delivery::ack_in(tx, device, ids).await?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+    use async_trait::async_trait;
+    use sotto_proto::api::QueueResponse;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The in-memory storage behind a database connection that is down: every transaction
+    /// fails to begin, as unreachable.
+    #[derive(Default)]
+    struct Down {
+        inner: MemoryStorage,
+        begins: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl DeliveryStore for Down {
+        async fn begin(&self) -> Result<Box<dyn DeliveryTx + '_>, StorageError> {
+            self.begins.fetch_add(1, Ordering::SeqCst);
+            Err(StorageError::unavailable("the database is down"))
+        }
+
+        async fn fetch(
+            &self,
+            device: &DeviceAddr,
+            after: u64,
+            limit: u32,
+            max_bytes: usize,
+        ) -> Result<QueueResponse, StorageError> {
+            self.inner.fetch(device, after, limit, max_bytes).await
+        }
+
+        async fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError> {
+            self.inner.purge(cutoff, now).await
+        }
+    }
+
+    #[derive(Default)]
+    struct NoOne;
+
+    impl Wake for NoOne {
+        fn wake(&self, _: &DeviceAddr) {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_the_storage_unreachable_a_batch_is_answered_unavailable_at_once() {
+        let down = Arc::new(Down::default());
+        let (commit, committer) = GroupCommit::new(down.clone(), Arc::new(NoOne));
+        let device =
+            DeviceAddr::from_credential_identity(b"alice/0000000000000001").expect("an address");
+        let acks: Vec<_> = (0..3u64)
+            .map(|id| {
+                let (commit, device) = (commit.clone(), device.clone());
+                tokio::spawn(async move { commit.ack(device, vec![id]).await })
+            })
+            .collect();
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while commit.waiting() < 3 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "the acks never reached the committer");
+        tokio::spawn(committer.run());
+        for ack in acks {
+            let answer = ack.await.expect("no panic");
+            assert!(answer.is_err_and(|e| e.is_unavailable()));
+        }
+        // One attempt for the whole batch: no change was tried alone against a database
+        // that is down.
+        assert_eq!(down.begins.load(Ordering::SeqCst), 1);
+        assert_eq!(commit.stats().failed(), 3);
+    }
+}

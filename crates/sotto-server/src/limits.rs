@@ -236,6 +236,9 @@ limits! {
     send_per_ip: Rate = Rate::new(6000, MINUTE);
     /// Messages one device may send.
     send_per_device: Rate = Rate::new(600, MINUTE);
+    /// Acknowledgements over HTTP one device may send (on a socket they are bounded by what
+    /// the socket sent).
+    ack_per_device: Rate = Rate::new(600, MINUTE);
     /// WebSocket connections one IP address may open.
     websocket_per_ip: Rate = Rate::new(120, MINUTE);
     /// WebSocket connections one device may open.
@@ -319,6 +322,7 @@ pub struct RateLimiters {
     lookup_per_device: Bucket<DeviceAddr>,
     send_per_ip: Bucket<IpKey>,
     send_per_device: Bucket<DeviceAddr>,
+    ack_per_device: Bucket<DeviceAddr>,
     websocket_per_ip: Bucket<IpKey>,
     websocket_per_device: Bucket<DeviceAddr>,
 }
@@ -337,6 +341,7 @@ impl RateLimiters {
             lookup_per_device: Bucket::new(limits.lookup_per_device),
             send_per_ip: Bucket::new(limits.send_per_ip),
             send_per_device: Bucket::new(limits.send_per_device),
+            ack_per_device: Bucket::new(limits.ack_per_device),
             websocket_per_ip: Bucket::new(limits.websocket_per_ip),
             websocket_per_device: Bucket::new(limits.websocket_per_device),
         }
@@ -381,6 +386,11 @@ impl RateLimiters {
         self.send_per_device.check(sender)
     }
 
+    /// An acknowledgement over HTTP by `device`.
+    pub fn ack(&self, device: &DeviceAddr) -> Result<(), ApiError> {
+        self.ack_per_device.check(device)
+    }
+
     /// A WebSocket opened by `device` from `ip`.
     pub fn websocket(&self, ip: IpKey, device: &DeviceAddr) -> Result<(), ApiError> {
         self.websocket_per_ip.check(&ip)?;
@@ -399,6 +409,7 @@ impl RateLimiters {
         self.lookup_per_device.limiter.retain_recent();
         self.send_per_ip.limiter.retain_recent();
         self.send_per_device.limiter.retain_recent();
+        self.ack_per_device.limiter.retain_recent();
         self.websocket_per_ip.limiter.retain_recent();
         self.websocket_per_device.limiter.retain_recent();
     }

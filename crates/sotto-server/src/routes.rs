@@ -203,6 +203,7 @@ pub async fn ack(
     AuthDevice(device): AuthDevice,
     ApiJson(req): ApiJson<AckRequest>,
 ) -> Result<StatusCode, ApiError> {
+    state.rate.ack(&device)?;
     let req = req.validate()?;
     state.commit.ack(device, req.ids).await?;
     Ok(StatusCode::NO_CONTENT)

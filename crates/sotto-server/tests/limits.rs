@@ -137,6 +137,7 @@ async fn rate_limits_answer_429_with_retry_after_per_device() {
         "claim_per_device=2/1h",
         "websocket_per_device=1/1h",
         "lookup_per_device=2/1h",
+        "ack_per_device=2/1h",
     ]))
     .await;
     let alice = s.user("alice").await;
@@ -159,6 +160,19 @@ async fn rate_limits_answer_429_with_retry_after_per_device() {
         }
         req.send()
     };
+    // Acknowledgements over HTTP by one device.
+    for _ in 0..2 {
+        let resp = post("/v1/queue/ack", Some(&alice.token), &json!({ "ids": [1] }))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+    expect_limited(
+        post("/v1/queue/ack", Some(&alice.token), &json!({ "ids": [1] }))
+            .await
+            .unwrap(),
+    )
+    .await;
     // Registration, per address: alice and bob used two of three.
     let carol = registration(&s, "carol");
     assert_eq!(
