@@ -6,9 +6,10 @@
 //! damaged or internal error.
 #![forbid(unsafe_code)]
 
+mod config_file;
 mod server;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sotto_client::{
     Client, ClientError, FollowStatus, InitOptions, KdfParams, MessageKind, MessageView,
 };
@@ -124,8 +125,22 @@ enum GroupCommand {
     },
 }
 
+/// The command line, with `sotto server --config FILE`'s settings as the server's defaults.
+fn parse() -> Result<Cli, clap::Error> {
+    let cli = Cli::try_parse()?;
+    let Command::Server(server::ServerArgs {
+        config: Some(file), ..
+    }) = &cli.command
+    else {
+        return Ok(cli);
+    };
+    let command = config_file::apply(Cli::command(), file)
+        .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e))?;
+    Cli::from_arg_matches(&command.try_get_matches()?)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

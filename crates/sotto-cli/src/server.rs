@@ -15,6 +15,10 @@ use std::sync::Arc;
 /// Arguments of `sotto server`.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// A TOML file of these settings (the flags' names; limits in a `[limit]` table). The
+    /// environment and the command line win over it.
+    #[arg(long, env = "SOTTO_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
