@@ -74,3 +74,123 @@ fn on_postgres_messages_survive_a_killed_server_and_show_once() {
     );
     common::messages_survive_a_killed_server_and_show_once(&mut server, dir.path());
 }
+
+/// A loopback TCP relay standing in for a load balancer: it forwards each new connection to
+/// the node it currently points at.
+struct Balancer {
+    addr: std::net::SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+}
+
+impl Balancer {
+    fn to(target: std::net::SocketAddr) -> Balancer {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target));
+        let current = target.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                let to = *current.lock().unwrap();
+                // A node that is down: the client sees its connection closed.
+                let Ok(outbound) = TcpStream::connect(to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Balancer { addr, target }
+    }
+
+    fn point_at(&self, node: std::net::SocketAddr) {
+        *self.target.lock().unwrap() = node;
+    }
+}
+
+#[test]
+fn a_node_killed_under_load_loses_nothing_and_its_clients_carry_on_through_another() {
+    let Ok(url) = std::env::var(POSTGRES_URL) else {
+        eprintln!("skipped: set {POSTGRES_URL} to a PostgreSQL URL to run this against it");
+        return;
+    };
+    let schema = Schema::create(&url);
+    let storage = || vec!["--database".into(), schema.url().into()];
+    let mut a = ServerProcess::start_on(storage(), "127.0.0.1:0");
+    let b = ServerProcess::start_on(storage(), "127.0.0.1:0");
+    let balancer = Balancer::to(a.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let server = format!("http://{}", balancer.addr);
+    for (home, name) in [(&alice, "alice"), (&bob, "bob")] {
+        common::ok(home, &["init", "--server", &server, "--user", name]);
+    }
+
+    // Alice sends twelve messages one after another; node A is killed while she does.
+    let texts: Vec<String> = (1..=12).map(|i| format!("message {i}")).collect();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let (alice, texts, sent) = (alice.clone(), texts.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            for text in &texts {
+                codes.push(common::run(&alice, &["send", "bob", text]).status.code());
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            codes
+        })
+    };
+    let wait_for = |n: usize| {
+        while sent.load(std::sync::atomic::Ordering::SeqCst) < n {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    wait_for(4);
+    a.kill9();
+    // Until the balancer notices, sends meet the dead node: the sixth at least.
+    wait_for(6);
+    balancer.point_at(b.addr);
+    let codes = sender.join().unwrap();
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(0 | 2))),
+        "each send either succeeded or found the server unreachable: {codes:?}"
+    );
+    assert_eq!(codes[5], Some(2), "{codes:?}");
+    assert!(
+        codes[..4].iter().chain(&codes[6..]).all(|c| *c == Some(0)),
+        "before the kill and after the switch every send succeeds: {codes:?}"
+    );
+    // Alice's next sync sends what her outbox kept, through node B.
+    common::ok(&alice, &["recv"]);
+
+    let got = common::json_lines(&common::ok(&bob, &["recv", "--json"]));
+    let shown: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    // Every send that succeeded, in order; a failed one only if its request had left
+    // (kept in the outbox and sent again); none twice.
+    let accepted: Vec<&str> = texts
+        .iter()
+        .zip(&codes)
+        .filter(|(_, code)| **code == Some(0))
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let shown_accepted: Vec<&str> = shown
+        .iter()
+        .copied()
+        .filter(|t| accepted.contains(t))
+        .collect();
+    assert_eq!(shown_accepted, accepted, "{codes:?}");
+    let mut once = shown.clone();
+    once.sort_unstable();
+    once.dedup();
+    assert_eq!(once.len(), shown.len(), "shown twice: {shown:?}");
+    assert!(shown.iter().all(|t| texts.iter().any(|s| s == t)));
+    assert_eq!(common::ok(&bob, &["recv", "--json"]), "", "and never again");
+}

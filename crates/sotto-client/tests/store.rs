@@ -40,6 +40,7 @@ fn outbox(client_id: &str, at: u64, outgoing: Outgoing) -> OutboxRecord {
             client_id: client_id.into(),
             message: Bytes(vec![1, 2, 3]),
             recipients: Vec::new(),
+            to_roster: true,
             roster: None,
             welcome: None,
         },
@@ -163,7 +164,7 @@ fn conformance<S: ClientStore>(store: &S) {
                 .outbox()?
                 .into_iter()
                 .map(|e| match e {
-                    OutboxEntry::Ready(e) => e,
+                    OutboxEntry::Ready(e) => *e,
                     damaged => panic!("{damaged:?}"),
                 })
                 .collect();

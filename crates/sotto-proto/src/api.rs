@@ -290,8 +290,16 @@ pub struct SendRequest {
     pub client_id: String,
     /// The RFC 9420 `MLSMessage` (PublicMessage or PrivateMessage).
     pub message: Bytes,
-    /// Devices to deliver it to (the sender's own device excluded).
+    /// Devices to deliver it to (the sender's own device excluded). Empty with `to_roster`.
+    #[serde(default)]
     pub recipients: Vec<DeviceAddr>,
+    /// Deliver it to every device of the group's roster as the server holds it before this
+    /// message (the sender's own device excluded), rather than to `recipients`: the message
+    /// does not carry the group's devices, and the server queues it for all of them at once.
+    /// What Sotto's clients send; an explicit `recipients` list stays for a request that an
+    /// earlier client left in its outbox.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub to_roster: bool,
     /// With a commit: the group's devices after it, which become the only devices the server
     /// accepts messages from for this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,21 +319,31 @@ pub struct ValidSend {
 }
 
 impl SendRequest {
-    /// Checks sizes, the idempotency key, the MLS framing against `group`, and that a roster
-    /// or Welcome only comes with a commit.
+    /// Checks sizes, the idempotency key, the MLS framing against `group`, that a roster or
+    /// Welcome only comes with a commit, and that recipients are named one way.
     pub fn validate(self, group: &GroupId) -> Result<ValidSend, ProtoError> {
         if self.client_id.len() != limits::CLIENT_ID_HEX
             || !self.client_id.bytes().all(|b| b.is_ascii_hexdigit())
         {
             return Err(ProtoError::Invalid("client_id (32 hex digits)"));
         }
-        let total = self
-            .recipients
-            .len()
-            .saturating_add(self.roster.as_ref().map_or(0, Vec::len))
-            .saturating_add(self.welcome.as_ref().map_or(0, |w| w.recipients.len()));
-        if total > 3 * limits::MAX_RECIPIENTS || self.recipients.len() > limits::MAX_RECIPIENTS {
+        if self.recipients.len() > limits::MAX_RECIPIENTS
+            || self
+                .welcome
+                .as_ref()
+                .is_some_and(|w| w.recipients.len() > limits::MAX_RECIPIENTS)
+        {
             return Err(ProtoError::TooLarge("recipients"));
+        }
+        if self
+            .roster
+            .as_ref()
+            .is_some_and(|r| r.len() > limits::MAX_ROSTER)
+        {
+            return Err(ProtoError::TooLarge("roster"));
+        }
+        if self.to_roster && !self.recipients.is_empty() {
+            return Err(ProtoError::Invalid("recipients or to_roster, not both"));
         }
         let framing = crate::framing::parse_group_message(self.message.as_slice())?;
         if &framing.group_id != group {

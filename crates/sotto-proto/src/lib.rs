@@ -62,8 +62,11 @@ pub mod limits {
     pub const MAX_KEY_PACKAGE: usize = 16 * 1024;
     /// Most KeyPackages uploaded in one request.
     pub const MAX_KEY_PACKAGE_BATCH: usize = 200;
-    /// Most recipient devices of one message.
+    /// Most recipient devices named in one message (or in its Welcome); a larger group's
+    /// messages go to its roster (`to_roster`).
     pub const MAX_RECIPIENTS: usize = 5000;
+    /// Most devices in a group's roster: a group of 10,000 members with a second device each.
+    pub const MAX_ROSTER: usize = 20_000;
     /// Most devices in one account's device list.
     pub const MAX_DEVICES: usize = 64;
     /// Largest signed device list body.

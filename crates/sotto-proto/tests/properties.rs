@@ -148,10 +148,10 @@ proptest! {
     fn delivery_types_round_trip(
         g in group_id(), a in addr(), m in bytes(), w in bytes(), r in addrs(), roster in prop::option::of(addrs()),
         with_welcome in any::<bool>(), n in any::<u64>(), ids in prop::collection::vec(any::<u64>(), 0..10),
-        client_id in "[0-9a-f]{32}", welcome_kind in any::<bool>(),
+        client_id in "[0-9a-f]{32}", welcome_kind in any::<bool>(), to_roster in any::<bool>(),
     ) {
         let welcome = with_welcome.then(|| WelcomeOut { message: w, recipients: r.clone() });
-        round_trip(&SendRequest { client_id, message: m.clone(), recipients: r, roster, welcome });
+        round_trip(&SendRequest { client_id, message: m.clone(), recipients: r, to_roster, roster, welcome });
         round_trip(&SendResponse { id: n, seq: n / 2, epoch: n / 3, accepted_at: n / 5 });
         let q = QueuedMessage {
             id: n, group_id: g, seq: n, sender: a,
@@ -326,6 +326,7 @@ fn epochs_beyond_the_database_range_are_refused() {
         client_id: "0".repeat(32),
         message: Bytes(private_message(&group, epoch, 3)),
         recipients: vec![],
+        to_roster: false,
         roster: Some(vec![]),
         welcome: None,
     };

@@ -61,7 +61,8 @@ pub async fn submit(
 
 /// Orders and stores one group message (with its Welcome, if any) within `tx`: at most one
 /// commit per (group, epoch), a sequence number per message, one stored copy and a queue
-/// entry per recipient device, within each recipient's `quota`. A message with no recipients
+/// entry per recipient device (those named, or the roster's before a commit replaces it),
+/// within each recipient's `quota`. A message with no recipients
 /// is ordered (it may move the epoch) but not stored. A repeated `client_id` from the same
 /// device returns the first answer and stores nothing. A refused message writes nothing, so
 /// the other changes of a shared transaction stand; an `Err` leaves `tx` half-changed, to be
@@ -126,9 +127,6 @@ pub async fn submit_in(
         tx.set_roster(group, std::slice::from_ref(sender)).await?;
     }
     tx.set_group(group, GroupState { epoch, next_seq }).await?;
-    if let Some(roster) = &req.roster {
-        tx.set_roster(group, roster).await?;
-    }
     let mut wake = BTreeSet::new();
     let message = NewMessage {
         group,
@@ -138,14 +136,24 @@ pub async fn submit_in(
         data: req.message.as_slice(),
         accepted_at: now,
     };
-    let id = enqueue(tx, message, &req.recipients, quota, &mut wake).await?;
+    // The roster before a commit: the devices that must process it, the ones it removes
+    // included (they learn of it); the devices it adds get its Welcome.
+    let to = if req.to_roster {
+        To::Roster
+    } else {
+        To::List(&req.recipients)
+    };
+    let id = enqueue(tx, message, to, quota, &mut wake).await?;
+    if let Some(roster) = &req.roster {
+        tx.set_roster(group, roster).await?;
+    }
     if let Some(w) = &req.welcome {
         let welcome = NewMessage {
             kind: QueuedKind::Welcome,
             data: w.message.as_slice(),
             ..message
         };
-        enqueue(tx, welcome, &w.recipients, quota, &mut wake).await?;
+        enqueue(tx, welcome, To::List(&w.recipients), quota, &mut wake).await?;
     }
     let response = SendResponse {
         id,
@@ -165,12 +173,21 @@ fn successor(n: u64) -> Option<u64> {
     n.checked_add(1).filter(|&s| i64::try_from(s).is_ok())
 }
 
+/// Whom a message is queued for.
+#[derive(Clone, Copy)]
+enum To<'a> {
+    /// The devices the sender named.
+    List(&'a [DeviceAddr]),
+    /// Every device of the group's roster, as it stands.
+    Roster,
+}
+
 /// Stores the message and queues it for every recipient but the sender, once each, within
 /// `quota`; a message that ends up in no queue is not kept. Returns its id.
 async fn enqueue(
     tx: &mut dyn DeliveryTx,
     message: NewMessage<'_>,
-    recipients: &[DeviceAddr],
+    to: To<'_>,
     quota: QueueQuota,
     wake: &mut BTreeSet<DeviceAddr>,
 ) -> Result<u64, StorageError> {
@@ -179,16 +196,32 @@ async fn enqueue(
         message_id: id,
         size: message.data.len() as u64,
     };
-    let mut queued = BTreeSet::new();
-    for r in recipients {
-        if r == message.sender || !queued.insert(r) {
-            continue;
+    let over = |usage: &QueueUsage| usage.count > quota.messages || usage.bytes > quota.bytes;
+    match to {
+        To::List(recipients) => {
+            let mut queued = BTreeSet::new();
+            for r in recipients {
+                if r == message.sender || !queued.insert(r) {
+                    continue;
+                }
+                let usage = tx.enqueue(r, entry).await?;
+                if over(&usage) {
+                    drop_over_quota(tx, r, quota, id, usage).await?;
+                }
+                wake.insert(r.clone());
+            }
         }
-        let usage = tx.enqueue(r, entry).await?;
-        if usage.count > quota.messages || usage.bytes > quota.bytes {
-            drop_over_quota(tx, r, quota, id, usage).await?;
+        To::Roster => {
+            for (r, usage) in tx
+                .enqueue_roster(message.group, message.sender, entry)
+                .await?
+            {
+                if over(&usage) {
+                    drop_over_quota(tx, &r, quota, id, usage).await?;
+                }
+                wake.insert(r);
+            }
         }
-        wake.insert(r.clone());
     }
     tx.delete_if_unqueued(id).await?;
     Ok(id)

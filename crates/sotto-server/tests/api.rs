@@ -387,6 +387,18 @@ async fn bad_requests_get_stable_4xx_codes_and_change_nothing() {
         ),
         (
             msgs.as_str(),
+            json!({ "client_id": "0".repeat(32), "message": "", "recipients": [alice.device.addr()], "to_roster": true }),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            msgs.as_str(),
+            json!({ "client_id": "0".repeat(32), "message": "", "roster": vec![alice.device.addr(); sotto_proto::limits::MAX_ROSTER + 1] }),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            msgs.as_str(),
             json!({ "client_id": 5 }),
             StatusCode::BAD_REQUEST,
             "malformed_request",

@@ -56,7 +56,7 @@ pub(super) fn all(conn: &Connection) -> Result<Vec<OutboxEntry>, StoreError> {
                     client_id,
                     reason: e.to_string(),
                 },
-                OutboxEntry::Ready,
+                |record| OutboxEntry::Ready(Box::new(record)),
             )
         })
         .collect())

@@ -122,14 +122,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         )),
                     })?);
                 }
-                let (recipients, out) = self.with_active_group(tx, gid, |p, g| {
-                    let recipients = self.others(g)?;
-                    let out = if key_packages.is_empty() {
+                let out = self.with_active_group(tx, gid, |p, g| {
+                    Ok(if key_packages.is_empty() {
                         group::remove(p, &self.device, g, &to_remove, sent_at)?
                     } else {
                         group::add(p, &self.device, g, &key_packages, sent_at)?
-                    };
-                    Ok((recipients, out))
+                    })
                 })?;
                 let new_devices: Vec<DeviceAddr> =
                     claimed.iter().map(|(a, ..)| a.clone()).collect();
@@ -142,7 +140,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 let req = SendRequest {
                     client_id: random_client_id(),
                     message: out.commit.into(),
-                    recipients,
+                    // The roster before the commit: every device that must process it.
+                    recipients: Vec::new(),
+                    to_roster: true,
                     roster: Some(roster),
                     welcome: out.welcome.map(|w| WelcomeOut {
                         message: w.into(),

@@ -331,14 +331,6 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         Ok(tx.conversation(gid)?.is_some_and(|c| c.active))
     }
 
-    fn others(&self, g: &MlsGroup) -> Result<Vec<DeviceAddr>, ClientError> {
-        Ok(group::members(g)?
-            .into_iter()
-            .map(|m| m.addr)
-            .filter(|a| a != self.me())
-            .collect())
-    }
-
     /// A bearer token for this device, signing in when the last one is close to expiring.
     pub async fn token(&self) -> Result<String, ClientError> {
         if let Some((t, exp)) = lock(&self.token).clone()

@@ -79,7 +79,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 Ok(SendRequest {
                     client_id: random_client_id(),
                     message: group::encrypt(p, &self.device, g, envelope)?.into(),
-                    recipients: self.others(g)?,
+                    recipients: Vec::new(),
+                    to_roster: true,
                     roster: None,
                     welcome: None,
                 })
@@ -199,7 +200,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         self.finish_accepted()?;
         for entry in self.tx(|tx| Ok(tx.outbox()?))? {
             let entry = match entry {
-                OutboxEntry::Ready(entry) => entry,
+                OutboxEntry::Ready(entry) => *entry,
                 OutboxEntry::Damaged { client_id, reason } => {
                     self.tx(|tx| {
                         tx.remove_outbox(&client_id)?;

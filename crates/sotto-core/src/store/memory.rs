@@ -308,7 +308,10 @@ impl StoreTx for MemoryTx<'_> {
         let mut all = self.work.borrow().outbox.clone();
         // Stable: entries made in the same second stay in the order they were put.
         all.sort_by_key(|e| e.created_at);
-        Ok(all.into_iter().map(OutboxEntry::Ready).collect())
+        Ok(all
+            .into_iter()
+            .map(|record| OutboxEntry::Ready(Box::new(record)))
+            .collect())
     }
 
     fn remove_outbox(&self, client_id: &str) -> Result<Option<u64>, StoreError> {

@@ -187,7 +187,7 @@ pub struct OutboxRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxEntry {
     /// An entry to send.
-    Ready(OutboxRecord),
+    Ready(Box<OutboxRecord>),
     /// An entry that does not decode.
     Damaged {
         /// Its idempotency key.

@@ -402,6 +402,29 @@ impl DeliveryTx for MemoryTx {
         Ok(q.usage)
     }
 
+    async fn enqueue_roster(
+        &mut self,
+        group: &GroupId,
+        except: &DeviceAddr,
+        entry: QueueEntry,
+    ) -> Result<Vec<(DeviceAddr, QueueUsage)>, StorageError> {
+        let roster: Vec<DeviceAddr> = self
+            .work
+            .rosters
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter(|d| *d != except)
+            .cloned()
+            .collect();
+        let mut queued = Vec::with_capacity(roster.len());
+        for device in roster {
+            let usage = self.enqueue(&device, entry).await?;
+            queued.push((device, usage));
+        }
+        Ok(queued)
+    }
+
     async fn heaviest_sender(
         &mut self,
         device: &DeviceAddr,

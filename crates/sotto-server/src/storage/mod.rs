@@ -307,6 +307,15 @@ pub trait DeliveryTx: Send {
         device: &DeviceAddr,
         entry: QueueEntry,
     ) -> Result<QueueUsage, StorageError>;
+    /// Appends an entry for the message to the queue of every device in the group's roster
+    /// but `except`, at once; returns each device queued with its queue's usage after, in no
+    /// particular order.
+    async fn enqueue_roster(
+        &mut self,
+        group: &GroupId,
+        except: &DeviceAddr,
+        entry: QueueEntry,
+    ) -> Result<Vec<(DeviceAddr, QueueUsage)>, StorageError>;
     /// The sender of the most entries (or bytes) in `device`'s queue, leaving out the entry
     /// of message `except`; ties go to the smallest sender (by user, then device). `None` if
     /// nothing else is queued.

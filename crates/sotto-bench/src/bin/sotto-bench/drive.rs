@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::LoadArgs;
-use crate::setup::{World, key};
+use crate::setup::{Device, World, key};
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Most sends in flight when pacing: past it the pacer falls behind, and the latencies show it.
@@ -23,28 +23,33 @@ const MAX_IN_FLIGHT: usize = 10_000;
 impl World {
     /// Opens every device's WebSocket.
     pub async fn connect(&self) -> Result<Vec<Socket>, String> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        let mut sockets = Vec::with_capacity(self.devices.len());
-        for (i, d) in self.devices.iter().enumerate() {
-            let node = &self.urls[i % self.urls.len()];
-            let ws_url = node.replacen("http://", "ws://", 1) + "/v1/ws";
-            let mut req = ws_url
-                .as_str()
-                .into_client_request()
-                .map_err(|e| e.to_string())?;
-            req.headers_mut().insert(
-                "authorization",
-                format!("Bearer {}", d.token)
-                    .parse()
-                    .map_err(|_| "a token header")?,
-            );
-            let (socket, _) = tokio_tungstenite::connect_async(req)
-                .await
-                .map_err(|e| format!("opening a socket: {e}"))?;
-            sockets.push(socket);
-        }
-        Ok(sockets)
+        connect(&self.urls, &self.devices).await
     }
+}
+
+/// Opens the WebSocket of each of `devices`, device `d` on node `d mod K`.
+pub async fn connect(urls: &[String], devices: &[Device]) -> Result<Vec<Socket>, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut sockets = Vec::with_capacity(devices.len());
+    for (i, d) in devices.iter().enumerate() {
+        let node = &urls[i % urls.len()];
+        let ws_url = node.replacen("http://", "ws://", 1) + "/v1/ws";
+        let mut req = ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", d.token)
+                .parse()
+                .map_err(|_| "a token header")?,
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| format!("opening a socket: {e}"))?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }
 
 /// What the timed phase measured.

@@ -8,6 +8,9 @@
 //! HTTP (paced at R per second, or as fast as the server takes them) while every device takes
 //! its messages off its socket and acknowledges them there. It prints JSON lines and stops the
 //! node. Everything stays on loopback.
+//!
+//! `sotto-bench fanout --devices N [--messages M] [--database URL] --json` measures one
+//! message to a group of N devices fanned out from the group's roster (see [`fanout`]).
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +19,7 @@
 )]
 
 mod drive;
+mod fanout;
 mod jetstream;
 mod node;
 mod setup;
@@ -35,8 +39,34 @@ struct Cli {
 enum Command {
     /// Runs a workload against a server node it starts, and prints what it measured.
     Load(LoadArgs),
-    /// A server node with the rate limits lifted (what `load` starts).
+    /// Sends messages one at a time to a group of N devices, and prints how long the server
+    /// took to store and fan out each, and how long until every device had it.
+    Fanout(FanoutArgs),
+    /// A server node with the rate limits lifted (what `load` and `fanout` start).
     Node(NodeArgs),
+}
+
+/// Arguments of `sotto-bench fanout`.
+#[derive(Debug, clap::Args)]
+pub struct FanoutArgs {
+    /// Devices that get each message (the group's roster holds one more: the sender).
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// Messages, sent one after another, each once every device had the one before.
+    #[arg(long, default_value_t = 20)]
+    messages: usize,
+    /// Plaintext bytes of each message.
+    #[arg(long, default_value_t = 300)]
+    size: usize,
+    /// A PostgreSQL database for the node instead of a fresh SQLite file.
+    #[arg(long)]
+    database: Option<String>,
+    /// Print JSON lines; without it, `key=value` words.
+    #[arg(long)]
+    json: bool,
+    /// How long one message may take to reach every device before the run is called failed.
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    timeout: Duration,
 }
 
 /// Arguments of `sotto-bench load`.
@@ -122,6 +152,29 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Command::Fanout(args) => {
+            let say = sayer(args.json);
+            match rt.block_on(fanout::run(&args, &say)) {
+                Ok(line) => say(line),
+                Err(e) => {
+                    eprintln!("sotto-bench fanout: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}
+
+/// Prints a result: JSON lines with `--json`; otherwise the same as `key=value` words, for a
+/// person.
+fn sayer(json: bool) -> impl Fn(serde_json::Value) {
+    move |line: serde_json::Value| {
+        if json {
+            println!("{line}");
+        } else if let Some(object) = line.as_object() {
+            let words: Vec<String> = object.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("{}", words.join(" "));
+        }
     }
 }
 
@@ -132,16 +185,7 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     if args.devices < 2 || !args.devices.is_multiple_of(2) {
         return Err("--devices must be even and at least 2".into());
     }
-    // JSON lines with --json; otherwise the same as `key=value` words, for a person.
-    let json = args.json;
-    let say = move |line: serde_json::Value| {
-        if json {
-            println!("{line}");
-        } else if let Some(object) = line.as_object() {
-            let words: Vec<String> = object.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("{}", words.join(" "));
-        }
-    };
+    let say = sayer(args.json);
     let schema = format!("sotto_load_{}", std::process::id());
     let mut nodes = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {

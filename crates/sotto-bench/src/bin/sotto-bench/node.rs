@@ -32,8 +32,8 @@ fn lifted() -> Limits {
     limits
 }
 
-/// `sotto-bench node`: serves on a loopback port the system picks, prints `listening on
-/// ADDR`, and runs until killed.
+/// `sotto-bench node`: serves on a loopback port the system picks and its metrics on another,
+/// prints `listening on ADDR metrics on ADDR`, and runs until killed.
 pub async fn serve(args: NodeArgs) {
     let storage: Arc<dyn Storage> = match &args.database {
         Some(url) => Arc::new(
@@ -60,10 +60,19 @@ pub async fn serve(args: NodeArgs) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
     println!(
-        "listening on {}",
-        listener.local_addr().expect("an address")
+        "listening on {} metrics on {}",
+        listener.local_addr().expect("an address"),
+        metrics.local_addr().expect("an address")
     );
+    tokio::spawn(sotto_server::serve_metrics(
+        metrics,
+        state.clone(),
+        std::future::pending(),
+    ));
     sotto_server::serve(listener, state, std::future::pending())
         .await
         .expect("served");
@@ -74,6 +83,8 @@ pub struct Node {
     child: tokio::process::Child,
     /// Its base URL.
     pub url: String,
+    /// Its `/metrics`.
+    pub metrics: String,
     _data: tempfile::TempDir,
     /// The database and schema this node drops when it stops.
     schema: Option<(String, String)>,
@@ -151,12 +162,14 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the node stopped before listening")?;
-        let addr = line
+        let (addr, metrics) = line
             .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_once(" metrics on "))
             .ok_or_else(|| format!("unexpected line from the node: {line}"))?;
         Ok(Node {
             child,
             url: format!("http://{addr}"),
+            metrics: format!("http://{metrics}/metrics"),
             _data: data,
             schema,
         })

@@ -2,14 +2,14 @@
 //! the server (a real commit adding the second member, with its Welcome), and every message
 //! of the timed phase encrypted and serialized.
 
-use openmls::prelude::MlsGroup;
+use openmls::prelude::{Ciphersuite, MlsGroup};
 use openmls_libcrux_crypto::Provider;
 use sotto_core::group;
 use sotto_core::{Content, DeviceKey, Envelope, IdentityKey};
 use sotto_proto::api::{
     ChallengeResponse, RegisterRequest, SendRequest, ServerConfig, TokenResponse, WelcomeOut,
 };
-use sotto_proto::{Bytes, DeviceAddr, GroupId, ServerId, Username};
+use sotto_proto::{Bytes, GroupId, ServerId, Username};
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
 
@@ -57,12 +57,73 @@ pub fn key(mls: &[u8]) -> u64 {
 }
 
 /// A member of a conversation, with its MLS state in memory.
-struct Member {
-    provider: Provider,
-    group: MlsGroup,
+pub struct Member {
+    pub provider: Provider,
+    pub group: MlsGroup,
 }
 
-async fn post<T: serde::de::DeserializeOwned>(
+/// Two devices, each with its spare KeyPackage, about to share a group.
+pub struct Pair<'a> {
+    pub a: &'a Device,
+    pub spare_a: Spare,
+    pub b: &'a Device,
+    pub spare_b: Spare,
+}
+
+impl Pair<'_> {
+    /// `a` makes a group and adds `b` with a real commit and Welcome, posted through the
+    /// node at `url` with `roster` as the group's devices after it (the server cannot tell
+    /// a roster from the MLS group's members). Returns the group's message path and both
+    /// members.
+    pub async fn make(
+        self,
+        http: &reqwest::Client,
+        url: &str,
+        suite: Ciphersuite,
+        roster: Vec<sotto_proto::DeviceAddr>,
+        client_id: String,
+    ) -> Result<(String, Member, Member), String> {
+        let Pair {
+            a,
+            spare_a: (pa, _),
+            b,
+            spare_b: (pb, kp_b),
+        } = self;
+        let kp = group::verify_key_package(
+            &pa,
+            kp_b.first().ok_or("a KeyPackage")?,
+            b.key.addr(),
+            &b.key.public(),
+            suite,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut ga = group::create(&pa, &a.key, suite).map_err(|e| e.to_string())?;
+        let out = group::add(&pa, &a.key, &mut ga, &[kp], 0).map_err(|e| e.to_string())?;
+        group::merge_pending(&pa, &mut ga).map_err(|e| e.to_string())?;
+        let welcome = out.welcome.ok_or("a Welcome")?;
+        let gid = ga.group_id().as_slice().to_vec();
+        let gb = group::join(&pb, &welcome, &gid).map_err(|e| e.to_string())?;
+        let group_id = GroupId::from_bytes(&gid).map_err(|e| e.to_string())?;
+        let path = format!("/v1/groups/{}/messages", hex(group_id.as_bytes()));
+        let commit = SendRequest {
+            client_id,
+            message: Bytes(out.commit),
+            recipients: Vec::new(),
+            to_roster: true,
+            roster: Some(roster),
+            welcome: Some(WelcomeOut {
+                message: Bytes(welcome),
+                recipients: vec![b.key.addr().clone()],
+            }),
+        };
+        let _: serde_json::Value =
+            post(http, &format!("{url}{path}"), Some(&a.token), &commit).await?;
+        let member = |provider, group| Member { provider, group };
+        Ok((path, member(pa, ga), member(pb, gb)))
+    }
+}
+
+pub async fn post<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &str,
     token: Option<&str>,
@@ -92,93 +153,25 @@ impl World {
     ) -> Result<World, String> {
         let url = urls.first().ok_or("no node")?.clone();
         let url = url.as_str();
-        // Never through a proxy the environment names: everything stays on loopback.
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(args.concurrency.max(64))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let config: ServerConfig = http
-            .get(format!("{url}/v1/config"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let suite =
-            sotto_core::suite::ciphersuite(config.ciphersuite).map_err(|e| e.to_string())?;
-        let mut devices = Vec::with_capacity(args.devices);
-        let mut providers = Vec::with_capacity(args.devices);
-        for i in 0..args.devices {
-            let name = Username::parse(&format!("u{i:06}")).map_err(|e| e.to_string())?;
-            let (identity, key, provider) = (
-                IdentityKey::generate(),
-                DeviceKey::generate(name),
-                Provider::new().map_err(|e| e.to_string())?,
-            );
-            let kps = group::new_key_packages(&provider, &key, suite, 1, true)
-                .map_err(|e| e.to_string())?;
-            let register = RegisterRequest {
-                identity_key: Bytes(identity.public().to_vec()),
-                device_list: identity.sign_device_list(&key.first_device_list("load", 1)),
-                key_packages: Vec::new(),
-                last_resort: Bytes(kps.last_resort.ok_or("a last-resort KeyPackage")?),
-            };
-            let _: serde_json::Value =
-                post(&http, &format!("{url}/v1/accounts"), None, &register).await?;
-            let token = sign_in(&http, url, &config.server_id, &key).await?;
-            devices.push(Device { key, token });
-            providers.push((provider, kps.one_time));
-        }
-        say(serde_json::json!({ "phase": "registered", "devices": devices.len() }));
+        let http = client(args.concurrency)?;
+        let (devices, providers, suite) = register(&http, url, args.devices, say).await?;
 
         // Conversations: device 2k adds device 2k+1, through the server.
         let mut pairs = Vec::with_capacity(args.devices / 2);
         let mut providers = providers.into_iter();
         for k in 0..args.devices / 2 {
             let (a, b) = (&devices[2 * k], &devices[2 * k + 1]);
-            let (pa, _) = providers.next().ok_or("a provider")?;
-            let (pb, kp_b) = providers.next().ok_or("a provider")?;
-            let kp = group::verify_key_package(
-                &pa,
-                kp_b.first().ok_or("a KeyPackage")?,
-                b.key.addr(),
-                &b.key.public(),
-                suite,
-            )
-            .map_err(|e| e.to_string())?;
-            let mut ga = group::create(&pa, &a.key, suite).map_err(|e| e.to_string())?;
-            let out = group::add(&pa, &a.key, &mut ga, &[kp], 0).map_err(|e| e.to_string())?;
-            group::merge_pending(&pa, &mut ga).map_err(|e| e.to_string())?;
-            let welcome = out.welcome.ok_or("a Welcome")?;
-            let gid = ga.group_id().as_slice().to_vec();
-            let gb = group::join(&pb, &welcome, &gid).map_err(|e| e.to_string())?;
-            let group_id = GroupId::from_bytes(&gid).map_err(|e| e.to_string())?;
-            let path = format!("/v1/groups/{}/messages", hex(group_id.as_bytes()));
-            let commit = SendRequest {
-                client_id: format!("{:032x}", u128::MAX - k as u128),
-                message: Bytes(out.commit),
-                recipients: Vec::new(),
-                roster: Some(vec![a.key.addr().clone(), b.key.addr().clone()]),
-                welcome: Some(WelcomeOut {
-                    message: Bytes(welcome),
-                    recipients: vec![b.key.addr().clone()],
-                }),
+            let spare_a = providers.next().ok_or("a provider")?;
+            let spare_b = providers.next().ok_or("a provider")?;
+            let roster = vec![a.key.addr().clone(), b.key.addr().clone()];
+            let client_id = format!("{:032x}", u128::MAX - k as u128);
+            let group = Pair {
+                a,
+                spare_a,
+                b,
+                spare_b,
             };
-            let _: serde_json::Value =
-                post(&http, &format!("{url}{path}"), Some(&a.token), &commit).await?;
-            pairs.push((
-                path,
-                Member {
-                    provider: pa,
-                    group: ga,
-                },
-                Member {
-                    provider: pb,
-                    group: gb,
-                },
-            ));
+            pairs.push(group.make(&http, url, suite, roster, client_id).await?);
         }
         say(serde_json::json!({ "phase": "conversations", "conversations": pairs.len() }));
 
@@ -210,11 +203,11 @@ impl World {
             mls_bytes += mls.len();
             index.insert(key(&mls), i);
             let copy = mls.clone();
-            let recipient: &DeviceAddr = devices[to].key.addr();
             let send = SendRequest {
                 client_id: format!("{i:032x}"),
                 message: Bytes(mls),
-                recipients: vec![recipient.clone()],
+                recipients: Vec::new(),
+                to_roster: true,
                 roster: None,
                 welcome: None,
             };
@@ -241,6 +234,64 @@ impl World {
     }
 }
 
+/// An HTTP client that never goes through a proxy the environment names: everything stays
+/// on loopback.
+pub fn client(concurrency: usize) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency.max(64))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A device registered with a KeyPackage to spare: its MLS provider and one-time KeyPackages.
+pub type Spare = (Provider, Vec<Vec<u8>>);
+
+/// Registers and signs in `n` devices (`u000000`, `u000001`, …) on the node at `url`, each
+/// with one one-time KeyPackage kept aside (not uploaded) for whoever adds it to a group;
+/// returns them with the server's ciphersuite.
+pub async fn register(
+    http: &reqwest::Client,
+    url: &str,
+    n: usize,
+    say: &impl Fn(serde_json::Value),
+) -> Result<(Vec<Device>, Vec<Spare>, Ciphersuite), String> {
+    let config: ServerConfig = http
+        .get(format!("{url}/v1/config"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let suite = sotto_core::suite::ciphersuite(config.ciphersuite).map_err(|e| e.to_string())?;
+    let mut devices = Vec::with_capacity(n);
+    let mut spares = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = Username::parse(&format!("u{i:06}")).map_err(|e| e.to_string())?;
+        let (identity, key, provider) = (
+            IdentityKey::generate(),
+            DeviceKey::generate(name),
+            Provider::new().map_err(|e| e.to_string())?,
+        );
+        let kps =
+            group::new_key_packages(&provider, &key, suite, 1, true).map_err(|e| e.to_string())?;
+        let register = RegisterRequest {
+            identity_key: Bytes(identity.public().to_vec()),
+            device_list: identity.sign_device_list(&key.first_device_list("load", 1)),
+            key_packages: Vec::new(),
+            last_resort: Bytes(kps.last_resort.ok_or("a last-resort KeyPackage")?),
+        };
+        let _: serde_json::Value =
+            post(http, &format!("{url}/v1/accounts"), None, &register).await?;
+        let token = sign_in(http, url, &config.server_id, &key).await?;
+        devices.push(Device { key, token });
+        spares.push((provider, kps.one_time));
+    }
+    say(serde_json::json!({ "phase": "registered", "devices": devices.len() }));
+    Ok((devices, spares, suite))
+}
+
 async fn sign_in(
     http: &reqwest::Client,
     url: &str,
@@ -263,6 +314,6 @@ async fn sign_in(
     Ok(token.token)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

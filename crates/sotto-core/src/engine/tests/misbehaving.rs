@@ -233,6 +233,7 @@ async fn a_welcome_into_an_existing_group_filed_under_another_is_refused() {
         client_id: "ab".repeat(16),
         message: commit.into(),
         recipients: Vec::new(),
+        to_roster: true,
         roster: Some(vec![mallory.me().clone(), bob.me().clone()]),
         welcome: Some(sotto_proto::api::WelcomeOut {
             message: evil_welcome.into(),

@@ -4,9 +4,11 @@
 mod backends;
 mod group_commit;
 mod queue;
+mod roster;
 
 pub use group_commit::*;
 pub use queue::*;
+pub use roster::*;
 
 use super::{Claim, Stats, Storage};
 use crate::delivery::{self, QueueQuota, Submitted};
@@ -59,6 +61,7 @@ struct Message {
     n: usize,
     size: usize,
     recipients: Vec<DeviceAddr>,
+    to_roster: bool,
     roster: Option<Vec<DeviceAddr>>,
     welcome: Option<Vec<DeviceAddr>>,
 }
@@ -71,6 +74,7 @@ fn send(group: &GroupId, n: usize, recipients: &[&DeviceAddr]) -> Message {
         n,
         size: 33,
         recipients: recipients.iter().map(|&d| d.clone()).collect(),
+        to_roster: false,
         roster: None,
         welcome: None,
     }
@@ -85,6 +89,7 @@ impl Message {
                 client_id: format!("{:032}", self.n),
                 message: Bytes(vec![0x5a; self.size]),
                 recipients: self.recipients.clone(),
+                to_roster: self.to_roster,
                 roster: self.roster.clone(),
                 welcome: self.welcome.clone().map(|recipients| WelcomeOut {
                     message: Bytes(b"welcome".to_vec()),
@@ -568,6 +573,9 @@ macro_rules! conformance {
                 changes_that_wait_share_one_transaction_and_each_gets_its_own_answer,
                 a_change_the_storage_fails_fails_alone_and_the_rest_of_its_batch_commits,
                 a_fetch_after_an_id_returns_only_the_later_messages_in_order,
+                a_message_to_the_roster_is_queued_once_for_each_roster_device_but_the_sender,
+                a_commit_to_the_roster_reaches_the_roster_before_it_and_the_next_message_the_one_after,
+                a_message_to_the_roster_keeps_every_queue_within_its_quota,
             );
         }
     };

@@ -206,15 +206,15 @@ impl DeliveryTx for PgTx {
             &[&group.as_bytes()],
         )
         .await?;
-        for d in devices {
-            let (user, dev) = pair(d);
-            self.execute(
-                "INSERT INTO group_roster (group_id, username, device) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-                &[&group.as_bytes(), &user, &dev],
-            )
-            .await?;
-        }
+        // One statement, however large the roster.
+        let (users, devs): (Vec<&str>, Vec<String>) = devices.iter().map(pair).unzip();
+        self.execute(
+            "INSERT INTO group_roster (group_id, username, device)
+             SELECT $1, u, d FROM UNNEST($2::text[], $3::text[]) AS r(u, d)
+             ON CONFLICT DO NOTHING",
+            &[&group.as_bytes(), &users, &devs],
+        )
+        .await?;
         Ok(())
     }
 
@@ -272,6 +272,43 @@ impl DeliveryTx for PgTx {
         })
     }
 
+    async fn enqueue_roster(
+        &mut self,
+        group: &GroupId,
+        except: &DeviceAddr,
+        entry: QueueEntry,
+    ) -> Result<Vec<(DeviceAddr, QueueUsage)>, StorageError> {
+        let (user, dev) = pair(except);
+        let (id, size) = (to_i64(entry.message_id), to_i64(entry.size));
+        self.execute(
+            "INSERT INTO queue (username, device, message_id, size)
+             SELECT username, device, $1, $2 FROM group_roster
+             WHERE group_id = $3 AND NOT (username = $4 AND device = $5)",
+            &[&id, &size, &group.as_bytes(), &user, &dev],
+        )
+        .await?;
+        let rows = self
+            .query(
+                "INSERT INTO device_queues (username, device, count, bytes)
+                 SELECT username, device, 1, $1 FROM group_roster
+                 WHERE group_id = $2 AND NOT (username = $3 AND device = $4)
+                 ON CONFLICT (username, device) DO UPDATE
+                 SET count = device_queues.count + 1, bytes = device_queues.bytes + EXCLUDED.bytes
+                 RETURNING username, device, count, bytes",
+                &[&size, &group.as_bytes(), &user, &dev],
+            )
+            .await?;
+        let mut queued = Vec::with_capacity(rows.len());
+        for row in rows {
+            let usage = QueueUsage {
+                count: to_u64(row.get(2)),
+                bytes: to_u64(row.get(3)),
+            };
+            queued.push((addr(row.get(0), row.get(1))?, usage));
+        }
+        Ok(queued)
+    }
+
     async fn heaviest_sender(
         &mut self,
         device: &DeviceAddr,
@@ -311,7 +348,7 @@ impl DeliveryTx for PgTx {
             .query(
                 "SELECT q.message_id, q.size FROM queue q JOIN messages m ON m.id = q.message_id
                  WHERE q.username = $1 AND q.device = $2 AND q.message_id <> $3
-                 AND m.sender_user = $4 AND m.sender_device = $5 ORDER BY q.id",
+                 AND m.sender_user = $4 AND m.sender_device = $5 ORDER BY q.message_id",
                 &[&user, &dev, &to_i64(except), &sender_user, &sender_dev],
             )
             .await?;
@@ -436,7 +473,7 @@ impl DeliveryStore for PostgresStorage {
                         m.accepted_at
                  FROM queue q JOIN messages m ON m.id = q.message_id
                  WHERE q.username = $1 AND q.device = $2 AND q.message_id > $4
-                 ORDER BY q.id LIMIT $3",
+                 ORDER BY q.message_id LIMIT $3",
                 &[&user, &dev, &i64::from(limit), &to_i64(after)],
             )
             .await?;

@@ -2,7 +2,8 @@
 
 /// Numbered migrations; entry `i` moves the schema from version `i` to `i + 1`. Never edit an
 /// entry that has shipped: append a new one.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE server_meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE accounts (
     username TEXT PRIMARY KEY,
@@ -92,4 +93,11 @@ CREATE TABLE sends (
     PRIMARY KEY (username, device, client_id)
 );
 CREATE INDEX sends_accepted ON sends(accepted_at);
-"#];
+"#,
+    // A device's entries by message id: an acknowledgement finds its entry directly, not
+    // among the entries of every device that got the message.
+    r#"
+DROP INDEX queue_device;
+CREATE INDEX queue_device ON queue(username, device, message_id);
+"#,
+];

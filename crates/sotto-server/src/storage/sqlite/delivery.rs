@@ -226,6 +226,45 @@ impl DeliveryTx for SqliteTx {
         })
     }
 
+    async fn enqueue_roster(
+        &mut self,
+        group: &GroupId,
+        except: &DeviceAddr,
+        entry: QueueEntry,
+    ) -> Result<Vec<(DeviceAddr, QueueUsage)>, StorageError> {
+        let conn = self.conn()?;
+        let (user, dev) = (except.user.as_str(), except.device.to_string());
+        let (id, size) = (to_i64(entry.message_id), to_i64(entry.size));
+        conn.prepare_cached(
+            "INSERT INTO queue (user, device, message_id, size)
+             SELECT user, device, ?1, ?2 FROM group_roster
+             WHERE group_id = ?3 AND NOT (user = ?4 AND device = ?5)",
+        )?
+        .execute(params![id, size, group.as_bytes(), user, dev])?;
+        // The WHERE makes the SELECT's end plain to SQLite's parser before ON CONFLICT.
+        let mut usage = conn.prepare_cached(
+            "INSERT INTO device_queues (user, device, count, bytes)
+             SELECT user, device, 1, ?1 FROM group_roster
+             WHERE group_id = ?2 AND NOT (user = ?3 AND device = ?4)
+             ON CONFLICT (user, device) DO UPDATE
+             SET count = count + 1, bytes = bytes + excluded.bytes
+             RETURNING user, device, count, bytes",
+        )?;
+        let rows = usage.query_map(params![size, group.as_bytes(), user, dev], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        let mut queued = Vec::new();
+        for row in rows {
+            let (user, device, count, bytes): (String, String, i64, i64) = row?;
+            let usage = QueueUsage {
+                count: to_u64(count),
+                bytes: to_u64(bytes),
+            };
+            queued.push((addr(user, device)?, usage));
+        }
+        Ok(queued)
+    }
+
     async fn heaviest_sender(
         &mut self,
         device: &DeviceAddr,
@@ -272,7 +311,7 @@ impl DeliveryTx for SqliteTx {
             .prepare_cached(
                 "SELECT q.message_id, q.size FROM queue q JOIN messages m ON m.id = q.message_id
                  WHERE q.user = ?1 AND q.device = ?2 AND q.message_id != ?3
-                 AND m.sender_user = ?4 AND m.sender_device = ?5 ORDER BY q.id",
+                 AND m.sender_user = ?4 AND m.sender_device = ?5 ORDER BY q.message_id",
             )?
             .query_map(
                 params![
@@ -444,7 +483,7 @@ fn fetch(
     let mut stmt = conn.prepare_cached(
             "SELECT m.id, m.group_id, m.seq, m.sender_user, m.sender_device, m.kind, m.data, m.accepted_at
              FROM queue q JOIN messages m ON m.id = q.message_id
-             WHERE q.user = ?1 AND q.device = ?2 AND q.message_id > ?4 ORDER BY q.id LIMIT ?3",
+             WHERE q.user = ?1 AND q.device = ?2 AND q.message_id > ?4 ORDER BY q.message_id LIMIT ?3",
         )?;
     let rows = stmt.query_map(params![user, dev, i64::from(limit), to_i64(after)], |r| {
         Ok((

@@ -121,6 +121,13 @@ CREATE TABLE device_queues (
 INSERT INTO device_queues (user, device, count, bytes)
     SELECT user, device, COUNT(*), SUM(size) FROM queue GROUP BY user, device;
 "#,
+    // A device's entries by message id: an acknowledgement finds its entry directly, not
+    // among the entries of every device that got the message (which made a group of N
+    // devices cost N² for its acknowledgements).
+    r#"
+DROP INDEX queue_device;
+CREATE INDEX queue_device ON queue(user, device, message_id);
+"#,
 ];
 
 /// SQLite-backed [`super::Storage`]: one writing connection, used by one operation at a time,
