@@ -32,6 +32,7 @@ enum Input {
         key: u128,
         message: Message,
         recipients: Vec<Addr>,
+        to_roster: bool,
         roster: Option<Vec<Addr>>,
         welcome: Option<(Vec<u8>, Vec<Addr>)>,
     },
@@ -90,6 +91,7 @@ fuzz_target!(|input: Input| {
             key,
             message,
             recipients,
+            to_roster,
             roster,
             welcome,
         } => {
@@ -108,6 +110,7 @@ fuzz_target!(|input: Input| {
                 "client_id": client_id.unwrap_or_else(|| format!("{key:032x}")),
                 "message": Bytes(message),
                 "recipients": addrs(&recipients),
+                "to_roster": to_roster,
             });
             if let Some(r) = roster {
                 body["roster"] = addrs(&r);

@@ -296,8 +296,9 @@ pub struct SendRequest {
     /// Deliver it to every device of the group's roster as the server holds it before this
     /// message (the sender's own device excluded), rather than to `recipients`: the message
     /// does not carry the group's devices, and the server queues it for all of them at once.
-    /// What Sotto's clients send; an explicit `recipients` list stays for a request that an
-    /// earlier client left in its outbox.
+    /// Sotto's clients send a large group's messages so, and name the recipients in a small
+    /// group, where a member who declared a false roster could otherwise keep messages from
+    /// the devices it left out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub to_roster: bool,
     /// With a commit: the group's devices after it, which become the only devices the server
@@ -320,7 +321,8 @@ pub struct ValidSend {
 
 impl SendRequest {
     /// Checks sizes, the idempotency key, the MLS framing against `group`, that a roster or
-    /// Welcome only comes with a commit, and that recipients are named one way.
+    /// Welcome only comes with a commit, that recipients are named one way, and that no list
+    /// names a device twice.
     pub fn validate(self, group: &GroupId) -> Result<ValidSend, ProtoError> {
         if self.client_id.len() != limits::CLIENT_ID_HEX
             || !self.client_id.bytes().all(|b| b.is_ascii_hexdigit())
@@ -344,6 +346,18 @@ impl SendRequest {
         }
         if self.to_roster && !self.recipients.is_empty() {
             return Err(ProtoError::Invalid("recipients or to_roster, not both"));
+        }
+        // Each device once in each list: the server looks every one up.
+        let lists = [
+            Some(&self.recipients),
+            self.roster.as_ref(),
+            self.welcome.as_ref().map(|w| &w.recipients),
+        ];
+        for list in lists.into_iter().flatten() {
+            let mut seen = std::collections::HashSet::with_capacity(list.len());
+            if !list.iter().all(|d| seen.insert(d)) {
+                return Err(ProtoError::Invalid("a device named twice"));
+            }
         }
         let framing = crate::framing::parse_group_message(self.message.as_slice())?;
         if &framing.group_id != group {

@@ -63,4 +63,19 @@ fn the_send_request_json_is_frozen() {
     assert_eq!(request.recipients.len(), 1);
     assert_eq!(request.roster.as_ref().map(Vec::len), Some(2));
     assert_eq!(request.message.as_slice(), [0, 1, 2, 3]);
+    assert!(!request.to_roster, "absent means named recipients");
+}
+
+#[test]
+fn the_send_request_json_to_the_roster_is_frozen() {
+    let path = format!(
+        "{}/tests/vectors/send_request_to_roster.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let raw = std::fs::read_to_string(path).unwrap();
+    let request: SendRequest = serde_json::from_str(raw.trim_end()).unwrap();
+    assert_eq!(serde_json::to_string(&request).unwrap(), raw.trim_end());
+    assert!(request.to_roster);
+    assert!(request.recipients.is_empty());
+    assert_eq!(request.roster, None);
 }

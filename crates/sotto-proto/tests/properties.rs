@@ -334,3 +334,69 @@ fn epochs_beyond_the_database_range_are_refused() {
     // A commit at the last storable epoch would need one more.
     assert!(send(max).validate(&gid).is_err());
 }
+
+#[test]
+fn device_lists_are_bounded_each_device_named_once_and_recipients_named_one_way() {
+    use sotto_proto::ProtoError;
+    use sotto_proto::limits::{MAX_RECIPIENTS, MAX_ROSTER};
+    let group = [0x5a; 16];
+    let gid = GroupId::from_bytes(&group).unwrap();
+    let devices = |n: usize| -> Vec<DeviceAddr> {
+        (0..n)
+            .map(|i| DeviceAddr {
+                user: Username::parse(&format!("u{i:06}")).unwrap(),
+                device: DeviceId::parse(&format!("{i:016x}")).unwrap(),
+            })
+            .collect()
+    };
+    let request = |content_type: u8| SendRequest {
+        client_id: "0".repeat(32),
+        message: Bytes(private_message(&group, 7, content_type)),
+        recipients: vec![],
+        to_roster: false,
+        roster: None,
+        welcome: None,
+    };
+    let (application, commit) = (1, 3);
+    let check = |r: SendRequest| r.validate(&gid).map(|_| ());
+
+    let mut r = request(commit);
+    r.roster = Some(devices(MAX_ROSTER));
+    assert_eq!(check(r.clone()), Ok(()));
+    r.roster = Some(devices(MAX_ROSTER + 1));
+    assert_eq!(check(r), Err(ProtoError::TooLarge("roster")));
+
+    let mut r = request(application);
+    r.recipients = devices(MAX_RECIPIENTS);
+    assert_eq!(check(r.clone()), Ok(()));
+    r.recipients = devices(MAX_RECIPIENTS + 1);
+    assert_eq!(check(r), Err(ProtoError::TooLarge("recipients")));
+
+    let mut r = request(commit);
+    r.roster = Some(vec![]);
+    r.welcome = Some(WelcomeOut {
+        message: Bytes(vec![]),
+        recipients: devices(MAX_RECIPIENTS + 1),
+    });
+    assert_eq!(check(r), Err(ProtoError::TooLarge("recipients")));
+
+    let twice = Err(ProtoError::Invalid("a device named twice"));
+    let mut r = request(application);
+    r.recipients = devices(2);
+    r.recipients.push(r.recipients[0].clone());
+    assert_eq!(check(r), twice);
+    let mut r = request(commit);
+    let mut roster = devices(3);
+    roster.push(roster[2].clone());
+    r.roster = Some(roster);
+    assert_eq!(check(r), twice);
+
+    let mut r = request(application);
+    r.to_roster = true;
+    assert_eq!(check(r.clone()), Ok(()));
+    r.recipients = devices(1);
+    assert_eq!(
+        check(r),
+        Err(ProtoError::Invalid("recipients or to_roster, not both"))
+    );
+}

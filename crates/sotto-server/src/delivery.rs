@@ -61,8 +61,8 @@ pub async fn submit(
 
 /// Orders and stores one group message (with its Welcome, if any) within `tx`: at most one
 /// commit per (group, epoch), a sequence number per message, one stored copy and a queue
-/// entry per recipient device (those named, or the roster's before a commit replaces it),
-/// within each recipient's `quota`. A message with no recipients
+/// entry per recipient device (the devices named, or those of the roster as it stands before
+/// a commit replaces it), within each recipient's `quota`. A message with no recipients
 /// is ordered (it may move the epoch) but not stored. A repeated `client_id` from the same
 /// device returns the first answer and stores nothing. A refused message writes nothing, so
 /// the other changes of a shared transaction stand; an `Err` leaves `tx` half-changed, to be
@@ -102,15 +102,17 @@ pub async fn submit_in(
         return Ok(Submitted::EpochConflict(state.epoch));
     }
     let welcome_recipients = req.welcome.as_ref().map_or(&[][..], |w| &w.recipients);
-    for r in req
+    let named: BTreeSet<&DeviceAddr> = req
         .recipients
         .iter()
         .chain(welcome_recipients)
         .chain(req.roster.iter().flatten())
+        .collect();
+    if !tx
+        .devices_exist(&named.into_iter().collect::<Vec<_>>())
+        .await?
     {
-        if !tx.device_exists(r).await? {
-            return Ok(Submitted::UnknownRecipient);
-        }
+        return Ok(Submitted::UnknownRecipient);
     }
     let seq = state.next_seq;
     // Validation keeps a commit's epoch below `limits::MAX_EPOCH`; checked all the same, so

@@ -2,7 +2,8 @@
 //! truth; NATS carries only "device X has mail". A node wakes its own sockets at once and
 //! publishes the device on [`SUBJECT`]; every other node (NATS does not echo a node's own
 //! messages back) wakes the sockets it holds for that device, which then read the device's
-//! queue from the database.
+//! queue from the database. One NATS message names up to 1,024 devices, a line
+//! each.
 //!
 //! A wake-up is a hint, never a message: when NATS is down, or a wake-up is dropped, nothing
 //! is lost; a socket finds what was queued for it at its next ping, when it checks its queue
@@ -20,6 +21,10 @@ pub const SUBJECT: &str = "sotto.wake";
 /// Wake-ups waiting to be published; past this, new ones are dropped (the sockets' own
 /// checks catch up).
 const BACKLOG: usize = 65_536;
+
+/// Most devices one NATS message names (a line each): a message to a large group wakes its
+/// devices in a few publishes, not one each.
+const PER_PUBLISH: usize = 1024;
 
 /// [`Wake`] across nodes through NATS.
 pub struct NatsWake {
@@ -50,10 +55,13 @@ impl NatsWake {
         let (outgoing, mut queued) = mpsc::channel::<DeviceAddr>(BACKLOG);
         let publisher = client.clone();
         tokio::spawn(async move {
-            while let Some(device) = queued.recv().await {
-                let payload = device.credential_identity().into();
+            let mut devices = Vec::with_capacity(PER_PUBLISH);
+            while queued.recv_many(&mut devices, PER_PUBLISH).await > 0 {
+                let lines: Vec<Vec<u8>> =
+                    devices.drain(..).map(|d| d.credential_identity()).collect();
+                let payload = lines.join(&b'\n').into();
                 if let Err(e) = publisher.publish(SUBJECT, payload).await {
-                    tracing::debug!(error = %e, "a wake-up was not published");
+                    tracing::debug!(error = %e, "wake-ups were not published");
                 }
             }
         });
@@ -62,9 +70,11 @@ impl NatsWake {
             use futures_util::StreamExt as _;
             while let Some(message) = incoming.next().await {
                 // Only nodes publish here, but a malformed wake-up is dropped, never trusted.
-                match DeviceAddr::from_credential_identity(&message.payload) {
-                    Ok(device) => receiver.wake(&device),
-                    Err(_) => tracing::warn!("dropping a malformed wake-up from NATS"),
+                for line in message.payload.split(|b| *b == b'\n') {
+                    match DeviceAddr::from_credential_identity(line) {
+                        Ok(device) => receiver.wake(&device),
+                        Err(_) => tracing::warn!("dropping a malformed wake-up from NATS"),
+                    }
                 }
             }
         });

@@ -64,23 +64,28 @@ async fn next_ids(ws: &mut common::Socket) -> Vec<u64> {
 }
 
 #[tokio::test]
-async fn a_message_accepted_on_one_node_reaches_a_socket_on_another_through_nats() {
+async fn a_message_accepted_on_one_node_reaches_each_recipients_socket_on_another_through_nats() {
     let Some((db, nats)) = services() else {
         return;
     };
     let schema = common::Schema::new(&db);
-    // Pings an hour apart: within the wait, only a wake-up through NATS can move the socket.
+    // Pings an hour apart: within the wait, only a wake-up through NATS can move a socket.
     let a = node(&db, &schema, &nats, "1h").await;
     let b = node(&db, &schema, &nats, "1h").await;
     let alice = a.user("alice").await;
     let bob = a.user("bob").await;
-    // The socket's first page carries what was queued before it opened; once it has, only
-    // a wake-up can bring the next message.
-    let first = a.send_small(&alice, [0x51; 16], 1, &[&bob]).await;
-    let mut ws = common::websocket(&b, &bob.token).await;
-    assert_eq!(next_ids(&mut ws).await, [first]);
-    let id = a.send_small(&alice, [0x51; 16], 2, &[&bob]).await;
-    assert_eq!(next_ids(&mut ws).await, [id]);
+    let carol = a.user("carol").await;
+    // A socket's first page carries what was queued before it opened; once it has, only a
+    // wake-up can bring the next message.
+    let first = a.send_small(&alice, [0x51; 16], 1, &[&bob, &carol]).await;
+    let mut bob_ws = common::websocket(&b, &bob.token).await;
+    let mut carol_ws = common::websocket(&b, &carol.token).await;
+    assert_eq!(next_ids(&mut bob_ws).await, [first]);
+    assert_eq!(next_ids(&mut carol_ws).await, [first]);
+    // Two wake-ups, which NATS may carry in one message, a line each.
+    let id = a.send_small(&alice, [0x51; 16], 2, &[&bob, &carol]).await;
+    assert_eq!(next_ids(&mut bob_ws).await, [id]);
+    assert_eq!(next_ids(&mut carol_ws).await, [id]);
 }
 
 #[tokio::test]

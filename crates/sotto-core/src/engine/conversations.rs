@@ -122,12 +122,15 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         )),
                     })?);
                 }
-                let out = self.with_active_group(tx, gid, |p, g| {
-                    Ok(if key_packages.is_empty() {
+                // The devices before the commit: every one must process it.
+                let ((recipients, to_roster), out) = self.with_active_group(tx, gid, |p, g| {
+                    let addressing = self.addressing(g)?;
+                    let out = if key_packages.is_empty() {
                         group::remove(p, &self.device, g, &to_remove, sent_at)?
                     } else {
                         group::add(p, &self.device, g, &key_packages, sent_at)?
-                    })
+                    };
+                    Ok((addressing, out))
                 })?;
                 let new_devices: Vec<DeviceAddr> =
                     claimed.iter().map(|(a, ..)| a.clone()).collect();
@@ -140,9 +143,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 let req = SendRequest {
                     client_id: random_client_id(),
                     message: out.commit.into(),
-                    // The roster before the commit: every device that must process it.
-                    recipients: Vec::new(),
-                    to_roster: true,
+                    recipients,
+                    to_roster,
                     roster: Some(roster),
                     welcome: out.welcome.map(|w| WelcomeOut {
                         message: w.into(),

@@ -34,6 +34,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// Attempts at sending before giving up on a group that keeps changing.
 const MAX_ATTEMPTS: usize = 10;
 
+/// Most other devices a message names; a larger group's messages go to the roster the server
+/// holds (`to_roster`). Naming them keeps delivery in the sender's hands: a member who
+/// declared a false roster with a commit cannot stop a small group's messages reaching
+/// anyone. A large group trades that for messages that do not carry thousands of names.
+pub const NAMED_RECIPIENTS: usize = 64;
+
 fn random_client_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
@@ -329,6 +335,22 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
 
     fn conversation_exists(&self, tx: &impl StoreTx, gid: &GroupId) -> Result<bool, ClientError> {
         Ok(tx.conversation(gid)?.is_some_and(|c| c.active))
+    }
+
+    /// Whom a message to `g` goes to, as it stands: its other devices by name (the
+    /// recipients, `to_roster` false), or, in a group of more than [`NAMED_RECIPIENTS`] other
+    /// devices, the roster the server holds (no recipients, `to_roster` true).
+    fn addressing(&self, g: &MlsGroup) -> Result<(Vec<DeviceAddr>, bool), ClientError> {
+        let others: Vec<DeviceAddr> = group::members(g)?
+            .into_iter()
+            .map(|m| m.addr)
+            .filter(|a| a != self.me())
+            .collect();
+        Ok(if others.len() > NAMED_RECIPIENTS {
+            (Vec::new(), true)
+        } else {
+            (others, false)
+        })
     }
 
     /// A bearer token for this device, signing in when the last one is close to expiring.

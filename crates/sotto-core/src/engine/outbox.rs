@@ -76,11 +76,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     ) -> Result<SendRequest, ClientError> {
         self.tx(|tx| {
             let req = self.with_active_group(tx, gid, |p, g| {
+                let (recipients, to_roster) = self.addressing(g)?;
                 Ok(SendRequest {
                     client_id: random_client_id(),
                     message: group::encrypt(p, &self.device, g, envelope)?.into(),
-                    recipients: Vec::new(),
-                    to_roster: true,
+                    recipients,
+                    to_roster,
                     roster: None,
                     welcome: None,
                 })

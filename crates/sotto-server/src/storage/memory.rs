@@ -332,8 +332,8 @@ impl DeliveryTx for MemoryTx {
         Ok(())
     }
 
-    async fn device_exists(&mut self, device: &DeviceAddr) -> Result<bool, StorageError> {
-        Ok(self.work.devices.contains_key(device))
+    async fn devices_exist(&mut self, devices: &[&DeviceAddr]) -> Result<bool, StorageError> {
+        Ok(devices.iter().all(|d| self.work.devices.contains_key(*d)))
     }
 
     async fn group(&mut self, group: &GroupId) -> Result<Option<GroupState>, StorageError> {

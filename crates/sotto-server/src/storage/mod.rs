@@ -280,8 +280,8 @@ pub trait DeliveryTx: Send {
         client_id: &str,
         response: &SendResponse,
     ) -> Result<(), StorageError>;
-    /// Whether the device exists.
-    async fn device_exists(&mut self, device: &DeviceAddr) -> Result<bool, StorageError>;
+    /// Whether every one of `devices` (each named once) exists.
+    async fn devices_exist(&mut self, devices: &[&DeviceAddr]) -> Result<bool, StorageError>;
     /// The group's state, if the server has seen the group.
     async fn group(&mut self, group: &GroupId) -> Result<Option<GroupState>, StorageError>;
     /// Creates or replaces the group's state.

@@ -386,6 +386,19 @@ impl Drop for Schema {
                     .await
                     .unwrap();
                 tokio::spawn(connection);
+                // The test's servers may still hold a transaction on the schema, on a runtime
+                // this drop now blocks (it would stay open until PostgreSQL's idle timeout):
+                // their connections go first.
+                client
+                    .execute(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                         JOIN pg_class c ON c.oid = l.relation
+                         JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                        &[&name],
+                    )
+                    .await
+                    .unwrap();
                 client
                     .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
                     .await

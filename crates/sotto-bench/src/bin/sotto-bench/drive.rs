@@ -3,7 +3,7 @@
 //! takes its messages off its WebSocket and acknowledges them there.
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use sotto_proto::api::{PushEvent, PushRequest};
+use sotto_proto::api::{PushEvent, PushRequest, QueuedMessage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,11 +68,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[i - 1] as f64 / 1000.0
+        percentile_ms(&self.latencies, p)
     }
 
     /// The result line.
@@ -163,7 +159,13 @@ pub async fn run(world: &World, sockets: Vec<Socket>, args: &LoadArgs) -> Result
         |clock| {
             sockets
                 .into_iter()
-                .map(|socket| tokio::spawn(receive(socket, clock.clone())))
+                .map(|socket| {
+                    let clock = clock.clone();
+                    // The Welcomes of the set-up are not in the index.
+                    tokio::spawn(receive(socket, move |messages| {
+                        clock.delivered(messages.iter().map(|m| m.message.as_slice()));
+                    }))
+                })
                 .collect()
         },
         move |i| {
@@ -309,8 +311,9 @@ where
     })
 }
 
-/// Takes one device's messages off its socket, acknowledging each frame on it.
-async fn receive(mut socket: Socket, clock: Arc<Clock>) {
+/// Takes one device's messages off its socket, acknowledging each frame on it, and hands
+/// each frame's messages to `got`.
+pub async fn receive(mut socket: Socket, got: impl Fn(&[QueuedMessage])) {
     while let Some(Ok(frame)) = socket.next().await {
         let Message::Text(text) = frame else {
             continue;
@@ -318,12 +321,20 @@ async fn receive(mut socket: Socket, clock: Arc<Clock>) {
         let Ok(PushEvent::Messages(queue)) = serde_json::from_str(text.as_str()) else {
             continue;
         };
-        // The Welcomes of the set-up are not in the index.
-        clock.delivered(queue.messages.iter().map(|m| m.message.as_slice()));
+        got(&queue.messages);
         let ids = queue.messages.iter().map(|m| m.id).collect();
         let ack = serde_json::to_string(&PushRequest::Ack { ids }).expect("serializable");
         if socket.send(Message::Text(ack.into())).await.is_err() {
             return;
         }
     }
+}
+
+/// The value at fraction `p` of `sorted` microseconds, in milliseconds (NaN if empty).
+pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[i - 1] as f64 / 1000.0
 }

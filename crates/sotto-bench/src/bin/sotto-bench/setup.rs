@@ -105,11 +105,12 @@ impl Pair<'_> {
         let gb = group::join(&pb, &welcome, &gid).map_err(|e| e.to_string())?;
         let group_id = GroupId::from_bytes(&gid).map_err(|e| e.to_string())?;
         let path = format!("/v1/groups/{}/messages", hex(group_id.as_bytes()));
+        // The group's first commit: nobody before it has to process it.
         let commit = SendRequest {
             client_id,
             message: Bytes(out.commit),
             recipients: Vec::new(),
-            to_roster: true,
+            to_roster: false,
             roster: Some(roster),
             welcome: Some(WelcomeOut {
                 message: Bytes(welcome),
@@ -123,7 +124,7 @@ impl Pair<'_> {
     }
 }
 
-pub async fn post<T: serde::de::DeserializeOwned>(
+async fn post<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &str,
     token: Option<&str>,
@@ -203,11 +204,12 @@ impl World {
             mls_bytes += mls.len();
             index.insert(key(&mls), i);
             let copy = mls.clone();
+            // As a client names the one other device of a conversation.
             let send = SendRequest {
                 client_id: format!("{i:032x}"),
                 message: Bytes(mls),
-                recipients: Vec::new(),
-                to_roster: true,
+                recipients: vec![devices[to].key.addr().clone()],
+                to_roster: false,
                 roster: None,
                 welcome: None,
             };
@@ -314,6 +316,6 @@ async fn sign_in(
     Ok(token.token)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

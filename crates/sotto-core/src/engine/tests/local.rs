@@ -45,6 +45,8 @@ pub struct LocalServer {
     tokens: Mutex<HashMap<String, DeviceAddr>>,
     /// How many sends it refused for a stale epoch.
     pub epoch_conflicts: AtomicU64,
+    /// How many sends went to the group's roster rather than to named recipients.
+    pub roster_sends: AtomicU64,
     pub clock: Arc<TestClock>,
 }
 
@@ -59,6 +61,7 @@ impl LocalServer {
             server_id,
             tokens: Mutex::new(HashMap::new()),
             epoch_conflicts: AtomicU64::new(0),
+            roster_sends: AtomicU64::new(0),
             clock: Arc::new(TestClock::default()),
         })
     }
@@ -278,6 +281,9 @@ impl Transport for LocalTransport {
     ) -> Result<SendResponse, ClientError> {
         let sender = self.server.signed_in(token)?;
         let valid = req.clone().validate(group).map_err(invalid)?;
+        if req.to_roster {
+            self.server.roster_sends.fetch_add(1, Ordering::Relaxed);
+        }
         let quota = QueueQuota {
             messages: 10_000,
             bytes: 1 << 30,

@@ -125,6 +125,9 @@ async fn three_users_chat_one_to_one_then_in_a_group_through_adds_removes_a_race
     bob.send_group_text("team", "just us").await.unwrap();
     assert_eq!(recv(&carol).await, [text("bob", "just us")]);
 
+    // Groups this small name their recipients in every message.
+    assert_eq!(server.roster_sends.load(Ordering::Relaxed), 0);
+
     // Every group's state agrees between its members.
     let (b, c) = (bob.groups().unwrap(), carol.groups().unwrap());
     assert_eq!((b[0].epoch, b[0].devices), (c[0].epoch, c[0].devices));

@@ -142,15 +142,20 @@ impl DeliveryTx for PgTx {
         Ok(())
     }
 
-    async fn device_exists(&mut self, device: &DeviceAddr) -> Result<bool, StorageError> {
-        let (user, dev) = pair(device);
-        Ok(self
+    async fn devices_exist(&mut self, devices: &[&DeviceAddr]) -> Result<bool, StorageError> {
+        // One round trip, however many.
+        let (users, devs): (Vec<&str>, Vec<String>) = devices.iter().map(|d| pair(d)).unzip();
+        let row = self
             .query_opt(
-                "SELECT 1 FROM devices WHERE username = $1 AND device = $2",
-                &[&user, &dev],
+                "SELECT COUNT(*) FROM devices d
+                 JOIN UNNEST($1::text[], $2::text[]) AS r(u, dev)
+                 ON d.username = r.u AND d.device = r.dev",
+                &[&users, &devs],
             )
             .await?
-            .is_some())
+            .ok_or_else(|| StorageError::new("no count"))?;
+        let found: i64 = row.get(0);
+        Ok(to_u64(found) == devices.len() as u64)
     }
 
     async fn group(&mut self, group: &GroupId) -> Result<Option<GroupState>, StorageError> {
@@ -304,7 +309,14 @@ impl DeliveryTx for PgTx {
                 count: to_u64(row.get(2)),
                 bytes: to_u64(row.get(3)),
             };
-            queued.push((addr(row.get(0), row.get(1))?, usage));
+            // A roster row the operator broke is queued for but cannot be woken or held to
+            // its quota; it must not stop the group.
+            match addr(row.get(0), row.get(1)) {
+                Ok(device) => queued.push((device, usage)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a roster device that does not parse")
+                }
+            }
         }
         Ok(queued)
     }

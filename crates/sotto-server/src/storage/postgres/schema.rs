@@ -97,7 +97,7 @@ CREATE INDEX sends_accepted ON sends(accepted_at);
     // A device's entries by message id: an acknowledgement finds its entry directly, not
     // among the entries of every device that got the message.
     r#"
-DROP INDEX queue_device;
+DROP INDEX IF EXISTS queue_device;
 CREATE INDEX queue_device ON queue(username, device, message_id);
 "#,
 ];

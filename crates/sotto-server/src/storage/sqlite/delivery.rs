@@ -91,16 +91,19 @@ impl DeliveryTx for SqliteTx {
         Ok(())
     }
 
-    async fn device_exists(&mut self, device: &DeviceAddr) -> Result<bool, StorageError> {
-        Ok(self
+    async fn devices_exist(&mut self, devices: &[&DeviceAddr]) -> Result<bool, StorageError> {
+        let mut exists = self
             .conn()?
-            .prepare_cached("SELECT 1 FROM devices WHERE user = ?1 AND device = ?2")?
-            .query_row(
-                params![device.user.as_str(), device.device.to_string()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+            .prepare_cached("SELECT 1 FROM devices WHERE user = ?1 AND device = ?2")?;
+        for d in devices {
+            let found = exists
+                .query_row(params![d.user.as_str(), d.device.to_string()], |_| Ok(()))
+                .optional()?;
+            if found.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     async fn group(&mut self, group: &GroupId) -> Result<Option<GroupState>, StorageError> {
@@ -260,7 +263,14 @@ impl DeliveryTx for SqliteTx {
                 count: to_u64(count),
                 bytes: to_u64(bytes),
             };
-            queued.push((addr(user, device)?, usage));
+            // A roster row the operator broke is queued for but cannot be woken or held to
+            // its quota; it must not stop the group.
+            match addr(user, device) {
+                Ok(device) => queued.push((device, usage)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a roster device that does not parse")
+                }
+            }
         }
         Ok(queued)
     }

@@ -125,7 +125,7 @@ INSERT INTO device_queues (user, device, count, bytes)
     // among the entries of every device that got the message (which made a group of N
     // devices cost N² for its acknowledgements).
     r#"
-DROP INDEX queue_device;
+DROP INDEX IF EXISTS queue_device;
 CREATE INDEX queue_device ON queue(user, device, message_id);
 "#,
 ];
