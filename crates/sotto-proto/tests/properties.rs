@@ -390,6 +390,13 @@ fn device_lists_are_bounded_each_device_named_once_and_recipients_named_one_way(
     roster.push(roster[2].clone());
     r.roster = Some(roster);
     assert_eq!(check(r), twice);
+    let mut r = request(commit);
+    r.roster = Some(vec![]);
+    r.welcome = Some(WelcomeOut {
+        message: Bytes(vec![]),
+        recipients: vec![devices(1)[0].clone(), devices(1)[0].clone()],
+    });
+    assert_eq!(check(r), twice);
 
     let mut r = request(application);
     r.to_roster = true;

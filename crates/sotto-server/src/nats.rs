@@ -57,9 +57,8 @@ impl NatsWake {
         tokio::spawn(async move {
             let mut devices = Vec::with_capacity(PER_PUBLISH);
             while queued.recv_many(&mut devices, PER_PUBLISH).await > 0 {
-                let lines: Vec<Vec<u8>> =
-                    devices.drain(..).map(|d| d.credential_identity()).collect();
-                let payload = lines.join(&b'\n').into();
+                let payload = payload(&devices).into();
+                devices.clear();
                 if let Err(e) = publisher.publish(SUBJECT, payload).await {
                     tracing::debug!(error = %e, "wake-ups were not published");
                 }
@@ -69,17 +68,45 @@ impl NatsWake {
         tokio::spawn(async move {
             use futures_util::StreamExt as _;
             while let Some(message) = incoming.next().await {
-                // Only nodes publish here, but a malformed wake-up is dropped, never trusted.
-                for line in message.payload.split(|b| *b == b'\n') {
-                    match DeviceAddr::from_credential_identity(line) {
-                        Ok(device) => receiver.wake(&device),
-                        Err(_) => tracing::warn!("dropping a malformed wake-up from NATS"),
-                    }
+                let (devices, malformed) = devices(&message.payload);
+                for device in &devices {
+                    receiver.wake(device);
+                }
+                if malformed > 0 {
+                    tracing::warn!(malformed, "dropping malformed wake-ups from NATS");
                 }
             }
         });
         Ok(Arc::new(NatsWake { local, outgoing }))
     }
+}
+
+/// One NATS message naming `devices`, a line each.
+fn payload(devices: &[DeviceAddr]) -> Vec<u8> {
+    let lines: Vec<Vec<u8>> = devices
+        .iter()
+        .map(DeviceAddr::credential_identity)
+        .collect();
+    lines.join(&b'\n')
+}
+
+/// The devices a NATS message names, at most [`PER_PUBLISH`] (empty lines are skipped), and
+/// how many of its lines were not devices. Only nodes publish here, but a wake-up is a hint:
+/// a malformed one is dropped, and a message cannot wake more than a node would send.
+fn devices(payload: &[u8]) -> (Vec<DeviceAddr>, usize) {
+    let mut devices = Vec::new();
+    let mut malformed = 0usize;
+    for line in payload
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .take(PER_PUBLISH)
+    {
+        match DeviceAddr::from_credential_identity(line) {
+            Ok(device) => devices.push(device),
+            Err(_) => malformed = malformed.saturating_add(1),
+        }
+    }
+    (devices, malformed)
 }
 
 impl Wake for NatsWake {
@@ -88,5 +115,37 @@ impl Wake for NatsWake {
         if self.outgoing.try_send(device.clone()).is_err() {
             tracing::debug!("a wake-up was dropped: the publisher is behind");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PER_PUBLISH, devices, payload};
+    use sotto_proto::{DeviceAddr, DeviceId, Username};
+
+    fn device(i: usize) -> DeviceAddr {
+        DeviceAddr {
+            user: Username::parse(&format!("u{i:06}")).expect("a valid name"),
+            device: DeviceId::new(i as u64),
+        }
+    }
+
+    #[test]
+    fn a_payload_names_its_devices_a_line_each_and_reads_back_whole() {
+        let one = vec![device(1)];
+        assert_eq!(devices(&payload(&one)), (one, 0));
+        let many: Vec<DeviceAddr> = (0..PER_PUBLISH).map(device).collect();
+        assert_eq!(devices(&payload(&many)), (many, 0));
+    }
+
+    #[test]
+    fn a_malformed_payload_wakes_only_the_devices_it_names_and_at_most_a_batch() {
+        assert_eq!(devices(b""), (Vec::new(), 0));
+        let mut raw = payload(&[device(1), device(2)]);
+        raw.extend_from_slice(b"\n\nnot a device\n\xff\n");
+        assert_eq!(devices(&raw), (vec![device(1), device(2)], 2));
+        let too_many: Vec<DeviceAddr> = (0..PER_PUBLISH + 5).map(device).collect();
+        let (woken, malformed) = devices(&payload(&too_many));
+        assert_eq!((woken.len(), malformed), (PER_PUBLISH, 0));
     }
 }

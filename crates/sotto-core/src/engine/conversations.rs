@@ -122,16 +122,26 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         )),
                     })?);
                 }
-                // The devices before the commit: every one must process it.
-                let ((recipients, to_roster), out) = self.with_active_group(tx, gid, |p, g| {
-                    let addressing = self.addressing(g)?;
+                // The devices before the commit, every one of which must process it, named
+                // unless there are more than a message may name: the next honest commit then
+                // reaches the devices a false roster left out, and mends it.
+                let made = self.with_active_group(tx, gid, |p, g| {
+                    // Another process of this device may have moved the group on since the
+                    // members were read: the roster would be theirs, not the group's.
+                    if group::members(g)? != members {
+                        return Ok(None);
+                    }
+                    let addressing = self.addressing(g, sotto_proto::limits::MAX_RECIPIENTS)?;
                     let out = if key_packages.is_empty() {
                         group::remove(p, &self.device, g, &to_remove, sent_at)?
                     } else {
                         group::add(p, &self.device, g, &key_packages, sent_at)?
                     };
-                    Ok((addressing, out))
+                    Ok(Some((addressing, out)))
                 })?;
+                let Some(((recipients, to_roster), out)) = made else {
+                    return Ok(None);
+                };
                 let new_devices: Vec<DeviceAddr> =
                     claimed.iter().map(|(a, ..)| a.clone()).collect();
                 let mut roster: Vec<DeviceAddr> = members
@@ -161,8 +171,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     }),
                     created_at: sent_at,
                 })?;
-                Ok(req)
+                Ok(Some(req))
             })?;
+            let Some(req) = req else {
+                continue;
+            };
             match self.post(gid, &req).await {
                 Ok(resp) => {
                     let mut events =

@@ -34,10 +34,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// Attempts at sending before giving up on a group that keeps changing.
 const MAX_ATTEMPTS: usize = 10;
 
-/// Most other devices a message names; a larger group's messages go to the roster the server
-/// holds (`to_roster`). Naming them keeps delivery in the sender's hands: a member who
-/// declared a false roster with a commit cannot stop a small group's messages reaching
-/// anyone. A large group trades that for messages that do not carry thousands of names.
+/// Most other devices an application message names; a larger group's messages go to the
+/// roster the server holds (`to_roster`). Naming them keeps delivery in the sender's hands: a
+/// member who declared a false roster with a commit cannot stop a small group's messages
+/// reaching anyone. A large group trades that for messages that do not carry thousands of
+/// names, until the next commit, which names every device before it (up to
+/// `limits::MAX_RECIPIENTS`) and so reaches the ones a false roster left out.
 pub const NAMED_RECIPIENTS: usize = 64;
 
 fn random_client_id() -> String {
@@ -338,15 +340,19 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// Whom a message to `g` goes to, as it stands: its other devices by name (the
-    /// recipients, `to_roster` false), or, in a group of more than [`NAMED_RECIPIENTS`] other
-    /// devices, the roster the server holds (no recipients, `to_roster` true).
-    fn addressing(&self, g: &MlsGroup) -> Result<(Vec<DeviceAddr>, bool), ClientError> {
+    /// recipients, `to_roster` false), or, in a group of more than `up_to` other devices, the
+    /// roster the server holds (no recipients, `to_roster` true).
+    fn addressing(
+        &self,
+        g: &MlsGroup,
+        up_to: usize,
+    ) -> Result<(Vec<DeviceAddr>, bool), ClientError> {
         let others: Vec<DeviceAddr> = group::members(g)?
             .into_iter()
             .map(|m| m.addr)
             .filter(|a| a != self.me())
             .collect();
-        Ok(if others.len() > NAMED_RECIPIENTS {
+        Ok(if others.len() > up_to {
             (Vec::new(), true)
         } else {
             (others, false)

@@ -3,7 +3,7 @@
 //! A replay the server refuses because the group moved on is redone against the new state:
 //! a message is encrypted again, a membership change is recomputed.
 
-use super::{Engine, MAX_ATTEMPTS, kept_changing, lock, random_client_id};
+use super::{Engine, MAX_ATTEMPTS, NAMED_RECIPIENTS, kept_changing, lock, random_client_id};
 use crate::events::{Event, MemberChange};
 use crate::group::{self, MemberDevice};
 use crate::store::{
@@ -76,7 +76,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     ) -> Result<SendRequest, ClientError> {
         self.tx(|tx| {
             let req = self.with_active_group(tx, gid, |p, g| {
-                let (recipients, to_roster) = self.addressing(g)?;
+                let (recipients, to_roster) = self.addressing(g, NAMED_RECIPIENTS)?;
                 Ok(SendRequest {
                     client_id: random_client_id(),
                     message: group::encrypt(p, &self.device, g, envelope)?.into(),

@@ -45,7 +45,7 @@ pub struct LocalServer {
     tokens: Mutex<HashMap<String, DeviceAddr>>,
     /// How many sends it refused for a stale epoch.
     pub epoch_conflicts: AtomicU64,
-    /// How many sends went to the group's roster rather than to named recipients.
+    /// How many accepted sends went to the group's roster rather than to named recipients.
     pub roster_sends: AtomicU64,
     pub clock: Arc<TestClock>,
 }
@@ -281,9 +281,6 @@ impl Transport for LocalTransport {
     ) -> Result<SendResponse, ClientError> {
         let sender = self.server.signed_in(token)?;
         let valid = req.clone().validate(group).map_err(invalid)?;
-        if req.to_roster {
-            self.server.roster_sends.fetch_add(1, Ordering::Relaxed);
-        }
         let quota = QueueQuota {
             messages: 10_000,
             bytes: 1 << 30,
@@ -293,7 +290,12 @@ impl Transport for LocalTransport {
             .await
             .map_err(failed)?
         {
-            Submitted::Accepted { response, .. } => Ok(response),
+            Submitted::Accepted { response, .. } => {
+                if req.to_roster {
+                    self.server.roster_sends.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(response)
+            }
             Submitted::EpochConflict(epoch) => {
                 self.server.epoch_conflicts.fetch_add(1, Ordering::Relaxed);
                 Err(ClientError::Refused(ErrorBody {

@@ -258,3 +258,86 @@ async fn a_welcome_into_an_existing_group_filed_under_another_is_refused() {
     alice.send_group_text("team", "still ours").await.unwrap();
     assert_eq!(recv(&bob).await, [text("alice", "still ours")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_roster_cannot_keep_a_small_groups_messages_from_the_member_it_leaves_out() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let mallory = server.device("mallory").await;
+    let dave = server.device("dave").await;
+    alice
+        .create_group("team", &["bob".into(), "mallory".into()])
+        .await
+        .unwrap();
+    recv(&bob).await;
+    recv(&mallory).await;
+    let team = alice.group_by_name("team").unwrap();
+
+    // Mallory adds dave with a real commit, and tells the server a roster without bob.
+    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
+    let token = mallory.token().await.unwrap();
+    let claimed = mallory
+        .transport()
+        .claim(&token, &user("dave"))
+        .await
+        .unwrap();
+    let dave_key = mallory
+        .fetch_device_list(&user("dave"))
+        .await
+        .unwrap()
+        .devices[0]
+        .signature_key
+        .clone();
+    let (commit, welcome) = mallory
+        .store()
+        .transaction(|tx| {
+            let p = tx.mls();
+            let mut g = group::load(&p, team.as_bytes())?;
+            let kp = group::verify_key_package(
+                &p,
+                claimed.key_packages[0].key_package.as_slice(),
+                dave.me(),
+                dave_key.as_slice(),
+                suite,
+            )?;
+            let out = group::add(&p, &mallory.device, &mut g, &[kp], 1)?;
+            Ok::<_, ClientError>((out.commit, out.welcome.unwrap()))
+        })
+        .unwrap();
+    let request = sotto_proto::api::SendRequest {
+        client_id: "cd".repeat(16),
+        message: commit.into(),
+        recipients: vec![alice.me().clone(), bob.me().clone()],
+        to_roster: false,
+        roster: Some(vec![
+            alice.me().clone(),
+            mallory.me().clone(),
+            dave.me().clone(),
+        ]),
+        welcome: Some(sotto_proto::api::WelcomeOut {
+            message: welcome.into(),
+            recipients: vec![dave.me().clone()],
+        }),
+    };
+    mallory
+        .transport()
+        .send(&token, &team, &request)
+        .await
+        .unwrap();
+    recv(&alice).await;
+    recv(&bob).await;
+
+    // The server now believes bob is not in the group: it refuses his messages, which he
+    // sees. Alice's still reach him: she names her recipients.
+    let refused = bob.send_group_text("team", "am I here?").await;
+    assert!(
+        matches!(&refused, Err(e) if e.code() == Some(sotto_proto::ErrorCode::NotAGroupMember)),
+        "{refused:?}"
+    );
+    alice
+        .send_group_text("team", "for all of you")
+        .await
+        .unwrap();
+    assert_eq!(recv(&bob).await, [text("alice", "for all of you")]);
+}
