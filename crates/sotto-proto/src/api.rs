@@ -296,9 +296,9 @@ pub struct SendRequest {
     /// Deliver it to every device of the group's roster as the server holds it before this
     /// message (the sender's own device excluded), rather than to `recipients`: the message
     /// does not carry the group's devices, and the server queues it for all of them at once.
-    /// Sotto's clients send a large group's messages so, and name the recipients in a small
-    /// group, where a member who declared a false roster could otherwise keep messages from
-    /// the devices it left out.
+    /// Sotto's clients send a large group's messages so (and its commits past 5,000 devices),
+    /// and name the recipients in a small group, where a member who declared a false roster
+    /// could otherwise keep messages from the devices it left out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub to_roster: bool,
     /// With a commit: the group's devices after it, which become the only devices the server

@@ -1,21 +1,22 @@
-//! A group as large as a message names, then one device larger: up to the limit its messages
-//! name their recipients; past it they go to the roster the server holds. Every member reads
-//! every message either way.
+//! Groups past the number of devices a message names: their messages go to the roster the
+//! server holds, and reach every member; a member who declares a false roster cuts devices
+//! off until the next commit names them.
 
 use super::local::{Device, LocalServer, added, joined, recv, text};
 use crate::engine::NAMED_RECIPIENTS;
+use crate::store::{ClientStore as _, StoreTx as _};
+use crate::{ClientError, Transport as _, group};
+use sotto_proto::Username;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_name_their_recipients_up_to_the_limit_go_to_the_roster_past_it_and_reach_every_member()
- {
-    let server = LocalServer::new().await;
-    let roster_sends = || server.roster_sends.load(Ordering::Relaxed);
+/// Alice, and `n` other devices (`m000`, `m001`, …) in the group `big` she made, each past
+/// its Welcome.
+async fn big_group(server: &Arc<LocalServer>, n: usize) -> (Device, Vec<Device>) {
     let alice = server.device("alice").await;
-    // Exactly as many other devices as a message names.
-    let mut members: Vec<Device> = Vec::new();
-    let mut names = Vec::new();
-    for i in 0..NAMED_RECIPIENTS {
+    let mut members = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    for i in 0..n {
         let name = format!("m{i:03}");
         members.push(server.device(&name).await);
         names.push(name);
@@ -24,6 +25,16 @@ async fn messages_name_their_recipients_up_to_the_limit_go_to_the_roster_past_it
     for m in &members {
         assert_eq!(recv(m).await, [joined("alice")]);
     }
+    (alice, members)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_name_their_recipients_up_to_the_limit_go_to_the_roster_past_it_and_reach_every_member()
+ {
+    let server = LocalServer::new().await;
+    let roster_sends = || server.roster_sends.load(Ordering::Relaxed);
+    // Exactly as many other devices as a message names.
+    let (alice, mut members) = big_group(&server, NAMED_RECIPIENTS).await;
     alice.send_group_text("big", "hello all").await.unwrap();
     assert_eq!(roster_sends(), 0, "at the limit, recipients are named");
     for m in &members {
@@ -49,4 +60,106 @@ async fn messages_name_their_recipients_up_to_the_limit_go_to_the_roster_past_it
     for m in &members {
         assert_eq!(recv(m).await, [text("late", "hi")]);
     }
+
+    // Past the limit a commit still names the devices before it (up to 5,000): only the
+    // description after it goes to the roster.
+    let later = server.device("later").await;
+    members[1]
+        .add_members("big", &["later".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(roster_sends(), 3);
+    assert_eq!(recv(&later).await, [joined("m001")]);
+    assert_eq!(recv(&alice).await, [added("m001", "later")]);
+    members.push(late);
+    for m in members.iter().filter(|m| m.me().user.as_str() != "m001") {
+        assert_eq!(recv(m).await, [added("m001", "later")]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_roster_cuts_devices_off_a_large_groups_messages_until_the_next_commit_names_them()
+{
+    let server = LocalServer::new().await;
+    let (alice, members) = big_group(&server, NAMED_RECIPIENTS + 1).await;
+    let (mallory, victim, honest) = (&members[0], &members[1], &members[2]);
+    let big = alice.group_by_name("big").unwrap();
+
+    // Mallory adds dave with a real commit that names every device before it, and tells the
+    // server a roster without the victim.
+    let dave = server.device("dave").await;
+    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
+    let token = mallory.token().await.unwrap();
+    let dave_name = Username::parse("dave").unwrap();
+    let claimed = mallory.transport().claim(&token, &dave_name).await.unwrap();
+    let dave_key = mallory.fetch_device_list(&dave_name).await.unwrap().devices[0]
+        .signature_key
+        .clone();
+    let (commit, welcome) = mallory
+        .store()
+        .transaction(|tx| {
+            let p = tx.mls();
+            let mut g = group::load(&p, big.as_bytes())?;
+            let kp = group::verify_key_package(
+                &p,
+                claimed.key_packages[0].key_package.as_slice(),
+                dave.me(),
+                dave_key.as_slice(),
+                suite,
+            )?;
+            let out = group::add(&p, &mallory.device, &mut g, &[kp], 1)?;
+            Ok::<_, ClientError>((out.commit, out.welcome.unwrap()))
+        })
+        .unwrap();
+    let others: Vec<_> = std::iter::once(&alice)
+        .chain(&members[1..])
+        .map(|d| d.me().clone())
+        .collect();
+    let mut roster: Vec<_> = others
+        .iter()
+        .filter(|d| *d != victim.me())
+        .cloned()
+        .collect();
+    roster.extend([mallory.me().clone(), dave.me().clone()]);
+    let request = sotto_proto::api::SendRequest {
+        client_id: "ef".repeat(16),
+        message: commit.into(),
+        recipients: others,
+        to_roster: false,
+        roster: Some(roster),
+        welcome: Some(sotto_proto::api::WelcomeOut {
+            message: welcome.into(),
+            recipients: vec![dave.me().clone()],
+        }),
+    };
+    mallory
+        .transport()
+        .send(&token, &big, &request)
+        .await
+        .unwrap();
+    for d in std::iter::once(&alice).chain(&members[1..]) {
+        assert_eq!(recv(d).await, [added("m000", "dave")]);
+    }
+
+    // Alice's next message goes to the roster: the victim never gets it.
+    alice.send_group_text("big", "without you").await.unwrap();
+    assert_eq!(recv(honest).await, [text("alice", "without you")]);
+    assert!(recv(victim).await.is_empty());
+
+    // An honest commit names every device before it: the victim processes it, and the roster
+    // it declares holds the victim again.
+    let erin = server.device("erin").await;
+    honest
+        .add_members("big", &["erin".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(recv(&erin).await, [joined("m002")]);
+    assert_eq!(recv(victim).await, [added("m002", "erin")]);
+    alice.send_group_text("big", "with you").await.unwrap();
+    assert_eq!(recv(victim).await, [text("alice", "with you")]);
+    victim.send_group_text("big", "back").await.unwrap();
+    assert_eq!(
+        recv(&alice).await,
+        [added("m002", "erin"), text("m001", "back")]
+    );
 }

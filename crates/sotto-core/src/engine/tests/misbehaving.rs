@@ -1,7 +1,7 @@
 //! What the others do when a member misbehaves (or is made to): these tests drive one
 //! device's engine past its own checks, as a malicious or compromised member would.
 
-use super::local::{LocalServer, event, recv, text};
+use super::local::{LocalServer, added, event, recv, text};
 use crate::events::Event;
 use crate::store::{ClientStore as _, StoreTx as _};
 use crate::{ClientError, Content, DeviceKey, Transport as _, group};
@@ -325,8 +325,12 @@ async fn a_false_roster_cannot_keep_a_small_groups_messages_from_the_member_it_l
         .send(&token, &team, &request)
         .await
         .unwrap();
-    recv(&alice).await;
-    recv(&bob).await;
+    assert_eq!(recv(&alice).await, [added("mallory", "dave")]);
+    assert_eq!(
+        recv(&bob).await,
+        [added("mallory", "dave")],
+        "bob processed the commit"
+    );
 
     // The server now believes bob is not in the group: it refuses his messages, which he
     // sees. Alice's still reach him: she names her recipients.
