@@ -2,11 +2,8 @@
 //! server holds, and reach every member; a member who declares a false roster cuts devices
 //! off until the next commit names them.
 
-use super::local::{Device, LocalServer, added, joined, recv, text};
+use super::local::{Device, LocalServer, add_declaring, added, joined, recv, text};
 use crate::engine::NAMED_RECIPIENTS;
-use crate::store::{ClientStore as _, StoreTx as _};
-use crate::{ClientError, Transport as _, group};
-use sotto_proto::Username;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -88,29 +85,6 @@ async fn a_false_roster_cuts_devices_off_a_large_groups_messages_until_the_next_
     // Mallory adds dave with a real commit that names every device before it, and tells the
     // server a roster without the victim.
     let dave = server.device("dave").await;
-    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
-    let token = mallory.token().await.unwrap();
-    let dave_name = Username::parse("dave").unwrap();
-    let claimed = mallory.transport().claim(&token, &dave_name).await.unwrap();
-    let dave_key = mallory.fetch_device_list(&dave_name).await.unwrap().devices[0]
-        .signature_key
-        .clone();
-    let (commit, welcome) = mallory
-        .store()
-        .transaction(|tx| {
-            let p = tx.mls();
-            let mut g = group::load(&p, big.as_bytes())?;
-            let kp = group::verify_key_package(
-                &p,
-                claimed.key_packages[0].key_package.as_slice(),
-                dave.me(),
-                dave_key.as_slice(),
-                suite,
-            )?;
-            let out = group::add(&p, &mallory.device, &mut g, &[kp], 1)?;
-            Ok::<_, ClientError>((out.commit, out.welcome.unwrap()))
-        })
-        .unwrap();
     let others: Vec<_> = std::iter::once(&alice)
         .chain(&members[1..])
         .map(|d| d.me().clone())
@@ -121,22 +95,7 @@ async fn a_false_roster_cuts_devices_off_a_large_groups_messages_until_the_next_
         .cloned()
         .collect();
     roster.extend([mallory.me().clone(), dave.me().clone()]);
-    let request = sotto_proto::api::SendRequest {
-        client_id: "ef".repeat(16),
-        message: commit.into(),
-        recipients: others,
-        to_roster: false,
-        roster: Some(roster),
-        welcome: Some(sotto_proto::api::WelcomeOut {
-            message: welcome.into(),
-            recipients: vec![dave.me().clone()],
-        }),
-    };
-    mallory
-        .transport()
-        .send(&token, &big, &request)
-        .await
-        .unwrap();
+    add_declaring(mallory, &big, &dave, others, roster).await;
     for d in std::iter::once(&alice).chain(&members[1..]) {
         assert_eq!(recv(d).await, [added("m000", "dave")]);
     }

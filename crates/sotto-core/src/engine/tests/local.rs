@@ -330,6 +330,53 @@ impl Transport for LocalTransport {
 pub type Seen = (Option<Username>, HistoryItem);
 
 /// What `device` has not been shown yet, oldest first; marks it shown.
+/// `by`, a member of `group`, adds `new` with a real commit that it posts past its own
+/// engine, naming `recipients` and declaring `roster` to the server, whatever the group holds:
+/// what a malicious member can do.
+pub async fn add_declaring(
+    by: &Device,
+    group: &GroupId,
+    new: &Device,
+    recipients: Vec<DeviceAddr>,
+    roster: Vec<DeviceAddr>,
+) {
+    use crate::store::{ClientStore as _, StoreTx as _};
+    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
+    let token = by.token().await.unwrap();
+    let claimed = by.transport().claim(&token, &new.me().user).await.unwrap();
+    let key = by.fetch_device_list(&new.me().user).await.unwrap().devices[0]
+        .signature_key
+        .clone();
+    let (commit, welcome) = by
+        .store()
+        .transaction(|tx| {
+            let p = tx.mls();
+            let mut g = crate::group::load(&p, group.as_bytes())?;
+            let kp = crate::group::verify_key_package(
+                &p,
+                claimed.key_packages[0].key_package.as_slice(),
+                new.me(),
+                key.as_slice(),
+                suite,
+            )?;
+            let out = crate::group::add(&p, &by.device, &mut g, &[kp], 1)?;
+            Ok::<_, ClientError>((out.commit, out.welcome.unwrap()))
+        })
+        .unwrap();
+    let request = SendRequest {
+        client_id: hex::encode(rand::random::<[u8; 16]>()),
+        message: commit.into(),
+        recipients,
+        to_roster: false,
+        roster: Some(roster),
+        welcome: Some(sotto_proto::api::WelcomeOut {
+            message: welcome.into(),
+            recipients: vec![new.me().clone()],
+        }),
+    };
+    by.transport().send(&token, group, &request).await.unwrap();
+}
+
 pub fn shown(device: &Device) -> Vec<Seen> {
     let entries = device.unshown().unwrap();
     if let Some(last) = entries.last() {

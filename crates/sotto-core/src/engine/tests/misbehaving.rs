@@ -1,7 +1,7 @@
 //! What the others do when a member misbehaves (or is made to): these tests drive one
 //! device's engine past its own checks, as a malicious or compromised member would.
 
-use super::local::{LocalServer, added, event, recv, text};
+use super::local::{LocalServer, add_declaring, added, event, recv, text};
 use crate::events::Event;
 use crate::store::{ClientStore as _, StoreTx as _};
 use crate::{ClientError, Content, DeviceKey, Transport as _, group};
@@ -275,56 +275,9 @@ async fn a_false_roster_cannot_keep_a_small_groups_messages_from_the_member_it_l
     let team = alice.group_by_name("team").unwrap();
 
     // Mallory adds dave with a real commit, and tells the server a roster without bob.
-    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
-    let token = mallory.token().await.unwrap();
-    let claimed = mallory
-        .transport()
-        .claim(&token, &user("dave"))
-        .await
-        .unwrap();
-    let dave_key = mallory
-        .fetch_device_list(&user("dave"))
-        .await
-        .unwrap()
-        .devices[0]
-        .signature_key
-        .clone();
-    let (commit, welcome) = mallory
-        .store()
-        .transaction(|tx| {
-            let p = tx.mls();
-            let mut g = group::load(&p, team.as_bytes())?;
-            let kp = group::verify_key_package(
-                &p,
-                claimed.key_packages[0].key_package.as_slice(),
-                dave.me(),
-                dave_key.as_slice(),
-                suite,
-            )?;
-            let out = group::add(&p, &mallory.device, &mut g, &[kp], 1)?;
-            Ok::<_, ClientError>((out.commit, out.welcome.unwrap()))
-        })
-        .unwrap();
-    let request = sotto_proto::api::SendRequest {
-        client_id: "cd".repeat(16),
-        message: commit.into(),
-        recipients: vec![alice.me().clone(), bob.me().clone()],
-        to_roster: false,
-        roster: Some(vec![
-            alice.me().clone(),
-            mallory.me().clone(),
-            dave.me().clone(),
-        ]),
-        welcome: Some(sotto_proto::api::WelcomeOut {
-            message: welcome.into(),
-            recipients: vec![dave.me().clone()],
-        }),
-    };
-    mallory
-        .transport()
-        .send(&token, &team, &request)
-        .await
-        .unwrap();
+    let recipients = vec![alice.me().clone(), bob.me().clone()];
+    let roster = vec![alice.me().clone(), mallory.me().clone(), dave.me().clone()];
+    add_declaring(&mallory, &team, &dave, recipients, roster).await;
     assert_eq!(recv(&alice).await, [added("mallory", "dave")]);
     assert_eq!(
         recv(&bob).await,
