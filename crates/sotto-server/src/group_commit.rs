@@ -4,8 +4,8 @@
 //! of a change before the transaction holding it is durable.
 //!
 //! One task, the committer, owns the writing: it takes every change waiting (up to a count
-//! and a size), applies them in order in one [`DeliveryTx`] by the rules of
-//! [`crate::delivery`], commits, wakes the devices that got something, and only then answers
+//! and a size), applies them in order in one [`DeliveryTx`](crate::storage::DeliveryTx) by
+//! the rules of [`crate::delivery`] (a run of acks in one call), commits, wakes the devices that got something, and only then answers
 //! each. A change whose caller gave up before its batch began (a request that timed out) is
 //! left out. A refused send writes nothing, so it never spoils the others. When the storage
 //! fails a shared transaction, each of its changes is tried again in a transaction of its
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::delivery::{self, QueueQuota, Submitted};
 use crate::push::Wake;
-use crate::storage::{DeliveryStore, DeliveryTx, StorageError};
+use crate::storage::{DeliveryStore, StorageError};
 
 /// The most changes one transaction carries.
 pub const MAX_BATCH: usize = 512;
@@ -351,28 +351,42 @@ async fn shared(
 ) -> Result<Vec<Applied>, StorageError> {
     let mut tx = store.begin().await?;
     let mut applied = Vec::with_capacity(changes.len());
-    for change in changes {
-        applied.push(apply(tx.as_mut(), change).await?);
+    let mut rest = changes;
+    while let Some((change, after)) = rest.split_first() {
+        match change {
+            Change::Submit {
+                sender,
+                send,
+                now,
+                quota,
+            } => {
+                let submitted = delivery::submit_in(tx.as_mut(), sender, send, *now, *quota);
+                applied.push(Applied::Submitted(submitted.await?));
+                rest = after;
+            }
+            Change::Ack { .. } => {
+                // A run of acks goes to the storage in one call.
+                let acks: Vec<(&DeviceAddr, &[u64])> = rest
+                    .iter()
+                    .map_while(|c| match c {
+                        Change::Ack { device, ids } => Some((device, ids.as_slice())),
+                        Change::Submit { .. } => None,
+                    })
+                    .collect();
+                let counts = delivery::ack_all_in(tx.as_mut(), &acks).await?;
+                applied.extend(counts.into_iter().map(Applied::Acked));
+                rest = rest.get(acks.len()..).unwrap_or_default();
+            }
+        }
     }
     tx.commit().await?;
     Ok(applied)
 }
 
-async fn apply(tx: &mut dyn DeliveryTx, change: &Change) -> Result<Applied, StorageError> {
-    Ok(match change {
-        Change::Submit {
-            sender,
-            send,
-            now,
-            quota,
-        } => Applied::Submitted(delivery::submit_in(tx, sender, send, *now, *quota).await?),
-        Change::Ack { device, ids } => Applied::Acked(delivery::ack_in(tx, device, ids).await?),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::DeliveryTx;
     use crate::storage::memory::MemoryStorage;
     use async_trait::async_trait;
     use sotto_proto::api::QueueResponse;

@@ -342,6 +342,24 @@ pub trait DeliveryTx: Send {
     async fn count_dropped(&mut self, device: &DeviceAddr, n: u64) -> Result<(), StorageError>;
     /// Deletes the message if no queue refers to it.
     async fn delete_if_unqueued(&mut self, message_id: u64) -> Result<(), StorageError>;
+    /// Removes each of `entries` (a device and a message id, each pair once) from its device's
+    /// queue, ignoring those not queued, and deletes every one of their messages that no queue
+    /// refers to any more. Returns, for each, whether it was removed. This default takes them
+    /// one at a time; a backend whose statements cost a round trip does it in one.
+    async fn remove_entries(
+        &mut self,
+        entries: &[(&DeviceAddr, u64)],
+    ) -> Result<Vec<bool>, StorageError> {
+        let mut removed = Vec::with_capacity(entries.len());
+        for (device, id) in entries {
+            let was = self.remove_entry(device, *id).await?.is_some();
+            if was {
+                self.delete_if_unqueued(*id).await?;
+            }
+            removed.push(was);
+        }
+        Ok(removed)
+    }
     /// Makes every change of the transaction durable, at once.
     async fn commit(self: Box<Self>) -> Result<(), StorageError>;
 }

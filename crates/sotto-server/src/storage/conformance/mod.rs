@@ -576,6 +576,7 @@ macro_rules! conformance {
                 a_message_to_the_roster_is_queued_once_for_each_roster_device_but_the_sender,
                 a_commit_to_the_roster_reaches_the_roster_before_it_and_the_next_message_the_one_after,
                 a_message_to_the_roster_keeps_every_queue_within_its_quota,
+                acks_of_several_devices_at_once_remove_only_their_entries_and_a_message_with_its_last,
             );
         }
     };

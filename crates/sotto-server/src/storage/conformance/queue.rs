@@ -1,6 +1,8 @@
-//! Reading a queue from a point: what a socket does after each page it sent.
+//! Reading a queue from a point (what a socket does after each page it sent), and
+//! acknowledgements of many devices applied at once (a run of acks in a shared transaction).
 
-use super::{account, group, send};
+use super::{account, group, queued, send, stats};
+use crate::delivery;
 use crate::storage::Storage;
 use std::sync::Arc;
 
@@ -25,4 +27,52 @@ pub async fn a_fetch_after_an_id_returns_only_the_later_messages_in_order(s: Arc
     // Ids only grow: the next message comes after every id seen so far.
     let next = send(&group(1), 5, &[&bob]).accepted(&*s, &alice).await;
     assert_eq!(after(ids[4]).await, [next]);
+}
+
+pub async fn acks_of_several_devices_at_once_remove_only_their_entries_and_a_message_with_its_last(
+    s: Arc<dyn Storage>,
+) {
+    let alice = account(&*s, "alice").await;
+    let bob = account(&*s, "bob").await;
+    let carol = account(&*s, "carol").await;
+    let both = send(&group(30), 0, &[&bob, &carol])
+        .accepted(&*s, &alice)
+        .await;
+    let bobs = send(&group(30), 1, &[&bob]).accepted(&*s, &alice).await;
+    let kept = send(&group(30), 2, &[&bob, &carol])
+        .accepted(&*s, &alice)
+        .await;
+    let mut tx = s.begin().await.unwrap();
+    let counts = delivery::ack_all_in(
+        tx.as_mut(),
+        &[
+            (&bob, &[both, bobs, kept + 100][..]),
+            (&carol, &[both][..]),
+            // The same again: already gone, counted for the first.
+            (&bob, &[both][..]),
+            (&carol, &[kept][..]),
+        ],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(counts, [2, 1, 0, 1]);
+    assert_eq!(queued(&*s, &bob).await, [kept]);
+    assert!(queued(&*s, &carol).await.is_empty());
+    let after = stats(&*s).await;
+    assert_eq!(after.queue_entries, 1);
+    assert_eq!(
+        after.messages, 1,
+        "only the message bob still holds is kept"
+    );
+    // The queues' counters followed: bob's last entry acknowledged, nothing is left.
+    let mut tx = s.begin().await.unwrap();
+    assert_eq!(
+        delivery::ack_all_in(tx.as_mut(), &[(&bob, &[kept][..])])
+            .await
+            .unwrap(),
+        [1]
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(stats(&*s).await.messages, 0);
 }

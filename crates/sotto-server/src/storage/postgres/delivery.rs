@@ -426,6 +426,64 @@ impl DeliveryTx for PgTx {
         Ok(())
     }
 
+    async fn remove_entries(
+        &mut self,
+        entries: &[(&DeviceAddr, u64)],
+    ) -> Result<Vec<bool>, StorageError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut users, mut devs, mut ids, mut ks) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (k, (device, id)) in entries.iter().enumerate() {
+            let (user, dev) = pair(device);
+            users.push(user);
+            devs.push(dev);
+            ids.push(to_i64(*id));
+            ks.push(i64::try_from(k).unwrap_or(i64::MAX));
+        }
+        // One round trip: the entries go, their devices' counters follow, and each of their
+        // messages goes too unless an entry this statement keeps still refers to it (the
+        // statement's subqueries see the queue as it was before it).
+        let rows = self
+            .query(
+                "WITH a AS (
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+                         AS a(u, d, id, k)
+                 ), gone AS (
+                     DELETE FROM queue q USING a
+                     WHERE q.username = a.u AND q.device = a.d AND q.message_id = a.id
+                     RETURNING a.k, q.username, q.device, q.message_id, q.size
+                 ), counters AS (
+                     UPDATE device_queues dq
+                     SET count = GREATEST(dq.count - s.n, 0),
+                         bytes = GREATEST(dq.bytes - s.b, 0)
+                     FROM (SELECT username, device, COUNT(*) AS n, SUM(size)::bigint AS b
+                           FROM gone GROUP BY username, device) s
+                     WHERE dq.username = s.username AND dq.device = s.device
+                 ), unqueued AS (
+                     DELETE FROM messages m
+                     WHERE m.id IN (SELECT message_id FROM gone)
+                     AND NOT EXISTS (
+                         SELECT 1 FROM queue q WHERE q.message_id = m.id
+                         AND NOT EXISTS (
+                             SELECT 1 FROM gone g WHERE g.username = q.username
+                             AND g.device = q.device AND g.message_id = q.message_id))
+                 )
+                 SELECT k FROM gone",
+                &[&users, &devs, &ids, &ks],
+            )
+            .await?;
+        let mut removed = vec![false; entries.len()];
+        for row in rows {
+            let k: i64 = row.get(0);
+            if let Some(was) = usize::try_from(k).ok().and_then(|k| removed.get_mut(k)) {
+                *was = true;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
         if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StorageError::new("a statement of the transaction failed"));
