@@ -5,12 +5,13 @@
 //!
 //! One task, the committer, owns the writing: it takes every change waiting (up to a count
 //! and a size), applies them in order in one [`DeliveryTx`](crate::storage::DeliveryTx) by
-//! the rules of [`crate::delivery`] (a run of acks in one call), commits, wakes the devices that got something, and only then answers
-//! each. A change whose caller gave up before its batch began (a request that timed out) is
-//! left out. A refused send writes nothing, so it never spoils the others. When the storage
-//! fails a shared transaction, each of its changes is tried again in a transaction of its
-//! own, so that one poisoned row (an operator's edit) fails only the change that touches
-//! it; when the storage cannot be reached, every change of the batch hears so at once.
+//! the rules of [`crate::delivery`] (a run of acks in one call), commits, wakes the devices
+//! that got something, and only then answers each. A change whose caller gave up before its
+//! batch began (a request that timed out) is left out. A refused send writes nothing, so it
+//! never spoils the others. When the storage fails a shared transaction, each of its changes
+//! is tried again in a transaction of its own, so that one poisoned row (an operator's edit)
+//! fails only the change that touches it; when the storage cannot be reached, every change
+//! of the batch hears so at once.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
