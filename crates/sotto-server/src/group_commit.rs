@@ -63,7 +63,8 @@ impl Change {
                 .message
                 .len()
                 .saturating_add(send.request.welcome.as_ref().map_or(0, |w| w.message.len())),
-            // Each id is a statement or two: a batch of huge acks is as heavy as a big send.
+            // Each id is work for the storage (a statement or two, or a row of one bulk
+            // statement): a batch of huge acks is as heavy as a big send.
             Change::Ack { ids, .. } => ids.len().saturating_mul(1024),
         }
     }

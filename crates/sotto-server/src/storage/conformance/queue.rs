@@ -3,7 +3,8 @@
 
 use super::{account, group, queued, send, stats};
 use crate::delivery;
-use crate::storage::Storage;
+use crate::storage::{NewMessage, QueueEntry, QueueUsage, Storage};
+use sotto_proto::api::QueuedKind;
 use std::sync::Arc;
 
 pub async fn a_fetch_after_an_id_returns_only_the_later_messages_in_order(s: Arc<dyn Storage>) {
@@ -65,7 +66,27 @@ pub async fn acks_of_several_devices_at_once_remove_only_their_entries_and_a_mes
         after.messages, 1,
         "only the message bob still holds is kept"
     );
-    // The queues' counters followed: bob's last entry acknowledged, nothing is left.
+    // The queues' counters followed: one more entry of no bytes makes bob's queue two
+    // entries and one message's bytes, carol's one entry and none (then is rolled back).
+    let mut tx = s.begin().await.unwrap();
+    let g = group(30);
+    let empty = NewMessage {
+        group: &g,
+        seq: 99,
+        sender: &alice,
+        kind: QueuedKind::Group,
+        data: &[],
+        accepted_at: 100,
+    };
+    let entry = QueueEntry {
+        message_id: tx.store_message(empty).await.unwrap(),
+        size: 0,
+    };
+    let usage = |count, bytes| QueueUsage { count, bytes };
+    assert_eq!(tx.enqueue(&bob, entry).await.unwrap(), usage(2, 33));
+    assert_eq!(tx.enqueue(&carol, entry).await.unwrap(), usage(1, 0));
+    drop(tx);
+    // Bob's last entry acknowledged, nothing is left.
     let mut tx = s.begin().await.unwrap();
     assert_eq!(
         delivery::ack_all_in(tx.as_mut(), &[(&bob, &[kept][..])])
