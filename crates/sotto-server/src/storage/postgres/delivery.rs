@@ -3,6 +3,7 @@
 //! transaction-scoped advisory lock, so delivery transactions are serialized across every
 //! node sharing the database, as the trait requires.
 
+use super::tx::{PgTx, pair};
 use super::{PostgresStorage, addr, read_committed, to_i64, to_u64};
 use crate::storage::{
     DeliveryStore, DeliveryTx, GroupState, NewMessage, QueueEntry, QueueUsage, StorageError, Weight,
@@ -11,89 +12,12 @@ use async_trait::async_trait;
 use deadpool_postgres::Object;
 use sotto_proto::api::{QueueResponse, QueuedKind, QueuedMessage, SendResponse};
 use sotto_proto::{Bytes, DeviceAddr, GroupId};
-use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
 
 const KIND_GROUP: i16 = 0;
 const KIND_WELCOME: i16 = 1;
 
 /// The advisory lock every delivery transaction holds.
 const DELIVERY_LOCK: i64 = 0x5077_0002;
-
-/// An open delivery transaction on a pooled connection.
-struct PgTx {
-    /// `None` once committed.
-    client: Option<Object>,
-    /// A statement failed: PostgreSQL has aborted the transaction, and a COMMIT would only
-    /// roll it back, so it must not be reported as committed.
-    failed: std::sync::atomic::AtomicBool,
-}
-
-impl Drop for PgTx {
-    fn drop(&mut self) {
-        // Dropped before its commit (a cancelled request, a failure, a panic): the connection
-        // is taken out of the pool and closed, which makes PostgreSQL roll the transaction
-        // back, rather than handed to the next caller with the transaction still open.
-        if let Some(client) = self.client.take() {
-            drop(Object::take(client));
-        }
-    }
-}
-
-impl PgTx {
-    fn client(&self) -> Result<&Object, StorageError> {
-        self.client
-            .as_ref()
-            .ok_or_else(|| StorageError::new("transaction already committed"))
-    }
-
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StorageError> {
-        let client = self.client()?;
-        let result = match client.prepare_cached(sql).await {
-            Ok(statement) => client.query(&statement, params).await,
-            Err(e) => Err(e),
-        };
-        self.note(result)
-    }
-
-    /// Passes `result` on, remembering a failure.
-    fn note<T>(&self, result: Result<T, tokio_postgres::Error>) -> Result<T, StorageError> {
-        if result.is_err() {
-            self.failed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(result?)
-    }
-
-    async fn query_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, StorageError> {
-        Ok(self.query(sql, params).await?.into_iter().next())
-    }
-
-    async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StorageError> {
-        let client = self.client()?;
-        let result = match client.prepare_cached(sql).await {
-            Ok(statement) => client.execute(&statement, params).await,
-            Err(e) => Err(e),
-        };
-        self.note(result)
-    }
-}
-
-fn pair(d: &DeviceAddr) -> (&str, String) {
-    (d.user.as_str(), d.device.to_string())
-}
 
 #[async_trait]
 impl DeliveryTx for PgTx {

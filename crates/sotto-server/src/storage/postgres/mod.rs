@@ -5,6 +5,7 @@
 
 mod delivery;
 mod schema;
+mod tx;
 
 use schema::MIGRATIONS;
 
