@@ -123,6 +123,14 @@ impl Transport for Offline {
     async fn user(&self, _: &str, _: &Username) -> Result<UserResponse, ClientError> {
         offline()
     }
+    async fn kt_lookup(
+        &self,
+        _: &str,
+        _: &Username,
+        _: Option<u64>,
+    ) -> Result<sotto_proto::kt::LookupResponse, ClientError> {
+        offline()
+    }
     async fn upload_key_packages(
         &self,
         _: &str,

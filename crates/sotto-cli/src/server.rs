@@ -2,6 +2,7 @@
 
 use clap::Args;
 use sotto_client::ClientError;
+use sotto_server::kt::KtConfig;
 use sotto_server::limits::Limits;
 use sotto_server::storage::Storage;
 use sotto_server::storage::postgres::PostgresStorage;
@@ -57,6 +58,12 @@ pub struct ServerArgs {
     /// wake each other's sockets. Without it a node wakes only its own.
     #[arg(long, env = "SOTTO_NATS", hide_env_values = true, value_name = "URL")]
     nats: Option<String>,
+    /// The shortest time between two key-transparency epochs, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    kt_epoch_ms: u64,
+    /// The most accounts one key-transparency epoch publishes.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    kt_epoch_changes: u64,
     /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -153,6 +160,10 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
             ciphersuite: args.ciphersuite,
             limits,
             trusted_proxies: args.trusted_proxy,
+            kt: KtConfig {
+                epoch_interval: std::time::Duration::from_millis(args.kt_epoch_ms),
+                epoch_changes: usize::try_from(args.kt_epoch_changes).unwrap_or(usize::MAX),
+            },
             ..Config::default()
         },
     )

@@ -12,6 +12,7 @@ use sotto_proto::api::{
     QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
     TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
+use sotto_proto::kt::LookupResponse;
 use sotto_proto::{ErrorBody, ErrorCode, GroupId, Username};
 use std::time::Duration;
 
@@ -210,6 +211,24 @@ impl Transport for Api {
         self.json::<(), _>(
             Method::GET,
             &format!("/v1/users/{user}"),
+            Some(token),
+            None,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// `GET /v1/kt/users/{user}`.
+    async fn kt_lookup(
+        &self,
+        token: &str,
+        user: &Username,
+        after: Option<u64>,
+    ) -> Result<LookupResponse, ClientError> {
+        let query = after.map_or_else(String::new, |a| format!("?after={a}"));
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/kt/users/{user}{query}"),
             Some(token),
             None,
             Repeat::Safe,

@@ -10,6 +10,7 @@ use sotto_proto::api::{
     RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
     TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
+use sotto_proto::kt::LookupResponse;
 use sotto_proto::{GroupId, Username};
 
 /// The server's API. Methods that take a `token` act as the device it was issued to.
@@ -25,6 +26,15 @@ pub trait Transport: Send + Sync {
     async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError>;
     /// A user's identity key and signed device list.
     async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError>;
+    /// A proof of `user`'s value in the key-transparency log; with `after`, the server may
+    /// wait a few seconds for an epoch newer than that one. `Refused` with
+    /// [`sotto_proto::ErrorCode::NotInLog`] (and the log's epoch) if the user is not in it.
+    async fn kt_lookup(
+        &self,
+        token: &str,
+        user: &Username,
+        after: Option<u64>,
+    ) -> Result<LookupResponse, ClientError>;
     /// Uploads KeyPackages of the signed-in device.
     async fn upload_key_packages(
         &self,

@@ -14,6 +14,9 @@ pub struct ServerConfig {
     pub ciphersuite: u16,
     /// The server's identity, pinned by clients at `init` and bound into every sign-in.
     pub server_id: ServerId,
+    /// The public key of the key-transparency log's VRF (32 bytes), pinned by clients at
+    /// `init`: every lookup proof they accept is checked against it.
+    pub kt_vrf_key: Bytes,
 }
 
 /// `POST /v1/accounts`: create an account with its first device and that device's first

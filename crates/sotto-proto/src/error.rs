@@ -75,6 +75,9 @@ error_codes! {
     /// The server cannot reach its storage for now. The request may be repeated after the
     /// `Retry-After` header's delay; a send with the same idempotency key.
     Unavailable => "unavailable",
+    /// The user's device list is not in the key-transparency log (yet); the body carries
+    /// the log's newest epoch.
+    NotInLog => "not_in_log",
 }
 
 /// The JSON body of every error response.
@@ -150,6 +153,7 @@ mod tests {
         "method_not_allowed",
         "request_timeout",
         "unavailable",
+        "not_in_log",
     ];
 
     #[test]

@@ -37,6 +37,7 @@ pub mod device_list;
 pub mod error;
 pub mod framing;
 pub mod ids;
+pub mod kt;
 
 pub use bytes::Bytes;
 pub use error::{ErrorBody, ErrorCode, ProtoError};

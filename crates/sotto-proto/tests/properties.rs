@@ -120,7 +120,12 @@ proptest! {
         n in any::<u64>(), suite in any::<u16>(), token in "[0-9a-f]{64}", server in server_id(),
         kps in prop::collection::vec(bytes(), 0..3),
     ) {
-        round_trip(&ServerConfig { api_version: 1, ciphersuite: suite, server_id: server });
+        round_trip(&ServerConfig {
+            api_version: 1, ciphersuite: suite, server_id: server, kt_vrf_key: b.clone(),
+        });
+        round_trip(&sotto_proto::kt::LookupResponse {
+            epoch: n, root_hash: b.clone(), proof: c.clone(),
+        });
         round_trip(&RegisterRequest {
             identity_key: b.clone(), device_list: list.clone(), key_packages: kps, last_resort: c.clone(),
         });
@@ -405,5 +410,40 @@ fn device_lists_are_bounded_each_device_named_once_and_recipients_named_one_way(
     assert_eq!(
         check(r),
         Err(ProtoError::Invalid("recipients or to_roster, not both"))
+    );
+}
+
+proptest! {
+    /// A lookup answer of arbitrary bytes (a proof that does not parse, or parses into
+    /// nonsense, or a root of any length) is refused with an error, never a panic, and
+    /// never proves a value.
+    #[test]
+    fn arbitrary_lookup_answers_prove_nothing(
+        epoch in any::<u64>(),
+        root in prop::collection::vec(any::<u8>(), 0..40),
+        proof in prop::collection::vec(any::<u8>(), 0..512),
+        vrf_key in prop::array::uniform32(any::<u8>()),
+        user in username(),
+    ) {
+        let found = sotto_proto::kt::LookupResponse {
+            epoch,
+            root_hash: Bytes(root),
+            proof: Bytes(proof),
+        };
+        prop_assert!(sotto_proto::kt::verify_lookup_proof(&vrf_key, &user, &found).is_err());
+    }
+}
+
+#[test]
+fn a_lookup_proof_past_the_size_limit_is_refused_before_parsing() {
+    let found = sotto_proto::kt::LookupResponse {
+        epoch: 1,
+        root_hash: Bytes(vec![0; 32]),
+        proof: Bytes(vec![0; sotto_proto::kt::MAX_PROOF + 1]),
+    };
+    let user = Username::parse("bob").unwrap();
+    assert_eq!(
+        sotto_proto::kt::verify_lookup_proof(&[0; 32], &user, &found),
+        Err("is too large")
     );
 }

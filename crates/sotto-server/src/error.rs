@@ -61,6 +61,17 @@ impl ApiError {
         e
     }
 
+    /// `404 not_in_log` carrying the key-transparency log's newest epoch.
+    pub fn not_in_log(epoch: u64) -> Self {
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotInLog,
+            "the user is not in the key-transparency log",
+        );
+        e.body.epoch = Some(epoch);
+        e
+    }
+
     /// `401 unauthorized`.
     pub fn unauthorized(message: &str) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)

@@ -21,6 +21,7 @@ pub mod client_ip;
 pub mod delivery;
 pub mod error;
 pub mod group_commit;
+pub mod kt;
 pub mod limits;
 mod listener;
 pub mod metrics;
@@ -43,6 +44,7 @@ use tracing::Level;
 
 use crate::error::ApiError;
 use crate::group_commit::GroupCommit;
+use crate::kt::{Kt, KtConfig};
 use crate::limits::{Limits, RateLimiters};
 use crate::metrics::Metrics;
 use crate::push::{Push, Wake};
@@ -66,6 +68,8 @@ pub struct Config {
     pub limits: Limits,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
     pub trusted_proxies: Vec<IpAddr>,
+    /// How the key-transparency log makes epochs.
+    pub kt: KtConfig,
 }
 
 impl Default for Config {
@@ -75,6 +79,7 @@ impl Default for Config {
             retention: 30 * 24 * 3600,
             limits: Limits::default(),
             trusted_proxies: Vec::new(),
+            kt: KtConfig::default(),
         }
     }
 }
@@ -95,14 +100,19 @@ pub struct AppState {
     rate: Arc<RateLimiters>,
     server_id: ServerId,
     challenge_key: Arc<zeroize::Zeroizing<[u8; 32]>>,
+    kt: Arc<Kt>,
 }
 
 impl AppState {
     /// State over `storage`, with push wake-ups within this process.
     pub async fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
         let push = Arc::new(Push::default());
+        let kt = Kt::open(storage.clone(), config.kt)
+            .await
+            .map_err(|e| StorageError::new(e.to_string()))?;
         let commit = GroupCommit::start(storage.clone(), push.clone());
         Ok(AppState {
+            kt: Arc::new(kt),
             server_id: storage.server_id().await?,
             challenge_key: Arc::new(storage.challenge_key().await?),
             metrics: Arc::new(Metrics::new(commit.stats(), &push)),
@@ -137,6 +147,11 @@ impl AppState {
     /// The server's settings.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The key-transparency log.
+    pub fn kt(&self) -> &Arc<Kt> {
+        &self.kt
     }
 
     /// The group committer of delivery changes.
@@ -209,6 +224,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/auth/challenge", post(auth::challenge).layer(small))
         .route("/v1/auth/token", post(auth::token).layer(small))
         .route("/v1/users/{user}", get(routes::user))
+        .route("/v1/kt/users/{user}", get(routes::kt_lookup))
         .route(
             "/v1/keypackages",
             post(routes::upload_key_packages).layer(key_packages),
@@ -257,6 +273,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let publisher = tokio::spawn(state.kt.clone().run_publisher());
     let accept = listener::Accept {
         cap: state.config.limits.connections_per_ip,
         exempt: state.config.trusted_proxies.clone(),
@@ -265,6 +282,7 @@ pub async fn serve(
     };
     let result = listener::accept_loop(listener, app(state), accept, shutdown).await;
     housekeeping.abort();
+    publisher.abort();
     result
 }
 

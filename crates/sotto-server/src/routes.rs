@@ -10,6 +10,7 @@ use sotto_proto::api::{
     UserResponse,
 };
 use sotto_proto::device_list::SignedDeviceListIn;
+use sotto_proto::kt::LookupResponse;
 use sotto_proto::{API_VERSION, ErrorCode, GroupId, Username, limits};
 
 use crate::auth::AuthDevice;
@@ -25,6 +26,7 @@ pub async fn config(State(state): State<AppState>) -> ApiJson<ServerConfig> {
         api_version: API_VERSION,
         ciphersuite: state.config.ciphersuite,
         server_id: state.server_id.clone(),
+        kt_vrf_key: state.kt.vrf_public_key().to_vec().into(),
     })
 }
 
@@ -54,6 +56,37 @@ pub async fn register(
 
 fn parse_user(raw: &str) -> Result<Username, ApiError> {
     Ok(Username::parse(raw)?)
+}
+
+/// The query of `GET /v1/kt/users/{user}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    /// Wait (a few seconds at most) for an epoch newer than this one.
+    after: Option<u64>,
+}
+
+/// `GET /v1/kt/users/{user}`: a proof of the user's value in the key-transparency log.
+pub async fn kt_lookup(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+    Path(user): Path<String>,
+    Query(query): Query<LookupQuery>,
+) -> Result<ApiJson<LookupResponse>, ApiError> {
+    state.rate.lookup(&device)?;
+    let user = parse_user(&user)?;
+    let found = state
+        .kt
+        .lookup(&user, query.after, crate::kt::LOOKUP_WAIT)
+        .await
+        .map_err(ApiError::internal)?;
+    match found {
+        Some(found) => Ok(ApiJson(found)),
+        None => {
+            let epoch = state.kt.epoch().await.map_err(ApiError::internal)?;
+            Err(ApiError::not_in_log(epoch))
+        }
+    }
 }
 
 /// `GET /v1/users/{user}`.

@@ -1,5 +1,6 @@
-//! Contacts' identity keys and signed device lists: fetched, verified, pinned on first
-//! contact, and checked against every device a group introduces (the ghost-device check).
+//! Contacts' identity keys and signed device lists: fetched, verified, checked against the
+//! key-transparency log, pinned on first contact, and checked against every device a group
+//! introduces (the ghost-device check).
 //!
 //! Only a verified mismatch is a security failure. A list that could not be fetched (the
 //! network, a server error) decides nothing: the message that needed it waits in the queue.
@@ -58,6 +59,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 "the server returned another account's device list for {user}"
             )));
         }
+        // Signed by the key the server gave is not enough: the list must be the one the
+        // key-transparency log holds for this user, which the user's own devices monitor.
+        self.check_in_log(user, verified.signed()).await?;
         // Pinned only once the list it signs has verified.
         if pinned.is_none() && *user != self.me().user {
             let at = self.now();

@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod sync;
 #[cfg(test)]
 mod tests;
+pub mod transparency;
 
 use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Clock, DeviceKey, IdentityKey, Transport, group};
@@ -129,6 +130,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 config.ciphersuite
             ))
         })?;
+        if config.kt_vrf_key.len() != 32 {
+            return Err(ClientError::Usage(
+                "the server has no valid key-transparency key; is it a Sotto server?".into(),
+            ));
+        }
         let identity = IdentityKey::generate();
         let device = DeviceKey::generate(user.clone());
         let list = device.first_device_list(device_name, clock.now());
@@ -162,6 +168,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             tx.set_setting(Setting::DeviceSecret, &e.device.secret())?;
             tx.set_setting(Setting::Suite, &config.ciphersuite.to_be_bytes())?;
             tx.set_setting(Setting::DeviceList, &list)?;
+            tx.set_setting(Setting::KtVrfKey, config.kt_vrf_key.as_slice())?;
             e.new_key_packages(tx, true)
         })?;
         let last_resort = key_packages

@@ -97,7 +97,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// [`Engine::sync`] for operations that record security failures themselves.
     pub(super) async fn exchange(&self) -> Result<(), ClientError> {
         self.flush_outbox().await?;
-        self.pull().await
+        self.pull().await?;
+        self.monitor_own_account().await
     }
 
     pub(super) async fn pull(&self) -> Result<(), ClientError> {

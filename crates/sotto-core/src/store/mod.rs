@@ -38,6 +38,12 @@ pub enum Setting {
     DeviceList,
     /// The server's count of messages dropped for this device, as last seen (8 bytes).
     DroppedSeen,
+    /// The key-transparency log's VRF public key, pinned at `init` (32 bytes).
+    KtVrfKey,
+    /// The newest key-transparency epoch seen (8 bytes big-endian) and its root (32 bytes).
+    KtHead,
+    /// The last value of this account in the log that raised an alarm (32 bytes).
+    KtAlarmed,
 }
 
 impl Setting {
@@ -54,6 +60,9 @@ impl Setting {
             Setting::Suite => "suite",
             Setting::DeviceList => "device_list",
             Setting::DroppedSeen => "dropped_seen",
+            Setting::KtVrfKey => "kt_vrf_key",
+            Setting::KtHead => "kt_head",
+            Setting::KtAlarmed => "kt_alarmed",
         }
     }
 }

@@ -67,6 +67,9 @@ pub trait ServerStore {
     /// The key the server authenticates its sign-in challenges with, chosen at random when
     /// the storage was created.
     async fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError>;
+    /// The secret key of the key-transparency log's VRF, chosen at random when the storage
+    /// was created (or when a storage from before key transparency was first opened).
+    async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError>;
     /// How many of each thing are stored: for operators, and for tests that check that a
     /// refused request changed nothing.
     async fn stats(&self) -> Result<Stats, StorageError>;
@@ -124,6 +127,61 @@ pub trait AccountStore {
     async fn account(&self, user: &Username) -> Result<Option<Account>, StorageError>;
     /// A device's signature (authentication) key, if the device exists.
     async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError>;
+}
+
+/// One version of an account's value in the key-transparency log, as akd stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtState {
+    /// The log's label: the username's bytes.
+    pub label: Vec<u8>,
+    /// The epoch it was published in.
+    pub epoch: u64,
+    /// akd's record, encoded by [`crate::kt`].
+    pub data: Vec<u8>,
+}
+
+/// The key-transparency log's records (akd's tree and value states, opaque here), and the
+/// accounts whose device list changed since they were last published.
+#[async_trait]
+pub trait KtStore {
+    /// Writes tree records (by their binary id, replacing any with the same id) and value
+    /// states (by label and epoch, replacing likewise), all at once.
+    async fn kt_write(
+        &self,
+        nodes: Vec<(Vec<u8>, Vec<u8>)>,
+        states: Vec<KtState>,
+    ) -> Result<(), StorageError>;
+    /// The tree records with these ids, as (id, record), for those that exist.
+    async fn kt_nodes(&self, ids: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    /// Every stored state of each of these labels, in no particular order.
+    async fn kt_states(&self, labels: &[Vec<u8>]) -> Result<Vec<KtState>, StorageError>;
+    /// The oldest accounts waiting to be published, at most `limit`, as (queue id, user); the
+    /// user is `None` in a row the operator broke. An account created or changed is queued
+    /// in the same transaction as the change.
+    async fn kt_pending(&self, limit: usize) -> Result<Vec<(u64, Option<Username>)>, StorageError>;
+    /// Removes the queue entries up to and including `id`.
+    async fn kt_published(&self, id: u64) -> Result<(), StorageError>;
+    /// Makes this process the log's one publisher until the guard is dropped; `Ok(None)` if
+    /// another process (a node sharing the database) publishes now.
+    async fn kt_publisher(&self) -> Result<Option<KtPublisher>, StorageError>;
+}
+
+/// Held while this process publishes an epoch of the key-transparency log.
+pub struct KtPublisher {
+    /// What keeps others out (a database session holding a lock), if anything must.
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl KtPublisher {
+    /// The guard of a storage that only this process writes.
+    pub fn sole() -> Self {
+        KtPublisher { _held: None }
+    }
+
+    /// A guard that keeps others out as long as `held` lives.
+    pub fn holding(held: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        KtPublisher { _held: Some(held) }
+    }
 }
 
 /// Sign-in challenges and bearer tokens.
@@ -366,11 +424,19 @@ pub trait DeliveryTx: Send {
 
 /// Everything the server stores.
 pub trait Storage:
-    ServerStore + AccountStore + AuthStore + KeyPackageStore + DeliveryStore + Send + Sync
+    ServerStore + AccountStore + AuthStore + KeyPackageStore + DeliveryStore + KtStore + Send + Sync
 {
 }
 
-impl<T: ServerStore + AccountStore + AuthStore + KeyPackageStore + DeliveryStore + Send + Sync>
-    Storage for T
+impl<
+    T: ServerStore
+        + AccountStore
+        + AuthStore
+        + KeyPackageStore
+        + DeliveryStore
+        + KtStore
+        + Send
+        + Sync,
+> Storage for T
 {
 }

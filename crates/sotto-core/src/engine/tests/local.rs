@@ -13,8 +13,10 @@ use sotto_proto::api::{
     TokenResponse, UploadKeyPackagesRequest, UserResponse, auth_signing_input,
 };
 use sotto_proto::device_list::{SignedDeviceListIn, parse_verifying_key};
+use sotto_proto::kt::LookupResponse;
 use sotto_proto::{API_VERSION, DeviceAddr, ErrorBody, ErrorCode, GroupId, ServerId, Username};
 use sotto_server::delivery::{self, QueueQuota, Submitted};
+use sotto_server::kt::{Kt, KtConfig};
 use sotto_server::storage::memory::MemoryStorage;
 use sotto_server::storage::{
     AccountStore as _, Claim, DeliveryStore as _, KeyPackageStore as _, ServerStore as _,
@@ -22,6 +24,7 @@ use sotto_server::storage::{
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A clock the test sets.
 #[derive(Default)]
@@ -40,7 +43,9 @@ impl Clock for TestClock {
 }
 
 pub struct LocalServer {
-    storage: MemoryStorage,
+    storage: Arc<MemoryStorage>,
+    /// The key-transparency log, which publishes what is queued before every lookup.
+    kt: Kt,
     server_id: ServerId,
     tokens: Mutex<HashMap<String, DeviceAddr>>,
     /// How many sends it refused for a stale epoch.
@@ -54,10 +59,14 @@ pub type Device = Engine<MemoryStore, LocalTransport>;
 
 impl LocalServer {
     pub async fn new() -> Arc<Self> {
-        let storage = MemoryStorage::new();
+        let storage = Arc::new(MemoryStorage::new());
         let server_id = storage.server_id().await.unwrap();
+        let kt = Kt::open(storage.clone(), KtConfig::default())
+            .await
+            .unwrap();
         Arc::new(LocalServer {
             storage,
+            kt,
             server_id,
             tokens: Mutex::new(HashMap::new()),
             epoch_conflicts: AtomicU64::new(0),
@@ -70,6 +79,7 @@ impl LocalServer {
     pub async fn device(self: &Arc<Self>, name: &str) -> Device {
         let transport = LocalTransport {
             server: self.clone(),
+            log_lies: Mutex::new(HashMap::new()),
             lies: Mutex::new(HashMap::new()),
         };
         let config = transport.config().await.unwrap();
@@ -124,6 +134,8 @@ fn failed(e: impl std::fmt::Display) -> ClientError {
 /// One device's way to the [`LocalServer`].
 pub struct LocalTransport {
     server: Arc<LocalServer>,
+    /// Lookups this device is answered with instead of the log's: a server lying to it.
+    log_lies: Mutex<HashMap<Username, LookupResponse>>,
     /// KeyPackages this device is offered when it claims those of a user: a server lying to
     /// it.
     lies: Mutex<HashMap<Username, ClaimResponse>>,
@@ -133,6 +145,16 @@ impl LocalTransport {
     /// From now on, a claim of `user`'s KeyPackages by this device gets `offer`.
     pub fn lie_about_claims(&self, user: &Username, offer: ClaimResponse) {
         self.lies.lock().unwrap().insert(user.clone(), offer);
+    }
+
+    /// From now on, a lookup of `user` in the log by this device gets `answer`.
+    pub fn lie_about_log(&self, user: &Username, answer: LookupResponse) {
+        self.log_lies.lock().unwrap().insert(user.clone(), answer);
+    }
+
+    /// The server's key-transparency log.
+    pub fn kt(&self) -> &Kt {
+        &self.server.kt
     }
 
     /// The server's storage, as its operator sees it.
@@ -148,7 +170,34 @@ impl Transport for LocalTransport {
             api_version: API_VERSION,
             ciphersuite: crate::suite::XWING,
             server_id: self.server.server_id.clone(),
+            kt_vrf_key: self.server.kt.vrf_public_key().to_vec().into(),
         })
+    }
+
+    async fn kt_lookup(
+        &self,
+        token: &str,
+        user: &Username,
+        _after: Option<u64>,
+    ) -> Result<LookupResponse, ClientError> {
+        self.server.signed_in(token)?;
+        if let Some(lie) = self.log_lies.lock().unwrap().get(user).cloned() {
+            return Ok(lie);
+        }
+        let kt = &self.server.kt;
+        kt.publish_pending().await.map_err(failed)?;
+        match kt
+            .lookup(user, None, Duration::ZERO)
+            .await
+            .map_err(failed)?
+        {
+            Some(found) => Ok(found),
+            None => Err(ClientError::Refused(ErrorBody {
+                code: ErrorCode::NotInLog,
+                message: "not in the log".into(),
+                epoch: Some(kt.epoch().await.map_err(failed)?),
+            })),
+        }
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {

@@ -6,6 +6,7 @@
     reason = "test code: a failed unwrap is a failed test"
 )]
 
+mod compelled;
 mod large_group;
 mod local;
 mod misbehaving;

@@ -3,10 +3,12 @@
 
 mod backends;
 mod group_commit;
+mod kt;
 mod queue;
 mod roster;
 
 pub use group_commit::*;
+pub use kt::*;
 pub use queue::*;
 pub use roster::*;
 
@@ -577,6 +579,9 @@ macro_rules! conformance {
                 a_commit_to_the_roster_reaches_the_roster_before_it_and_the_next_message_the_one_after,
                 a_message_to_the_roster_keeps_every_queue_within_its_quota,
                 acks_of_several_devices_at_once_remove_only_their_entries_and_a_message_with_its_last,
+                akds_own_storage_tests_pass,
+                a_new_account_is_published_once_with_a_lookup_proof_of_its_device_list,
+                a_queued_account_whose_value_is_in_the_log_already_makes_no_epoch,
             );
         }
     };

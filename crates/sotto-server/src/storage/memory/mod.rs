@@ -4,6 +4,7 @@
 //! (the copy makes each transaction cost the size of the state: not a production backend).
 
 mod delivery;
+mod kt;
 
 use async_trait::async_trait;
 use sotto_proto::api::{
@@ -41,6 +42,10 @@ struct DeviceQueue {
 struct State {
     server_id: ServerId,
     challenge_key: [u8; 32],
+    kt_vrf_key: [u8; 32],
+    /// Accounts waiting to be published in the log, by queue id.
+    kt_pending: BTreeMap<u64, Username>,
+    kt_last_pending: u64,
     accounts: BTreeMap<Username, Account>,
     devices: BTreeMap<DeviceAddr, Vec<u8>>,
     used_challenges: BTreeMap<Vec<u8>, u64>,
@@ -58,12 +63,16 @@ struct State {
 impl Drop for State {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.challenge_key);
+        zeroize::Zeroize::zeroize(&mut self.kt_vrf_key);
     }
 }
 
 /// In-memory [`super::Storage`].
 pub struct MemoryStorage {
     state: Arc<Mutex<State>>,
+    /// The key-transparency log's records: apart from `state`, which every delivery
+    /// transaction copies.
+    kt: Arc<std::sync::Mutex<kt::KtRecords>>,
 }
 
 impl Default for MemoryStorage {
@@ -79,6 +88,9 @@ impl MemoryStorage {
             state: Arc::new(Mutex::new(State {
                 server_id: ServerId::from_bytes(rand::random()),
                 challenge_key: rand::random(),
+                kt_vrf_key: rand::random(),
+                kt_pending: BTreeMap::new(),
+                kt_last_pending: 0,
                 accounts: BTreeMap::new(),
                 devices: BTreeMap::new(),
                 used_challenges: BTreeMap::new(),
@@ -92,6 +104,7 @@ impl MemoryStorage {
                 queues: BTreeMap::new(),
                 sends: BTreeMap::new(),
             })),
+            kt: Arc::default(),
         }
     }
 }
@@ -107,6 +120,50 @@ impl MemoryStorage {
             .devices
             .insert(device.clone(), signature_key.to_vec());
     }
+
+    /// What an operator with write access to the data can do: replace `user`'s identity key
+    /// and signed device list (and so its devices) with ones of its own making, without
+    /// publishing them in the key-transparency log unless `publish`. Clients must catch it;
+    /// tests use this to check that they do.
+    pub async fn replace_account(&self, account: &ValidRegistration, publish: bool) {
+        let mut s = self.state.lock().await;
+        let list = account.device_list.list();
+        s.devices.retain(|d, _| d.user != list.user);
+        s.accounts.remove(&list.user);
+        insert_account(&mut s, account);
+        if publish {
+            queue_for_log(&mut s, &list.user);
+        }
+    }
+}
+
+fn insert_account(s: &mut State, account: &ValidRegistration) {
+    let list = account.device_list.list();
+    s.accounts.insert(
+        list.user.clone(),
+        Account {
+            identity_key: account.identity_key.clone(),
+            device_list_body: account.device_list.signed().body.as_slice().to_vec(),
+            device_list_signature: account.device_list.signed().signature.as_slice().to_vec(),
+        },
+    );
+    for d in &list.devices {
+        let addr = DeviceAddr {
+            user: list.user.clone(),
+            device: d.id,
+        };
+        s.devices
+            .insert(addr.clone(), d.signature_key.as_slice().to_vec());
+        s.key_packages
+            .insert(addr.clone(), account.key_packages.iter().cloned().collect());
+        s.last_resort.insert(addr, account.last_resort.clone());
+    }
+}
+
+fn queue_for_log(s: &mut State, user: &Username) {
+    s.kt_last_pending = s.kt_last_pending.saturating_add(1);
+    let id = s.kt_last_pending;
+    s.kt_pending.insert(id, user.clone());
 }
 
 fn count_of(n: usize) -> u64 {
@@ -130,6 +187,10 @@ impl ServerStore for MemoryStorage {
         Ok(zeroize::Zeroizing::new(
             self.state.lock().await.challenge_key,
         ))
+    }
+
+    async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        Ok(zeroize::Zeroizing::new(self.state.lock().await.kt_vrf_key))
     }
 
     async fn stats(&self) -> Result<Stats, StorageError> {
@@ -162,25 +223,8 @@ impl AccountStore for MemoryStorage {
         if s.accounts.contains_key(&list.user) {
             return Ok(false);
         }
-        s.accounts.insert(
-            list.user.clone(),
-            Account {
-                identity_key: account.identity_key.clone(),
-                device_list_body: account.device_list.signed().body.as_slice().to_vec(),
-                device_list_signature: account.device_list.signed().signature.as_slice().to_vec(),
-            },
-        );
-        for d in &list.devices {
-            let addr = DeviceAddr {
-                user: list.user.clone(),
-                device: d.id,
-            };
-            s.devices
-                .insert(addr.clone(), d.signature_key.as_slice().to_vec());
-            s.key_packages
-                .insert(addr.clone(), account.key_packages.iter().cloned().collect());
-            s.last_resort.insert(addr, account.last_resort.clone());
-        }
+        insert_account(&mut s, account);
+        queue_for_log(&mut s, &list.user);
         Ok(true)
     }
 

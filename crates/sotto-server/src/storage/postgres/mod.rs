@@ -4,6 +4,7 @@
 //! connection; connections come from a pool.
 
 mod delivery;
+mod kt;
 mod schema;
 mod tx;
 
@@ -199,12 +200,14 @@ impl PostgresStorage {
             &[&id.as_str().as_bytes()],
         )
         .await?;
-        let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
-        tx.execute(
-            "INSERT INTO server_meta (key, value) VALUES ('challenge_key', $1) ON CONFLICT DO NOTHING",
-            &[&&key[..]],
-        )
-        .await?;
+        for name in ["challenge_key", "kt_vrf_key"] {
+            let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
+            tx.execute(
+                "INSERT INTO server_meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &&key[..]],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -217,6 +220,17 @@ impl PostgresStorage {
             .await?
             .ok_or_else(|| StorageError::corrupt("server_meta missing"))?;
         Ok(row.get(0))
+    }
+
+    /// A 32-byte secret of `server_meta`.
+    async fn secret(&self, name: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        let key = zeroize::Zeroizing::new(self.meta(name).await?);
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        if key.len() != out.len() {
+            return Err(StorageError::corrupt(name));
+        }
+        out.copy_from_slice(&key);
+        Ok(out)
     }
 }
 
@@ -231,13 +245,11 @@ impl ServerStore for PostgresStorage {
     }
 
     async fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
-        let key = zeroize::Zeroizing::new(self.meta("challenge_key").await?);
-        let mut out = zeroize::Zeroizing::new([0u8; 32]);
-        if key.len() != out.len() {
-            return Err(StorageError::corrupt("challenge_key"));
-        }
-        out.copy_from_slice(&key);
-        Ok(out)
+        self.secret("challenge_key").await
+    }
+
+    async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        self.secret("kt_vrf_key").await
     }
 
     async fn stats(&self) -> Result<Stats, StorageError> {
@@ -321,6 +333,8 @@ impl AccountStore for PostgresStorage {
             )
             .await?;
         }
+        tx.execute("INSERT INTO kt_pending (username) VALUES ($1)", &[&user])
+            .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -100,4 +100,17 @@ CREATE INDEX sends_accepted ON sends(accepted_at);
 DROP INDEX IF EXISTS queue_device;
 CREATE INDEX queue_device ON queue(username, device, message_id);
 "#,
+    // The key-transparency log (akd's records, opaque here) and the accounts waiting to be
+    // published in it: every account that existed before the log.
+    r#"
+CREATE TABLE kt_nodes (id BYTEA PRIMARY KEY, data BYTEA NOT NULL);
+CREATE TABLE kt_states (
+    label BYTEA NOT NULL,
+    epoch BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (label, epoch)
+);
+CREATE TABLE kt_pending (id BIGSERIAL PRIMARY KEY, username TEXT NOT NULL);
+INSERT INTO kt_pending (username) SELECT username FROM accounts ORDER BY created_at, username;
+"#,
 ];

@@ -6,6 +6,7 @@
 mod accounts;
 mod delivery;
 mod key_packages;
+mod kt;
 
 use super::{ServerStore, Stats, StorageError};
 use async_trait::async_trait;
@@ -128,6 +129,19 @@ INSERT INTO device_queues (user, device, count, bytes)
 DROP INDEX IF EXISTS queue_device;
 CREATE INDEX queue_device ON queue(user, device, message_id);
 "#,
+    // The key-transparency log (akd's records, opaque here) and the accounts waiting to be
+    // published in it: every account that existed before the log.
+    r#"
+CREATE TABLE kt_nodes (id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE kt_states (
+    label BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (label, epoch)
+) WITHOUT ROWID;
+CREATE TABLE kt_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL);
+INSERT INTO kt_pending (user) SELECT user FROM accounts ORDER BY created_at, user;
+"#,
 ];
 
 /// SQLite-backed [`super::Storage`]: one writing connection, used by one operation at a time,
@@ -202,11 +216,13 @@ impl SqliteStorage {
             "INSERT OR IGNORE INTO server_meta (key, value) VALUES ('server_id', ?1)",
             [ServerId::from_bytes(rand::random()).as_str()],
         )?;
-        let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
-        conn.execute(
-            "INSERT OR IGNORE INTO server_meta (key, value) VALUES ('challenge_key', ?1)",
-            [&key[..]],
-        )?;
+        for name in ["challenge_key", "kt_vrf_key"] {
+            let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
+            conn.execute(
+                "INSERT OR IGNORE INTO server_meta (key, value) VALUES (?1, ?2)",
+                rusqlite::params![name, &key[..]],
+            )?;
+        }
         Ok(SqliteStorage {
             conn: Arc::new(tokio::sync::Mutex::new(conn)),
             readers: Arc::new(Readers {
@@ -259,6 +275,26 @@ impl SqliteStorage {
     }
 }
 
+impl SqliteStorage {
+    /// A 32-byte secret of `server_meta`.
+    async fn secret(
+        &self,
+        name: &'static str,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        let key: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
+            self.run(move |c| meta(c, name))
+                .await?
+                .ok_or_else(|| corrupt(name))?,
+        );
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        if key.len() != out.len() {
+            return Err(corrupt(name));
+        }
+        out.copy_from_slice(&key);
+        Ok(out)
+    }
+}
+
 /// The schema version a fresh database reaches.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
@@ -307,17 +343,11 @@ impl ServerStore for SqliteStorage {
     }
 
     async fn challenge_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
-        let key: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
-            self.run(|c| meta(c, "challenge_key"))
-                .await?
-                .ok_or_else(|| corrupt("challenge_key missing"))?,
-        );
-        let mut out = zeroize::Zeroizing::new([0u8; 32]);
-        if key.len() != out.len() {
-            return Err(corrupt("challenge_key"));
-        }
-        out.copy_from_slice(&key);
-        Ok(out)
+        self.secret("challenge_key").await
+    }
+
+    async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        self.secret("kt_vrf_key").await
     }
 
     async fn stats(&self) -> Result<Stats, StorageError> {

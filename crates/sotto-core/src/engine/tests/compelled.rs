@@ -1,0 +1,142 @@
+//! A compelled server: its operator edits the storage or lies in its answers, and the
+//! devices must catch it. Each test asserts what the affected devices see, and that nothing
+//! reaches the attacker.
+
+use super::local::LocalServer;
+use crate::store::HistoryItem;
+use crate::{ClientError, DeviceKey, IdentityKey};
+use sotto_proto::Username;
+use sotto_proto::api::ValidRegistration;
+use sotto_proto::device_list::parse_verifying_key;
+use sotto_server::storage::ServerStore as _;
+use std::time::Duration;
+
+fn user(name: &str) -> Username {
+    Username::parse(name).unwrap()
+}
+
+/// An account `name` made by the operator: its own identity key and device.
+fn forged_account(name: &str) -> ValidRegistration {
+    let identity = IdentityKey::generate();
+    let device = DeviceKey::generate(user(name));
+    let signed = identity.sign_device_list(&device.first_device_list("laptop", 1));
+    let key = parse_verifying_key(&identity.public()).unwrap();
+    ValidRegistration {
+        identity_key: identity.public().to_vec(),
+        device_list: signed.verify(&key).unwrap(),
+        key_packages: vec![b"attacker key package".to_vec()],
+        last_resort: b"attacker last resort".to_vec(),
+    }
+}
+
+fn security_reason(e: &ClientError) -> &str {
+    match e {
+        ClientError::Security(reason) => reason,
+        other => panic!("not a security failure: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_swapped_before_first_contact_but_not_in_the_log_is_refused_and_gets_nothing() {
+    let server = LocalServer::new().await;
+    let erin = server.device("erin").await;
+    let _bob = server.device("bob").await;
+    erin.sync().await.unwrap();
+    // Before erin's first message, the operator swaps bob's account for one it holds the
+    // keys of, and leaves the log alone.
+    let storage = erin.transport().storage();
+    storage.replace_account(&forged_account("bob"), false).await;
+    let before = storage.stats().await.unwrap();
+
+    let e = erin.send_text("bob", "for bob only").await.unwrap_err();
+    let reason = security_reason(&e);
+    assert!(reason.contains("bob"), "{reason}");
+    assert!(reason.contains("key-transparency log"), "{reason}");
+    // Nothing was sent or claimed: the attacker's KeyPackage is still there.
+    let after = storage.stats().await.unwrap();
+    assert_eq!(after.messages, before.messages);
+    assert_eq!(after.key_packages, before.key_packages);
+    assert_eq!(after.groups, before.groups);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_published_for_an_account_by_someone_else_raise_one_alarm_on_its_device() {
+    let server = LocalServer::new().await;
+    let bob = server.device("bob").await;
+    bob.sync().await.unwrap();
+    assert!(bob.unshown().unwrap().is_empty());
+    // The operator swaps bob's account and publishes the swap in the log.
+    let storage = bob.transport().storage();
+    storage.replace_account(&forged_account("bob"), true).await;
+
+    let e = bob.sync().await.unwrap_err();
+    let reason = security_reason(&e).to_owned();
+    assert!(reason.contains("none of your devices made"), "{reason}");
+    let alarms: Vec<_> = bob
+        .unshown()
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.record.item, HistoryItem::Security { .. }))
+        .collect();
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    // Kept until shown, raised once.
+    bob.sync().await.unwrap();
+    assert_eq!(bob.unshown().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_identity_key_published_for_a_known_contact_is_refused_when_next_fetched() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    alice.send_text("bob", "hi").await.unwrap();
+    bob.sync().await.unwrap();
+    let storage = alice.transport().storage();
+    storage.replace_account(&forged_account("bob"), true).await;
+    // Bob's own device alarms; alice, who pinned bob's key, refuses the new one when she
+    // next fetches his devices.
+    assert!(bob.sync().await.is_err());
+    alice.forget_lists();
+    let e = alice
+        .create_group("team", &["bob".into()])
+        .await
+        .unwrap_err();
+    let reason = security_reason(&e);
+    assert!(reason.contains("identity key of bob changed"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_from_an_older_epoch_or_with_a_forged_root_is_refused() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    alice.sync().await.unwrap();
+    let kt = alice.transport().kt();
+    let old = kt
+        .lookup(&user("alice"), None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let _bob = server.device("bob").await;
+    let _carol = server.device("carol").await;
+    // Alice sees a newer epoch (bob and carol published).
+    alice.send_text("bob", "hi").await.unwrap();
+    alice.sync().await.unwrap();
+
+    // Replaying alice's own older lookup: the log cannot go back.
+    alice.transport().lie_about_log(&user("alice"), old.clone());
+    let e = alice.sync().await.unwrap_err();
+    assert!(security_reason(&e).contains("cannot go back"), "{e:?}");
+
+    // A root that is not the one the proof was made for.
+    let mut forged = kt
+        .lookup(&user("alice"), None, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut root = forged.root_hash.as_slice().to_vec();
+    root[0] ^= 1;
+    forged.root_hash = root.into();
+    alice.transport().lie_about_log(&user("alice"), forged);
+    let e = alice.sync().await.unwrap_err();
+    assert!(security_reason(&e).contains("does not verify"), "{e:?}");
+}

@@ -1,0 +1,172 @@
+//! Key transparency in the client: every device list this device trusts must be the one
+//! the server's log holds for its user, proven by an akd lookup proof checked against the
+//! log's VRF key (pinned at `init`), and the log's epochs must never go back or fork.
+//!
+//! A list not in the log yet (the log publishes in epochs, about a second apart) is waited
+//! for: the lookup asks the server to hold it until a newer epoch, a few times, before the
+//! mismatch counts as a security failure. A list that never reaches the log is refused
+//! whatever its signatures say: that is what stops a server that swaps an account's keys.
+//!
+//! Not yet here: signed and witnessed roots, and append-only proofs between the epochs a
+//! device sees. Until then a server could show this device a log of its own (a split
+//! view) consistently; it could not show it a list that differs from that log.
+
+use super::Engine;
+use crate::store::{ClientStore, Setting, StoreTx};
+use crate::{ClientError, Transport};
+use sotto_proto::device_list::SignedDeviceListIn;
+use sotto_proto::kt::{LookupResponse, device_list_value, verify_lookup_proof};
+use sotto_proto::{ErrorCode, Username};
+
+/// How many times a lookup asks the server to wait for a newer epoch (up to five seconds
+/// each) before a device list missing from the log is refused.
+pub const LOG_WAITS: usize = 3;
+
+/// What the log says of a user.
+enum Logged {
+    /// Not in the log at this epoch.
+    Absent(u64),
+    /// This value, verified, at this epoch.
+    Value(u64, [u8; 32]),
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
+    /// Checks that `signed` is `user`'s device list in the log, waiting a bounded time for
+    /// the log to publish it. `Security` if it is not, or if the server's proof fails.
+    pub(super) async fn check_in_log(
+        &self,
+        user: &Username,
+        signed: &SignedDeviceListIn,
+    ) -> Result<(), ClientError> {
+        let want = device_list_value(signed);
+        let mut after = None;
+        let mut seen = Logged::Absent(0);
+        for _ in 0..=LOG_WAITS {
+            seen = self.look_up(user, after).await?;
+            let epoch = match seen {
+                Logged::Value(_, value) if value == want => return Ok(()),
+                Logged::Value(epoch, _) | Logged::Absent(epoch) => epoch,
+            };
+            after = Some(epoch);
+        }
+        Err(ClientError::Security(match seen {
+            Logged::Absent(epoch) => format!(
+                "the devices of {user} are not in the key-transparency log (epoch {epoch}); \
+                 refusing to trust them"
+            ),
+            Logged::Value(epoch, _) => format!(
+                "the device list the server gave for {user} is not the one in the \
+                 key-transparency log (epoch {epoch}); refusing to trust it"
+            ),
+        }))
+    }
+
+    /// Checks this account's own entry in the log: a value that none of its devices made
+    /// means someone else published keys for it. Alarms once per such value (a security
+    /// event, kept until shown). An account not in the log yet is not an alarm: nobody can
+    /// be made to trust what the log does not hold.
+    pub(super) async fn monitor_own_account(&self) -> Result<(), ClientError> {
+        let mine = self
+            .store
+            .read(|tx| tx.setting(Setting::DeviceList))?
+            .ok_or_else(|| ClientError::damaged("device list"))?;
+        let mine: SignedDeviceListIn =
+            serde_json::from_slice(&mine).map_err(|_| ClientError::damaged("device list"))?;
+        let Logged::Value(epoch, value) = self.look_up(&self.me().user, None).await? else {
+            return Ok(());
+        };
+        if value == device_list_value(&mine) {
+            return Ok(());
+        }
+        let alarmed = self.store.read(|tx| tx.setting(Setting::KtAlarmed))?;
+        if alarmed.as_deref() == Some(&value[..]) {
+            return Ok(());
+        }
+        self.tx(|tx| Ok(tx.set_setting(Setting::KtAlarmed, &value)?))?;
+        Err(ClientError::Security(format!(
+            "the key-transparency log (epoch {epoch}) holds a device list for your account \
+             that none of your devices made: someone may have added a device or replaced \
+             your identity key on the server"
+        )))
+    }
+
+    /// One lookup of `user`, verified.
+    async fn look_up(&self, user: &Username, after: Option<u64>) -> Result<Logged, ClientError> {
+        let token = self.token().await?;
+        let vrf_key = self.vrf_key().await?;
+        match self.transport.kt_lookup(&token, user, after).await {
+            Ok(found) => self.verify_lookup(&vrf_key, user, found),
+            Err(ClientError::Refused(body)) if body.code == ErrorCode::NotInLog => {
+                Ok(Logged::Absent(body.epoch.unwrap_or(0)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verifies a lookup proof against the pinned VRF key, and its epoch and root against
+    /// the newest this device has seen; remembers them if newer.
+    fn verify_lookup(
+        &self,
+        vrf_key: &[u8],
+        user: &Username,
+        found: LookupResponse,
+    ) -> Result<Logged, ClientError> {
+        let proven = verify_lookup_proof(vrf_key, user, &found).map_err(|what| {
+            ClientError::Security(format!(
+                "the server's key-transparency proof for {user} {what}"
+            ))
+        })?;
+        self.note_head(proven.epoch, proven.root)?;
+        Ok(Logged::Value(proven.epoch, proven.value))
+    }
+
+    /// Remembers the newest (epoch, root) seen; refuses an older epoch, or another root for
+    /// the same one.
+    fn note_head(&self, epoch: u64, root: [u8; 32]) -> Result<(), ClientError> {
+        self.tx(|tx| {
+            if let Some(head) = tx.setting(Setting::KtHead)? {
+                let (seen, seen_root) = head
+                    .split_first_chunk::<8>()
+                    .filter(|(_, r)| r.len() == 32)
+                    .ok_or_else(|| ClientError::damaged("key-transparency head"))?;
+                let seen = u64::from_be_bytes(*seen);
+                if epoch < seen {
+                    return Err(ClientError::Security(format!(
+                        "the server showed key-transparency epoch {epoch} after this device saw \
+                     epoch {seen}: the log cannot go back"
+                    )));
+                }
+                if epoch == seen {
+                    if seen_root != root {
+                        return Err(ClientError::Security(format!(
+                            "the server showed two different key-transparency logs for epoch \
+                         {epoch}"
+                        )));
+                    }
+                    return Ok(());
+                }
+            }
+            let head = [&epoch.to_be_bytes()[..], &root[..]].concat();
+            Ok(tx.set_setting(Setting::KtHead, &head)?)
+        })
+    }
+
+    /// The log's VRF public key, pinned at `init`; a store from before the log pins the
+    /// server's key now (trusting it on first use, as such a store trusted its contacts).
+    async fn vrf_key(&self) -> Result<Vec<u8>, ClientError> {
+        if let Some(key) = self.store.read(|tx| tx.setting(Setting::KtVrfKey))? {
+            if key.len() != 32 {
+                return Err(ClientError::damaged("key-transparency key"));
+            }
+            return Ok(key);
+        }
+        let key = self.transport.config().await?.kt_vrf_key;
+        if key.len() != 32 {
+            return Err(ClientError::Security(
+                "the server's key-transparency key is malformed".into(),
+            ));
+        }
+        self.tx(|tx| Ok(tx.set_setting(Setting::KtVrfKey, key.as_slice())?))?;
+        Ok(key.as_slice().to_vec())
+    }
+}

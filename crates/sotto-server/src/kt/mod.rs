@@ -1,0 +1,251 @@
+//! Key transparency: an akd directory over the server's own storage, in which every
+//! account's value is the hash of its signed device list (label: the username).
+//!
+//! An account created or changed is queued for the log in the same transaction as the
+//! change ([`crate::storage::KtStore::kt_pending`]). One publisher (one process; on a shared
+//! database, whichever node holds its lock) takes the queue in epochs: at most one every
+//! [`KtConfig::epoch_interval`], of at most [`KtConfig::epoch_changes`] accounts. A value
+//! already in the log is not published again, so a publisher that dies between publishing
+//! and emptying the queue changes nothing when it starts over.
+
+mod database;
+
+pub use database::KtDatabase;
+
+use crate::storage::{Storage, StorageError};
+use akd::ecvrf::{VRFKeyStorage, VrfError};
+use akd::storage::types::ValueStateRetrievalFlag;
+use akd::storage::{Database as _, StorageManager};
+use akd::{AkdLabel, AkdValue, AzksParallelismConfig, Directory};
+use async_trait::async_trait;
+use sotto_proto::device_list::SignedDeviceListIn;
+use sotto_proto::kt::{LookupResponse, device_list_value};
+use sotto_proto::{Bytes, Username};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use sotto_proto::kt::KtConfiguration;
+
+type Dir = Directory<KtConfiguration, KtDatabase, Vrf>;
+
+/// How epochs are made.
+#[derive(Debug, Clone, Copy)]
+pub struct KtConfig {
+    /// The shortest time between two epochs (default one second).
+    pub epoch_interval: Duration,
+    /// The most accounts one epoch publishes (default 1,000).
+    pub epoch_changes: usize,
+}
+
+impl Default for KtConfig {
+    fn default() -> Self {
+        KtConfig {
+            epoch_interval: Duration::from_secs(1),
+            epoch_changes: 1000,
+        }
+    }
+}
+
+/// The VRF secret, as the storage keeps it.
+#[derive(Clone)]
+struct Vrf(Arc<zeroize::Zeroizing<[u8; 32]>>);
+
+#[async_trait]
+impl VRFKeyStorage for Vrf {
+    async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
+        Ok(self.0.to_vec())
+    }
+}
+
+/// The log failed: its storage, or akd itself.
+#[derive(Debug, thiserror::Error)]
+#[error("key transparency: {0}")]
+pub struct KtError(String);
+
+impl From<StorageError> for KtError {
+    fn from(e: StorageError) -> Self {
+        KtError(e.to_string())
+    }
+}
+
+impl From<akd::errors::AkdError> for KtError {
+    fn from(e: akd::errors::AkdError) -> Self {
+        KtError(e.to_string())
+    }
+}
+
+/// The server's key-transparency log.
+pub struct Kt {
+    directory: Dir,
+    db: KtDatabase,
+    storage: Arc<dyn Storage>,
+    vrf_public_key: [u8; 32],
+    config: KtConfig,
+    /// The newest epoch this process published.
+    published: tokio::sync::watch::Sender<u64>,
+}
+
+/// How long a lookup waits for a newer epoch than the one the client has seen.
+pub const LOOKUP_WAIT: Duration = Duration::from_secs(5);
+
+impl Kt {
+    /// The log kept in `storage` (created empty at epoch 0 if it has none).
+    pub async fn open(storage: Arc<dyn Storage>, config: KtConfig) -> Result<Self, KtError> {
+        let vrf = Vrf(Arc::new(storage.kt_vrf_key().await?));
+        let vrf_public_key = *vrf
+            .get_vrf_public_key()
+            .await
+            .map_err(|e| KtError(e.to_string()))?
+            .as_bytes();
+        let db = KtDatabase::new(storage.clone());
+        // The empty log is written by one process only (nodes may start together).
+        let _publisher = loop {
+            if let Some(p) = storage.kt_publisher().await? {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let directory = Directory::new(
+            StorageManager::new_no_cache(db.clone()),
+            vrf,
+            AzksParallelismConfig::disabled(),
+        )
+        .await?;
+        let epoch = directory.get_epoch_hash().await?.epoch();
+        Ok(Kt {
+            directory,
+            db,
+            storage,
+            vrf_public_key,
+            config,
+            published: tokio::sync::watch::Sender::new(epoch),
+        })
+    }
+
+    /// The VRF public key clients check lookups with.
+    pub fn vrf_public_key(&self) -> [u8; 32] {
+        self.vrf_public_key
+    }
+
+    /// The newest epoch.
+    pub async fn epoch(&self) -> Result<u64, KtError> {
+        Ok(self.directory.get_epoch_hash().await?.epoch())
+    }
+
+    /// A proof of `user`'s current value at the newest epoch, waiting up to `wait` for an
+    /// epoch newer than `after` if the newest is not. `Ok(None)` if the user is not in the
+    /// log.
+    pub async fn lookup(
+        &self,
+        user: &Username,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<Option<LookupResponse>, KtError> {
+        if let Some(after) = after {
+            self.wait_past(after, wait).await?;
+        }
+        let label = AkdLabel::from(user.as_str());
+        // Only a user with a value in the log has a proof.
+        let known = self
+            .db
+            .get_user_state_versions(
+                std::slice::from_ref(&label),
+                ValueStateRetrievalFlag::MaxEpoch,
+            )
+            .await
+            .map_err(|e| KtError(e.to_string()))?;
+        if known.is_empty() {
+            return Ok(None);
+        }
+        let (proof, epoch_hash) = self.directory.lookup(label).await?;
+        let proof = akd::proto::specs::types::LookupProof::from(&proof);
+        let proof =
+            protobuf::Message::write_to_bytes(&proof).map_err(|e| KtError(e.to_string()))?;
+        Ok(Some(LookupResponse {
+            epoch: epoch_hash.epoch(),
+            root_hash: Bytes::from(epoch_hash.hash().to_vec()),
+            proof: Bytes::from(proof),
+        }))
+    }
+
+    /// Waits up to `wait` until an epoch newer than `after` exists. Another node may publish
+    /// it: the storage is read again every 100 ms as well.
+    async fn wait_past(&self, after: u64, wait: Duration) -> Result<(), KtError> {
+        let mut published = self.published.subscribe();
+        let newer = async {
+            while self.epoch().await? <= after {
+                tokio::select! {
+                    _ = published.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            Ok(())
+        };
+        // Past the wait, the answer is at the newest epoch there is.
+        tokio::time::timeout(wait, newer).await.unwrap_or(Ok(()))
+    }
+
+    /// Publishes one epoch of the queued accounts whose value changed, if any are queued and
+    /// this process may publish now. Returns the new epoch, if it made one.
+    pub async fn publish_pending(&self) -> Result<Option<u64>, KtError> {
+        let Some(_publisher) = self.storage.kt_publisher().await? else {
+            return Ok(None);
+        };
+        let pending = self.storage.kt_pending(self.config.epoch_changes).await?;
+        let Some(last) = pending.iter().map(|(id, _)| *id).max() else {
+            return Ok(None);
+        };
+        let mut values: HashMap<AkdLabel, AkdValue> = HashMap::new();
+        for user in pending.into_iter().filter_map(|(id, user)| {
+            if user.is_none() {
+                tracing::warn!(id, "a key-transparency queue row names no valid user");
+            }
+            user
+        }) {
+            // An account the operator deleted has nothing to publish.
+            if let Some(account) = self.storage.account(&user).await? {
+                let signed = SignedDeviceListIn {
+                    body: account.device_list_body.into(),
+                    signature: account.device_list_signature.into(),
+                };
+                let value = device_list_value(&signed);
+                values.insert(AkdLabel::from(user.as_str()), AkdValue(value.to_vec()));
+            }
+        }
+        let labels: Vec<AkdLabel> = values.keys().cloned().collect();
+        let current = self
+            .db
+            .get_user_state_versions(&labels, ValueStateRetrievalFlag::MaxEpoch)
+            .await
+            .map_err(|e| KtError(e.to_string()))?;
+        let updates: Vec<(AkdLabel, AkdValue)> = values
+            .into_iter()
+            .filter(|(label, value)| current.get(label).is_none_or(|(_, v)| v != value))
+            .collect();
+        let epoch = if updates.is_empty() {
+            None
+        } else {
+            let count = updates.len();
+            let epoch = self.directory.publish(updates).await?.epoch();
+            tracing::info!(epoch, count, "key-transparency epoch published");
+            self.published.send_replace(epoch);
+            Some(epoch)
+        };
+        self.storage.kt_published(last).await?;
+        Ok(epoch)
+    }
+
+    /// Publishes queued changes for as long as the server runs, an epoch at most every
+    /// [`KtConfig::epoch_interval`]. A failure is logged and tried again at the next tick.
+    pub async fn run_publisher(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.epoch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.publish_pending().await {
+                tracing::error!(error = %e, "publishing a key-transparency epoch failed");
+            }
+        }
+    }
+}
