@@ -63,6 +63,8 @@ pub struct Proven {
     pub epoch: u64,
     /// The log's root at that epoch.
     pub root: [u8; 32],
+    /// The version of the user's value (1 for the first, one more for each change).
+    pub version: u64,
     /// The user's value: [`device_list_value`] of its signed device list.
     pub value: [u8; 32],
 }
@@ -85,13 +87,17 @@ pub fn verify_lookup_proof(
     let proof: ProtoLookupProof = protobuf::Message::parse_from_bytes(found.proof.as_slice())
         .map_err(|_| "does not parse")?;
     let proof = akd_core::LookupProof::try_from(&proof).map_err(|_| "does not parse")?;
-    let verified = akd_core::verify::lookup_verify::<KtConfiguration>(
-        vrf_key,
-        root,
-        found.epoch,
-        akd_core::AkdLabel::from(user.as_str()),
-        proof,
-    )
+    // akd asserts what these mean (a version 0 panics deep in its marker arithmetic): a
+    // server that holds the VRF secret could build a tree that reaches those asserts, so
+    // they are refused here, and a panic left in akd is caught rather than let through.
+    if proof.version == 0 || proof.epoch > found.epoch {
+        return Err("is malformed");
+    }
+    let label = akd_core::AkdLabel::from(user.as_str());
+    let verified = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        akd_core::verify::lookup_verify::<KtConfiguration>(vrf_key, root, found.epoch, label, proof)
+    }))
+    .map_err(|_| "is malformed")?
     .map_err(|_| "does not verify")?;
     let value: [u8; 32] = verified
         .value
@@ -102,6 +108,7 @@ pub fn verify_lookup_proof(
     Ok(Proven {
         epoch: found.epoch,
         root,
+        version: verified.version,
         value,
     })
 }

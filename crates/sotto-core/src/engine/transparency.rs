@@ -26,8 +26,8 @@ pub const LOG_WAITS: usize = 3;
 enum Logged {
     /// Not in the log at this epoch.
     Absent(u64),
-    /// This value, verified, at this epoch.
-    Value(u64, [u8; 32]),
+    /// This value, verified, at this epoch, and its version.
+    Value(u64, [u8; 32], u64),
 }
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
@@ -44,27 +44,31 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         for _ in 0..=LOG_WAITS {
             seen = self.look_up(user, after).await?;
             let epoch = match seen {
-                Logged::Value(_, value) if value == want => return Ok(()),
-                Logged::Value(epoch, _) | Logged::Absent(epoch) => epoch,
+                Logged::Value(_, value, _) if value == want => return Ok(()),
+                Logged::Value(epoch, ..) | Logged::Absent(epoch) => epoch,
             };
             after = Some(epoch);
         }
-        Err(ClientError::Security(match seen {
-            Logged::Absent(epoch) => format!(
-                "the devices of {user} are not in the key-transparency log (epoch {epoch}); \
-                 refusing to trust them"
-            ),
-            Logged::Value(epoch, _) => format!(
+        Err(match seen {
+            // Nothing in the log to trust: not a proven lie (the publisher may be late), so
+            // whatever needed the list waits for the next sync.
+            Logged::Absent(epoch) => ClientError::Unreachable(format!(
+                "the devices of {user} are not in the server's key-transparency log yet \
+                 (epoch {epoch}); try again shortly"
+            )),
+            Logged::Value(epoch, ..) => ClientError::Security(format!(
                 "the device list the server gave for {user} is not the one in the \
                  key-transparency log (epoch {epoch}); refusing to trust it"
-            ),
-        }))
+            )),
+        })
     }
 
     /// Checks this account's own entry in the log: a value that none of its devices made
-    /// means someone else published keys for it. Alarms once per such value (a security
-    /// event, kept until shown). An account not in the log yet is not an alarm: nobody can
-    /// be made to trust what the log does not hold.
+    /// means someone else published keys for it, and a version past the last one this
+    /// device saw means someone did and then put its own back. Either alarms once (a
+    /// security event, kept until shown); so does the account vanishing from the log once
+    /// it was seen there. An account not in the log yet is not an alarm: nobody can be made
+    /// to trust what the log does not hold.
     pub(super) async fn monitor_own_account(&self) -> Result<(), ClientError> {
         let mine = self
             .store
@@ -72,22 +76,54 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             .ok_or_else(|| ClientError::damaged("device list"))?;
         let mine: SignedDeviceListIn =
             serde_json::from_slice(&mine).map_err(|_| ClientError::damaged("device list"))?;
-        let Logged::Value(epoch, value) = self.look_up(&self.me().user, None).await? else {
-            return Ok(());
+        let seen = self
+            .store
+            .read(|tx| tx.setting(Setting::KtOwnVersion))?
+            .map(|v| {
+                <[u8; 8]>::try_from(v.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| ClientError::damaged("key-transparency version"))
+            })
+            .transpose()?;
+        let (alarm, reason) = match self.look_up(&self.me().user, None).await? {
+            Logged::Absent(_) if seen.is_none() => return Ok(()),
+            Logged::Absent(epoch) => (
+                [0; 32],
+                format!(
+                    "the key-transparency log (epoch {epoch}) no longer holds your account, \
+                     which it held before"
+                ),
+            ),
+            Logged::Value(epoch, value, _) if value != device_list_value(&mine) => (
+                value,
+                format!(
+                    "the key-transparency log (epoch {epoch}) holds a device list for your \
+                     account that none of your devices made: someone may have added a device \
+                     or replaced your identity key on the server"
+                ),
+            ),
+            Logged::Value(epoch, value, version) => {
+                self.tx(|tx| Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?))?;
+                match seen {
+                    Some(seen) if seen != version => (
+                        value,
+                        format!(
+                            "your account's entry in the key-transparency log went from version \
+                             {seen} to {version} (epoch {epoch}) though none of your devices \
+                             changed it: someone published other keys for it, then yours again"
+                        ),
+                    ),
+                    _ => return Ok(()),
+                }
+            }
         };
-        if value == device_list_value(&mine) {
-            return Ok(());
-        }
         let alarmed = self.store.read(|tx| tx.setting(Setting::KtAlarmed))?;
-        if alarmed.as_deref() == Some(&value[..]) {
+        let key = [&alarm[..], reason.as_bytes()].concat();
+        if alarmed.as_deref() == Some(&key[..]) {
             return Ok(());
         }
-        self.tx(|tx| Ok(tx.set_setting(Setting::KtAlarmed, &value)?))?;
-        Err(ClientError::Security(format!(
-            "the key-transparency log (epoch {epoch}) holds a device list for your account \
-             that none of your devices made: someone may have added a device or replaced \
-             your identity key on the server"
-        )))
+        self.tx(|tx| Ok(tx.set_setting(Setting::KtAlarmed, &key)?))?;
+        Err(ClientError::Security(reason))
     }
 
     /// One lookup of `user`, verified.
@@ -117,7 +153,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             ))
         })?;
         self.note_head(proven.epoch, proven.root)?;
-        Ok(Logged::Value(proven.epoch, proven.value))
+        Ok(Logged::Value(proven.epoch, proven.value, proven.version))
     }
 
     /// Remembers the newest (epoch, root) seen; refuses an older epoch, or another root for

@@ -42,8 +42,10 @@ pub enum Setting {
     KtVrfKey,
     /// The newest key-transparency epoch seen (8 bytes big-endian) and its root (32 bytes).
     KtHead,
-    /// The last value of this account in the log that raised an alarm (32 bytes).
+    /// What the last alarm about this account's entry in the log was about.
     KtAlarmed,
+    /// The version of this account's entry in the log, as last seen (8 bytes big-endian).
+    KtOwnVersion,
 }
 
 impl Setting {
@@ -63,6 +65,7 @@ impl Setting {
             Setting::KtVrfKey => "kt_vrf_key",
             Setting::KtHead => "kt_head",
             Setting::KtAlarmed => "kt_alarmed",
+            Setting::KtOwnVersion => "kt_own_version",
         }
     }
 }

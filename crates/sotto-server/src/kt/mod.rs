@@ -193,9 +193,10 @@ impl Kt {
             return Ok(None);
         };
         let pending = self.storage.kt_pending(self.config.epoch_changes).await?;
-        let Some(last) = pending.iter().map(|(id, _)| *id).max() else {
+        if pending.is_empty() {
             return Ok(None);
-        };
+        }
+        let ids: Vec<u64> = pending.iter().map(|(id, _)| *id).collect();
         let mut values: HashMap<AkdLabel, AkdValue> = HashMap::new();
         for user in pending.into_iter().filter_map(|(id, user)| {
             if user.is_none() {
@@ -232,7 +233,7 @@ impl Kt {
             self.published.send_replace(epoch);
             Some(epoch)
         };
-        self.storage.kt_published(last).await?;
+        self.storage.kt_published(&ids).await?;
         Ok(epoch)
     }
 

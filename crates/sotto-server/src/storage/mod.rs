@@ -159,8 +159,9 @@ pub trait KtStore {
     /// user is `None` in a row the operator broke. An account created or changed is queued
     /// in the same transaction as the change.
     async fn kt_pending(&self, limit: usize) -> Result<Vec<(u64, Option<Username>)>, StorageError>;
-    /// Removes the queue entries up to and including `id`.
-    async fn kt_published(&self, id: u64) -> Result<(), StorageError>;
+    /// Removes these queue entries (those read and published: on a shared database a queue
+    /// entry with a lower id may commit after a higher one was read).
+    async fn kt_published(&self, ids: &[u64]) -> Result<(), StorageError>;
     /// Makes this process the log's one publisher until the guard is dropped; `Ok(None)` if
     /// another process (a node sharing the database) publishes now.
     async fn kt_publisher(&self) -> Result<Option<KtPublisher>, StorageError>;

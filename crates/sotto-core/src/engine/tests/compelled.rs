@@ -7,8 +7,8 @@ use crate::store::HistoryItem;
 use crate::{ClientError, DeviceKey, IdentityKey};
 use sotto_proto::Username;
 use sotto_proto::api::ValidRegistration;
-use sotto_proto::device_list::parse_verifying_key;
-use sotto_server::storage::ServerStore as _;
+use sotto_proto::device_list::{SignedDeviceListIn, parse_verifying_key};
+use sotto_server::storage::{AccountStore as _, ServerStore as _};
 use std::time::Duration;
 
 fn user(name: &str) -> Username {
@@ -85,6 +85,48 @@ async fn keys_published_for_an_account_by_someone_else_raise_one_alarm_on_its_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_published_for_an_account_and_then_reverted_between_its_syncs_still_raise_an_alarm() {
+    let server = LocalServer::new().await;
+    let bob = server.device("bob").await;
+    bob.sync().await.unwrap();
+    let storage = bob.transport().storage();
+    let real = storage.account(&user("bob")).await.unwrap().unwrap();
+    let key = parse_verifying_key(&real.identity_key).unwrap();
+    let real = ValidRegistration {
+        identity_key: real.identity_key,
+        device_list: SignedDeviceListIn {
+            body: real.device_list_body.into(),
+            signature: real.device_list_signature.into(),
+        }
+        .verify(&key)
+        .unwrap(),
+        key_packages: Vec::new(),
+        last_resort: b"last resort".to_vec(),
+    };
+    // Between two of bob's syncs, the log holds the operator's keys for one epoch (others
+    // may trust them then), and bob's own again after.
+    storage.replace_account(&forged_account("bob"), true).await;
+    bob.transport()
+        .kt()
+        .publish_pending()
+        .await
+        .unwrap()
+        .unwrap();
+    storage.replace_account(&real, true).await;
+    bob.transport()
+        .kt()
+        .publish_pending()
+        .await
+        .unwrap()
+        .unwrap();
+
+    let e = bob.sync().await.unwrap_err();
+    let reason = security_reason(&e).to_owned();
+    assert!(reason.contains("from version 1 to 3"), "{reason}");
+    bob.sync().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_identity_key_published_for_a_known_contact_is_refused_when_next_fetched() {
     let server = LocalServer::new().await;
     let alice = server.device("alice").await;
@@ -95,7 +137,7 @@ async fn a_new_identity_key_published_for_a_known_contact_is_refused_when_next_f
     storage.replace_account(&forged_account("bob"), true).await;
     // Bob's own device alarms; alice, who pinned bob's key, refuses the new one when she
     // next fetches his devices.
-    assert!(bob.sync().await.is_err());
+    security_reason(&bob.sync().await.unwrap_err());
     alice.forget_lists();
     let e = alice
         .create_group("team", &["bob".into()])

@@ -53,7 +53,7 @@ pub async fn a_new_account_is_published_once_with_a_lookup_proof_of_its_device_l
     }
 }
 
-pub async fn a_queued_account_whose_value_is_in_the_log_already_makes_no_epoch(
+pub async fn each_queued_account_is_published_once_and_the_log_survives_reopening(
     s: Arc<dyn Storage>,
 ) {
     account(&*s, "alice").await;
@@ -61,8 +61,7 @@ pub async fn a_queued_account_whose_value_is_in_the_log_already_makes_no_epoch(
         .await
         .expect("the log");
     assert_eq!(kt.publish_pending().await.expect("published"), Some(1));
-    // A publisher that died after publishing, before it emptied the queue, finds the same
-    // queue again; an account that never made it into the log is published.
+    // Only the account queued since is in the next epoch; alice is not queued again.
     let (_, carol) = registration("carol", 1);
     assert!(s.create_account(&carol, 2).await.expect("stored"));
     assert_eq!(s.kt_pending(10).await.expect("the queue").len(), 1);

@@ -581,7 +581,7 @@ macro_rules! conformance {
                 acks_of_several_devices_at_once_remove_only_their_entries_and_a_message_with_its_last,
                 akds_own_storage_tests_pass,
                 a_new_account_is_published_once_with_a_lookup_proof_of_its_device_list,
-                a_queued_account_whose_value_is_in_the_log_already_makes_no_epoch,
+                each_queued_account_is_published_once_and_the_log_survives_reopening,
             );
         }
     };

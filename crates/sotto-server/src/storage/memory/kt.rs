@@ -72,9 +72,11 @@ impl KtStore for MemoryStorage {
             .collect())
     }
 
-    async fn kt_published(&self, id: u64) -> Result<(), StorageError> {
+    async fn kt_published(&self, ids: &[u64]) -> Result<(), StorageError> {
         let mut s = self.state.lock().await;
-        s.kt_pending.retain(|queued, _| *queued > id);
+        for id in ids {
+            s.kt_pending.remove(id);
+        }
         Ok(())
     }
 

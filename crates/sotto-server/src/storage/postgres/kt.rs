@@ -101,10 +101,14 @@ impl KtStore for PostgresStorage {
             .collect())
     }
 
-    async fn kt_published(&self, id: u64) -> Result<(), StorageError> {
+    async fn kt_published(&self, ids: &[u64]) -> Result<(), StorageError> {
+        let ids: Vec<i64> = ids.iter().map(|id| to_i64(*id)).collect();
         self.client()
             .await?
-            .execute("DELETE FROM kt_pending WHERE id <= $1", &[&to_i64(id)])
+            .execute(
+                "DELETE FROM kt_pending WHERE id = ANY($1::bigint[])",
+                &[&ids],
+            )
             .await?;
         Ok(())
     }

@@ -101,9 +101,17 @@ impl KtStore for SqliteStorage {
         .await
     }
 
-    async fn kt_published(&self, id: u64) -> Result<(), StorageError> {
+    async fn kt_published(&self, ids: &[u64]) -> Result<(), StorageError> {
+        let ids = ids.to_vec();
         self.run(move |conn| {
-            conn.execute("DELETE FROM kt_pending WHERE id <= ?1", [to_i64(id)])?;
+            let tx = conn.transaction()?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM kt_pending WHERE id = ?1")?;
+                for id in ids {
+                    delete.execute([to_i64(id)])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
