@@ -1,6 +1,7 @@
 //! `sotto server --config FILE`: the server's settings in a TOML file, with the same names as
 //! its flags (`listen`, `data`, `database`, `ciphersuite`, `metrics_listen`, `nats`,
-//! `behind_tls_proxy`, `trusted_proxy = [...]`, `log_format`, and a `[limit]` table of
+//! `behind_tls_proxy`, `trusted_proxy = [...]`, `log_format`, `kt_epoch_ms`,
+//! `kt_epoch_changes`, and a `[limit]` table of
 //! `name = "value"`). A setting in the file replaces the built-in default; the environment
 //! (`SOTTO_…`) and the command line each win over the file.
 
@@ -16,6 +17,8 @@ const SCALARS: &[&str] = &[
     "nats",
     "behind_tls_proxy",
     "log_format",
+    "kt_epoch_ms",
+    "kt_epoch_changes",
 ];
 
 /// Reads `path` and makes its settings the defaults of the `server` subcommand of `command`.

@@ -11,7 +11,8 @@ mod server;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sotto_client::{
-    Client, ClientError, FollowStatus, InitOptions, KdfParams, MessageKind, MessageView,
+    Client, ClientError, ContactView, FollowStatus, InitOptions, KdfParams, MessageKind,
+    MessageView, VerifyAction,
 };
 use sotto_proto::ErrorCode;
 use std::io::Write as _;
@@ -81,6 +82,23 @@ enum Command {
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Check a contact's keys now and show your safety number with them (digits and a QR
+    /// code) and the key-transparency epoch; confirm it, or accept their new identity key.
+    Verify {
+        /// The contact.
+        user: String,
+        /// Mark the contact verified: the safety number you compared with them, in person
+        /// or over a channel you trust (spaces allowed).
+        #[arg(long, value_name = "NUMBER", conflicts_with = "accept")]
+        confirm: Option<String>,
+        /// Trust the contact's new identity key, after you checked with them that it is
+        /// theirs. The contact is then no longer verified.
+        #[arg(long)]
+        accept: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +326,25 @@ async fn client_command(client: &Client, command: Command) -> Result<ExitCode, C
             Ok(ExitCode::SUCCESS)
         }
         Command::Group(cmd) => group(client, cmd).await,
+        Command::Verify {
+            user,
+            confirm,
+            accept,
+            json,
+        } => {
+            let action = match (&confirm, accept) {
+                (Some(number), _) => VerifyAction::Confirm(number),
+                (None, true) => VerifyAction::Accept,
+                (None, false) => VerifyAction::Show,
+            };
+            let contact = client.verify(&user, action).await?;
+            if json {
+                println!("{}", to_json(&contact));
+            } else {
+                print_contact(&contact, action);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Server(_) | Command::Init { .. } | Command::Recv { .. } => Err(
             ClientError::Usage("this command does not run on an account".into()),
         ),
@@ -406,6 +443,45 @@ async fn group(client: &Client, cmd: GroupCommand) -> Result<ExitCode, ClientErr
 /// `v` as one line of JSON in which every character a terminal could act on (C1 controls,
 /// bidi overrides, invisible marks) is written as a `\uXXXX` escape, so that piping
 /// `--json` output to a terminal is as safe as the plain output.
+/// Prints what `sotto verify` found, for a person.
+fn print_contact(contact: &ContactView, action: VerifyAction<'_>) {
+    let user = &contact.user;
+    match action {
+        VerifyAction::Confirm(_) => println!("{user} is verified: your safety numbers match."),
+        VerifyAction::Accept => println!(
+            "the new identity key of {user} is trusted now; compare safety numbers with them again"
+        ),
+        VerifyAction::Show => {}
+    }
+    println!("safety number with {user}:");
+    let grouped = sotto_client::safety::grouped(&contact.safety_number);
+    let groups: Vec<&str> = grouped.split(' ').collect();
+    for line in groups.chunks(6) {
+        println!("  {}", line.join(" "));
+    }
+    match qrcode::QrCode::new(format!("sotto-safety-v1:{}", contact.safety_number)) {
+        Ok(code) => println!(
+            "{}",
+            code.render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build()
+        ),
+        Err(e) => eprintln!("(no QR code: {e})"),
+    }
+    if contact.verified {
+        println!("verified: yes");
+    } else {
+        println!(
+            "verified: no (compare the number with {user} in person or over a channel you trust, \
+             then run `sotto verify {user} --confirm NUMBER`)"
+        );
+    }
+    println!(
+        "key transparency: the devices of {user} are in the server's log (checked now, epoch {})",
+        contact.kt_epoch
+    );
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     let raw = serde_json::to_string(v).unwrap_or_default();
     if raw.chars().all(sotto_proto::device_list::is_displayable) {

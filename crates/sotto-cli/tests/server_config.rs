@@ -24,7 +24,8 @@ fn server_settings_come_from_a_file_and_the_command_line_wins_over_it() {
     std::fs::write(
         &config,
         format!(
-            "data = {:?}\nlisten = \"127.0.0.1:0\"\n\n[limit]\nsockets_per_device = \"5\"\n",
+            "data = {:?}\nlisten = \"127.0.0.1:0\"\nkt_epoch_ms = 200\nkt_epoch_changes = 500\n\n\
+             [limit]\nsockets_per_device = \"5\"\n",
             from_file.display().to_string()
         ),
     )

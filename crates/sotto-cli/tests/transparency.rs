@@ -95,8 +95,7 @@ fn count(db: &Path, sql: &str) -> i64 {
 }
 
 #[test]
-fn an_account_swapped_before_first_contact_is_refused_unless_logged_and_then_its_owner_is_alarmed()
-{
+fn an_account_swapped_before_first_contact_is_refused_and_once_logged_raises_its_owners_alarm() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("server"));
     let db = server.sqlite_file();
@@ -179,4 +178,47 @@ fn ok_or_3(home: &Path, args: &[&str]) -> String {
     let out = run(home, args);
     assert!(matches!(out.status.code(), Some(0 | 3)), "{out:?}");
     String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn verify_shows_both_sides_one_safety_number_and_confirm_marks_the_contact_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"));
+    let (alice, bob) = alice_and_bob(&server, dir.path());
+    let json = |home: &Path, args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(ok(home, args).trim()).unwrap()
+    };
+    let of_bob = json(&alice, &["verify", "bob", "--json"]);
+    let of_alice = json(&bob, &["verify", "alice", "--json"]);
+    let number = of_bob["safety_number"].as_str().unwrap().to_owned();
+    assert_eq!(number.len(), 60);
+    assert_eq!(of_alice["safety_number"], number.as_str());
+    assert_eq!(of_bob["verified"], false);
+    assert!(of_bob["kt_epoch"].as_u64().unwrap() >= 1);
+
+    // For a person: the digits in groups of five, a QR code, and what to do next.
+    let shown = ok(&alice, &["verify", "bob"]);
+    assert!(shown.contains(&number[..5]), "{shown}");
+    assert!(shown.contains('█') || shown.contains('▀'), "{shown}");
+    assert!(
+        shown.contains("sotto verify bob --confirm NUMBER"),
+        "{shown}"
+    );
+
+    // A number that is not theirs is refused (exit 3) and marks nothing.
+    let wrong = format!(
+        "{}{}",
+        &number[..59],
+        if number.ends_with('0') { '1' } else { '0' }
+    );
+    let out = run(&alice, &["verify", "bob", "--confirm", &wrong]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        json(&alice, &["verify", "bob", "--json"])["verified"],
+        false
+    );
+    // Typed as it is shown, with spaces.
+    let spaced: Vec<&str> = (0..12).map(|i| &number[i * 5..i * 5 + 5]).collect();
+    ok(&alice, &["verify", "bob", "--confirm", &spaced.join(" ")]);
+    assert_eq!(json(&alice, &["verify", "bob", "--json"])["verified"], true);
 }

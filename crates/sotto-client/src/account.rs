@@ -40,6 +40,30 @@ pub struct Whoami {
     pub ciphersuite: u16,
 }
 
+/// What `sotto verify` shows of a contact.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContactView {
+    /// The contact.
+    pub user: String,
+    /// 60 digits over both identity keys, the same on both sides.
+    pub safety_number: String,
+    /// Whether you confirmed this safety number.
+    pub verified: bool,
+    /// The key-transparency epoch at which the contact's devices were just checked.
+    pub kt_epoch: u64,
+}
+
+/// What `sotto verify` does besides showing.
+#[derive(Debug, Clone, Copy)]
+pub enum VerifyAction<'a> {
+    /// Only shows.
+    Show,
+    /// Marks the contact verified, if this is their safety number.
+    Confirm(&'a str),
+    /// Trusts the contact's new identity key.
+    Accept,
+}
+
 /// How a new account's device is set up.
 #[derive(Debug, Clone, Copy)]
 pub struct InitOptions {
@@ -236,6 +260,26 @@ impl Client {
         users: &[String],
     ) -> Result<Vec<String>, ClientError> {
         Ok(self.words(self.engine.remove_members(name, users).await?))
+    }
+
+    /// Checks `user`'s keys now and shows their safety number; confirms or accepts it.
+    pub async fn verify(
+        &self,
+        user: &str,
+        action: VerifyAction<'_>,
+    ) -> Result<ContactView, ClientError> {
+        let user = Username::parse(user).map_err(|e| ClientError::Usage(e.to_string()))?;
+        let status = match action {
+            VerifyAction::Show => self.engine.contact_status(&user).await?,
+            VerifyAction::Confirm(number) => self.engine.confirm_contact(&user, number).await?,
+            VerifyAction::Accept => self.engine.accept_identity(&user).await?,
+        };
+        Ok(ContactView {
+            user: status.user.to_string(),
+            safety_number: status.safety_number,
+            verified: status.verified,
+            kt_epoch: status.log_epoch,
+        })
     }
 
     /// Groups of this device.

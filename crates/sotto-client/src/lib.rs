@@ -21,10 +21,11 @@ pub mod store;
 mod tests;
 pub mod transport;
 
-pub use account::{Client, InitOptions, MIN_PASSCODE_CHARS, Whoami};
+pub use account::{Client, ContactView, InitOptions, MIN_PASSCODE_CHARS, VerifyAction, Whoami};
 pub use follow::FollowStatus;
 pub use keyfile::KdfParams;
 pub use messages::{MessageKind, MessageView};
 pub use sotto_core::ClientError;
 pub use sotto_core::engine::conversations::{Conversation, Member};
+pub use sotto_core::safety;
 pub use transport::Api;

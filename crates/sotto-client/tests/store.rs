@@ -9,8 +9,8 @@ use sotto_client::store::SqlCipherStore;
 use sotto_core::events::{Event, MemberChange};
 use sotto_core::store::memory::MemoryStore;
 use sotto_core::store::{
-    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry, OutboxRecord,
-    Outgoing, Setting, StoreTx, Unshown,
+    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry,
+    OutboxRecord, Outgoing, Setting, StoreTx, Unshown,
 };
 use sotto_core::{ClientError, Content, StoreError};
 use sotto_proto::api::SendRequest;
@@ -183,7 +183,25 @@ fn conformance<S: ClientStore>(store: &S) {
             let carol = Username::parse("carol").unwrap();
             tx.pin_identity(&carol, &[1; 32], 1)?;
             tx.pin_identity(&carol, &[2; 32], 2)?;
-            assert_eq!(tx.pinned_identity(&carol)?, Some(vec![1; 32]));
+            assert_eq!(
+                tx.contact(&carol)?,
+                Some(Contact {
+                    identity_key: vec![1; 32],
+                    verified: false
+                })
+            );
+            // Verified only for the pinned key; an accepted new key is not verified.
+            assert!(!tx.mark_verified(&carol, &[2; 32])?);
+            assert!(tx.mark_verified(&carol, &[1; 32])?);
+            assert!(tx.contact(&carol)?.is_some_and(|c| c.verified));
+            tx.replace_identity(&carol, &[2; 32], 3)?;
+            assert_eq!(
+                tx.contact(&carol)?,
+                Some(Contact {
+                    identity_key: vec![2; 32],
+                    verified: false
+                })
+            );
             Ok::<_, StoreError>(())
         })
         .unwrap();

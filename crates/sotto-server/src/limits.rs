@@ -230,7 +230,9 @@ limits! {
     /// One-time KeyPackages of one user handed out, to anyone; past it a claim gets the
     /// user's last-resort KeyPackage: nobody can drain an account fast, or make it unaddable.
     claim_per_target: Rate = Rate::new(10, 10 * MINUTE);
-    /// Look-ups of users' keys and device lists one device may make.
+    /// Look-ups of users' keys and device lists, and of the key-transparency log, one device
+    /// may make (a device list costs one, plus up to four in the log; every sync one more, of
+    /// its own account).
     lookup_per_device: Rate = Rate::new(600, MINUTE);
     /// Messages one IP address may send.
     send_per_ip: Rate = Rate::new(6000, MINUTE);

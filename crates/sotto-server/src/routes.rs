@@ -9,7 +9,6 @@ use sotto_proto::api::{
     RegisterResponse, SendRequest, SendResponse, ServerConfig, UploadKeyPackagesRequest,
     UserResponse,
 };
-use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::kt::LookupResponse;
 use sotto_proto::{API_VERSION, ErrorCode, GroupId, Username, limits};
 
@@ -106,11 +105,8 @@ pub async fn user(
     })?;
     Ok(ApiJson(UserResponse {
         user,
+        device_list: account.signed_device_list(),
         identity_key: account.identity_key.into(),
-        device_list: SignedDeviceListIn {
-            body: account.device_list_body.into(),
-            signature: account.device_list_signature.into(),
-        },
     }))
 }
 

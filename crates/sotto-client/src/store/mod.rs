@@ -17,8 +17,8 @@ use openmls_sqlite_storage::SqliteStorageProvider;
 use rusqlite::Connection;
 use sotto_core::StoreError;
 use sotto_core::store::{
-    ClientStore, ConversationRecord, HistoryRecord, OutboxEntry, OutboxRecord, Setting, StoreTx,
-    Unshown, UnshownEntry,
+    ClientStore, Contact, ConversationRecord, HistoryRecord, OutboxEntry, OutboxRecord, Setting,
+    StoreTx, Unshown, UnshownEntry,
 };
 use sotto_proto::{GroupId, Username};
 use std::fmt::Write as _;
@@ -93,6 +93,9 @@ CREATE INDEX messages_unshown ON messages(shown, local_id);
     // Entries stored before keep their text in `body`.
     r#"
 ALTER TABLE messages ADD COLUMN event TEXT;
+"#,
+    r#"
+ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -418,12 +421,20 @@ impl StoreTx for SqlTx<'_> {
         Ok(history::mark_processed(&self.conn, id)?)
     }
 
-    fn pinned_identity(&self, user: &Username) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(settings::pinned_identity(&self.conn, user)?)
+    fn contact(&self, user: &Username) -> Result<Option<Contact>, StoreError> {
+        Ok(settings::contact(&self.conn, user)?)
     }
 
     fn pin_identity(&self, user: &Username, key: &[u8], at: u64) -> Result<(), StoreError> {
         Ok(settings::pin_identity(&self.conn, user, key, at)?)
+    }
+
+    fn replace_identity(&self, user: &Username, key: &[u8], at: u64) -> Result<(), StoreError> {
+        Ok(settings::replace_identity(&self.conn, user, key, at)?)
+    }
+
+    fn mark_verified(&self, user: &Username, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(settings::mark_verified(&self.conn, user, key)?)
     }
 
     fn put_outbox(&self, entry: &OutboxRecord) -> Result<(), StoreError> {

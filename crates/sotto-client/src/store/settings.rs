@@ -1,7 +1,7 @@
 //! The account's settings on this device (`meta`) and the identity keys pinned for contacts.
 
 use rusqlite::{Connection, OptionalExtension as _, params};
-use sotto_core::store::Setting;
+use sotto_core::store::{Contact, Setting};
 use sotto_proto::Username;
 
 pub(super) fn get(conn: &Connection, key: Setting) -> rusqlite::Result<Option<Vec<u8>>> {
@@ -19,12 +19,14 @@ pub(super) fn set(conn: &Connection, key: Setting, value: &[u8]) -> rusqlite::Re
     Ok(())
 }
 
-pub(super) fn pinned_identity(
-    conn: &Connection,
-    user: &Username,
-) -> rusqlite::Result<Option<Vec<u8>>> {
-    conn.prepare_cached("SELECT identity_key FROM contacts WHERE user = ?1")?
-        .query_row([user.as_str()], |r| r.get(0))
+pub(super) fn contact(conn: &Connection, user: &Username) -> rusqlite::Result<Option<Contact>> {
+    conn.prepare_cached("SELECT identity_key, verified FROM contacts WHERE user = ?1")?
+        .query_row([user.as_str()], |r| {
+            Ok(Contact {
+                identity_key: r.get(0)?,
+                verified: r.get::<_, i64>(1)? != 0,
+            })
+        })
         .optional()
 }
 
@@ -39,4 +41,29 @@ pub(super) fn pin_identity(
     )?
     .execute(params![user.as_str(), key, super::integer(at)])?;
     Ok(())
+}
+
+pub(super) fn replace_identity(
+    conn: &Connection,
+    user: &Username,
+    key: &[u8],
+    at: u64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO contacts (user, identity_key, first_seen, verified) VALUES (?1, ?2, ?3, 0)
+         ON CONFLICT (user) DO UPDATE SET identity_key = excluded.identity_key, verified = 0",
+    )?
+    .execute(params![user.as_str(), key, super::integer(at)])?;
+    Ok(())
+}
+
+pub(super) fn mark_verified(
+    conn: &Connection,
+    user: &Username,
+    key: &[u8],
+) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached("UPDATE contacts SET verified = 1 WHERE user = ?1 AND identity_key = ?2")?
+        .execute(params![user.as_str(), key])?;
+    Ok(changed == 1)
 }

@@ -6,6 +6,15 @@
 //! network, a server error) decides nothing: the message that needed it waits in the queue.
 
 use super::sync::ApplyError;
+
+/// What a fetch does with a contact's identity key that is not the one pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnNewKey {
+    /// Refuses it (a security failure).
+    Refuse,
+    /// Pins it in place of the old one: the user accepted it.
+    Accept,
+}
 use super::{Engine, lock};
 use crate::group::MemberDevice;
 use crate::store::{ClientStore, StoreTx};
@@ -19,9 +28,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         lock(&self.lists).clear();
     }
 
-    /// Fetches `user`'s identity key and device list, verifies the list with the key, and
-    /// pins the key on first contact. Errors: `Security` for a verified mismatch, `Usage`
-    /// when the server says there is no such user, anything else when nothing was learned.
+    /// Fetches `user`'s identity key and device list, checks them (see
+    /// [`Engine::fetch_checked`]) and keeps the list for the rest of this sync. Errors:
+    /// `Security` for a verified mismatch, `Usage` when the server says there is no such
+    /// user, anything else when nothing was learned.
     pub(super) async fn fetch_device_list(
         &self,
         user: &Username,
@@ -29,6 +39,20 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         if let Some(known) = lock(&self.lists).get(user).cloned() {
             return known.map_err(ClientError::Security);
         }
+        let (list, _) = self.fetch_checked(user, OnNewKey::Refuse).await?;
+        lock(&self.lists).insert(user.clone(), Ok(list.clone()));
+        Ok(list)
+    }
+
+    /// Fetches `user`'s identity key and device list, verifies the list with the key,
+    /// checks it against the key-transparency log, and pins the key on first contact. A key
+    /// other than the one pinned is refused, or with [`OnNewKey::Accept`] pinned in its
+    /// place once its list has passed every check. Returns the list and the key.
+    pub(super) async fn fetch_checked(
+        &self,
+        user: &Username,
+        on_new_key: OnNewKey,
+    ) -> Result<(DeviceList, [u8; 32]), ClientError> {
         let token = self.token().await?;
         let resp = self
             .transport
@@ -40,15 +64,21 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             })?;
         let key = parse_verifying_key(resp.identity_key.as_slice())
             .map_err(|_| ClientError::Security(format!("{user} has a malformed identity key")))?;
-        let pinned = self.store.read(|tx| tx.pinned_identity(user))?;
-        let expected = if *user == self.me().user {
+        let me = *user == self.me().user;
+        let pinned = if me {
             Some(self.identity.public().to_vec())
         } else {
-            pinned.clone()
+            self.store
+                .read(|tx| tx.contact(user))?
+                .map(|c| c.identity_key)
         };
-        if expected.is_some_and(|k| k != resp.identity_key.as_slice()) {
+        let changed = pinned
+            .as_ref()
+            .is_some_and(|k| k.as_slice() != resp.identity_key.as_slice());
+        if changed && (me || on_new_key == OnNewKey::Refuse) {
             return Err(ClientError::Security(format!(
-                "the identity key of {user} changed; refusing to trust it"
+                "the identity key of {user} changed; refusing to trust it until you accept \
+                 it with `sotto verify {user} --accept`"
             )));
         }
         let verified = resp.device_list.verify(&key).map_err(|e| {
@@ -62,14 +92,20 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         // Signed by the key the server gave is not enough: the list must be the one the
         // key-transparency log holds for this user, which the user's own devices monitor.
         self.check_in_log(user, verified.signed()).await?;
-        // Pinned only once the list it signs has verified.
-        if pinned.is_none() && *user != self.me().user {
+        // Pinned only once the list it signs has passed every check.
+        if !me {
             let at = self.now();
-            self.tx(|tx| Ok(tx.pin_identity(user, resp.identity_key.as_slice(), at)?))?;
+            let new = resp.identity_key.as_slice();
+            self.tx(|tx| {
+                if changed {
+                    tx.replace_identity(user, new, at)?;
+                } else if pinned.is_none() {
+                    tx.pin_identity(user, new, at)?;
+                }
+                Ok(())
+            })?;
         }
-        let list = verified.list().clone();
-        lock(&self.lists).insert(user.clone(), Ok(list.clone()));
-        Ok(list)
+        Ok((verified.list().clone(), key.to_bytes()))
     }
 
     /// Records that `user`'s devices cannot be verified, and why: the ghost-device check then

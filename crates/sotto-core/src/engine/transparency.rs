@@ -85,44 +85,49 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     .map_err(|_| ClientError::damaged("key-transparency version"))
             })
             .transpose()?;
-        let (alarm, reason) = match self.look_up(&self.me().user, None).await? {
+        // What an alarm is about (so that each finding alarms once, whatever the epoch):
+        // a kind, and the value or version found.
+        let (finding, reason) = match self.look_up(&self.me().user, None).await? {
             Logged::Absent(_) if seen.is_none() => return Ok(()),
             Logged::Absent(epoch) => (
-                [0; 32],
+                b"absent".to_vec(),
                 format!(
                     "the key-transparency log (epoch {epoch}) no longer holds your account, \
                      which it held before"
                 ),
             ),
             Logged::Value(epoch, value, _) if value != device_list_value(&mine) => (
-                value,
+                [&b"value"[..], &value[..]].concat(),
                 format!(
                     "the key-transparency log (epoch {epoch}) holds a device list for your \
                      account that none of your devices made: someone may have added a device \
                      or replaced your identity key on the server"
                 ),
             ),
-            Logged::Value(epoch, value, version) => {
+            Logged::Value(epoch, _, version) => {
                 self.tx(|tx| Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?))?;
-                match seen {
-                    Some(seen) if seen != version => (
-                        value,
-                        format!(
-                            "your account's entry in the key-transparency log went from version \
-                             {seen} to {version} (epoch {epoch}) though none of your devices \
-                             changed it: someone published other keys for it, then yours again"
-                        ),
-                    ),
-                    _ => return Ok(()),
+                // An account's list never changes yet (no device is linked or removed), so
+                // its one value is version 1: a later version means someone published
+                // another and then this one again.
+                let seen = seen.unwrap_or(1);
+                if seen == version {
+                    return Ok(());
                 }
+                (
+                    [&b"version"[..], &version.to_be_bytes()[..]].concat(),
+                    format!(
+                        "your account's entry in the key-transparency log went from version \
+                         {seen} to {version} (epoch {epoch}) though none of your devices \
+                         changed it: someone published other keys for it, then yours again"
+                    ),
+                )
             }
         };
         let alarmed = self.store.read(|tx| tx.setting(Setting::KtAlarmed))?;
-        let key = [&alarm[..], reason.as_bytes()].concat();
-        if alarmed.as_deref() == Some(&key[..]) {
+        if alarmed.as_deref() == Some(&finding[..]) {
             return Ok(());
         }
-        self.tx(|tx| Ok(tx.set_setting(Setting::KtAlarmed, &key)?))?;
+        self.tx(|tx| Ok(tx.set_setting(Setting::KtAlarmed, &finding)?))?;
         Err(ClientError::Security(reason))
     }
 
@@ -154,6 +159,17 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         })?;
         self.note_head(proven.epoch, proven.root)?;
         Ok(Logged::Value(proven.epoch, proven.value, proven.version))
+    }
+
+    /// The newest key-transparency epoch this device verified a proof at.
+    pub(super) fn log_head(&self) -> Result<Option<u64>, ClientError> {
+        let head = self.store.read(|tx| tx.setting(Setting::KtHead))?;
+        head.map(|h| {
+            h.first_chunk::<8>()
+                .map(|e| u64::from_be_bytes(*e))
+                .ok_or_else(|| ClientError::damaged("key-transparency head"))
+        })
+        .transpose()
     }
 
     /// Remembers the newest (epoch, root) seen; refuses an older epoch, or another root for

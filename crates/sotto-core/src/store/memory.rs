@@ -3,8 +3,8 @@
 //! (the copy costs the size of the store per transaction: not for real use).
 
 use super::{
-    ClientStore, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry, OutboxRecord,
-    Setting, StoreTx, Unshown, UnshownEntry,
+    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry,
+    OutboxRecord, Setting, StoreTx, Unshown, UnshownEntry,
 };
 use crate::StoreError;
 use openmls_libcrux_crypto::CryptoProvider;
@@ -22,7 +22,7 @@ struct State {
     /// Position, entry, shown.
     history: Vec<(i64, HistoryRecord, bool)>,
     processed: BTreeSet<u64>,
-    contacts: BTreeMap<Username, Vec<u8>>,
+    contacts: BTreeMap<Username, Contact>,
     outbox: Vec<OutboxRecord>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -286,7 +286,7 @@ impl StoreTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn pinned_identity(&self, user: &Username) -> Result<Option<Vec<u8>>, StoreError> {
+    fn contact(&self, user: &Username) -> Result<Option<Contact>, StoreError> {
         Ok(self.work.borrow().contacts.get(user).cloned())
     }
 
@@ -295,8 +295,33 @@ impl StoreTx for MemoryTx<'_> {
             .borrow_mut()
             .contacts
             .entry(user.clone())
-            .or_insert_with(|| key.to_vec());
+            .or_insert_with(|| Contact {
+                identity_key: key.to_vec(),
+                verified: false,
+            });
         Ok(())
+    }
+
+    fn replace_identity(&self, user: &Username, key: &[u8], _at: u64) -> Result<(), StoreError> {
+        self.work.borrow_mut().contacts.insert(
+            user.clone(),
+            Contact {
+                identity_key: key.to_vec(),
+                verified: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn mark_verified(&self, user: &Username, key: &[u8]) -> Result<bool, StoreError> {
+        let mut work = self.work.borrow_mut();
+        match work.contacts.get_mut(user) {
+            Some(c) if c.identity_key == key => {
+                c.verified = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn put_outbox(&self, entry: &OutboxRecord) -> Result<(), StoreError> {

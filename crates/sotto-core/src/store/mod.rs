@@ -70,6 +70,15 @@ impl Setting {
     }
 }
 
+/// A contact's pinned identity key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The Ed25519 identity public key.
+    pub identity_key: Vec<u8>,
+    /// Whether the user compared safety numbers and confirmed this key.
+    pub verified: bool,
+}
+
 /// A conversation as the store keeps it. Its `Debug` leaves out the name.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConversationRecord {
@@ -304,10 +313,16 @@ pub trait StoreTx {
     /// Records that the server's message `id` was processed.
     fn mark_processed(&self, id: u64) -> Result<(), StoreError>;
 
-    /// The identity key pinned for `user`.
-    fn pinned_identity(&self, user: &Username) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The identity key pinned for `user`, and whether the user verified it.
+    fn contact(&self, user: &Username) -> Result<Option<Contact>, StoreError>;
     /// Pins `user`'s identity key, unless one is pinned.
     fn pin_identity(&self, user: &Username, key: &[u8], at: u64) -> Result<(), StoreError>;
+    /// Pins `key` for `user` in place of any key pinned before (the user accepted a new
+    /// one); it is not verified.
+    fn replace_identity(&self, user: &Username, key: &[u8], at: u64) -> Result<(), StoreError>;
+    /// Marks `user`'s pinned key verified; `Ok(false)` (and nothing changes) unless `key` is
+    /// the pinned key.
+    fn mark_verified(&self, user: &Username, key: &[u8]) -> Result<bool, StoreError>;
 
     /// Adds an outbox entry.
     fn put_outbox(&self, entry: &OutboxRecord) -> Result<(), StoreError>;

@@ -15,19 +15,29 @@ pub use database::KtDatabase;
 use crate::storage::{Storage, StorageError};
 use akd::ecvrf::{VRFKeyStorage, VrfError};
 use akd::storage::types::ValueStateRetrievalFlag;
-use akd::storage::{Database as _, StorageManager};
+use akd::storage::{Database, StorageManager};
 use akd::{AkdLabel, AkdValue, AzksParallelismConfig, Directory};
 use async_trait::async_trait;
-use sotto_proto::device_list::SignedDeviceListIn;
-use sotto_proto::kt::{LookupResponse, device_list_value};
+use sotto_proto::kt::{KtConfiguration, LookupResponse, device_list_value};
 use sotto_proto::{Bytes, Username};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use sotto_proto::kt::KtConfiguration;
-
-type Dir = Directory<KtConfiguration, KtDatabase, Vrf>;
+/// A directory over `db` for one operation (a publish, a lookup): its reads go through a
+/// cache that lives only as long as it, so that akd's preloading fetches what the operation
+/// needs in a few batches, and nothing cached can go stale when another node publishes.
+pub async fn directory<Db: Database + 'static>(
+    db: Db,
+    vrf: Vrf,
+) -> Result<Directory<KtConfiguration, Db, Vrf>, KtError> {
+    Ok(Directory::new(
+        StorageManager::new(db, None, None, None),
+        vrf,
+        AzksParallelismConfig::disabled(),
+    )
+    .await?)
+}
 
 /// How epochs are made.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +57,16 @@ impl Default for KtConfig {
     }
 }
 
-/// The VRF secret, as the storage keeps it.
+/// A VRF secret held in memory (the server's comes from its storage).
 #[derive(Clone)]
-struct Vrf(Arc<zeroize::Zeroizing<[u8; 32]>>);
+pub struct Vrf(Arc<zeroize::Zeroizing<[u8; 32]>>);
+
+impl Vrf {
+    /// The VRF of this secret key.
+    pub fn new(secret: zeroize::Zeroizing<[u8; 32]>) -> Self {
+        Vrf(Arc::new(secret))
+    }
+}
 
 #[async_trait]
 impl VRFKeyStorage for Vrf {
@@ -77,8 +94,8 @@ impl From<akd::errors::AkdError> for KtError {
 
 /// The server's key-transparency log.
 pub struct Kt {
-    directory: Dir,
     db: KtDatabase,
+    vrf: Vrf,
     storage: Arc<dyn Storage>,
     vrf_public_key: [u8; 32],
     config: KtConfig,
@@ -92,30 +109,36 @@ pub const LOOKUP_WAIT: Duration = Duration::from_secs(5);
 impl Kt {
     /// The log kept in `storage` (created empty at epoch 0 if it has none).
     pub async fn open(storage: Arc<dyn Storage>, config: KtConfig) -> Result<Self, KtError> {
-        let vrf = Vrf(Arc::new(storage.kt_vrf_key().await?));
+        let vrf = Vrf::new(storage.kt_vrf_key().await?);
         let vrf_public_key = *vrf
             .get_vrf_public_key()
             .await
             .map_err(|e| KtError(e.to_string()))?
             .as_bytes();
         let db = KtDatabase::new(storage.clone());
-        // The empty log is written by one process only (nodes may start together).
-        let _publisher = loop {
-            if let Some(p) = storage.kt_publisher().await? {
-                break p;
+        // The empty log is written by one process only (nodes may start together): the
+        // first directory made over a storage without one writes it.
+        let mut publisher = None;
+        for _ in 0..600 {
+            publisher = storage.kt_publisher().await?;
+            if publisher.is_some() {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let directory = Directory::new(
-            StorageManager::new_no_cache(db.clone()),
-            vrf,
-            AzksParallelismConfig::disabled(),
-        )
-        .await?;
-        let epoch = directory.get_epoch_hash().await?.epoch();
+        }
+        if publisher.is_none() {
+            return Err(KtError(
+                "another node has held the key-transparency publisher's lock for 30 s".into(),
+            ));
+        }
+        let epoch = directory(db.clone(), vrf.clone())
+            .await?
+            .get_epoch_hash()
+            .await?
+            .epoch();
         Ok(Kt {
-            directory,
             db,
+            vrf,
             storage,
             vrf_public_key,
             config,
@@ -130,7 +153,11 @@ impl Kt {
 
     /// The newest epoch.
     pub async fn epoch(&self) -> Result<u64, KtError> {
-        Ok(self.directory.get_epoch_hash().await?.epoch())
+        Ok(self.directory().await?.get_epoch_hash().await?.epoch())
+    }
+
+    async fn directory(&self) -> Result<Directory<KtConfiguration, KtDatabase, Vrf>, KtError> {
+        directory(self.db.clone(), self.vrf.clone()).await
     }
 
     /// A proof of `user`'s current value at the newest epoch, waiting up to `wait` for an
@@ -158,7 +185,7 @@ impl Kt {
         if known.is_empty() {
             return Ok(None);
         }
-        let (proof, epoch_hash) = self.directory.lookup(label).await?;
+        let (proof, epoch_hash) = self.directory().await?.lookup(label).await?;
         let proof = akd::proto::specs::types::LookupProof::from(&proof);
         let proof =
             protobuf::Message::write_to_bytes(&proof).map_err(|e| KtError(e.to_string()))?;
@@ -189,6 +216,10 @@ impl Kt {
     /// Publishes one epoch of the queued accounts whose value changed, if any are queued and
     /// this process may publish now. Returns the new epoch, if it made one.
     pub async fn publish_pending(&self) -> Result<Option<u64>, KtError> {
+        // The queue is looked at first: on a shared database the lock costs a connection.
+        if self.storage.kt_pending(1).await?.is_empty() {
+            return Ok(None);
+        }
         let Some(_publisher) = self.storage.kt_publisher().await? else {
             return Ok(None);
         };
@@ -206,11 +237,7 @@ impl Kt {
         }) {
             // An account the operator deleted has nothing to publish.
             if let Some(account) = self.storage.account(&user).await? {
-                let signed = SignedDeviceListIn {
-                    body: account.device_list_body.into(),
-                    signature: account.device_list_signature.into(),
-                };
-                let value = device_list_value(&signed);
+                let value = device_list_value(&account.signed_device_list());
                 values.insert(AkdLabel::from(user.as_str()), AkdValue(value.to_vec()));
             }
         }
@@ -228,7 +255,7 @@ impl Kt {
             None
         } else {
             let count = updates.len();
-            let epoch = self.directory.publish(updates).await?.epoch();
+            let epoch = self.directory().await?.publish(updates).await?.epoch();
             tracing::info!(epoch, count, "key-transparency epoch published");
             self.published.send_replace(epoch);
             Some(epoch)

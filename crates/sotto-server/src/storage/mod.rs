@@ -20,6 +20,7 @@ use sotto_proto::api::{
     ClaimedKeyPackage, KeyPackageCount, QueueResponse, QueuedKind, SendResponse, ValidRegistration,
     ValidUpload,
 };
+use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
 
 /// The storage failed (I/O, corruption, a bug), or cannot be reached. Never shown to a peer.
@@ -57,6 +58,20 @@ impl StorageError {
     pub fn is_unavailable(&self) -> bool {
         self.unavailable
     }
+}
+
+/// A 32-byte secret as a storage keeps it (`name` says which, in the error).
+pub fn secret_key(
+    bytes: Vec<u8>,
+    name: &str,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+    let bytes = zeroize::Zeroizing::new(bytes);
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    if bytes.len() != out.len() {
+        return Err(StorageError::corrupt(name));
+    }
+    out.copy_from_slice(&bytes);
+    Ok(out)
 }
 
 /// Facts about the server itself.
@@ -113,6 +128,16 @@ pub struct Account {
     pub device_list_signature: Vec<u8>,
 }
 
+impl Account {
+    /// The signed device list, as it travels.
+    pub fn signed_device_list(&self) -> SignedDeviceListIn {
+        SignedDeviceListIn {
+            body: self.device_list_body.clone().into(),
+            signature: self.device_list_signature.clone().into(),
+        }
+    }
+}
+
 /// Accounts and their device lists.
 #[async_trait]
 pub trait AccountStore {
@@ -156,8 +181,9 @@ pub trait KtStore {
     /// Every stored state of each of these labels, in no particular order.
     async fn kt_states(&self, labels: &[Vec<u8>]) -> Result<Vec<KtState>, StorageError>;
     /// The oldest accounts waiting to be published, at most `limit`, as (queue id, user); the
-    /// user is `None` in a row the operator broke. An account created or changed is queued
-    /// in the same transaction as the change.
+    /// user is `None` in a row the operator broke. Every account created is queued in the
+    /// same transaction (by a trigger on SQLite and PostgreSQL, so that a server of an older
+    /// version sharing the database queues its accounts too).
     async fn kt_pending(&self, limit: usize) -> Result<Vec<(u64, Option<Username>)>, StorageError>;
     /// Removes these queue entries (those read and published: on a shared database a queue
     /// entry with a lower id may commit after a higher one was read).

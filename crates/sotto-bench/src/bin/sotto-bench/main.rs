@@ -11,6 +11,9 @@
 //!
 //! `sotto-bench fanout --devices N [--messages M] [--database URL] --json` measures one
 //! message to a group of N devices fanned out from the group's roster (see [`fanout`]).
+//!
+//! `sotto-bench kt --accounts N [--changes C] --json` measures the key-transparency log on
+//! Sotto's SQLite storage against akd's in-memory store (see [`kt`]).
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -21,6 +24,7 @@
 mod drive;
 mod fanout;
 mod jetstream;
+mod kt;
 mod node;
 mod setup;
 
@@ -42,6 +46,9 @@ enum Command {
     /// Sends messages one at a time to a group of N devices, and prints how long the server
     /// took to store and fan out each, and how long until every device had it.
     Fanout(FanoutArgs),
+    /// Times key-transparency epochs, lookups and proof checks on Sotto's SQLite storage
+    /// against akd's in-memory store.
+    Kt(KtArgs),
     /// A server node with the rate limits lifted (what `load` and `fanout` start).
     Node(NodeArgs),
 }
@@ -67,6 +74,23 @@ pub struct FanoutArgs {
     /// How long one message may take to reach every device before the run is called failed.
     #[arg(long, default_value = "60", value_parser = seconds)]
     timeout: Duration,
+}
+
+/// Arguments of `sotto-bench kt`.
+#[derive(Debug, clap::Args)]
+pub struct KtArgs {
+    /// Accounts in the log before the timed epochs.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    /// Accounts changed in each timed epoch.
+    #[arg(long, default_value_t = 1000)]
+    changes: usize,
+    /// Lookups timed (and proofs verified).
+    #[arg(long, default_value_t = 200)]
+    lookups: usize,
+    /// Print JSON lines; without it, `key=value` words.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `sotto-bench load`.
@@ -150,6 +174,16 @@ fn main() {
             if let Err(e) = rt.block_on(load(args)) {
                 eprintln!("sotto-bench load: {e}");
                 std::process::exit(1);
+            }
+        }
+        Command::Kt(args) => {
+            let say = sayer(args.json);
+            match rt.block_on(kt::run(&args, &say)) {
+                Ok(line) => say(line),
+                Err(e) => {
+                    eprintln!("sotto-bench kt: {e}");
+                    std::process::exit(1);
+                }
             }
         }
         Command::Fanout(args) => {

@@ -12,7 +12,7 @@ use sotto_proto::api::{
     RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
     TokenResponse, UploadKeyPackagesRequest, UserResponse, auth_signing_input,
 };
-use sotto_proto::device_list::{SignedDeviceListIn, parse_verifying_key};
+use sotto_proto::device_list::parse_verifying_key;
 use sotto_proto::kt::LookupResponse;
 use sotto_proto::{API_VERSION, DeviceAddr, ErrorBody, ErrorCode, GroupId, ServerId, Username};
 use sotto_server::delivery::{self, QueueQuota, Submitted};
@@ -269,11 +269,8 @@ impl Transport for LocalTransport {
             .ok_or_else(|| refused(ErrorCode::UnknownUser, "no such user"))?;
         Ok(UserResponse {
             user: user.clone(),
+            device_list: account.signed_device_list(),
             identity_key: account.identity_key.into(),
-            device_list: SignedDeviceListIn {
-                body: account.device_list_body.into(),
-                signature: account.device_list_signature.into(),
-            },
         })
     }
 

@@ -11,3 +11,4 @@ mod large_group;
 mod local;
 mod misbehaving;
 mod three_users;
+mod verify;

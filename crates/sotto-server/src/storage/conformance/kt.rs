@@ -4,7 +4,6 @@
 use super::{account, registration};
 use crate::kt::{Kt, KtConfig, KtDatabase};
 use crate::storage::Storage;
-use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::kt::device_list_value;
 use std::sync::Arc;
 
@@ -44,11 +43,10 @@ pub async fn a_new_account_is_published_once_with_a_lookup_proof_of_its_device_l
         let verified = sotto_proto::kt::verify_lookup_proof(&kt.vrf_public_key(), user, &found)
             .expect("the proof verifies");
         let account = s.account(user).await.expect("read").expect("exists");
-        let signed = SignedDeviceListIn {
-            body: account.device_list_body.into(),
-            signature: account.device_list_signature.into(),
-        };
-        assert_eq!(verified.value, device_list_value(&signed));
+        assert_eq!(
+            verified.value,
+            device_list_value(&account.signed_device_list())
+        );
         assert_eq!(verified.epoch, 1);
     }
 }

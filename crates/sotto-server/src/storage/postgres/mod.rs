@@ -224,13 +224,7 @@ impl PostgresStorage {
 
     /// A 32-byte secret of `server_meta`.
     async fn secret(&self, name: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
-        let key = zeroize::Zeroizing::new(self.meta(name).await?);
-        let mut out = zeroize::Zeroizing::new([0u8; 32]);
-        if key.len() != out.len() {
-            return Err(StorageError::corrupt(name));
-        }
-        out.copy_from_slice(&key);
-        Ok(out)
+        super::secret_key(self.meta(name).await?, name)
     }
 }
 
@@ -333,8 +327,6 @@ impl AccountStore for PostgresStorage {
             )
             .await?;
         }
-        tx.execute("INSERT INTO kt_pending (username) VALUES ($1)", &[&user])
-            .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -112,5 +112,15 @@ CREATE TABLE kt_states (
 );
 CREATE TABLE kt_pending (id BIGSERIAL PRIMARY KEY, username TEXT NOT NULL);
 INSERT INTO kt_pending (username) SELECT username FROM accounts ORDER BY created_at, username;
+-- Every account created from now on, by whichever version of the server (nodes not yet
+-- upgraded included).
+CREATE FUNCTION accounts_to_kt() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO kt_pending (username) VALUES (NEW.username);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER accounts_to_kt AFTER INSERT ON accounts
+    FOR EACH ROW EXECUTE FUNCTION accounts_to_kt();
 "#,
 ];

@@ -52,7 +52,6 @@ impl AccountStore for SqliteStorage {
                 params![user, device, account.last_resort],
             )?;
         }
-        tx.execute("INSERT INTO kt_pending (user) VALUES (?1)", [user])?;
         tx.commit()?;
         Ok(true)
         })

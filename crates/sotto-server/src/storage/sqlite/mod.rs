@@ -141,6 +141,11 @@ CREATE TABLE kt_states (
 ) WITHOUT ROWID;
 CREATE TABLE kt_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL);
 INSERT INTO kt_pending (user) SELECT user FROM accounts ORDER BY created_at, user;
+-- Every account created from now on, by whichever version of the server.
+CREATE TRIGGER accounts_to_kt AFTER INSERT ON accounts
+BEGIN
+    INSERT INTO kt_pending (user) VALUES (NEW.user);
+END;
 "#,
 ];
 
@@ -233,6 +238,15 @@ impl SqliteStorage {
         })
     }
 
+    /// A 32-byte secret of `server_meta`.
+    async fn secret(
+        &self,
+        name: &'static str,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        let bytes = self.run(move |c| meta(c, name)).await?;
+        super::secret_key(bytes.ok_or_else(|| corrupt(name))?, name)
+    }
+
     /// Runs `f` on the connection, on the blocking pool. A panic in `f` rolls back whatever
     /// transaction it had open (the transaction is dropped) and comes back as an error.
     async fn run<T, F>(&self, f: F) -> Result<T, StorageError>
@@ -272,26 +286,6 @@ impl SqliteStorage {
         })
         .await
         .map_err(|e| StorageError::new(format!("storage task failed: {e}")))?
-    }
-}
-
-impl SqliteStorage {
-    /// A 32-byte secret of `server_meta`.
-    async fn secret(
-        &self,
-        name: &'static str,
-    ) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
-        let key: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
-            self.run(move |c| meta(c, name))
-                .await?
-                .ok_or_else(|| corrupt(name))?,
-        );
-        let mut out = zeroize::Zeroizing::new([0u8; 32]);
-        if key.len() != out.len() {
-            return Err(corrupt(name));
-        }
-        out.copy_from_slice(&key);
-        Ok(out)
     }
 }
 
