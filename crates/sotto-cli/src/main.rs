@@ -440,9 +440,6 @@ async fn group(client: &Client, cmd: GroupCommand) -> Result<ExitCode, ClientErr
     Ok(ExitCode::SUCCESS)
 }
 
-/// `v` as one line of JSON in which every character a terminal could act on (C1 controls,
-/// bidi overrides, invisible marks) is written as a `\uXXXX` escape, so that piping
-/// `--json` output to a terminal is as safe as the plain output.
 /// Prints what `sotto verify` found, for a person.
 fn print_contact(contact: &ContactView, action: VerifyAction<'_>) {
     let user = &contact.user;
@@ -482,6 +479,9 @@ fn print_contact(contact: &ContactView, action: VerifyAction<'_>) {
     );
 }
 
+/// `v` as one line of JSON in which every character a terminal could act on (C1 controls,
+/// bidi overrides, invisible marks) is written as a `\uXXXX` escape, so that piping
+/// `--json` output to a terminal is as safe as the plain output.
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     let raw = serde_json::to_string(v).unwrap_or_default();
     if raw.chars().all(sotto_proto::device_list::is_displayable) {

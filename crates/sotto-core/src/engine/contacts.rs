@@ -45,6 +45,16 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         user: &Username,
         typed: &str,
     ) -> Result<ContactStatus, ClientError> {
+        let digits = typed.chars().filter(|c| !c.is_whitespace()).count();
+        if digits != 60
+            || !typed
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_whitespace())
+        {
+            return Err(ClientError::Usage(
+                "a safety number is 60 digits (spaces between them are fine)".into(),
+            ));
+        }
         let checked = self.checked(user, OnNewKey::Refuse).await;
         let (mut status, key) = self.recorded(checked)?;
         if !safety::matches(&status.safety_number, typed) {

@@ -6,6 +6,12 @@
 //! network, a server error) decides nothing: the message that needed it waits in the queue.
 
 use super::sync::ApplyError;
+use super::{Engine, lock};
+use crate::group::MemberDevice;
+use crate::store::{ClientStore, StoreTx};
+use crate::{ClientError, Transport, safety};
+use sotto_proto::device_list::{DeviceList, parse_verifying_key};
+use sotto_proto::{ErrorCode, Username};
 
 /// What a fetch does with a contact's identity key that is not the one pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,12 +21,6 @@ pub(super) enum OnNewKey {
     /// Pins it in place of the old one: the user accepted it.
     Accept,
 }
-use super::{Engine, lock};
-use crate::group::MemberDevice;
-use crate::store::{ClientStore, StoreTx};
-use crate::{ClientError, Transport};
-use sotto_proto::device_list::{DeviceList, parse_verifying_key};
-use sotto_proto::{ErrorCode, Username};
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Forgets the lists fetched so far: they change when devices are added.
@@ -75,10 +75,26 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let changed = pinned
             .as_ref()
             .is_some_and(|k| k.as_slice() != resp.identity_key.as_slice());
-        if changed && (me || on_new_key == OnNewKey::Refuse) {
+        if changed && me {
+            return Err(ClientError::Security(
+                "the server holds another identity key for your own account".into(),
+            ));
+        }
+        if changed && on_new_key == OnNewKey::Refuse {
+            let new = safety::safety_number(
+                (&self.me().user, &self.identity.public()),
+                (user, &key.to_bytes()),
+            );
             return Err(ClientError::Security(format!(
-                "the identity key of {user} changed; refusing to trust it until you accept \
-                 it with `sotto verify {user} --accept`"
+                "the identity key of {user} changed; refusing to trust it. If {user} says so \
+                 (a new phone), compare your new safety number with them: {}, then accept it \
+                 with `sotto verify {user} --accept`",
+                safety::grouped(&new)
+            )));
+        }
+        if !changed && on_new_key == OnNewKey::Accept {
+            return Err(ClientError::Usage(format!(
+                "nothing to accept: the identity key of {user} has not changed"
             )));
         }
         let verified = resp.device_list.verify(&key).map_err(|e| {

@@ -97,8 +97,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// [`Engine::sync`] for operations that record security failures themselves.
     pub(super) async fn exchange(&self) -> Result<(), ClientError> {
         self.flush_outbox().await?;
-        self.pull().await?;
-        self.monitor_own_account().await
+        // The own-account check runs whatever the pull met (a queue that keeps failing must
+        // not keep it from running), and its alarm wins over the pull's error.
+        let pulled = self.pull().await;
+        match self.monitor_own_account().await {
+            Err(e @ ClientError::Security(_)) => Err(e),
+            monitored => pulled.and(monitored),
+        }
     }
 
     pub(super) async fn pull(&self) -> Result<(), ClientError> {

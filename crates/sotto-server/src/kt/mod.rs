@@ -1,8 +1,8 @@
 //! Key transparency: an akd directory over the server's own storage, in which every
 //! account's value is the hash of its signed device list (label: the username).
 //!
-//! An account created or changed is queued for the log in the same transaction as the
-//! change ([`crate::storage::KtStore::kt_pending`]). One publisher (one process; on a shared
+//! An account created is queued for the log in the same transaction
+//! ([`crate::storage::KtStore::kt_pending`]). One publisher (one process; on a shared
 //! database, whichever node holds its lock) takes the queue in epochs: at most one every
 //! [`KtConfig::epoch_interval`], of at most [`KtConfig::epoch_changes`] accounts. A value
 //! already in the log is not published again, so a publisher that dies between publishing
@@ -13,6 +13,7 @@ mod database;
 pub use database::KtDatabase;
 
 use crate::storage::{Storage, StorageError};
+use akd::directory::ReadOnlyDirectory;
 use akd::ecvrf::{VRFKeyStorage, VrfError};
 use akd::storage::types::ValueStateRetrievalFlag;
 use akd::storage::{Database, StorageManager};
@@ -24,14 +25,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A directory over `db` for one operation (a publish, a lookup): its reads go through a
-/// cache that lives only as long as it, so that akd's preloading fetches what the operation
-/// needs in a few batches, and nothing cached can go stale when another node publishes.
+/// A directory over `db` for one publish (made under the publisher's lock: over a storage
+/// with no log yet, akd writes an empty one). Its reads go through a cache that lives only
+/// as long as it, so that akd's preloading fetches what the publish needs in a few batches,
+/// and nothing cached can go stale when another node publishes.
 pub async fn directory<Db: Database + 'static>(
     db: Db,
     vrf: Vrf,
 ) -> Result<Directory<KtConfiguration, Db, Vrf>, KtError> {
     Ok(Directory::new(
+        StorageManager::new(db, None, None, None),
+        vrf,
+        AzksParallelismConfig::disabled(),
+    )
+    .await?)
+}
+
+/// A directory over `db` for one read (a lookup, the newest epoch), cached the same way. It
+/// never writes: over a storage with no log it fails.
+pub async fn reader<Db: Database + 'static>(
+    db: Db,
+    vrf: Vrf,
+) -> Result<ReadOnlyDirectory<KtConfiguration, Db, Vrf>, KtError> {
+    Ok(ReadOnlyDirectory::new(
         StorageManager::new(db, None, None, None),
         vrf,
         AzksParallelismConfig::disabled(),
@@ -153,11 +169,11 @@ impl Kt {
 
     /// The newest epoch.
     pub async fn epoch(&self) -> Result<u64, KtError> {
-        Ok(self.directory().await?.get_epoch_hash().await?.epoch())
+        Ok(self.reader().await?.get_epoch_hash().await?.epoch())
     }
 
-    async fn directory(&self) -> Result<Directory<KtConfiguration, KtDatabase, Vrf>, KtError> {
-        directory(self.db.clone(), self.vrf.clone()).await
+    async fn reader(&self) -> Result<ReadOnlyDirectory<KtConfiguration, KtDatabase, Vrf>, KtError> {
+        reader(self.db.clone(), self.vrf.clone()).await
     }
 
     /// A proof of `user`'s current value at the newest epoch, waiting up to `wait` for an
@@ -185,7 +201,7 @@ impl Kt {
         if known.is_empty() {
             return Ok(None);
         }
-        let (proof, epoch_hash) = self.directory().await?.lookup(label).await?;
+        let (proof, epoch_hash) = self.reader().await?.lookup(label).await?;
         let proof = akd::proto::specs::types::LookupProof::from(&proof);
         let proof =
             protobuf::Message::write_to_bytes(&proof).map_err(|e| KtError(e.to_string()))?;
@@ -223,6 +239,8 @@ impl Kt {
         let Some(_publisher) = self.storage.kt_publisher().await? else {
             return Ok(None);
         };
+        // Only `open` makes a log: a storage that lost its own is an error, not a new log.
+        self.reader().await?;
         let pending = self.storage.kt_pending(self.config.epoch_changes).await?;
         if pending.is_empty() {
             return Ok(None);
@@ -255,7 +273,11 @@ impl Kt {
             None
         } else {
             let count = updates.len();
-            let epoch = self.directory().await?.publish(updates).await?.epoch();
+            let epoch = directory(self.db.clone(), self.vrf.clone())
+                .await?
+                .publish(updates)
+                .await?
+                .epoch();
             tracing::info!(epoch, count, "key-transparency epoch published");
             self.published.send_replace(epoch);
             Some(epoch)

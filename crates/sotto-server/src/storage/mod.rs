@@ -182,8 +182,7 @@ pub trait KtStore {
     async fn kt_states(&self, labels: &[Vec<u8>]) -> Result<Vec<KtState>, StorageError>;
     /// The oldest accounts waiting to be published, at most `limit`, as (queue id, user); the
     /// user is `None` in a row the operator broke. Every account created is queued in the
-    /// same transaction (by a trigger on SQLite and PostgreSQL, so that a server of an older
-    /// version sharing the database queues its accounts too).
+    /// same transaction (by a trigger on SQLite and PostgreSQL, whatever inserts it).
     async fn kt_pending(&self, limit: usize) -> Result<Vec<(u64, Option<Username>)>, StorageError>;
     /// Removes these queue entries (those read and published: on a shared database a queue
     /// entry with a lower id may commit after a higher one was read).

@@ -55,6 +55,7 @@ async fn measure<Db: Database + Clone + 'static>(
 ) -> Result<Measured, String> {
     // As the server does: a directory (and its cache) per operation.
     let dir = || sotto_server::kt::directory(db.clone(), vrf.clone());
+    let reader = || sotto_server::kt::reader(db.clone(), vrf.clone());
     let start = Instant::now();
     for from in (0..args.accounts).step_by(FILL) {
         let batch = (from..args.accounts.min(from + FILL))
@@ -92,7 +93,7 @@ async fn measure<Db: Database + Clone + 'static>(
     for k in 0..args.lookups {
         let i = (k * 7919) % args.accounts;
         let start = Instant::now();
-        let (proof, hash) = dir()
+        let (proof, hash) = reader()
             .await
             .map_err(|e| e.to_string())?
             .lookup(label(i))

@@ -32,6 +32,15 @@ async fn both_sides_get_one_safety_number_and_only_that_number_marks_the_contact
         .unwrap_err();
     assert!(matches!(e, ClientError::Security(_)), "{e:?}");
     assert!(!alice.contact_status(&user("bob")).await.unwrap().verified);
+    // What is not a safety number at all is a usage error.
+    let e = alice
+        .confirm_contact(&user("bob"), "12345")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Usage(_)), "{e:?}");
+    // Nothing to accept while the key has not changed.
+    let e = alice.accept_identity(&user("bob")).await.unwrap_err();
+    assert!(matches!(e, ClientError::Usage(_)), "{e:?}");
     // A typo is not kept as a security event.
     assert!(alice.unshown().unwrap().is_empty());
 
@@ -58,7 +67,8 @@ async fn a_new_identity_key_is_refused_until_accepted_and_then_is_not_verified()
         .confirm_contact(&user("bob"), &before.safety_number)
         .await
         .unwrap();
-    // Bob's account gets a new identity key, in the log.
+    // Bob's account gets a new identity key: first only in the server's accounts, then in
+    // the log too.
     let identity = IdentityKey::generate();
     let device = DeviceKey::generate(user("bob"));
     let signed = identity.sign_device_list(&device.first_device_list("new phone", 2));
@@ -69,11 +79,12 @@ async fn a_new_identity_key_is_refused_until_accepted_and_then_is_not_verified()
         key_packages: Vec::new(),
         last_resort: b"last resort".to_vec(),
     };
-    alice
-        .transport()
-        .storage()
-        .replace_account(&renewed, true)
-        .await;
+    let storage = alice.transport().storage();
+    storage.replace_account(&renewed, false).await;
+    // A key the log does not hold cannot be accepted; the old one stays pinned.
+    let e = alice.accept_identity(&user("bob")).await.unwrap_err();
+    assert!(matches!(e, ClientError::Security(_)), "{e:?}");
+    storage.replace_account(&renewed, true).await;
 
     let e = alice.contact_status(&user("bob")).await.unwrap_err();
     let ClientError::Security(reason) = e else {
@@ -83,6 +94,11 @@ async fn a_new_identity_key_is_refused_until_accepted_and_then_is_not_verified()
     let accepted = alice.accept_identity(&user("bob")).await.unwrap();
     assert!(!accepted.verified);
     assert_ne!(accepted.safety_number, before.safety_number);
+    // The refusal showed the number the accepted key has, to compare before accepting.
+    assert!(
+        reason.contains(&crate::safety::grouped(&accepted.safety_number)),
+        "{reason}"
+    );
     let now = alice.contact_status(&user("bob")).await.unwrap();
     assert_eq!(now.safety_number, accepted.safety_number);
 }

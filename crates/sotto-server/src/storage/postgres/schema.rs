@@ -112,14 +112,19 @@ CREATE TABLE kt_states (
 );
 CREATE TABLE kt_pending (id BIGSERIAL PRIMARY KEY, username TEXT NOT NULL);
 INSERT INTO kt_pending (username) SELECT username FROM accounts ORDER BY created_at, username;
--- Every account created from now on, by whichever version of the server (nodes not yet
--- upgraded included).
-CREATE FUNCTION accounts_to_kt() RETURNS trigger LANGUAGE plpgsql AS $$
+"#,
+    // Every account created is queued for the log by the database itself, in the insert's
+    // transaction, whatever inserts it (the function finds the table in the schema it was
+    // made in, whatever the session's search path).
+    r#"
+CREATE OR REPLACE FUNCTION accounts_to_kt() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO kt_pending (username) VALUES (NEW.username);
     RETURN NULL;
 END;
 $$;
+DROP TRIGGER IF EXISTS accounts_to_kt ON accounts;
 CREATE TRIGGER accounts_to_kt AFTER INSERT ON accounts
     FOR EACH ROW EXECUTE FUNCTION accounts_to_kt();
 "#,

@@ -141,8 +141,11 @@ CREATE TABLE kt_states (
 ) WITHOUT ROWID;
 CREATE TABLE kt_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL);
 INSERT INTO kt_pending (user) SELECT user FROM accounts ORDER BY created_at, user;
--- Every account created from now on, by whichever version of the server.
-CREATE TRIGGER accounts_to_kt AFTER INSERT ON accounts
+"#,
+    // Every account created is queued for the log by the database itself, in the insert's
+    // transaction, whatever inserts it.
+    r#"
+CREATE TRIGGER IF NOT EXISTS accounts_to_kt AFTER INSERT ON accounts
 BEGIN
     INSERT INTO kt_pending (user) VALUES (NEW.user);
 END;
