@@ -2,9 +2,9 @@
 //! devices must catch it. Each test asserts what the affected devices see, and that nothing
 //! reaches the attacker.
 
-use super::local::LocalServer;
+use super::local::{LocalServer, forged_account};
+use crate::ClientError;
 use crate::store::HistoryItem;
-use crate::{ClientError, DeviceKey, IdentityKey};
 use sotto_proto::Username;
 use sotto_proto::api::ValidRegistration;
 use sotto_proto::device_list::parse_verifying_key;
@@ -13,20 +13,6 @@ use std::time::Duration;
 
 fn user(name: &str) -> Username {
     Username::parse(name).unwrap()
-}
-
-/// An account `name` made by the operator: its own identity key and device.
-fn forged_account(name: &str) -> ValidRegistration {
-    let identity = IdentityKey::generate();
-    let device = DeviceKey::generate(user(name));
-    let signed = identity.sign_device_list(&device.first_device_list("laptop", 1));
-    let key = parse_verifying_key(&identity.public()).unwrap();
-    ValidRegistration {
-        identity_key: identity.public().to_vec(),
-        device_list: signed.verify(&key).unwrap(),
-        key_packages: vec![b"attacker key package".to_vec()],
-        last_resort: b"attacker last resort".to_vec(),
-    }
 }
 
 fn security_reason(e: &ClientError) -> &str {

@@ -5,12 +5,12 @@
 use crate::events::Event;
 use crate::store::HistoryItem;
 use crate::store::memory::MemoryStore;
-use crate::{ClientError, Clock, Engine, Transport};
+use crate::{ClientError, Clock, DeviceKey, Engine, IdentityKey, Transport};
 use async_trait::async_trait;
 use sotto_proto::api::{
     ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse,
     RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
-    TokenResponse, UploadKeyPackagesRequest, UserResponse, auth_signing_input,
+    TokenResponse, UploadKeyPackagesRequest, UserResponse, ValidRegistration, auth_signing_input,
 };
 use sotto_proto::device_list::parse_verifying_key;
 use sotto_proto::kt::LookupResponse;
@@ -479,4 +479,18 @@ pub fn removed(by: &str, who: &str) -> Seen {
 /// `by` added this device to a group.
 pub fn joined(by: &str) -> Seen {
     event(by, Event::Joined { by: user(by) })
+}
+
+/// An account `name` made by the operator: its own identity key and device.
+pub fn forged_account(name: &str) -> ValidRegistration {
+    let identity = IdentityKey::generate();
+    let device = DeviceKey::generate(user(name));
+    let signed = identity.sign_device_list(&device.first_device_list("laptop", 1));
+    let key = parse_verifying_key(&identity.public()).unwrap();
+    ValidRegistration {
+        identity_key: identity.public().to_vec(),
+        device_list: signed.verify(&key).unwrap(),
+        key_packages: vec![b"attacker key package".to_vec()],
+        last_resort: b"attacker last resort".to_vec(),
+    }
 }

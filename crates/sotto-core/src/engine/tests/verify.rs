@@ -1,12 +1,9 @@
 //! `sotto verify` in the engine: safety numbers, confirming them, and accepting a contact's
 //! new identity key.
 
-use super::local::LocalServer;
+use super::local::{LocalServer, forged_account};
 use crate::ClientError;
-use crate::{DeviceKey, IdentityKey};
 use sotto_proto::Username;
-use sotto_proto::api::ValidRegistration;
-use sotto_proto::device_list::parse_verifying_key;
 
 fn user(name: &str) -> Username {
     Username::parse(name).unwrap()
@@ -69,16 +66,7 @@ async fn a_new_identity_key_is_refused_until_accepted_and_then_is_not_verified()
         .unwrap();
     // Bob's account gets a new identity key: first only in the server's accounts, then in
     // the log too.
-    let identity = IdentityKey::generate();
-    let device = DeviceKey::generate(user("bob"));
-    let signed = identity.sign_device_list(&device.first_device_list("new phone", 2));
-    let key = parse_verifying_key(&identity.public()).unwrap();
-    let renewed = ValidRegistration {
-        identity_key: identity.public().to_vec(),
-        device_list: signed.verify(&key).unwrap(),
-        key_packages: Vec::new(),
-        last_resort: b"last resort".to_vec(),
-    };
+    let renewed = forged_account("bob");
     let storage = alice.transport().storage();
     storage.replace_account(&renewed, false).await;
     // A key the log does not hold cannot be accepted; the old one stays pinned.

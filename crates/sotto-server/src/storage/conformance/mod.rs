@@ -7,10 +7,7 @@ mod kt;
 mod queue;
 mod roster;
 
-pub use group_commit::*;
-pub use kt::*;
-pub use queue::*;
-pub use roster::*;
+pub use {group_commit::*, kt::*, queue::*, roster::*};
 
 use super::{Claim, Stats, Storage};
 use crate::delivery::{self, QueueQuota, Submitted};
