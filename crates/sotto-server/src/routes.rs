@@ -79,13 +79,7 @@ pub async fn kt_lookup(
         .lookup(&user, query.after, crate::kt::LOOKUP_WAIT)
         .await
         .map_err(ApiError::internal)?;
-    match found {
-        Some(found) => Ok(ApiJson(found)),
-        None => {
-            let epoch = state.kt.epoch().await.map_err(ApiError::internal)?;
-            Err(ApiError::not_in_log(epoch))
-        }
-    }
+    found.map(ApiJson).map_err(ApiError::not_in_log)
 }
 
 /// `GET /v1/users/{user}`.

@@ -32,7 +32,8 @@ enum Logged {
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Checks that `signed` is `user`'s device list in the log, waiting a bounded time for
-    /// the log to publish it. `Security` if it is not, or if the server's proof fails.
+    /// the log to publish it. `Security` if the log holds another value, or if the server's
+    /// proof fails; `Unreachable` if the user is still not in the log.
     pub(super) async fn check_in_log(
         &self,
         user: &Username,
@@ -105,7 +106,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 ),
             ),
             Logged::Value(epoch, _, version) => {
-                self.tx(|tx| Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?))?;
+                if seen != Some(version) {
+                    self.tx(|tx| {
+                        Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?)
+                    })?;
+                }
                 // An account's list never changes yet (no device is linked or removed), so
                 // its one value is version 1: a later version means someone published
                 // another and then this one again.

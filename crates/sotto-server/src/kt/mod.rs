@@ -177,14 +177,14 @@ impl Kt {
     }
 
     /// A proof of `user`'s current value at the newest epoch, waiting up to `wait` for an
-    /// epoch newer than `after` if the newest is not. `Ok(None)` if the user is not in the
-    /// log.
+    /// epoch newer than `after` if the newest is not; if the user is not in the log, the
+    /// newest epoch.
     pub async fn lookup(
         &self,
         user: &Username,
         after: Option<u64>,
         wait: Duration,
-    ) -> Result<Option<LookupResponse>, KtError> {
+    ) -> Result<Result<LookupResponse, u64>, KtError> {
         if let Some(after) = after {
             self.wait_past(after, wait).await?;
         }
@@ -198,14 +198,15 @@ impl Kt {
             )
             .await
             .map_err(|e| KtError(e.to_string()))?;
+        let reader = self.reader().await?;
         if known.is_empty() {
-            return Ok(None);
+            return Ok(Err(reader.get_epoch_hash().await?.epoch()));
         }
-        let (proof, epoch_hash) = self.reader().await?.lookup(label).await?;
+        let (proof, epoch_hash) = reader.lookup(label).await?;
         let proof = akd::proto::specs::types::LookupProof::from(&proof);
         let proof =
             protobuf::Message::write_to_bytes(&proof).map_err(|e| KtError(e.to_string()))?;
-        Ok(Some(LookupResponse {
+        Ok(Ok(LookupResponse {
             epoch: epoch_hash.epoch(),
             root_hash: Bytes::from(epoch_hash.hash().to_vec()),
             proof: Bytes::from(proof),

@@ -54,19 +54,24 @@ async fn measure<Db: Database + Clone + 'static>(
     vrf: Vrf,
 ) -> Result<Measured, String> {
     // As the server does: a directory (and its cache) per operation.
-    let dir = || sotto_server::kt::directory(db.clone(), vrf.clone());
+    let publish = |batch: Vec<(AkdLabel, AkdValue)>| {
+        let (db, vrf) = (db.clone(), vrf.clone());
+        async move {
+            sotto_server::kt::directory(db, vrf)
+                .await
+                .map_err(|e| e.to_string())?
+                .publish(batch)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
     let reader = || sotto_server::kt::reader(db.clone(), vrf.clone());
     let start = Instant::now();
     for from in (0..args.accounts).step_by(FILL) {
         let batch = (from..args.accounts.min(from + FILL))
             .map(|i| (label(i), value(i, 0)))
             .collect();
-        dir()
-            .await
-            .map_err(|e| e.to_string())?
-            .publish(batch)
-            .await
-            .map_err(|e| e.to_string())?;
+        publish(batch).await?;
     }
     let fill_s = start.elapsed().as_secs_f64();
     let mut epoch_us = Vec::new();
@@ -80,12 +85,7 @@ async fn measure<Db: Database + Clone + 'static>(
             })
             .collect();
         let start = Instant::now();
-        dir()
-            .await
-            .map_err(|e| e.to_string())?
-            .publish(batch)
-            .await
-            .map_err(|e| e.to_string())?;
+        publish(batch).await?;
         epoch_us.push(micros(start));
     }
     let mut lookup_us = Vec::new();

@@ -186,18 +186,16 @@ impl Transport for LocalTransport {
         }
         let kt = &self.server.kt;
         kt.publish_pending().await.map_err(failed)?;
-        match kt
-            .lookup(user, None, Duration::ZERO)
+        kt.lookup(user, None, Duration::ZERO)
             .await
             .map_err(failed)?
-        {
-            Some(found) => Ok(found),
-            None => Err(ClientError::Refused(ErrorBody {
-                code: ErrorCode::NotInLog,
-                message: "not in the log".into(),
-                epoch: Some(kt.epoch().await.map_err(failed)?),
-            })),
-        }
+            .map_err(|epoch| {
+                ClientError::Refused(ErrorBody {
+                    code: ErrorCode::NotInLog,
+                    message: "not in the log".into(),
+                    epoch: Some(epoch),
+                })
+            })
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
