@@ -106,6 +106,11 @@ fn offline<T>() -> Result<T, ClientError> {
     ))
 }
 
+use sotto_proto::link::{
+    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LinkAnswer, LinkId, LinkOfferResponse,
+    PickupRequest, PickupResponse,
+};
+
 #[async_trait::async_trait]
 impl Transport for Offline {
     async fn config(&self) -> Result<ServerConfig, ClientError> {
@@ -156,6 +161,21 @@ impl Transport for Offline {
         offline()
     }
     async fn ack(&self, _: &str, _: Vec<u64>) -> Result<(), ClientError> {
+        offline()
+    }
+    async fn update_device_list(&self, _: &str, _: &DeviceListUpdate) -> Result<(), ClientError> {
+        offline()
+    }
+    async fn create_link(&self, _: &CreateLinkRequest) -> Result<CreateLinkResponse, ClientError> {
+        offline()
+    }
+    async fn link_offer(&self, _: &str, _: &LinkId) -> Result<LinkOfferResponse, ClientError> {
+        offline()
+    }
+    async fn answer_link(&self, _: &str, _: &LinkId, _: &LinkAnswer) -> Result<(), ClientError> {
+        offline()
+    }
+    async fn pickup(&self, _: &LinkId, _: &PickupRequest) -> Result<PickupResponse, ClientError> {
         offline()
     }
 }

@@ -52,8 +52,12 @@ fn read_account(db: &Path, user: &str) -> Rows {
 /// The operator makes `user`'s account on the running server the one in `rows` (keys it
 /// holds), devices and KeyPackages included. It does not publish the change in the
 /// key-transparency log.
+/// The operator's swap, in one transaction, without publishing it: the queue entry the
+/// database makes for the changed device list is deleted before anything can publish it.
 fn swap_account(db: &Path, user: &str, rows: &Rows) {
-    let db = Connection::open(db).unwrap();
+    let mut db = Connection::open(db).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let db = db.transaction().unwrap();
     for table in ["devices", "key_packages", "last_resort_key_packages"] {
         db.execute(&format!("DELETE FROM {table} WHERE user = ?1"), [user])
             .unwrap();
@@ -85,6 +89,9 @@ fn swap_account(db: &Path, user: &str, rows: &Rows) {
         )
         .unwrap();
     }
+    db.execute("DELETE FROM kt_pending WHERE user = ?1", [user])
+        .unwrap();
+    db.commit().unwrap();
 }
 
 fn count(db: &Path, sql: &str) -> i64 {

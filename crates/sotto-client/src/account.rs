@@ -84,6 +84,93 @@ impl InitOptions {
     }
 }
 
+/// A home directory being made into a device's home: checked empty, with the server's
+/// settings fetched. [`NewHome::remove`] takes back whatever was made in it.
+pub(crate) struct NewHome {
+    pub(crate) home: std::path::PathBuf,
+    pub(crate) user: Username,
+    pub(crate) api: Api,
+    pub(crate) config: sotto_proto::api::ServerConfig,
+    kdf: KdfParams,
+    insecure_http: bool,
+    created: bool,
+}
+
+impl NewHome {
+    /// Checks that `home` holds no account and `passcode` is long enough, and asks `server`
+    /// for its settings.
+    pub(crate) async fn prepare(
+        home: &Path,
+        server: &str,
+        user: &str,
+        passcode: &str,
+        options: InitOptions,
+    ) -> Result<NewHome, ClientError> {
+        let user = Username::parse(user).map_err(|e| ClientError::Usage(e.to_string()))?;
+        if home.join(KEYFILE).exists() {
+            return Err(ClientError::Usage(format!(
+                "{} already holds a Sotto account; use another --home",
+                home.display()
+            )));
+        }
+        // A store without a key file is no account, but it is not ours to delete either.
+        if let Some(f) = HOME_FILES.iter().find(|f| home.join(f).exists()) {
+            return Err(ClientError::Usage(format!(
+                "{} already holds {f} of an earlier Sotto; use another --home",
+                home.display()
+            )));
+        }
+        if passcode.chars().count() < MIN_PASSCODE_CHARS {
+            return Err(ClientError::Usage(format!(
+                "the passcode must have at least {MIN_PASSCODE_CHARS} characters"
+            )));
+        }
+        let api = Api::new(server, options.insecure_http)?;
+        let config = api.config().await?;
+        if sotto_core::suite::ciphersuite(config.ciphersuite).is_err() {
+            return Err(ClientError::Usage(format!(
+                "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
+                config.ciphersuite
+            )));
+        }
+        let created = !home.exists();
+        store::create_private_dir(home)?;
+        Ok(NewHome {
+            home: home.to_owned(),
+            user,
+            api,
+            config,
+            kdf: options.kdf,
+            insecure_http: options.insecure_http,
+            created,
+        })
+    }
+
+    /// The key file and the empty store.
+    pub(crate) fn store(&self, passcode: &str) -> Result<SqlCipherStore, ClientError> {
+        let key = keyfile::create(&self.home.join(KEYFILE), passcode, self.kdf)?;
+        SqlCipherStore::open(&self.home.join(STORE), &key)
+    }
+
+    /// The settings the shell keeps in the store beside the account's own.
+    pub(crate) fn settings(&self) -> Vec<(Setting, Vec<u8>)> {
+        vec![
+            (Setting::Server, self.api.base().as_bytes().to_vec()),
+            (Setting::InsecureHttp, vec![u8::from(self.insecure_http)]),
+        ]
+    }
+
+    /// Removes what was made in the home directory (and the directory, if it was made).
+    pub(crate) fn remove(&self) {
+        for f in HOME_FILES {
+            let _ = std::fs::remove_file(self.home.join(f));
+        }
+        if self.created {
+            let _ = std::fs::remove_dir(&self.home);
+        }
+    }
+}
+
 /// A device's client: the engine over its encrypted store and the server's HTTP API. It is
 /// `Send + Sync`, so a web server can share one between requests.
 pub struct Client {
@@ -116,61 +203,31 @@ impl Client {
         passcode: &str,
         options: InitOptions,
     ) -> Result<Client, ClientError> {
-        let user = Username::parse(user).map_err(|e| ClientError::Usage(e.to_string()))?;
-        if home.join(KEYFILE).exists() {
-            return Err(ClientError::Usage(format!(
-                "{} already holds a Sotto account; use another --home",
-                home.display()
-            )));
-        }
-        // A store without a key file is no account, but it is not ours to delete either.
-        if let Some(f) = HOME_FILES.iter().find(|f| home.join(f).exists()) {
-            return Err(ClientError::Usage(format!(
-                "{} already holds {f} of an earlier Sotto; use another --home",
-                home.display()
-            )));
-        }
-        if passcode.chars().count() < MIN_PASSCODE_CHARS {
-            return Err(ClientError::Usage(format!(
-                "the passcode must have at least {MIN_PASSCODE_CHARS} characters"
-            )));
-        }
-        let api = Api::new(server, options.insecure_http)?;
-        let config = api.config().await?;
-        if sotto_core::suite::ciphersuite(config.ciphersuite).is_err() {
-            return Err(ClientError::Usage(format!(
-                "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
-                config.ciphersuite
-            )));
-        }
-        let created_home = !home.exists();
-        store::create_private_dir(home)?;
+        let new = NewHome::prepare(home, server, user, passcode, options).await?;
         let made = async {
-            let key = keyfile::create(&home.join(KEYFILE), passcode, options.kdf)?;
-            let store = SqlCipherStore::open(&home.join(STORE), &key)?;
-            let base = api.base().to_owned();
-            let insecure = [u8::from(options.insecure_http)];
-            let settings: [(Setting, &[u8]); 2] = [
-                (Setting::Server, base.as_bytes()),
-                (Setting::InsecureHttp, &insecure),
-            ];
+            let store = new.store(passcode)?;
+            let settings = new.settings();
+            let settings: Vec<(Setting, &[u8])> =
+                settings.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             let account = NewAccount {
-                user: &user,
+                user: &new.user,
                 device_name: "cli",
                 settings: &settings,
             };
-            Engine::create(store, api, Arc::new(SystemClock), account, &config).await
+            Engine::create(
+                store,
+                new.api.clone(),
+                Arc::new(SystemClock),
+                account,
+                &new.config,
+            )
+            .await
         }
         .await;
         match made {
             Ok(engine) => Ok(Client { engine }),
             Err(e) => {
-                for f in HOME_FILES {
-                    let _ = std::fs::remove_file(home.join(f));
-                }
-                if created_home {
-                    let _ = std::fs::remove_dir(home);
-                }
+                new.remove();
                 Err(e)
             }
         }

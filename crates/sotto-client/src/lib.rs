@@ -13,6 +13,7 @@
 extern crate self as sotto_client;
 
 pub mod account;
+mod devices;
 mod follow;
 mod keyfile;
 pub mod messages;
@@ -22,10 +23,12 @@ mod tests;
 pub mod transport;
 
 pub use account::{Client, ContactView, InitOptions, MIN_PASSCODE_CHARS, VerifyAction, Whoami};
+pub use devices::{LinkedView, Linking};
 pub use follow::FollowStatus;
 pub use keyfile::KdfParams;
 pub use messages::{MessageKind, MessageView};
 pub use sotto_core::ClientError;
 pub use sotto_core::engine::conversations::{Conversation, Member};
+pub use sotto_core::engine::devices::{Approved, DeviceInfo};
 pub use sotto_core::safety;
 pub use transport::Api;

@@ -120,6 +120,30 @@ pub(crate) fn describe(event: &Event, me: &Username) -> String {
     match event {
         Event::Added { by, user } => format!("{} added {}", name(by), name(user)),
         Event::Removed { by, user } => format!("{} removed {}", name(by), name(user)),
+        Event::DeviceAdded {
+            by,
+            user,
+            device,
+            name: device_name,
+        } => {
+            let whose = if user == me {
+                "your".to_owned()
+            } else {
+                format!("{user}'s")
+            };
+            if by == user {
+                format!("{} added a device: {device_name} ({device})", name(by))
+            } else {
+                format!("{} added {whose} device {device_name} ({device})", name(by))
+            }
+        }
+        Event::DeviceRemoved { by, user, device } => {
+            if by == user {
+                format!("{} removed a device ({device})", name(by))
+            } else {
+                format!("{} removed a device of {} ({device})", name(by), name(user))
+            }
+        }
         Event::Joined { by } => format!("{by} added you"),
         Event::Renamed { by, from, to } => {
             format!("{by} renamed the group {from:?} to {to:?}")

@@ -13,6 +13,10 @@ use sotto_proto::api::{
     TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
 use sotto_proto::kt::LookupResponse;
+use sotto_proto::link::{
+    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LinkAnswer, LinkId, LinkOfferResponse,
+    PickupRequest, PickupResponse,
+};
 use sotto_proto::{ErrorBody, ErrorCode, GroupId, Username};
 use std::time::Duration;
 
@@ -170,6 +174,80 @@ impl Api {
 
 #[async_trait]
 impl Transport for Api {
+    /// `POST /v1/devices`. Never repeated: a repeat of an update the server took is refused
+    /// as stale, and the device then learns the list from the server.
+    async fn update_device_list(
+        &self,
+        token: &str,
+        req: &DeviceListUpdate,
+    ) -> Result<(), ClientError> {
+        self.call::<_, ()>(
+            Method::POST,
+            "/v1/devices",
+            Some(token),
+            Some(req),
+            Repeat::Never,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /v1/links`.
+    async fn create_link(
+        &self,
+        req: &CreateLinkRequest,
+    ) -> Result<CreateLinkResponse, ClientError> {
+        self.json(Method::POST, "/v1/links", None, Some(req), Repeat::Safe)
+            .await
+    }
+
+    /// `GET /v1/links/{id}`.
+    async fn link_offer(&self, token: &str, id: &LinkId) -> Result<LinkOfferResponse, ClientError> {
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/links/{id}"),
+            Some(token),
+            None,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// `PUT /v1/links/{id}`.
+    async fn answer_link(
+        &self,
+        token: &str,
+        id: &LinkId,
+        answer: &LinkAnswer,
+    ) -> Result<(), ClientError> {
+        self.call::<_, ()>(
+            Method::PUT,
+            &format!("/v1/links/{id}"),
+            Some(token),
+            Some(answer),
+            Repeat::Never,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /v1/links/{id}/pickup`. Never repeated: the server forgets the answer once it
+    /// handed it out.
+    async fn pickup(
+        &self,
+        id: &LinkId,
+        req: &PickupRequest,
+    ) -> Result<PickupResponse, ClientError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/links/{id}/pickup"),
+            None,
+            Some(req),
+            Repeat::Never,
+        )
+        .await
+    }
+
     /// `GET /v1/config`.
     async fn config(&self) -> Result<ServerConfig, ClientError> {
         self.json::<(), _>(Method::GET, "/v1/config", None, None, Repeat::Safe)

@@ -6,7 +6,7 @@
 )]
 
 use sotto_client::store::SqlCipherStore;
-use sotto_core::events::{Event, MemberChange};
+use sotto_core::events::{Event, MemberChange, NewDevice};
 use sotto_core::store::memory::MemoryStore;
 use sotto_core::store::{
     ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry,
@@ -14,7 +14,7 @@ use sotto_core::store::{
 };
 use sotto_core::{ClientError, Content, StoreError};
 use sotto_proto::api::SendRequest;
-use sotto_proto::{Bytes, GroupId, Username};
+use sotto_proto::{Bytes, DeviceAddr, DeviceId, GroupId, Username};
 
 fn group(n: u8) -> GroupId {
     GroupId::from_bytes(&[n; 16]).unwrap()
@@ -143,6 +143,9 @@ fn conformance<S: ClientStore>(store: &S) {
             assert_eq!(all[0].peer.as_deref(), Some("bob"));
             let security = tx.unshown(Unshown::Security)?;
             assert_eq!(security.len(), 1);
+            // The whole history, outgoing entries included, oldest first.
+            let ids: Vec<String> = tx.history()?.into_iter().map(|e| e.id).collect();
+            assert_eq!(ids, ["1", "2", "3", "4"]);
             tx.mark_shown(all[1].position)?;
             assert_eq!(tx.unshown(Unshown::All)?.len(), 1);
             Ok::<_, StoreError>(())
@@ -154,6 +157,13 @@ fn conformance<S: ClientStore>(store: &S) {
     let change = Outgoing::Commit(MemberChange {
         add: vec![Username::parse("carol").unwrap()],
         remove: Vec::new(),
+        add_devices: vec![NewDevice {
+            addr: DeviceAddr {
+                user: Username::parse("alice").unwrap(),
+                device: DeviceId::new(9),
+            },
+            key_package: Bytes(vec![1, 2, 3]),
+        }],
     });
     store
         .transaction(|tx| {
@@ -202,6 +212,13 @@ fn conformance<S: ClientStore>(store: &S) {
                     verified: false
                 })
             );
+            let dave = Username::parse("dave").unwrap();
+            tx.pin_identity(&dave, &[4; 32], 4)?;
+            tx.mark_verified(&dave, &[4; 32])?;
+            let all = tx.contacts()?;
+            assert_eq!(all.len(), 2);
+            assert_eq!(all[0].0, carol);
+            assert!(all[1].1.verified && all[1].1.identity_key == vec![4; 32]);
             Ok::<_, StoreError>(())
         })
         .unwrap();

@@ -24,6 +24,26 @@ pub enum Event {
         /// Who was removed.
         user: Username,
     },
+    /// `by` added a device of `user`, who was a member already (a device linked).
+    DeviceAdded {
+        /// Who committed.
+        by: Username,
+        /// Whose device.
+        user: Username,
+        /// The device's id.
+        device: String,
+        /// Its name in `user`'s signed device list.
+        name: String,
+    },
+    /// `by` removed a device of `user`, who stays a member.
+    DeviceRemoved {
+        /// Who committed.
+        by: Username,
+        /// Whose device.
+        user: Username,
+        /// The device's id.
+        device: String,
+    },
     /// The first description of a group this device was added to: `by` added it.
     Joined {
         /// Who added this device.
@@ -91,6 +111,8 @@ impl std::fmt::Debug for Event {
         match self {
             Event::Added { by, user } => write!(f, "Added({by} added {user})"),
             Event::Removed { by, user } => write!(f, "Removed({by} removed {user})"),
+            Event::DeviceAdded { by, user, .. } => write!(f, "DeviceAdded({by}: {user})"),
+            Event::DeviceRemoved { by, user, .. } => write!(f, "DeviceRemoved({by}: {user})"),
             Event::Joined { by } => write!(f, "Joined(by {by})"),
             Event::Renamed { by, .. } => write!(f, "Renamed(by {by})"),
             Event::NotOneToOne { by, people } => write!(f, "NotOneToOne({by}, {people})"),
@@ -114,4 +136,17 @@ pub struct MemberChange {
     pub add: Vec<Username>,
     /// Users to remove.
     pub remove: Vec<Username>,
+    /// Single devices to add (a device linked to an account already in the group), each
+    /// with the KeyPackage to add it with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_devices: Vec<NewDevice>,
+}
+
+/// A device to add on its own, with its KeyPackage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDevice {
+    /// The device.
+    pub addr: sotto_proto::DeviceAddr,
+    /// Its KeyPackage (an RFC 9420 `MLSMessage`).
+    pub key_package: sotto_proto::Bytes,
 }

@@ -132,6 +132,7 @@ impl DeviceKey {
             version: DEVICE_LIST_VERSION,
             user: self.addr.user.clone(),
             revision: 1,
+            previous: None,
             devices: vec![self.entry(name, added_at)],
         }
     }

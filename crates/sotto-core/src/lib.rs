@@ -16,6 +16,7 @@ mod error;
 pub mod events;
 pub mod group;
 pub mod identity;
+pub mod link;
 pub mod safety;
 pub mod store;
 pub mod suite;

@@ -11,6 +11,10 @@ use sotto_proto::api::{
     TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
 use sotto_proto::kt::LookupResponse;
+use sotto_proto::link::{
+    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LinkAnswer, LinkId, LinkOfferResponse,
+    PickupRequest, PickupResponse,
+};
 use sotto_proto::{GroupId, Username};
 
 /// The server's API. Methods that take a `token` act as the device it was issued to.
@@ -56,4 +60,25 @@ pub trait Transport: Send + Sync {
     async fn queue(&self, token: &str, limit: u32) -> Result<QueueResponse, ClientError>;
     /// Acknowledges queued messages.
     async fn ack(&self, token: &str, ids: Vec<u64>) -> Result<(), ClientError>;
+    /// Replaces the signed-in device's account's device list with the next revision.
+    async fn update_device_list(
+        &self,
+        token: &str,
+        req: &DeviceListUpdate,
+    ) -> Result<(), ClientError>;
+    /// Leaves a new device's offer at a new rendezvous (no sign-in: the device has none).
+    async fn create_link(&self, req: &CreateLinkRequest)
+    -> Result<CreateLinkResponse, ClientError>;
+    /// The offer waiting at `id`, for a device of the account it names.
+    async fn link_offer(&self, token: &str, id: &LinkId) -> Result<LinkOfferResponse, ClientError>;
+    /// Leaves the answer to the offer at `id`.
+    async fn answer_link(
+        &self,
+        token: &str,
+        id: &LinkId,
+        answer: &LinkAnswer,
+    ) -> Result<(), ClientError>;
+    /// The answer at `id`, if there is one yet.
+    async fn pickup(&self, id: &LinkId, req: &PickupRequest)
+    -> Result<PickupResponse, ClientError>;
 }

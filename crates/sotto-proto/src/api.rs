@@ -84,7 +84,7 @@ impl RegisterRequest {
 
 /// Checks a batch of one-time KeyPackages (and a last-resort one, returned last): the count,
 /// that each is a KeyPackage, and that each names `owner` with `signature_key`.
-fn check_own_key_packages(
+pub(crate) fn check_own_key_packages(
     one_time: Vec<Bytes>,
     last_resort: Option<Bytes>,
     owner: &DeviceAddr,

@@ -35,6 +35,10 @@ pub struct DeviceList {
     pub user: Username,
     /// Grows by one with every change.
     pub revision: u64,
+    /// The key-transparency value ([`crate::kt::device_list_value`]) of the list this one
+    /// replaces; absent in revision 1. A rollback or a fork shows as a broken chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Bytes>,
     /// The devices, at least one.
     pub devices: Vec<DeviceEntry>,
 }
@@ -56,9 +60,37 @@ impl DeviceList {
         self.devices.iter().find(|d| d.id == device)
     }
 
+    /// The list that follows `signed` (this list's signed form) with `devices`: the next
+    /// revision, chained to it.
+    pub fn next(&self, signed: &SignedDeviceListIn, devices: Vec<DeviceEntry>) -> DeviceList {
+        DeviceList {
+            version: DEVICE_LIST_VERSION,
+            user: self.user.clone(),
+            revision: self.revision.saturating_add(1),
+            previous: Some(crate::kt::device_list_value(signed).to_vec().into()),
+            devices,
+        }
+    }
+
+    /// Whether this list directly follows the list `signed` (whose parsed form is `before`).
+    pub fn follows(&self, before: &DeviceList, signed: &SignedDeviceListIn) -> bool {
+        self.user == before.user
+            && Some(self.revision) == before.revision.checked_add(1)
+            && self.previous.as_ref().map(Bytes::as_slice)
+                == Some(&crate::kt::device_list_value(signed)[..])
+    }
+
     fn check(self) -> Result<Self, ProtoError> {
         if self.version != DEVICE_LIST_VERSION {
             return Err(ProtoError::UnsupportedVersion(self.version));
+        }
+        if self.revision == 0 || (self.revision == 1) != self.previous.is_none() {
+            return Err(ProtoError::Invalid(
+                "device list (revision 1 has no previous list, every later one has)",
+            ));
+        }
+        if self.previous.as_ref().is_some_and(|p| p.len() != 32) {
+            return Err(ProtoError::Invalid("device list previous (32 bytes)"));
         }
         if self.devices.is_empty() || self.devices.len() > limits::MAX_DEVICES {
             return Err(ProtoError::Invalid("device list (1 to 64 devices)"));

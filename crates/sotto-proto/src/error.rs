@@ -78,6 +78,13 @@ error_codes! {
     /// The user's device list is not in the key-transparency log (yet); the body carries
     /// the log's newest epoch.
     NotInLog => "not_in_log",
+    /// The account already has as many devices as the server allows.
+    TooManyDevices => "too_many_devices",
+    /// The account's device list changed since the update was made (another device
+    /// changed it): fetch it and make the update again.
+    DeviceListChanged => "device_list_changed",
+    /// No such link code, or it expired (codes work for five minutes, once).
+    UnknownLink => "unknown_link",
 }
 
 /// The JSON body of every error response.
@@ -154,6 +161,9 @@ mod tests {
         "request_timeout",
         "unavailable",
         "not_in_log",
+        "too_many_devices",
+        "device_list_changed",
+        "unknown_link",
     ];
 
     #[test]

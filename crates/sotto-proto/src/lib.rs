@@ -38,6 +38,7 @@ pub mod error;
 pub mod framing;
 pub mod ids;
 pub mod kt;
+pub mod link;
 
 pub use bytes::Bytes;
 pub use error::{ErrorBody, ErrorCode, ProtoError};

@@ -57,6 +57,7 @@ fn verify_one_device_list(key: Vec<u8>, name: &str) -> Result<(), sotto_proto::P
         version: 1,
         user: Username::parse("alice").unwrap(),
         revision: 1,
+        previous: None,
         devices: vec![DeviceEntry {
             id: DeviceId::new(1),
             signature_key: Bytes(key),
@@ -182,7 +183,8 @@ proptest! {
             name: "phone".into(),
             added_at: 1,
         }).collect();
-        let list = DeviceList { version: 1, user, revision, devices };
+        let previous = (revision > 1).then(|| Bytes(vec![7; 32]));
+        let list = DeviceList { version: 1, user, revision, previous, devices };
         let body = list.encode();
         let signature = identity.sign(&DeviceList::signing_input(&body)).to_bytes().to_vec();
         let signed = SignedDeviceListIn { body: Bytes(body.clone()), signature: Bytes(signature) };

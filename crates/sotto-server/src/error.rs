@@ -50,6 +50,11 @@ impl ApiError {
         self.retry_after
     }
 
+    /// The body the peer gets.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+
     /// `409 epoch_conflict` carrying the group's current epoch.
     pub fn epoch_conflict(epoch: u64) -> Self {
         let mut e = ApiError::new(

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod client_ip;
 pub mod delivery;
+pub mod devices;
 pub mod error;
 pub mod group_commit;
 pub mod kt;
@@ -238,6 +239,22 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queue", get(routes::fetch_queue))
         .route("/v1/queue/ack", post(routes::ack).layer(small))
         .route("/v1/ws", get(push::websocket))
+        .route(
+            "/v1/links",
+            post(devices::create_link_route).layer(key_packages),
+        )
+        .route(
+            "/v1/links/{id}",
+            get(devices::link_offer_route).put(devices::answer_link_route),
+        )
+        .route(
+            "/v1/links/{id}/pickup",
+            post(devices::pickup_route).layer(small),
+        )
+        .route(
+            "/v1/devices",
+            post(devices::update_device_list_route).layer(key_packages),
+        )
         .fallback(fallback)
         // Only a send may be large; every other body is bounded by what it can carry, so an
         // unauthenticated request cannot make the server buffer much.

@@ -263,6 +263,13 @@ limits! {
     queue_bytes: ByteSize = ByteSize(512 << 20);
     /// One-time KeyPackages one device may keep on the server.
     key_packages_per_device: u64 = 1000;
+    /// Devices one account may have; linking one more is refused (`too_many_devices`).
+    devices_per_account: u32 = 10;
+    /// Link codes one IP address may make (a new device asking to be linked).
+    link_per_ip: Rate = Rate::new(30, HOUR);
+    /// Requests about link codes one IP address may make: a new device asking whether it
+    /// was approved (about once a second while it waits), an approver reading an offer.
+    link_poll_per_ip: Rate = Rate::new(600, MINUTE);
 }
 
 impl Limits {
@@ -327,6 +334,8 @@ pub struct RateLimiters {
     ack_per_device: Bucket<DeviceAddr>,
     websocket_per_ip: Bucket<IpKey>,
     websocket_per_device: Bucket<DeviceAddr>,
+    link_per_ip: Bucket<IpKey>,
+    link_poll_per_ip: Bucket<IpKey>,
 }
 
 impl RateLimiters {
@@ -346,6 +355,8 @@ impl RateLimiters {
             ack_per_device: Bucket::new(limits.ack_per_device),
             websocket_per_ip: Bucket::new(limits.websocket_per_ip),
             websocket_per_device: Bucket::new(limits.websocket_per_device),
+            link_per_ip: Bucket::new(limits.link_per_ip),
+            link_poll_per_ip: Bucket::new(limits.link_poll_per_ip),
         }
     }
 
@@ -399,6 +410,16 @@ impl RateLimiters {
         self.websocket_per_device.check(device)
     }
 
+    /// A link code made from `ip`.
+    pub fn link(&self, ip: IpKey) -> Result<(), ApiError> {
+        self.link_per_ip.check(&ip)
+    }
+
+    /// A request about a link code from `ip`.
+    pub fn link_poll(&self, ip: IpKey) -> Result<(), ApiError> {
+        self.link_poll_per_ip.check(&ip)
+    }
+
     /// Forgets buckets that are full again, so memory follows recent traffic only.
     pub fn forget_idle(&self) {
         self.challenge_per_ip.limiter.retain_recent();
@@ -414,6 +435,8 @@ impl RateLimiters {
         self.ack_per_device.limiter.retain_recent();
         self.websocket_per_ip.limiter.retain_recent();
         self.websocket_per_device.limiter.retain_recent();
+        self.link_per_ip.limiter.retain_recent();
+        self.link_poll_per_ip.limiter.retain_recent();
     }
 }
 

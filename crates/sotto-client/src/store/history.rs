@@ -94,17 +94,31 @@ type Row = (
 );
 
 pub(super) fn unshown(conn: &Connection, which: Unshown) -> Result<Vec<UnshownEntry>, StoreError> {
-    let filter = match which {
-        Unshown::All => "",
-        Unshown::Security => "AND m.kind = 'security'",
-    };
+    entries(
+        conn,
+        match which {
+            Unshown::All => "m.shown = 0",
+            Unshown::Security => "m.shown = 0 AND m.kind = 'security'",
+        },
+    )
+}
+
+pub(super) fn all(conn: &Connection) -> Result<Vec<HistoryRecord>, StoreError> {
+    Ok(entries(conn, "1 = 1")?
+        .into_iter()
+        .map(|e| e.record)
+        .collect())
+}
+
+/// The entries `filter` (an SQL condition on `m`, a constant of this file) selects.
+fn entries(conn: &Connection, filter: &str) -> Result<Vec<UnshownEntry>, StoreError> {
     let rows: Vec<Row> = conn
         .prepare_cached(&format!(
             "SELECT m.local_id, m.id, m.group_id, c.name, c.peer, m.sender_user, m.sender_device,
                     m.sender_verified, m.sent_at, m.received_at, m.kind, m.body, m.event,
                     m.outgoing
              FROM messages m LEFT JOIN conversations c ON c.group_id = m.group_id
-             WHERE m.shown = 0 {filter} ORDER BY m.local_id"
+             WHERE {filter} ORDER BY m.local_id"
         ))?
         .query_map([], |r| {
             Ok((

@@ -409,6 +409,10 @@ impl StoreTx for SqlTx<'_> {
         history::unshown(&self.conn, which)
     }
 
+    fn history(&self) -> Result<Vec<HistoryRecord>, StoreError> {
+        history::all(&self.conn)
+    }
+
     fn mark_shown(&self, position: i64) -> Result<(), StoreError> {
         Ok(history::mark_shown(&self.conn, position)?)
     }
@@ -423,6 +427,10 @@ impl StoreTx for SqlTx<'_> {
 
     fn contact(&self, user: &Username) -> Result<Option<Contact>, StoreError> {
         Ok(settings::contact(&self.conn, user)?)
+    }
+
+    fn contacts(&self) -> Result<Vec<(Username, Contact)>, StoreError> {
+        settings::contacts(&self.conn)
     }
 
     fn pin_identity(&self, user: &Username, key: &[u8], at: u64) -> Result<(), StoreError> {

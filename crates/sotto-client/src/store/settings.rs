@@ -1,6 +1,7 @@
 //! The account's settings on this device (`meta`) and the identity keys pinned for contacts.
 
 use rusqlite::{Connection, OptionalExtension as _, params};
+use sotto_core::StoreError;
 use sotto_core::store::{Contact, Setting};
 use sotto_proto::Username;
 
@@ -28,6 +29,24 @@ pub(super) fn contact(conn: &Connection, user: &Username) -> rusqlite::Result<Op
             })
         })
         .optional()
+}
+
+pub(super) fn contacts(conn: &Connection) -> Result<Vec<(Username, Contact)>, StoreError> {
+    let rows: Vec<(String, Vec<u8>, i64)> = conn
+        .prepare_cached("SELECT user, identity_key, verified FROM contacts ORDER BY user")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(user, identity_key, verified)| {
+            Ok((
+                super::username(&user)?,
+                Contact {
+                    identity_key,
+                    verified: verified != 0,
+                },
+            ))
+        })
+        .collect()
 }
 
 pub(super) fn pin_identity(

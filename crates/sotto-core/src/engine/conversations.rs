@@ -1,7 +1,7 @@
 //! Conversations: one-to-one and named groups, their members, and membership changes.
 
 use super::{Engine, MAX_ATTEMPTS, kept_changing, random_client_id};
-use crate::events::{Event, MemberChange};
+use crate::events::{Event, MemberChange, NewDevice};
 use crate::group;
 use crate::store::{ClientStore, ConversationRecord, OutboxRecord, Outgoing, StoreTx};
 use crate::{ClientError, Content, CoreError, Transport};
@@ -60,6 +60,26 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         add: &[Username],
         remove: &[Username],
     ) -> Result<Vec<Event>, ClientError> {
+        self.commit_change(
+            gid,
+            &MemberChange {
+                add: add.to_vec(),
+                remove: remove.to_vec(),
+                add_devices: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// Makes `change` in one commit, retrying on concurrent commits. A device to add on its
+    /// own must be in its owner's signed device list, as the key-transparency log holds it.
+    /// Returns the events it caused.
+    pub(super) async fn commit_change(
+        &self,
+        gid: &GroupId,
+        change: &MemberChange,
+    ) -> Result<Vec<Event>, ClientError> {
+        let (add, remove) = (&change.add[..], &change.remove[..]);
         for attempt in 0..MAX_ATTEMPTS {
             // Callers sync first; a retry must first process the commit that won the race.
             if attempt > 0 {
@@ -74,10 +94,29 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 .filter(|m| remove.contains(&m.addr.user))
                 .map(|m| m.addr.clone())
                 .collect();
-            if to_add.is_empty() && to_remove.is_empty() {
+            let devices: Vec<&NewDevice> = change
+                .add_devices
+                .iter()
+                .filter(|d| !members.iter().any(|m| m.addr == d.addr))
+                .collect();
+            if to_add.is_empty() && to_remove.is_empty() && devices.is_empty() {
                 return Ok(Vec::new());
             }
             let mut claimed = Vec::new();
+            for d in &devices {
+                let list = self.fetch_device_list(&d.addr.user).await?;
+                let entry = list.device(d.addr.device).ok_or_else(|| {
+                    ClientError::Security(format!(
+                        "device {} is not in the signed device list of {}; refusing it",
+                        d.addr.device, d.addr.user
+                    ))
+                })?;
+                claimed.push((
+                    d.addr.clone(),
+                    d.key_package.clone(),
+                    entry.signature_key.clone(),
+                ));
+            }
             for user in &to_add {
                 let list = self.fetch_device_list(user).await?;
                 let token = self.token().await?;
@@ -165,10 +204,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     client_id: req.client_id.clone(),
                     group: gid.clone(),
                     request: req.clone(),
-                    outgoing: Outgoing::Commit(MemberChange {
-                        add: add.to_vec(),
-                        remove: remove.to_vec(),
-                    }),
+                    outgoing: Outgoing::Commit(change.clone()),
                     created_at: sent_at,
                 })?;
                 Ok(Some(req))
@@ -180,7 +216,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 Ok(resp) => {
                     let mut events =
                         self.tx(|tx| self.finish_commit(tx, gid, &req.client_id, &resp))?;
-                    if !to_add.is_empty() {
+                    if !to_add.is_empty() || !devices.is_empty() {
                         self.send_group_info(gid).await?;
                     }
                     if !remove.is_empty() && to_remove.is_empty() {
@@ -401,13 +437,19 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 .into_iter()
                 .filter(|c| c.peer.is_none())
                 .map(|c| {
-                    let g = group::load(&tx.mls(), c.group.as_bytes())?;
+                    // A conversation that came with a linked device's history has no group
+                    // state until this device is added to it.
+                    let (devices, epoch) = match group::load(&tx.mls(), c.group.as_bytes()) {
+                        Ok(g) => (g.members().count(), g.epoch().as_u64()),
+                        Err(_) if !c.active => (0, 0),
+                        Err(e) => return Err(e.into()),
+                    };
                     Ok(Conversation {
                         id: hex::encode(c.group.as_bytes()),
                         name: c.name,
                         peer: None,
-                        devices: g.members().count(),
-                        epoch: g.epoch().as_u64(),
+                        devices,
+                        epoch,
                         active: c.active,
                     })
                 })

@@ -14,9 +14,11 @@
 
 pub mod contacts;
 pub mod conversations;
+pub mod devices;
 pub mod directory;
 pub mod history;
 mod key_packages;
+pub mod linking;
 pub mod outbox;
 pub mod sync;
 #[cfg(test)]
@@ -125,7 +127,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             device_name,
             settings,
         } = account;
-        let suite = crate::suite::ciphersuite(config.ciphersuite).map_err(|_| {
+        crate::suite::ciphersuite(config.ciphersuite).map_err(|_| {
             ClientError::Usage(format!(
                 "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
                 config.ciphersuite
@@ -140,20 +142,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let device = DeviceKey::generate(user.clone());
         let list = device.first_device_list(device_name, clock.now());
         let signed = identity.sign_device_list(&list);
-        let engine = Engine {
-            store,
-            transport,
-            clock,
+        let engine = Engine::assemble(
+            (store, transport, clock),
             device,
             identity,
-            server_id: Mutex::new(Some(config.server_id.clone())),
-            suite,
-            suite_code: config.ciphersuite,
-            token: Mutex::new(None),
-            lists: Mutex::new(HashMap::new()),
-            cache: Mutex::default(),
-            accepted: Mutex::default(),
-        };
+            Some(config.server_id.clone()),
+            config.ciphersuite,
+        )?;
         let list = serde_json::to_vec(&signed).map_err(|e| ClientError::Internal(e.to_string()))?;
         // The first KeyPackages are made (their secrets stored) with the account, and go to
         // the server in the registration itself.
@@ -221,6 +216,24 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             Ok((identity, device, u16::from_be_bytes(suite), server_id))
         };
         let (identity, device, suite_code, server_id) = store.read(read)?;
+        Engine::assemble(
+            (store, transport, clock),
+            device,
+            identity,
+            server_id,
+            suite_code,
+        )
+    }
+
+    /// An engine over `parts` (store, transport, clock) for this device of this account.
+    pub(super) fn assemble(
+        parts: (S, T, Arc<dyn Clock>),
+        device: DeviceKey,
+        identity: IdentityKey,
+        server_id: Option<ServerId>,
+        suite_code: u16,
+    ) -> Result<Self, ClientError> {
+        let (store, transport, clock) = parts;
         Ok(Engine {
             store,
             transport,

@@ -4,14 +4,14 @@
 //! a message is encrypted again, a membership change is recomputed.
 
 use super::{Engine, MAX_ATTEMPTS, NAMED_RECIPIENTS, kept_changing, lock, random_client_id};
-use crate::events::{Event, MemberChange};
-use crate::group::{self, MemberDevice};
+use crate::events::Event;
+use crate::group;
 use crate::store::{
     ClientStore, HistoryItem, HistoryRecord, OutboxEntry, OutboxRecord, Outgoing, StoreTx,
 };
 use crate::{ClientError, Content, Envelope, Transport};
 use sotto_proto::api::{SendRequest, SendResponse};
-use sotto_proto::{DeviceAddr, ErrorCode, GroupId};
+use sotto_proto::{ErrorCode, GroupId};
 
 /// An application message the server accepted whose local bookkeeping (dropping the outbox
 /// entry, recording the sent message) is folded into this device's next transaction. If the
@@ -166,17 +166,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             group::merge_pending(p, g)?;
             Ok::<_, ClientError>((before, group::members(g)?))
         })?;
-        let added: Vec<MemberDevice> = after
-            .iter()
-            .filter(|m| !before.contains(m))
-            .cloned()
-            .collect();
-        let removed: Vec<DeviceAddr> = before
-            .iter()
-            .filter(|m| !after.contains(m))
-            .map(|m| m.addr.clone())
-            .collect();
-        let events = self.describe(self.me(), &added, &removed);
+        let events = self.describe(self.me(), &before, &after);
         for (i, event) in events.iter().enumerate() {
             tx.add_history(&HistoryRecord {
                 id: format!("{}.{i}", resp.id),
@@ -246,7 +236,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             (Outgoing::Commit(change), Ok(resp)) => {
                 self.tx(|tx| self.finish_commit(tx, gid, &entry.client_id, &resp))?;
                 // As after any commit that adds someone: tell them what the group is.
-                if change.add.is_empty() {
+                if change.add.is_empty() && change.add_devices.is_empty() {
                     return Ok(());
                 }
                 self.send_group_info(gid).await
@@ -261,11 +251,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     .await
                     .map(drop)
             }
-            (Outgoing::Commit(MemberChange { add, remove }), Err(_)) => {
+            (Outgoing::Commit(change), Err(_)) => {
                 self.tx(|tx| self.discard_pending_commit(tx, gid))?;
                 self.pull().await?;
                 self.drop_outbox(&entry.client_id)?;
-                self.change_members(gid, add, remove).await.map(drop)
+                self.commit_change(gid, change).await.map(drop)
             }
         }
     }

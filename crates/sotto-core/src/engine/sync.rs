@@ -294,9 +294,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         }
                         Received::Commit(staged) => {
                             self.verify_members(&staged.summary.proven_devices())?;
+                            let before = group::members(g)?;
                             let summary = group::merge_staged(provider, g, staged)?;
-                            let events =
-                                self.describe(&summary.committer, &summary.added, &summary.removed);
+                            let after = group::members(g)?;
+                            let events = self.describe(&summary.committer, &before, &after);
                             for (i, event) in events.into_iter().enumerate() {
                                 tx.add_history(&HistoryRecord {
                                     id: format!("{}.{i}", m.id),
@@ -381,13 +382,17 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             }
             (None, None, None) => {
                 let just_us = users.len() == 2 && users.contains(&by);
-                if !just_us {
-                    return Ok(Some(Event::NotOneToOne {
-                        by,
-                        people: users.len(),
-                    }));
+                // Described by another device of this account: the peer is the other user.
+                let peer = users.iter().find(|u| **u != self.me().user);
+                match peer {
+                    Some(peer) if just_us => set(None, Some(peer))?,
+                    _ => {
+                        return Ok(Some(Event::NotOneToOne {
+                            by,
+                            people: users.len(),
+                        }));
+                    }
                 }
-                set(None, Some(&by))?;
                 None
             }
             (Some(old), peer, Some(new)) if old != new => {
@@ -417,28 +422,57 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         })
     }
 
-    /// The events of a commit by `committer`: each user added, then each user removed.
+    /// The events of a commit by `committer` that took the group from the members `before`
+    /// to `after`: each user added (or device added to a member), then each user removed (or
+    /// device removed from one who stays).
     pub(super) fn describe(
         &self,
         committer: &DeviceAddr,
-        added: &[MemberDevice],
-        removed: &[DeviceAddr],
+        before: &[MemberDevice],
+        after: &[MemberDevice],
     ) -> Vec<Event> {
-        let users = |devs: &mut dyn Iterator<Item = &Username>| {
-            devs.cloned().collect::<BTreeSet<Username>>()
+        let users = |ms: &[MemberDevice]| {
+            ms.iter()
+                .map(|m| m.addr.user.clone())
+                .collect::<BTreeSet<Username>>()
         };
+        let (was, is) = (users(before), users(after));
         let by = &committer.user;
+        let name = |d: &DeviceAddr| {
+            lock(&self.lists)
+                .get(&d.user)
+                .and_then(|l| l.as_ref().ok())
+                .and_then(|l| l.device(d.device).map(|e| e.name.clone()))
+                .unwrap_or_default()
+        };
         let mut out = Vec::new();
-        for user in users(&mut added.iter().map(|d| &d.addr.user)) {
+        let added: Vec<&MemberDevice> = after.iter().filter(|m| !before.contains(m)).collect();
+        let removed: Vec<&MemberDevice> = before.iter().filter(|m| !after.contains(m)).collect();
+        for user in is.difference(&was) {
             out.push(Event::Added {
                 by: by.clone(),
-                user,
+                user: user.clone(),
             });
         }
-        for user in users(&mut removed.iter().map(|d| &d.user)) {
+        for d in added.iter().filter(|m| was.contains(&m.addr.user)) {
+            out.push(Event::DeviceAdded {
+                by: by.clone(),
+                user: d.addr.user.clone(),
+                device: d.addr.device.to_string(),
+                name: name(&d.addr),
+            });
+        }
+        for user in was.difference(&is) {
             out.push(Event::Removed {
                 by: by.clone(),
-                user,
+                user: user.clone(),
+            });
+        }
+        for d in removed.iter().filter(|m| is.contains(&m.addr.user)) {
+            out.push(Event::DeviceRemoved {
+                by: by.clone(),
+                user: d.addr.user.clone(),
+                device: d.addr.device.to_string(),
             });
         }
         out

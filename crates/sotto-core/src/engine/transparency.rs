@@ -71,12 +71,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// it was seen there. An account not in the log yet is not an alarm: nobody can be made
     /// to trust what the log does not hold.
     pub(super) async fn monitor_own_account(&self) -> Result<(), ClientError> {
-        let mine = self
-            .store
-            .read(|tx| tx.setting(Setting::DeviceList))?
-            .ok_or_else(|| ClientError::damaged("device list"))?;
-        let mine: SignedDeviceListIn =
-            serde_json::from_slice(&mine).map_err(|_| ClientError::damaged("device list"))?;
+        let (mine, list) = self.own_list()?;
         let seen = self
             .store
             .read(|tx| tx.setting(Setting::KtOwnVersion))?
@@ -97,33 +92,38 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                      which it held before"
                 ),
             ),
-            Logged::Value(epoch, value, _) if value != device_list_value(&mine) => (
-                [&b"value"[..], &value[..]].concat(),
-                format!(
-                    "the key-transparency log (epoch {epoch}) holds a device list for your \
-                     account that none of your devices made: someone may have added a device \
-                     or replaced your identity key on the server"
-                ),
-            ),
+            Logged::Value(epoch, value, version) if value != device_list_value(&mine) => {
+                if self.made_by_own_device(&list, value, version).await? {
+                    return Ok(());
+                }
+                (
+                    [&b"value"[..], &value[..]].concat(),
+                    format!(
+                        "the key-transparency log (epoch {epoch}) holds a device list for your \
+                         account that none of your devices made: someone may have added a \
+                         device or replaced your identity key on the server"
+                    ),
+                )
+            }
             Logged::Value(epoch, _, version) => {
                 if seen != Some(version) {
                     self.tx(|tx| {
                         Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?)
                     })?;
                 }
-                // An account's list never changes yet (no device is linked or removed), so
-                // its one value is version 1: a later version means someone published
-                // another and then this one again.
-                let seen = seen.unwrap_or(1);
-                if seen == version {
+                // Each revision of the account's list makes at most one version in the log
+                // (revisions published in one epoch make one): more versions than revisions
+                // mean someone published another value and then this one again.
+                if version <= list.revision {
                     return Ok(());
                 }
                 (
                     [&b"version"[..], &version.to_be_bytes()[..]].concat(),
                     format!(
-                        "your account's entry in the key-transparency log went from version \
-                         {seen} to {version} (epoch {epoch}) though none of your devices \
-                         changed it: someone published other keys for it, then yours again"
+                        "your account's entry in the key-transparency log is at version \
+                         {version} (epoch {epoch}), past revision {} of the device list your \
+                         devices signed: someone published other keys for it, then yours again",
+                        list.revision
                     ),
                 )
             }
@@ -137,6 +137,32 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// One lookup of `user`, verified.
+    /// Whether the log's `value` (at `version`) for this account, which is not the list
+    /// this device holds (`list`), is still one this account's devices made: the list
+    /// before this device's last change (the log is an epoch behind), or a newer list
+    /// another device of the account signed (which this device then keeps).
+    async fn made_by_own_device(
+        &self,
+        list: &sotto_proto::device_list::DeviceList,
+        value: [u8; 32],
+        version: u64,
+    ) -> Result<bool, ClientError> {
+        let behind = |l: &sotto_proto::device_list::DeviceList| {
+            l.previous.as_ref().map(sotto_proto::Bytes::as_slice) == Some(&value[..])
+        };
+        if behind(list) {
+            return Ok(true);
+        }
+        let Some((signed, newer)) = self.newer_own_list().await? else {
+            return Ok(false);
+        };
+        if device_list_value(&signed) == value && version <= newer.revision {
+            self.tx(|tx| Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?))?;
+            return Ok(true);
+        }
+        Ok(behind(&newer))
+    }
+
     async fn look_up(&self, user: &Username, after: Option<u64>) -> Result<Logged, ClientError> {
         let token = self.token().await?;
         let vrf_key = self.vrf_key().await?;

@@ -268,6 +268,16 @@ impl StoreTx for MemoryTx<'_> {
             .collect())
     }
 
+    fn history(&self) -> Result<Vec<HistoryRecord>, StoreError> {
+        Ok(self
+            .work
+            .borrow()
+            .history
+            .iter()
+            .map(|(_, e, _)| e.clone())
+            .collect())
+    }
+
     fn mark_shown(&self, position: i64) -> Result<(), StoreError> {
         for (p, _, shown) in &mut self.work.borrow_mut().history {
             if *p <= position {
@@ -288,6 +298,16 @@ impl StoreTx for MemoryTx<'_> {
 
     fn contact(&self, user: &Username) -> Result<Option<Contact>, StoreError> {
         Ok(self.work.borrow().contacts.get(user).cloned())
+    }
+
+    fn contacts(&self) -> Result<Vec<(Username, Contact)>, StoreError> {
+        Ok(self
+            .work
+            .borrow()
+            .contacts
+            .iter()
+            .map(|(u, c)| (u.clone(), c.clone()))
+            .collect())
     }
 
     fn pin_identity(&self, user: &Username, key: &[u8], _at: u64) -> Result<(), StoreError> {

@@ -305,6 +305,8 @@ pub trait StoreTx {
     fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError>;
     /// Entries not shown yet, oldest first.
     fn unshown(&self, which: Unshown) -> Result<Vec<UnshownEntry>, StoreError>;
+    /// Every entry, shown or not, oldest first.
+    fn history(&self) -> Result<Vec<HistoryRecord>, StoreError>;
     /// Marks every entry up to and including `position` as shown.
     fn mark_shown(&self, position: i64) -> Result<(), StoreError>;
 
@@ -315,6 +317,8 @@ pub trait StoreTx {
 
     /// The identity key pinned for `user`, and whether the user verified it.
     fn contact(&self, user: &Username) -> Result<Option<Contact>, StoreError>;
+    /// Every contact, by username.
+    fn contacts(&self) -> Result<Vec<(Username, Contact)>, StoreError>;
     /// Pins `user`'s identity key, unless one is pinned.
     fn pin_identity(&self, user: &Username, key: &[u8], at: u64) -> Result<(), StoreError>;
     /// Pins `key` for `user` in place of any key pinned before (the user accepted a new

@@ -21,6 +21,7 @@ use sotto_proto::api::{
     ValidUpload,
 };
 use sotto_proto::device_list::SignedDeviceListIn;
+use sotto_proto::link::{LinkAnswer, LinkId, ValidDeviceListUpdate};
 use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
 
 /// The storage failed (I/O, corruption, a bug), or cannot be reached. Never shown to a peer.
@@ -152,6 +153,49 @@ pub trait AccountStore {
     async fn account(&self, user: &Username) -> Result<Option<Account>, StorageError>;
     /// A device's signature (authentication) key, if the device exists.
     async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Replaces the account's device list with `update`'s, if the stored revision is still
+    /// `update.replaces` (`Ok(false)` and nothing changes otherwise), all at once: the device
+    /// added gets its KeyPackages; each device removed loses its KeyPackages, tokens, queue
+    /// and places in rosters; and the account is queued for the key-transparency log.
+    async fn update_device_list(
+        &self,
+        update: &ValidDeviceListUpdate,
+    ) -> Result<bool, StorageError>;
+}
+
+/// A device being linked: its offer, waiting at a rendezvous, and the answer once given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The account the offer asks to join.
+    pub user: Username,
+    /// The offer's bytes.
+    pub offer: Vec<u8>,
+    /// SHA-256 of the secret that picks the answer up.
+    pub secret_hash: Vec<u8>,
+    /// When the rendezvous ends.
+    pub expires_at: u64,
+    /// The approver's answer, once given.
+    pub answer: Option<LinkAnswer>,
+}
+
+/// Rendezvous of devices being linked. Expired ones are deleted by
+/// [`DeliveryStore::purge`] and never returned before that.
+#[async_trait]
+pub trait LinkStore {
+    /// Stores a new rendezvous; `Ok(false)` if the id is taken (nothing changes).
+    async fn put_link(&self, id: &LinkId, link: &Link) -> Result<bool, StorageError>;
+    /// The rendezvous, unless it does not exist or expired at `now`.
+    async fn link(&self, id: &LinkId, now: u64) -> Result<Option<Link>, StorageError>;
+    /// Stores the answer of a rendezvous not yet answered nor expired at `now`; `Ok(false)`
+    /// (and nothing changes) otherwise.
+    async fn answer_link(
+        &self,
+        id: &LinkId,
+        answer: &LinkAnswer,
+        now: u64,
+    ) -> Result<bool, StorageError>;
+    /// Deletes the rendezvous, if it exists.
+    async fn delete_link(&self, id: &LinkId) -> Result<(), StorageError>;
 }
 
 /// One version of an account's value in the key-transparency log, as akd stores it.
@@ -343,7 +387,7 @@ pub trait DeliveryStore {
     ) -> Result<QueueResponse, StorageError>;
     /// Deletes messages accepted before `cutoff` with their queue entries (counting each
     /// entry in its device's `dropped_total`), idempotency records from before `cutoff`, and
-    /// used challenges and tokens expired at `now`. Returns the number of messages deleted.
+    /// used challenges, tokens and link rendezvous expired at `now`. Returns the number of messages deleted.
     async fn purge(&self, cutoff: u64, now: u64) -> Result<u64, StorageError>;
 }
 
@@ -450,7 +494,15 @@ pub trait DeliveryTx: Send {
 
 /// Everything the server stores.
 pub trait Storage:
-    ServerStore + AccountStore + AuthStore + KeyPackageStore + DeliveryStore + KtStore + Send + Sync
+    ServerStore
+    + AccountStore
+    + AuthStore
+    + KeyPackageStore
+    + DeliveryStore
+    + KtStore
+    + LinkStore
+    + Send
+    + Sync
 {
 }
 
@@ -461,6 +513,7 @@ impl<
         + KeyPackageStore
         + DeliveryStore
         + KtStore
+        + LinkStore
         + Send
         + Sync,
 > Storage for T

@@ -105,7 +105,8 @@ async fn keys_published_for_an_account_and_then_reverted_between_its_syncs_still
 
     let e = bob.sync().await.unwrap_err();
     let reason = security_reason(&e).to_owned();
-    assert!(reason.contains("from version 1 to 3"), "{reason}");
+    assert!(reason.contains("at version 3"), "{reason}");
+    assert!(reason.contains("past revision 1"), "{reason}");
     bob.sync().await.unwrap();
 }
 

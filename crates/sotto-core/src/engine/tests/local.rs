@@ -14,8 +14,13 @@ use sotto_proto::api::{
 };
 use sotto_proto::device_list::parse_verifying_key;
 use sotto_proto::kt::LookupResponse;
+use sotto_proto::link::{
+    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LinkAnswer, LinkId, LinkOfferResponse,
+    PickupRequest, PickupResponse,
+};
 use sotto_proto::{API_VERSION, DeviceAddr, ErrorBody, ErrorCode, GroupId, ServerId, Username};
 use sotto_server::delivery::{self, QueueQuota, Submitted};
+use sotto_server::devices;
 use sotto_server::kt::{Kt, KtConfig};
 use sotto_server::storage::memory::MemoryStorage;
 use sotto_server::storage::{
@@ -53,12 +58,19 @@ pub struct LocalServer {
     /// How many accepted sends went to the group's roster rather than to named recipients.
     pub roster_sends: AtomicU64,
     pub clock: Arc<TestClock>,
+    /// The MLS ciphersuite its groups use.
+    suite: u16,
 }
 
 pub type Device = Engine<MemoryStore, LocalTransport>;
 
 impl LocalServer {
     pub async fn new() -> Arc<Self> {
+        Self::with_suite(crate::suite::XWING).await
+    }
+
+    /// A server whose groups use the MLS ciphersuite `suite`.
+    pub async fn with_suite(suite: u16) -> Arc<Self> {
         let storage = Arc::new(MemoryStorage::new());
         let server_id = storage.server_id().await.unwrap();
         let kt = Kt::open(storage.clone(), KtConfig::default())
@@ -72,16 +84,59 @@ impl LocalServer {
             epoch_conflicts: AtomicU64::new(0),
             roster_sends: AtomicU64::new(0),
             clock: Arc::new(TestClock::default()),
+            suite,
         })
+    }
+
+    /// A new device's way to this server.
+    pub fn transport(self: &Arc<Self>) -> LocalTransport {
+        LocalTransport {
+            server: self.clone(),
+            log_lies: Mutex::new(HashMap::new()),
+            lies: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A new device of `approver`'s account named `name`, linked by `approver` (with the
+    /// history, if `history`), in memory, with what it was sent.
+    pub async fn link(
+        self: &Arc<Self>,
+        approver: &Device,
+        name: &str,
+        history: bool,
+    ) -> (
+        Device,
+        crate::engine::devices::Approved,
+        crate::engine::linking::Linked,
+    ) {
+        let transport = self.transport();
+        let config = transport.config().await.unwrap();
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let account = crate::engine::NewAccount {
+            user: &approver.me().user,
+            device_name: name,
+            settings: &[],
+        };
+        let pending = crate::engine::linking::PendingLink::start(
+            MemoryStore::new().unwrap(),
+            transport,
+            clock,
+            account,
+            &config,
+        )
+        .await
+        .unwrap();
+        assert!(pending.poll().await.unwrap().is_none(), "not approved yet");
+        approver.sync().await.unwrap();
+        let approved = approver.approve(&pending.code(), history).await.unwrap();
+        let answer = pending.poll().await.unwrap().expect("approved");
+        let (device, linked) = pending.finish(answer).await.unwrap();
+        (device, approved, linked)
     }
 
     /// A new account `name` with one device, in memory.
     pub async fn device(self: &Arc<Self>, name: &str) -> Device {
-        let transport = LocalTransport {
-            server: self.clone(),
-            log_lies: Mutex::new(HashMap::new()),
-            lies: Mutex::new(HashMap::new()),
-        };
+        let transport = self.transport();
         let config = transport.config().await.unwrap();
         let user = Username::parse(name).unwrap();
         let clock: Arc<dyn Clock> = self.clock.clone();
@@ -163,12 +218,77 @@ impl LocalTransport {
     }
 }
 
+fn api(e: sotto_server::error::ApiError) -> ClientError {
+    ClientError::Refused(e.body().clone())
+}
+
 #[async_trait]
 impl Transport for LocalTransport {
+    async fn update_device_list(
+        &self,
+        token: &str,
+        req: &DeviceListUpdate,
+    ) -> Result<(), ClientError> {
+        let device = self.server.signed_in(token)?;
+        devices::update_device_list(self.storage(), &device, req.clone(), 10, 1000)
+            .await
+            .map_err(api)
+    }
+
+    async fn create_link(
+        &self,
+        req: &CreateLinkRequest,
+    ) -> Result<CreateLinkResponse, ClientError> {
+        devices::create_link(self.storage(), req.clone(), self.server.now())
+            .await
+            .map_err(api)
+    }
+
+    async fn link_offer(&self, token: &str, id: &LinkId) -> Result<LinkOfferResponse, ClientError> {
+        let device = self.server.signed_in(token)?;
+        devices::link_offer(self.storage(), &device, &id.to_string(), self.server.now())
+            .await
+            .map_err(api)
+    }
+
+    async fn answer_link(
+        &self,
+        token: &str,
+        id: &LinkId,
+        answer: &LinkAnswer,
+    ) -> Result<(), ClientError> {
+        let device = self.server.signed_in(token)?;
+        let now = self.server.now();
+        devices::answer_link(
+            self.storage(),
+            &device,
+            &id.to_string(),
+            answer.clone(),
+            now,
+        )
+        .await
+        .map_err(api)
+    }
+
+    async fn pickup(
+        &self,
+        id: &LinkId,
+        req: &PickupRequest,
+    ) -> Result<PickupResponse, ClientError> {
+        devices::pickup(
+            self.storage(),
+            &id.to_string(),
+            req.clone(),
+            self.server.now(),
+        )
+        .await
+        .map_err(api)
+    }
+
     async fn config(&self) -> Result<ServerConfig, ClientError> {
         Ok(ServerConfig {
             api_version: API_VERSION,
-            ciphersuite: crate::suite::XWING,
+            ciphersuite: self.server.suite,
             server_id: self.server.server_id.clone(),
             kt_vrf_key: self.server.kt.vrf_public_key().to_vec().into(),
         })
@@ -438,7 +558,7 @@ pub async fn recv(device: &Device) -> Vec<Seen> {
     shown(device)
 }
 
-fn user(name: &str) -> Username {
+pub fn user(name: &str) -> Username {
     Username::parse(name).unwrap()
 }
 

@@ -8,6 +8,7 @@
 
 mod compelled;
 mod large_group;
+mod linking;
 mod local;
 mod misbehaving;
 mod three_users;

@@ -315,6 +315,7 @@ impl DeliveryStore for MemoryStorage {
         s.sends.retain(|_, r| r.accepted_at >= cutoff);
         s.used_challenges.retain(|_, expires_at| *expires_at > now);
         s.tokens.retain(|_, (_, expires_at)| *expires_at > now);
+        s.links.retain(|_, l| l.expires_at > now);
         Ok(count_of(expired.len()))
     }
 }

@@ -4,6 +4,7 @@
 //! (the copy makes each transaction cost the size of the state: not a production backend).
 
 mod delivery;
+mod devices;
 mod kt;
 
 use async_trait::async_trait;
@@ -58,6 +59,7 @@ struct State {
     last_message_id: u64,
     queues: BTreeMap<DeviceAddr, DeviceQueue>,
     sends: BTreeMap<(DeviceAddr, String), SendResponse>,
+    links: BTreeMap<sotto_proto::link::LinkId, super::Link>,
 }
 
 impl Drop for State {
@@ -103,6 +105,7 @@ impl MemoryStorage {
                 last_message_id: 0,
                 queues: BTreeMap::new(),
                 sends: BTreeMap::new(),
+                links: BTreeMap::new(),
             })),
             kt: Arc::default(),
         }
@@ -234,6 +237,13 @@ impl AccountStore for MemoryStorage {
 
     async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.state.lock().await.devices.get(device).cloned())
+    }
+
+    async fn update_device_list(
+        &self,
+        update: &sotto_proto::link::ValidDeviceListUpdate,
+    ) -> Result<bool, StorageError> {
+        self.replace_device_list(update).await
     }
 }
 

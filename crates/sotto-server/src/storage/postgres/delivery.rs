@@ -550,6 +550,8 @@ impl DeliveryStore for PostgresStorage {
         .await?;
         tx.execute("DELETE FROM tokens WHERE expires_at <= $1", &[&to_i64(now)])
             .await?;
+        tx.execute("DELETE FROM links WHERE expires_at <= $1", &[&to_i64(now)])
+            .await?;
         tx.commit().await?;
         Ok(deleted)
     }

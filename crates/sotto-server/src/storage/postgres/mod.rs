@@ -4,6 +4,7 @@
 //! connection; connections come from a pool.
 
 mod delivery;
+mod devices;
 mod kt;
 mod schema;
 mod tx;
@@ -358,6 +359,14 @@ impl AccountStore for PostgresStorage {
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn update_device_list(
+        &self,
+        update: &sotto_proto::link::ValidDeviceListUpdate,
+    ) -> Result<bool, StorageError> {
+        let mut client = self.client().await?;
+        devices::update_device_list(&mut client, update).await
     }
 }
 

@@ -128,4 +128,21 @@ DROP TRIGGER IF EXISTS accounts_to_kt ON accounts;
 CREATE TRIGGER accounts_to_kt AFTER INSERT ON accounts
     FOR EACH ROW EXECUTE FUNCTION accounts_to_kt();
 "#,
+    // Device lists change (devices are linked and removed): each change is queued for the
+    // log like a new account, and devices being linked wait at a rendezvous.
+    r#"
+DROP TRIGGER IF EXISTS device_lists_to_kt ON accounts;
+CREATE TRIGGER device_lists_to_kt AFTER UPDATE OF device_list_body ON accounts
+    FOR EACH ROW EXECUTE FUNCTION accounts_to_kt();
+CREATE TABLE links (
+    id BYTEA PRIMARY KEY,
+    username TEXT NOT NULL,
+    offer BYTEA NOT NULL,
+    secret_hash BYTEA NOT NULL,
+    expires_at BIGINT NOT NULL,
+    sealed BYTEA,
+    archive BYTEA
+);
+CREATE INDEX links_expiry ON links(expires_at);
+"#,
 ];

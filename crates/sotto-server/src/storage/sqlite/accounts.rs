@@ -5,6 +5,7 @@ use crate::storage::{Account, AccountStore, AuthStore, StorageError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sotto_proto::api::ValidRegistration;
+use sotto_proto::link::ValidDeviceListUpdate;
 use sotto_proto::{DeviceAddr, Username};
 
 #[async_trait]
@@ -92,6 +93,15 @@ impl AccountStore for SqliteStorage {
                 .optional()?)
         })
         .await
+    }
+
+    async fn update_device_list(
+        &self,
+        update: &ValidDeviceListUpdate,
+    ) -> Result<bool, StorageError> {
+        let update = update.clone();
+        self.run(move |conn| super::devices::update_device_list(conn, &update))
+            .await
     }
 }
 

@@ -474,6 +474,7 @@ impl DeliveryStore for SqliteStorage {
                 [to_i64(now)],
             )?;
             tx.execute("DELETE FROM tokens WHERE expires_at <= ?1", [to_i64(now)])?;
+            tx.execute("DELETE FROM links WHERE expires_at <= ?1", [to_i64(now)])?;
             tx.commit()?;
             Ok(deleted as u64)
         })

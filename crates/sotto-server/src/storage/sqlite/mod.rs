@@ -5,6 +5,7 @@
 
 mod accounts;
 mod delivery;
+mod devices;
 mod key_packages;
 mod kt;
 
@@ -149,6 +150,24 @@ CREATE TRIGGER IF NOT EXISTS accounts_to_kt AFTER INSERT ON accounts
 BEGIN
     INSERT INTO kt_pending (user) VALUES (NEW.user);
 END;
+"#,
+    // Device lists change (devices are linked and removed): each change is queued for the
+    // log like a new account, and devices being linked wait at a rendezvous.
+    r#"
+CREATE TRIGGER IF NOT EXISTS device_lists_to_kt AFTER UPDATE OF device_list_body ON accounts
+BEGIN
+    INSERT INTO kt_pending (user) VALUES (NEW.user);
+END;
+CREATE TABLE links (
+    id BLOB PRIMARY KEY,
+    user TEXT NOT NULL,
+    offer BLOB NOT NULL,
+    secret_hash BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    sealed BLOB,
+    archive BLOB
+);
+CREATE INDEX links_expiry ON links(expires_at);
 "#,
 ];
 

@@ -1,0 +1,181 @@
+//! `sotto devices`: link a new device, approve one, list them.
+
+use crate::output::{printable, to_json, utc};
+use crate::passcode;
+use clap::Subcommand;
+use sotto_client::{Client, ClientError, InitOptions, KdfParams, Linking};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// On a new device: ask to join your account. Shows a code (and a QR code) to approve
+    /// on a device you already have, then waits for it (five minutes at most).
+    Link {
+        /// Server URL, e.g. http://127.0.0.1:8787.
+        #[arg(long)]
+        server: String,
+        /// Your username.
+        #[arg(long)]
+        user: String,
+        /// This device's name, as your contacts will see it.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Allow plain http:// to a server that is not on this machine (test networks only).
+        #[arg(long)]
+        insecure_http: bool,
+        /// Print JSON: `{"code": ...}` first, then what the device received.
+        #[arg(long)]
+        json: bool,
+    },
+    /// On a device you have: approve the new device showing CODE. It gets your account,
+    /// your contacts and (unless --no-history) your message history, and joins every
+    /// conversation; everyone in them sees it.
+    Approve {
+        /// The code the new device shows.
+        code: String,
+        /// Do not send the message history.
+        #[arg(long)]
+        no_history: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List your account's devices.
+    List {
+        /// Print JSON, one device per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `devices link`: runs before there is an account on this device.
+pub async fn link(home: &Path, command: DevicesCommand) -> Result<ExitCode, ClientError> {
+    let DevicesCommand::Link {
+        server,
+        user,
+        name,
+        insecure_http,
+        json,
+    } = command
+    else {
+        return Err(ClientError::Usage("this command runs on an account".into()));
+    };
+    let pass = passcode(true)?;
+    let options = InitOptions {
+        kdf: KdfParams::from_env(),
+        insecure_http,
+    };
+    let linking = Linking::start(home, &server, &user, &name, &pass, options).await?;
+    let code = linking.code();
+    if json {
+        println!(
+            "{}",
+            to_json(&serde_json::json!({ "code": code, "expires_at": linking.expires_at() }))
+        );
+    } else {
+        println!("On a device of {user} you already have, run:");
+        println!();
+        println!("    sotto devices approve {code}");
+        println!();
+        match qrcode::QrCode::new(format!("sotto-link-v1:{code}")) {
+            Ok(qr) => println!(
+                "{}",
+                qr.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            ),
+            Err(e) => eprintln!("(no QR code: {e})"),
+        }
+        println!(
+            "The code works once, until {} UTC. Waiting…",
+            utc(linking.expires_at())
+        );
+    }
+    std::io::stdout()
+        .flush()
+        .map_err(|e| ClientError::Usage(format!("stdout: {e}")))?;
+    let (client, linked) = linking.wait().await?;
+    // The conversations arrive as the approving device adds this one to each.
+    let synced = client.sync().await;
+    if json {
+        println!("{}", to_json(&linked));
+    } else {
+        println!(
+            "linked: this is device {} of {}, with {} contacts and {} history entries",
+            linked.device, linked.user, linked.contacts, linked.history
+        );
+        if linked.history_left_out > 0 {
+            println!(
+                "({} older entries were left out: the history was larger than the server takes)",
+                linked.history_left_out
+            );
+        }
+        println!("conversations arrive as your other device adds this one; see `sotto recv`");
+    }
+    crate::report_security(&client, synced.map(|()| ExitCode::SUCCESS))
+}
+
+/// `devices approve` and `devices list`.
+pub async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, ClientError> {
+    match command {
+        DevicesCommand::Approve {
+            code,
+            no_history,
+            json,
+        } => {
+            eprintln!(
+                "Approve only a code shown on a new device you are holding yourself. Never \
+                 approve a code someone sent you or read to you: it would give them your \
+                 account, your contacts and your messages."
+            );
+            if std::io::stdin().is_terminal() {
+                eprint!("Approve the device showing this code? Type yes: ");
+                let mut answer = String::new();
+                std::io::stdin()
+                    .read_line(&mut answer)
+                    .map_err(|e| ClientError::Usage(format!("stdin: {e}")))?;
+                if answer.trim() != "yes" {
+                    return Err(ClientError::Usage("not approved".into()));
+                }
+            }
+            let approved = client.approve(&code, !no_history).await?;
+            if json {
+                println!("{}", to_json(&approved));
+            } else {
+                println!(
+                    "approved {} ({}): added to {} conversations, {} history entries sent",
+                    printable(&approved.name),
+                    approved.device,
+                    approved.conversations,
+                    approved.history
+                );
+                for (group, why) in &approved.failed {
+                    eprintln!("not added to conversation {group} yet: {}", printable(why));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DevicesCommand::List { json } => {
+            for d in client.devices().await? {
+                if json {
+                    println!("{}", to_json(&d));
+                } else {
+                    let this = if d.this { "\t(this device)" } else { "" };
+                    println!(
+                        "{}\t{}\tadded {} UTC{this}",
+                        d.id,
+                        printable(&d.name),
+                        utc(d.added_at)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DevicesCommand::Link { .. } => Err(ClientError::Usage(
+            "this device has an account already; `devices link` makes a new one, with --home"
+                .into(),
+        )),
+    }
+}
