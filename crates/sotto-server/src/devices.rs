@@ -178,7 +178,7 @@ pub async fn update_device_list(
             StatusCode::CONFLICT,
             ErrorCode::TooManyDevices,
             format!(
-                "this account has {} devices, as many as this server allows; remove one first",
+                "this account has {} device(s), as many as this server allows; remove one first",
                 current.list().devices.len()
             ),
         ));

@@ -1,0 +1,147 @@
+//! `sotto devices` with real server processes and the `sotto` binary: a device linked with
+//! its history joins the conversations and everyone sees it; the device limit.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use common::*;
+use std::process::Stdio;
+
+#[test]
+fn a_device_linked_from_the_command_line_gets_the_history_and_joins_the_conversations() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"));
+    let (alice, bob) = alice_and_bob(&server, dir.path());
+    ok(&alice, &["send", "bob", "before the laptop"]);
+    ok(&bob, &["recv"]);
+    ok(&bob, &["send", "alice", "hello alice"]);
+    ok(&alice, &["recv"]);
+
+    // The new device prints its code as its first line, then waits for the approval.
+    let laptop = dir.path().join("laptop");
+    let mut linking = sotto(
+        &laptop,
+        &[
+            "devices",
+            "link",
+            "--server",
+            &server.url(),
+            "--user",
+            "alice",
+            "--name",
+            "laptop",
+            "--json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let out = Lines::of(linking.stdout.take().unwrap());
+    let first: serde_json::Value = serde_json::from_str(&out.wait_for("code")).unwrap();
+    let code = first["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 39, "{code}");
+
+    // Approving needs no prompt when stdin is not a terminal, and warns.
+    let approved = run(&alice, &["devices", "approve", &code, "--json"]);
+    let stderr = String::from_utf8_lossy(&approved.stderr).into_owned();
+    assert!(approved.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Never approve a code someone sent you"),
+        "{stderr}"
+    );
+    let approved: serde_json::Value = serde_json::from_slice(&approved.stdout).unwrap();
+    assert_eq!(approved["name"], "laptop");
+    assert_eq!(approved["conversations"], 1);
+
+    let linked: serde_json::Value = serde_json::from_str(&out.wait_for("device")).unwrap();
+    assert_eq!(linked["user"], "alice");
+    assert_eq!(linked["contacts"], 1);
+    assert!(linked["history"].as_u64().unwrap() >= 2);
+    assert!(linking.wait().unwrap().success());
+    // A second approval of the same code finds nothing: codes work once.
+    let again = run(&alice, &["devices", "approve", &code]);
+    assert_eq!(again.status.code(), Some(1));
+
+    // The history is there, and so is the conversation: bob's next message reaches both.
+    let history = json_lines(&ok(&laptop, &["recv", "--json"]));
+    let texts: Vec<&str> = history.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(texts.contains(&"before the laptop"), "{texts:?}");
+    assert!(texts.contains(&"hello alice"), "{texts:?}");
+    let seen_by_bob = ok(&bob, &["recv"]);
+    assert!(
+        seen_by_bob.contains("alice added a device: laptop"),
+        "{seen_by_bob}"
+    );
+    ok(&bob, &["send", "alice", "to both"]);
+    for home in [&alice, &laptop] {
+        assert!(ok(home, &["recv"]).contains("to both"));
+    }
+    ok(&laptop, &["send", "bob", "from the laptop"]);
+    assert!(ok(&bob, &["recv"]).contains("from the laptop"));
+
+    let listed = json_lines(&ok(&laptop, &["devices", "list", "--json"]));
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        listed.iter().filter(|d| d["this"] == true).count(),
+        1,
+        "{listed:?}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|d| d["name"] == "laptop" && d["this"] == true)
+    );
+}
+
+#[test]
+fn linking_past_the_servers_device_limit_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_on(
+        vec![
+            "--data".into(),
+            dir.path().join("server").into(),
+            "--limit".into(),
+            "devices_per_account=1".into(),
+        ],
+        "127.0.0.1:0",
+    );
+    let alice = dir.path().join("alice");
+    ok(
+        &alice,
+        &["init", "--server", &server.url(), "--user", "alice"],
+    );
+    let laptop = dir.path().join("laptop");
+    let mut linking = sotto(
+        &laptop,
+        &[
+            "devices",
+            "link",
+            "--server",
+            &server.url(),
+            "--user",
+            "alice",
+            "--json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let out = Lines::of(linking.stdout.take().unwrap());
+    let first: serde_json::Value = serde_json::from_str(&out.wait_for("code")).unwrap();
+    let code = first["code"].as_str().unwrap();
+    let refused = run(&alice, &["devices", "approve", code]);
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("as many as this server allows"), "{stderr}");
+    let _ = linking.kill();
+    let _ = linking.wait();
+    assert_eq!(
+        json_lines(&ok(&alice, &["devices", "list", "--json"])).len(),
+        1
+    );
+}
