@@ -178,6 +178,9 @@ impl Transport for Offline {
     async fn pickup(&self, _: &LinkId, _: &PickupRequest) -> Result<PickupResponse, ClientError> {
         offline()
     }
+    async fn link_done(&self, _: &LinkId, _: &PickupRequest) -> Result<(), ClientError> {
+        offline()
+    }
 }
 
 type DeviceEngine = Engine<SqlCipherStore, Offline>;

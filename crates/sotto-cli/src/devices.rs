@@ -12,23 +12,7 @@ use std::process::ExitCode;
 pub enum DevicesCommand {
     /// On a new device: ask to join your account. Shows a code (and a QR code) to approve
     /// on a device you already have, then waits for it (five minutes at most).
-    Link {
-        /// Server URL, e.g. http://127.0.0.1:8787.
-        #[arg(long)]
-        server: String,
-        /// Your username.
-        #[arg(long)]
-        user: String,
-        /// This device's name, as your contacts will see it.
-        #[arg(long, default_value = "cli")]
-        name: String,
-        /// Allow plain http:// to a server that is not on this machine (test networks only).
-        #[arg(long)]
-        insecure_http: bool,
-        /// Print JSON: `{"code": ...}` first, then what the device received.
-        #[arg(long)]
-        json: bool,
-    },
+    Link(LinkArgs),
     /// On a device you have: approve the new device showing CODE. It gets your account,
     /// your contacts and (unless --no-history) your message history, and joins every
     /// conversation; everyone in them sees it.
@@ -50,18 +34,46 @@ pub enum DevicesCommand {
     },
 }
 
+/// `devices link`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct LinkArgs {
+    /// Server URL, e.g. http://127.0.0.1:8787.
+    #[arg(long)]
+    server: String,
+    /// Your username.
+    #[arg(long)]
+    user: String,
+    /// This device's name, as your contacts will see it [default: this computer's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Allow plain http:// to a server that is not on this machine (test networks only).
+    #[arg(long)]
+    insecure_http: bool,
+    /// Print JSON: `{"code": ...}` first, then what the device received.
+    #[arg(long)]
+    json: bool,
+}
+
+/// This computer's name, as a device name: what the system calls it, if it says.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|n| n.trim().chars().take(64).collect::<String>())
+        .filter(|n| sotto_proto::device_list::check_device_name(n).is_ok())
+        .unwrap_or_else(|| "linked device".to_owned())
+}
+
 /// `devices link`: runs before there is an account on this device.
-pub async fn link(home: &Path, command: DevicesCommand) -> Result<ExitCode, ClientError> {
-    let DevicesCommand::Link {
+pub async fn link(home: &Path, args: LinkArgs) -> Result<ExitCode, ClientError> {
+    let LinkArgs {
         server,
         user,
         name,
         insecure_http,
         json,
-    } = command
-    else {
-        return Err(ClientError::Usage("this command runs on an account".into()));
-    };
+    } = args;
+    let name = name.unwrap_or_else(host_name);
     let pass = passcode(true)?;
     let options = InitOptions {
         kdf: KdfParams::from_env(),
@@ -79,7 +91,7 @@ pub async fn link(home: &Path, command: DevicesCommand) -> Result<ExitCode, Clie
         println!();
         println!("    sotto devices approve {code}");
         println!();
-        match qrcode::QrCode::new(format!("sotto-link-v1:{code}")) {
+        match qrcode::QrCode::new(format!("{}{code}", sotto_proto::link::QR_PREFIX)) {
             Ok(qr) => println!(
                 "{}",
                 qr.render::<qrcode::render::unicode::Dense1x2>()
@@ -151,11 +163,16 @@ pub async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, C
                     approved.conversations,
                     approved.history
                 );
-                for (group, why) in &approved.failed {
-                    eprintln!("not added to conversation {group} yet: {}", printable(why));
-                }
             }
-            Ok(ExitCode::SUCCESS)
+            for (group, why) in &approved.failed {
+                eprintln!("not added to conversation {group}: {}", printable(why));
+            }
+            // Linked, but not everywhere: the server (or the group) stood in the way.
+            Ok(if approved.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         DevicesCommand::List { json } => {
             for d in client.devices().await? {
@@ -173,7 +190,7 @@ pub async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, C
             }
             Ok(ExitCode::SUCCESS)
         }
-        DevicesCommand::Link { .. } => Err(ClientError::Usage(
+        DevicesCommand::Link(_) => Err(ClientError::Usage(
             "this device has an account already; `devices link` makes a new one, with --home"
                 .into(),
         )),

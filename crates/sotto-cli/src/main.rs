@@ -272,9 +272,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             let client = open(&home)?;
             recv(&client, json, follow, timeout).await
         }
-        Command::Devices(link @ devices::DevicesCommand::Link { .. }) => {
-            devices::link(&home, link).await
-        }
+        Command::Devices(devices::DevicesCommand::Link(args)) => devices::link(&home, args).await,
         command => {
             let client = open(&home)?;
             let result = client_command(&client, command).await;

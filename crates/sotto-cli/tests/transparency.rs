@@ -50,10 +50,9 @@ fn read_account(db: &Path, user: &str) -> Rows {
 }
 
 /// The operator makes `user`'s account on the running server the one in `rows` (keys it
-/// holds), devices and KeyPackages included. It does not publish the change in the
-/// key-transparency log.
-/// The operator's swap, in one transaction, without publishing it: the queue entry the
-/// database makes for the changed device list is deleted before anything can publish it.
+/// holds), devices and KeyPackages included, in one transaction. It does not publish the
+/// change in the key-transparency log: the queue entry the database makes for the changed
+/// device list is deleted before anything can publish it.
 fn swap_account(db: &Path, user: &str, rows: &Rows) {
     let mut db = Connection::open(db).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();

@@ -96,14 +96,19 @@ impl Linking {
         self.pending.expires_at()
     }
 
-    /// Waits for the approval (until the code expires), then checks what it brought and
-    /// becomes the account's device. Whatever fails, nothing is left in the home directory.
+    /// Waits for the approval (until the code expires, or Ctrl-C), then checks what it
+    /// brought and becomes the account's device. Whatever fails, nothing is left in the home
+    /// directory.
     pub async fn wait(self) -> Result<(Client, LinkedView), ClientError> {
         let Linking { pending, home } = self;
-        let done = async {
+        let waited = async {
             let answer = loop {
-                if let Some(answer) = pending.poll().await? {
-                    break answer;
+                match pending.poll().await {
+                    Ok(Some(answer)) => break answer,
+                    Ok(None) => {}
+                    // The answer waits on the server: a failure on the way is tried again.
+                    Err(e) if e.is_transient() => {}
+                    Err(e) => return Err(e),
                 }
                 if sotto_core::Clock::now(&SystemClock) >= pending.expires_at() {
                     return Err(ClientError::Usage(
@@ -115,8 +120,11 @@ impl Linking {
                 tokio::time::sleep(POLL).await;
             };
             pending.finish(answer).await
-        }
-        .await;
+        };
+        let done = tokio::select! {
+            done = waited => done,
+            _ = tokio::signal::ctrl_c() => Err(ClientError::Usage("interrupted".into())),
+        };
         match done {
             Ok((engine, linked)) => {
                 let me = engine.me().clone();

@@ -231,8 +231,7 @@ impl Transport for Api {
         .map(drop)
     }
 
-    /// `POST /v1/links/{id}/pickup`. Never repeated: the server forgets the answer once it
-    /// handed it out.
+    /// `POST /v1/links/{id}/pickup`.
     async fn pickup(
         &self,
         id: &LinkId,
@@ -243,9 +242,22 @@ impl Transport for Api {
             &format!("/v1/links/{id}/pickup"),
             None,
             Some(req),
-            Repeat::Never,
+            Repeat::Safe,
         )
         .await
+    }
+
+    /// `POST /v1/links/{id}/done`.
+    async fn link_done(&self, id: &LinkId, req: &PickupRequest) -> Result<(), ClientError> {
+        self.call::<_, ()>(
+            Method::POST,
+            &format!("/v1/links/{id}/done"),
+            None,
+            Some(req),
+            Repeat::Safe,
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /v1/config`.

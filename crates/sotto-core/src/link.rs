@@ -14,6 +14,7 @@ use openmls_traits::types::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sotto_proto::device_list::SignedDeviceListIn;
+use sotto_proto::link::{LinkAnswer, LinkCode};
 use sotto_proto::{Bytes, DeviceAddr, GroupId, Username};
 use tls_codec::{Deserialize as _, Serialize as _};
 use zeroize::Zeroizing;
@@ -115,8 +116,24 @@ fn info(offer: &[u8]) -> Vec<u8> {
     [SEAL_CONTEXT, &sotto_proto::link::offer_hash(offer)[..]].concat()
 }
 
-/// Seals `secrets` to the offer `offer` (its exact bytes), whose HPKE key is `hpke_key`.
-pub fn seal(offer: &[u8], hpke_key: &[u8], secrets: &LinkSecrets) -> Result<Vec<u8>, CoreError> {
+/// Seals `secrets` to the offer `offer` (its own exact bytes), whose HPKE key is
+/// `hpke_key`, and MACs the result under the code's secret: the answer to send.
+pub fn answer(
+    code: &LinkCode,
+    offer: &[u8],
+    hpke_key: &[u8],
+    secrets: &LinkSecrets,
+    archive: Vec<u8>,
+) -> Result<LinkAnswer, CoreError> {
+    let sealed = seal(offer, hpke_key, secrets)?;
+    Ok(LinkAnswer {
+        mac: code.answer_mac(&sealed).into(),
+        sealed: sealed.into(),
+        archive: archive.into(),
+    })
+}
+
+fn seal(offer: &[u8], hpke_key: &[u8], secrets: &LinkSecrets) -> Result<Vec<u8>, CoreError> {
     let plain =
         Zeroizing::new(serde_json::to_vec(secrets).map_err(|e| CoreError::State(e.to_string()))?);
     let sealed = crypto()?
@@ -127,8 +144,19 @@ pub fn seal(offer: &[u8], hpke_key: &[u8], secrets: &LinkSecrets) -> Result<Vec<
         .map_err(|e| CoreError::State(e.to_string()))
 }
 
-/// Opens what [`seal`] made for `offer` with the offer's `keys`.
-pub fn open(offer: &[u8], keys: &LinkKeys, sealed: &[u8]) -> Result<LinkSecrets, CoreError> {
+/// Opens an answer to `offer` (its own exact bytes) with the offer's `keys`, once its MAC
+/// shows it was made by someone who read the code: the server, which relays it, could seal
+/// an answer of its own to the offer's key, but not MAC it.
+pub fn open(
+    code: &LinkCode,
+    offer: &[u8],
+    keys: &LinkKeys,
+    answer: &LinkAnswer,
+) -> Result<LinkSecrets, CoreError> {
+    let sealed = answer.sealed.as_slice();
+    if !code.answer_mac_verifies(sealed, answer.mac.as_slice()) {
+        return Err(failed("it was not made by a device that read this code"));
+    }
     let mut input = sealed;
     let ct = HpkeCiphertext::tls_deserialize(&mut input).map_err(|_| failed("malformed"))?;
     if !input.is_empty() {
@@ -169,6 +197,9 @@ pub struct ArchivedEntry {
     pub sent_at: u64,
     /// The server's time.
     pub received_at: u64,
+    /// Sent by a device of this account.
+    #[serde(default)]
+    pub outgoing: bool,
     /// A text message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -191,12 +222,13 @@ impl ArchivedEntry {
             sender: record.sender.clone(),
             sent_at: record.sent_at,
             received_at: record.received_at,
+            outgoing: record.outgoing,
             text,
             event,
         })
     }
 
-    /// The history record it becomes on the new device (not yet shown there).
+    /// The history record it becomes on the new device.
     pub fn record(self) -> Option<HistoryRecord> {
         let item = match (self.text, self.event) {
             (Some(t), None) => HistoryItem::Text(t),
@@ -210,7 +242,7 @@ impl ArchivedEntry {
             sent_at: self.sent_at,
             received_at: self.received_at,
             item,
-            outgoing: false,
+            outgoing: self.outgoing,
         })
     }
 }
@@ -309,6 +341,7 @@ pub fn decrypt_archive(ct: &[u8], key: &ArchiveKey) -> Result<Archive, CoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sotto_proto::link::{LinkId, SECRET_LEN};
 
     fn secrets() -> LinkSecrets {
         LinkSecrets {
@@ -323,20 +356,34 @@ mod tests {
     }
 
     #[test]
-    fn sealed_secrets_open_only_with_the_offers_key_and_for_the_same_offer() {
+    fn an_answer_opens_only_with_the_offers_key_for_the_same_offer_and_the_codes_mac() {
+        let code = LinkCode {
+            id: LinkId([1; 6]),
+            secret: [2; SECRET_LEN],
+        };
         let keys = LinkKeys::generate().unwrap();
-        let sealed = seal(b"offer", keys.public(), &secrets()).unwrap();
-        let opened = open(b"offer", &keys, &sealed).unwrap();
+        let answer = answer(&code, b"offer", keys.public(), &secrets(), Vec::new()).unwrap();
+        let opened = open(&code, b"offer", &keys, &answer).unwrap();
         assert_eq!(opened.identity_secret.as_slice(), &[9; 32]);
-        assert!(open(b"another offer", &keys, &sealed).is_err());
+        assert!(open(&code, b"another offer", &keys, &answer).is_err());
         let other = LinkKeys::generate().unwrap();
-        assert!(open(b"offer", &other, &sealed).is_err());
-        let mut tampered = sealed.clone();
-        if let Some(last) = tampered.last_mut() {
-            *last ^= 1;
-        }
-        assert!(open(b"offer", &keys, &tampered).is_err());
-        assert!(open(b"offer", &keys, &sealed[..10]).is_err());
+        assert!(open(&code, b"offer", &other, &answer).is_err());
+        // The server can seal to the offer's key too, but not with the code's MAC.
+        let forged = LinkAnswer {
+            mac: vec![0; 32].into(),
+            ..answer.clone()
+        };
+        assert!(open(&code, b"offer", &keys, &forged).is_err());
+        let wrong_code = LinkCode {
+            secret: [3; SECRET_LEN],
+            ..code
+        };
+        let by_server =
+            super::answer(&wrong_code, b"offer", keys.public(), &secrets(), Vec::new()).unwrap();
+        assert!(open(&code, b"offer", &keys, &by_server).is_err());
+        let mut tampered = answer.clone();
+        tampered.sealed.0.truncate(10);
+        assert!(open(&code, b"offer", &keys, &tampered).is_err());
     }
 
     #[test]
@@ -347,6 +394,7 @@ mod tests {
             sender: None,
             sent_at: 1,
             received_at: 1,
+            outgoing: false,
             text: Some("x".repeat(100)),
             event: None,
         };

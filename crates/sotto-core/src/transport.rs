@@ -81,4 +81,6 @@ pub trait Transport: Send + Sync {
     /// The answer at `id`, if there is one yet.
     async fn pickup(&self, id: &LinkId, req: &PickupRequest)
     -> Result<PickupResponse, ClientError>;
+    /// Tells the server the answer at `id` arrived: it deletes the rendezvous.
+    async fn link_done(&self, id: &LinkId, req: &PickupRequest) -> Result<(), ClientError>;
 }

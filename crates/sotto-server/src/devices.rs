@@ -4,8 +4,8 @@
 //!
 //! The server never reads what passes through a rendezvous: the offer is public (a device
 //! entry, a public key and KeyPackages, checked like any upload), the answer is sealed to the
-//! offer's key. A rendezvous works once, for [`LINK_TTL`] seconds, and is deleted once its
-//! answer is picked up (or by the purge once it expired).
+//! offer's key. A rendezvous is answered once, works for [`LINK_TTL`] seconds, and is deleted
+//! once the new device says it has its answer (or by the purge once it expired).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -37,7 +37,15 @@ pub async fn create_link(
     req: CreateLinkRequest,
     now: u64,
 ) -> Result<CreateLinkResponse, ApiError> {
-    let offer = LinkOffer::parse(req.offer.as_slice())?;
+    let (offer, _) = LinkOffer::parse(req.offer.as_slice())?;
+    // An offer waits only for an account that exists.
+    if storage.account(&offer.user).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownUser,
+            "no such user",
+        ));
+    }
     let secret: [u8; 32] = rand::random();
     let expires_at = now.saturating_add(LINK_TTL);
     let link = Link {
@@ -111,25 +119,46 @@ pub async fn answer_link(
     }
 }
 
-/// The answer at `id`, for whoever holds its secret; the rendezvous is deleted once the
-/// answer is handed out.
+/// The rendezvous `id`, for whoever holds its secret.
+async fn picked(
+    storage: &dyn Storage,
+    id: &str,
+    req: &PickupRequest,
+    now: u64,
+) -> Result<(LinkId, Link), ApiError> {
+    let id = LinkId::parse(id).map_err(|_| unknown_link())?;
+    let link = storage.link(&id, now).await?.ok_or_else(unknown_link)?;
+    if Sha256::digest(req.secret.as_slice()).as_slice() != link.secret_hash.as_slice() {
+        return Err(unknown_link());
+    }
+    Ok((id, link))
+}
+
+/// The answer at `id`, if there is one yet, for whoever holds its secret. It stays until the
+/// new device says it has it ([`link_done`]) or the code expires, so a lost reply loses
+/// nothing.
 pub async fn pickup(
     storage: &dyn Storage,
     id: &str,
     req: PickupRequest,
     now: u64,
 ) -> Result<PickupResponse, ApiError> {
-    let id = LinkId::parse(id).map_err(|_| unknown_link())?;
-    let link = storage.link(&id, now).await?.ok_or_else(unknown_link)?;
-    if Sha256::digest(req.secret.as_slice()).as_slice() != link.secret_hash.as_slice() {
-        return Err(unknown_link());
-    }
-    if link.answer.is_some() {
-        storage.delete_link(&id).await?;
-    }
+    let (_, link) = picked(storage, id, &req, now).await?;
     Ok(PickupResponse {
         answer: link.answer,
     })
+}
+
+/// Deletes the rendezvous `id`, for whoever holds its secret: the new device has its answer.
+pub async fn link_done(
+    storage: &dyn Storage,
+    id: &str,
+    req: PickupRequest,
+    now: u64,
+) -> Result<(), ApiError> {
+    let (id, _) = picked(storage, id, &req, now).await?;
+    storage.delete_link(&id).await?;
+    Ok(())
 }
 
 /// Replaces `device`'s account's device list with the next revision.
@@ -233,6 +262,7 @@ pub async fn answer_link_route(
     Path(id): Path<String>,
     ApiJson(answer): ApiJson<LinkAnswer>,
 ) -> Result<StatusCode, ApiError> {
+    state.rate.devices(&device)?;
     answer_link(state.storage.as_ref(), &device, &id, answer, now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -250,12 +280,25 @@ pub async fn pickup_route(
     ))
 }
 
+/// `POST /v1/links/{id}/done`.
+pub async fn link_done_route(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PickupRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.rate.link_poll(ip)?;
+    link_done(state.storage.as_ref(), &id, req, now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /v1/devices`.
 pub async fn update_device_list_route(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
     ApiJson(req): ApiJson<DeviceListUpdate>,
 ) -> Result<StatusCode, ApiError> {
+    state.rate.devices(&device)?;
     let limits = &state.config.limits;
     update_device_list(
         state.storage.as_ref(),

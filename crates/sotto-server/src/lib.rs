@@ -252,12 +252,17 @@ pub fn app(state: AppState) -> Router {
             post(devices::pickup_route).layer(small),
         )
         .route(
+            "/v1/links/{id}/done",
+            post(devices::link_done_route).layer(small),
+        )
+        .route(
             "/v1/devices",
             post(devices::update_device_list_route).layer(key_packages),
         )
         .fallback(fallback)
-        // Only a send may be large; every other body is bounded by what it can carry, so an
-        // unauthenticated request cannot make the server buffer much.
+        // Only a send and a link's answer (both signed in) may be large; every other body is
+        // bounded by what it can carry, so an unauthenticated request cannot make the server
+        // buffer much.
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // A request, its body included, must arrive and be answered within this.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

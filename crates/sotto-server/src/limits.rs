@@ -270,6 +270,8 @@ limits! {
     /// Requests about link codes one IP address may make: a new device asking whether it
     /// was approved (about once a second while it waits), an approver reading an offer.
     link_poll_per_ip: Rate = Rate::new(600, MINUTE);
+    /// Changes of its account's device list, and answers to link codes, one device may make.
+    devices_per_device: Rate = Rate::new(30, HOUR);
 }
 
 impl Limits {
@@ -336,6 +338,7 @@ pub struct RateLimiters {
     websocket_per_device: Bucket<DeviceAddr>,
     link_per_ip: Bucket<IpKey>,
     link_poll_per_ip: Bucket<IpKey>,
+    devices_per_device: Bucket<DeviceAddr>,
 }
 
 impl RateLimiters {
@@ -357,6 +360,7 @@ impl RateLimiters {
             websocket_per_device: Bucket::new(limits.websocket_per_device),
             link_per_ip: Bucket::new(limits.link_per_ip),
             link_poll_per_ip: Bucket::new(limits.link_poll_per_ip),
+            devices_per_device: Bucket::new(limits.devices_per_device),
         }
     }
 
@@ -420,6 +424,11 @@ impl RateLimiters {
         self.link_poll_per_ip.check(&ip)
     }
 
+    /// A change of `device`'s account's device list, or an answer to a link code.
+    pub fn devices(&self, device: &DeviceAddr) -> Result<(), ApiError> {
+        self.devices_per_device.check(device)
+    }
+
     /// Forgets buckets that are full again, so memory follows recent traffic only.
     pub fn forget_idle(&self) {
         self.challenge_per_ip.limiter.retain_recent();
@@ -437,6 +446,7 @@ impl RateLimiters {
         self.websocket_per_device.limiter.retain_recent();
         self.link_per_ip.limiter.retain_recent();
         self.link_poll_per_ip.limiter.retain_recent();
+        self.devices_per_device.limiter.retain_recent();
     }
 }
 

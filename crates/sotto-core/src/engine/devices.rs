@@ -7,13 +7,15 @@
 //! come in its offer: the approver adds it with some and gives the rest to the server.
 
 use super::Engine;
-use crate::events::{MemberChange, NewDevice};
+use crate::events::{Event, MemberChange, NewDevice};
 use crate::link::{self, Archive, ArchivedConversation, ArchivedEntry, LinkSecrets, LinkedContact};
-use crate::store::{ClientStore, Setting, StoreTx};
+use crate::store::{ClientStore, HistoryItem, Setting, StoreTx};
 use crate::{ClientError, Transport};
 use serde::Serialize;
 use sotto_proto::device_list::{DeviceList, SignedDeviceListIn};
-use sotto_proto::link::{DeviceListUpdate, LinkAnswer, LinkCode, LinkOffer, MAX_ARCHIVE};
+use sotto_proto::link::{
+    DeviceListUpdate, LinkAnswer, LinkCode, LinkOffer, MAX_ARCHIVE, OfferError,
+};
 use sotto_proto::{ErrorCode, GroupId};
 
 /// A device of this account, as `devices list` shows it.
@@ -40,13 +42,28 @@ pub struct Approved {
     pub revision: u64,
     /// Conversations it was added to.
     pub conversations: usize,
-    /// Conversations it could not be added to yet, with why (it is added by the next
-    /// change, or by removing and re-adding it).
+    /// Conversations it could not be added to, with why: the group kept changing, or the
+    /// server could not be reached. (Adding it later is not built yet: the new device is not
+    /// in these conversations.)
     pub failed: Vec<(String, String)>,
     /// History entries sent.
     pub history: usize,
     /// The oldest entries left out to keep the archive within the server's limit.
     pub left_out: u64,
+}
+
+/// Least time a code must have left for an approval to start: publishing, sealing and
+/// answering happen within it.
+const MIN_CODE_LIFE: u64 = 30;
+
+/// An answer made and its device published, ready to be sent.
+struct Prepared {
+    answer: LinkAnswer,
+    revision: u64,
+    entries: usize,
+    left_out: u64,
+    /// Whether an earlier run had published the device already.
+    resumed: bool,
 }
 
 fn parse_list(bytes: &[u8]) -> Result<SignedDeviceListIn, ClientError> {
@@ -81,7 +98,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
 
     /// The account's list as the server holds it, if this account's identity key signed it
     /// and it is newer than the one this device holds: another device of the account changed
-    /// it. It is then kept as this device's.
+    /// it. Nothing is kept yet.
     pub(super) async fn newer_own_list(
         &self,
     ) -> Result<Option<(SignedDeviceListIn, DeviceList)>, ClientError> {
@@ -97,11 +114,46 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         if list.revision <= mine.revision {
             return Ok(None);
         }
-        let json = serde_json::to_vec(&resp.device_list)
-            .map_err(|e| ClientError::Internal(e.to_string()))?;
-        self.tx(|tx| Ok(tx.set_setting(Setting::DeviceList, &json)?))?;
-        self.forget_lists();
         Ok(Some((resp.device_list, list)))
+    }
+
+    /// Keeps `newer` (signed as `signed`), a list another device of the account made, in
+    /// place of `old`, and shows each device it added or removed.
+    pub(super) fn adopt_own_list(
+        &self,
+        old: &DeviceList,
+        signed: &SignedDeviceListIn,
+        newer: &DeviceList,
+    ) -> Result<(), ClientError> {
+        let json = serde_json::to_vec(signed).map_err(|e| ClientError::Internal(e.to_string()))?;
+        let me = &self.me().user;
+        self.tx(|tx| {
+            tx.set_setting(Setting::DeviceList, &json)?;
+            let added = newer.devices.iter().filter(|d| old.device(d.id).is_none());
+            for d in added {
+                let event = Event::DeviceAdded {
+                    by: me.clone(),
+                    user: me.clone(),
+                    device: d.id.to_string(),
+                    name: d.name.clone(),
+                };
+                let id = format!("local-{}", super::random_client_id());
+                self.record_notice(tx, id, None, HistoryItem::Event(event))?;
+            }
+            let removed = old.devices.iter().filter(|d| newer.device(d.id).is_none());
+            for d in removed {
+                let event = Event::DeviceRemoved {
+                    by: me.clone(),
+                    user: me.clone(),
+                    device: d.id.to_string(),
+                };
+                let id = format!("local-{}", super::random_client_id());
+                self.record_notice(tx, id, None, HistoryItem::Event(event))?;
+            }
+            Ok(())
+        })?;
+        self.forget_lists();
+        Ok(())
     }
 
     /// This account's devices, as of the last sync.
@@ -139,16 +191,19 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 }
                 other => other,
             })?;
-        let bytes = offered.offer.as_slice();
-        if !code.matches(bytes) {
-            return Err(ClientError::Security(
-                "the server answered the code with an offer the new device did not make \
-                 (its fingerprint differs): refusing it"
+        let (offer, bytes) =
+            code.open_offer(offered.offer.as_slice()).map_err(|e| {
+                match e {
+            OfferError::NotTheCodes => ClientError::Security(
+                "the offer waiting under this code was not made by the device showing the code \
+                 (its MAC does not verify): the server replaced it; refusing it"
                     .into(),
-            ));
+            ),
+            OfferError::Malformed(e) => {
+                ClientError::Usage(format!("the new device's offer: {e}"))
+            }
         }
-        let offer = LinkOffer::parse(bytes)
-            .map_err(|e| ClientError::Usage(format!("the new device's offer: {e}")))?;
+            })?;
         if offer.user != self.me().user {
             return Err(ClientError::Usage(format!(
                 "this code asks to join the account {}, not yours",
@@ -160,6 +215,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 "the new device uses MLS ciphersuite {:#06x}; this account uses {:#06x}",
                 offer.ciphersuite, self.suite_code
             )));
+        }
+        if offered.expires_at < self.now().saturating_add(MIN_CODE_LIFE) {
+            return Err(ClientError::Usage(
+                "this code is about to expire; run `sotto devices link` again on the new device"
+                    .into(),
+            ));
         }
         let addr = offer.addr();
         let conversations: Vec<GroupId> = self
@@ -174,22 +235,23 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let kept = conversations.len().min(offer.key_packages.len());
         let for_groups: Vec<_> = offer.key_packages.get(..kept).unwrap_or_default().to_vec();
         let for_server: Vec<_> = offer.key_packages.get(kept..).unwrap_or_default().to_vec();
-        let (signed, revision) = self.publish_with(&token, &offer, for_server).await?;
-        let secrets = self.secrets_for(signed, history)?;
-        let (secrets, archive, entries) = secrets;
-        let left_out = secrets.archive.as_ref().map_or(0, |a| a.left_out);
-        let sealed = link::seal(bytes, offer.hpke_key.as_slice(), &secrets)?;
-        drop(secrets);
-        self.transport
-            .answer_link(
-                &token,
-                &code.id,
-                &LinkAnswer {
-                    sealed: sealed.into(),
-                    archive: archive.into(),
-                },
-            )
+        let prepared = self
+            .publish_with(&token, code, &offer, &bytes, for_server, history)
             .await?;
+        match self
+            .transport
+            .answer_link(&token, &code.id, &prepared.answer)
+            .await
+        {
+            Ok(()) => {}
+            // An earlier run of this approval published the list and answered, then lost the
+            // server's reply: the new device has its answer (or the code expired).
+            Err(ClientError::Refused(b))
+                if prepared.resumed && b.code == ErrorCode::UnknownLink => {}
+            Err(e) => return Err(e),
+        }
+        let (revision, entries, left_out) =
+            (prepared.revision, prepared.entries, prepared.left_out);
         let mut added = 0;
         let mut failed = Vec::new();
         for (i, gid) in conversations.iter().enumerate() {
@@ -221,30 +283,63 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         })
     }
 
-    /// Publishes the account's next device list, with the offer's device in it, and keeps
-    /// it; retries once if another device changed the list meanwhile.
+    /// Makes the answer to `offer` (its exact bytes `bytes`), then publishes the account's
+    /// next device list with the offer's device in it and keeps it. Everything that could
+    /// fail (the answer's size included) is done before the list is published; an approval
+    /// of the same offer that stopped after publishing is resumed, not refused. Retries once
+    /// if another device changed the list meanwhile.
     async fn publish_with(
         &self,
         token: &str,
+        code: &LinkCode,
         offer: &LinkOffer,
+        bytes: &[u8],
         one_time: Vec<sotto_proto::Bytes>,
-    ) -> Result<(SignedDeviceListIn, u64), ClientError> {
+        history: bool,
+    ) -> Result<Prepared, ClientError> {
         for attempt in 0..2 {
             if attempt > 0 {
-                self.newer_own_list().await?;
+                let (_, old) = self.own_list()?;
+                if let Some((signed, newer)) = self.newer_own_list().await? {
+                    self.adopt_own_list(&old, &signed, &newer)?;
+                }
             }
             let (signed, list) = self.own_list()?;
-            if list.device(offer.device.id).is_some() {
-                return Err(ClientError::Usage(
-                    "this device is in the account's list already".into(),
-                ));
-            }
-            let mut entry = offer.device.clone();
-            entry.added_at = self.now();
-            let mut devices = list.devices.clone();
-            devices.push(entry);
-            let next = list.next(&signed, devices);
-            let new = self.identity.sign_device_list(&next);
+            let (new, next) = match list.device(offer.device.id) {
+                Some(d) if d.signature_key == offer.device.signature_key => (signed, None),
+                Some(_) => {
+                    return Err(ClientError::Usage(
+                        "another device with this device's id is in the account's list".into(),
+                    ));
+                }
+                None => {
+                    let mut entry = offer.device.clone();
+                    entry.added_at = self.now();
+                    let mut devices = list.devices.clone();
+                    devices.push(entry);
+                    let next = list.next(&signed, devices);
+                    (self.identity.sign_device_list(&next), Some(next))
+                }
+            };
+            let (secrets, archive, entries) = self.secrets_for(new.clone(), history)?;
+            let left_out = secrets.archive.as_ref().map_or(0, |a| a.left_out);
+            let answer = link::answer(code, bytes, offer.hpke_key.as_slice(), &secrets, archive)?;
+            drop(secrets);
+            let answer = answer.validate().map_err(|e| {
+                ClientError::Usage(format!(
+                    "the answer is larger than the server takes ({e}); approve with \
+                     --no-history"
+                ))
+            })?;
+            let Some(next) = next else {
+                return Ok(Prepared {
+                    answer,
+                    revision: list.revision,
+                    entries,
+                    left_out,
+                    resumed: true,
+                });
+            };
             let sent = self
                 .transport
                 .update_device_list(
@@ -258,11 +353,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 .await;
             match sent {
                 Ok(()) => {
-                    let json = serde_json::to_vec(&new)
-                        .map_err(|e| ClientError::Internal(e.to_string()))?;
-                    self.tx(|tx| Ok(tx.set_setting(Setting::DeviceList, &json)?))?;
-                    self.forget_lists();
-                    return Ok((new, next.revision));
+                    self.keep_own_list(&new)?;
+                    return Ok(Prepared {
+                        answer,
+                        revision: next.revision,
+                        entries,
+                        left_out,
+                        resumed: false,
+                    });
                 }
                 Err(ClientError::Refused(b)) if b.code == ErrorCode::TooManyDevices => {
                     return Err(ClientError::Usage(b.message));
@@ -276,6 +374,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             message: "the account's device list kept changing; try again".into(),
             epoch: None,
         }))
+    }
+
+    /// Keeps `signed` as this device's list of its account.
+    fn keep_own_list(&self, signed: &SignedDeviceListIn) -> Result<(), ClientError> {
+        let json = serde_json::to_vec(signed).map_err(|e| ClientError::Internal(e.to_string()))?;
+        self.tx(|tx| Ok(tx.set_setting(Setting::DeviceList, &json)?))?;
+        self.forget_lists();
+        Ok(())
     }
 
     /// The secrets a new device gets with the list `signed`, and the history archive (empty

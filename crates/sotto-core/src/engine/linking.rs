@@ -8,12 +8,14 @@
 use super::{Engine, NewAccount};
 use crate::identity::{DeviceKey, IdentityKey};
 use crate::link::{self, LinkKeys};
-use crate::store::{ClientStore, Setting, StoreTx};
+use crate::store::{ClientStore, Setting, StoreTx, Unshown};
 use crate::{ClientError, Clock, Transport, group};
+use sotto_proto::ErrorCode;
 use sotto_proto::api::ServerConfig;
 use sotto_proto::device_list::parse_verifying_key;
 use sotto_proto::link::{
     CreateLinkRequest, LINK_VERSION, LinkAnswer, LinkCode, LinkId, LinkOffer, PickupRequest,
+    SECRET_LEN,
 };
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -30,16 +32,18 @@ pub struct PendingLink<S, T> {
     config: ServerConfig,
     device: DeviceKey,
     keys: LinkKeys,
+    /// The offer's own bytes.
     offer: Vec<u8>,
-    id: LinkId,
-    secret: Zeroizing<Vec<u8>>,
+    code: LinkCode,
+    /// What picks the answer up.
+    pickup: Zeroizing<Vec<u8>>,
     expires_at: u64,
     settings: Vec<(Setting, Vec<u8>)>,
 }
 
 impl<S, T> std::fmt::Debug for PendingLink<S, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PendingLink({}, {})", self.device.addr(), self.id)
+        write!(f, "PendingLink({}, {})", self.device.addr(), self.code.id)
     }
 }
 
@@ -97,15 +101,26 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
             hpke_key: keys.public().to_vec().into(),
             key_packages: made.one_time.into_iter().map(Into::into).collect(),
             last_resort: last_resort.into(),
-        }
-        .encode();
+        };
+        let secret: [u8; SECRET_LEN] = rand::random();
         let made = transport
             .create_link(&CreateLinkRequest {
-                offer: offer.clone().into(),
+                offer: offer.envelope(&secret).into(),
             })
-            .await?;
+            .await
+            .map_err(|e| match e.code() {
+                Some(ErrorCode::UnknownUser) => {
+                    ClientError::Usage(format!("no such user: {}", account.user))
+                }
+                _ => e,
+            })?;
         let id = LinkId::parse(&made.id)
             .map_err(|_| ClientError::Internal("the server made a malformed link id".into()))?;
+        let offer = offer.encode();
+        // Whatever the server says, the code works for at most this long.
+        let expires_at = made
+            .expires_at
+            .min(clock.now().saturating_add(sotto_proto::link::LINK_TTL));
         Ok(PendingLink {
             store,
             transport,
@@ -114,9 +129,9 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
             device,
             keys,
             offer,
-            id,
-            secret: Zeroizing::new(made.secret.into_vec()),
-            expires_at: made.expires_at,
+            code: LinkCode { id, secret },
+            pickup: Zeroizing::new(made.secret.into_vec()),
+            expires_at,
             settings: account
                 .settings
                 .iter()
@@ -127,7 +142,7 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
 
     /// The code to type or scan on a device of the account.
     pub fn code(&self) -> LinkCode {
-        LinkCode::new(self.id, &self.offer)
+        self.code
     }
 
     /// When the code stops working, seconds since the Unix epoch.
@@ -140,9 +155,9 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
         let resp = self
             .transport
             .pickup(
-                &self.id,
+                &self.code.id,
                 &PickupRequest {
-                    secret: self.secret.to_vec().into(),
+                    secret: self.pickup.to_vec().into(),
                 },
             )
             .await?;
@@ -153,7 +168,7 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
     /// contacts and history go into the store in one transaction, once the account's device
     /// list (naming this device) verifies and is the one the log holds.
     pub async fn finish(self, answer: LinkAnswer) -> Result<(Engine<S, T>, Linked), ClientError> {
-        let secrets = link::open(&self.offer, &self.keys, answer.sealed.as_slice())?;
+        let secrets = link::open(&self.code, &self.offer, &self.keys, &answer)?;
         let identity = IdentityKey::from_secret(secrets.identity_secret.as_slice())?;
         let user = self.device.addr().user.clone();
         let key = parse_verifying_key(&identity.public()).map_err(|e| {
@@ -185,6 +200,8 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
             config,
             device,
             settings,
+            code,
+            pickup,
             ..
         } = self;
         let list_json = serde_json::to_vec(&secrets.device_list)
@@ -241,9 +258,18 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
                         linked.history += 1;
                     }
                 }
+                // History, not news: `recv` shows what arrives from now on.
+                if let Some(last) = tx.unshown(Unshown::All)?.last() {
+                    tx.mark_shown(last.position)?;
+                }
             }
             Ok(())
         })?;
+        // The server may forget the answer now; if this fails, it does when the code expires.
+        let done = PickupRequest {
+            secret: pickup.to_vec().into(),
+        };
+        let _ = engine.transport.link_done(&code.id, &done).await;
         Ok((engine, linked))
     }
 }

@@ -22,6 +22,31 @@ use sotto_proto::{ErrorCode, Username};
 /// each) before a device list missing from the log is refused.
 pub const LOG_WAITS: usize = 3;
 
+/// Which of this account's lists the log holds for it.
+enum Held {
+    /// The newest this device knows, at this revision.
+    Current(u64),
+    /// The one before the newest, which is at this revision.
+    Previous(u64),
+    /// None the account's devices signed.
+    Foreign,
+}
+
+/// Whether `value` is the list `list` names as the one it replaced.
+fn is_previous(list: &sotto_proto::device_list::DeviceList, value: &[u8; 32]) -> bool {
+    list.previous.as_ref().map(sotto_proto::Bytes::as_slice) == Some(&value[..])
+}
+
+/// Whether the log can be at `version` with the account's list at `revision`, given what
+/// this device saw last (`seen`: a version and the revision then): versions never go back,
+/// and each revision makes at most one (revisions published in one epoch make one).
+fn versions_fit(seen: Option<(u64, u64)>, version: u64, revision: u64) -> bool {
+    match seen {
+        None => version <= revision,
+        Some((v, r)) => version >= v && version.saturating_sub(v) <= revision.saturating_sub(r),
+    }
+}
+
 /// What the log says of a user.
 enum Logged {
     /// Not in the log at this epoch.
@@ -40,19 +65,32 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         signed: &SignedDeviceListIn,
     ) -> Result<(), ClientError> {
         let want = device_list_value(signed);
+        // The list this one replaces, as it names it: the log holding that one is behind,
+        // not lying (the signature on `signed` is checked by the caller).
+        let previous =
+            serde_json::from_slice::<sotto_proto::device_list::DeviceList>(signed.body.as_slice())
+                .ok()
+                .and_then(|l| l.previous);
         let mut after = None;
         let mut seen = Logged::Absent(0);
         for _ in 0..=LOG_WAITS {
             seen = self.look_up(user, after).await?;
             let epoch = match seen {
                 Logged::Value(_, value, _) if value == want => return Ok(()),
+                Logged::Value(epoch, value, _)
+                    if previous.as_ref().map(sotto_proto::Bytes::as_slice) == Some(&value[..]) =>
+                {
+                    seen = Logged::Absent(epoch);
+                    epoch
+                }
                 Logged::Value(epoch, ..) | Logged::Absent(epoch) => epoch,
             };
             after = Some(epoch);
         }
         Err(match seen {
-            // Nothing in the log to trust: not a proven lie (the publisher may be late), so
-            // whatever needed the list waits for the next sync.
+            // Nothing in the log to trust (or only the list before this one): not a proven
+            // lie (the publisher may be late), so whatever needed the list waits for the
+            // next sync.
             Logged::Absent(epoch) => ClientError::Unreachable(format!(
                 "the devices of {user} are not in the server's key-transparency log yet \
                  (epoch {epoch}); try again shortly"
@@ -64,23 +102,20 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         })
     }
 
-    /// Checks this account's own entry in the log: a value that none of its devices made
-    /// means someone else published keys for it, and a version past the last one this
-    /// device saw means someone did and then put its own back. Either alarms once (a
-    /// security event, kept until shown); so does the account vanishing from the log once
-    /// it was seen there. An account not in the log yet is not an alarm: nobody can be made
-    /// to trust what the log does not hold.
+    /// Checks this account's own entry in the log. Alarms (once each: a security event,
+    /// kept until shown):
+    /// - a value none of the account's devices signed: someone published other keys;
+    /// - more versions than the account's revisions since this device last looked, or a
+    ///   version going back: someone published other keys and then the account's again;
+    /// - the account vanishing from the log once it was seen there.
+    ///
+    /// A list another device of the account signed (a device linked or removed) is taken
+    /// as this device's own, and what it changed is shown. The log an epoch behind a change
+    /// (it holds the list before) is not an alarm while it has not moved since. An account
+    /// not in the log yet is not an alarm: nobody can be made to trust what it does not hold.
     pub(super) async fn monitor_own_account(&self) -> Result<(), ClientError> {
         let (mine, list) = self.own_list()?;
-        let seen = self
-            .store
-            .read(|tx| tx.setting(Setting::KtOwnVersion))?
-            .map(|v| {
-                <[u8; 8]>::try_from(v.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| ClientError::damaged("key-transparency version"))
-            })
-            .transpose()?;
+        let seen = self.own_seen()?;
         // What an alarm is about (so that each finding alarms once, whatever the epoch):
         // a kind, and the value or version found.
         let (finding, reason) = match self.look_up(&self.me().user, None).await? {
@@ -92,40 +127,56 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                      which it held before"
                 ),
             ),
-            Logged::Value(epoch, value, version) if value != device_list_value(&mine) => {
-                if self.made_by_own_device(&list, value, version).await? {
-                    return Ok(());
-                }
-                (
-                    [&b"value"[..], &value[..]].concat(),
-                    format!(
-                        "the key-transparency log (epoch {epoch}) holds a device list for your \
-                         account that none of your devices made: someone may have added a \
-                         device or replaced your identity key on the server"
+            Logged::Value(epoch, value, version) => {
+                let held = if value == device_list_value(&mine) {
+                    Held::Current(list.revision)
+                } else if is_previous(&list, &value) {
+                    Held::Previous(list.revision)
+                } else {
+                    match self.newer_own_list().await? {
+                        Some((signed, newer)) if device_list_value(&signed) == value => {
+                            self.adopt_own_list(&list, &signed, &newer)?;
+                            Held::Current(newer.revision)
+                        }
+                        Some((signed, newer)) if is_previous(&newer, &value) => {
+                            self.adopt_own_list(&list, &signed, &newer)?;
+                            Held::Previous(newer.revision)
+                        }
+                        _ => Held::Foreign,
+                    }
+                };
+                match held {
+                    Held::Foreign => (
+                        [&b"value"[..], &value[..]].concat(),
+                        format!(
+                            "the key-transparency log (epoch {epoch}) holds a device list for \
+                             your account that none of your devices made: someone may have \
+                             added a device or replaced your identity key on the server"
+                        ),
                     ),
-                )
-            }
-            Logged::Value(epoch, _, version) => {
-                if seen != Some(version) {
-                    self.tx(|tx| {
-                        Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?)
-                    })?;
-                }
-                // Each revision of the account's list makes at most one version in the log
-                // (revisions published in one epoch make one): more versions than revisions
-                // mean someone published another value and then this one again.
-                if version <= list.revision {
-                    return Ok(());
-                }
-                (
-                    [&b"version"[..], &version.to_be_bytes()[..]].concat(),
-                    format!(
-                        "your account's entry in the key-transparency log is at version \
-                         {version} (epoch {epoch}), past revision {} of the device list your \
-                         devices signed: someone published other keys for it, then yours again",
-                        list.revision
+                    Held::Current(revision) if versions_fit(seen, version, revision) => {
+                        if seen != Some((version, revision)) {
+                            self.set_own_seen(version, revision)?;
+                        }
+                        return Ok(());
+                    }
+                    // Behind by one change, and not moved since this device last looked.
+                    Held::Previous(revision)
+                        if versions_fit(seen, version, revision.saturating_sub(1))
+                            && seen.is_none_or(|(v, _)| v == version) =>
+                    {
+                        return Ok(());
+                    }
+                    Held::Current(revision) | Held::Previous(revision) => (
+                        [&b"version"[..], &version.to_be_bytes()[..]].concat(),
+                        format!(
+                            "your account's entry in the key-transparency log is at version \
+                             {version} (epoch {epoch}), which revision {revision} of the device \
+                             list your devices signed cannot explain: someone published other \
+                             keys for it, then yours again"
+                        ),
                     ),
-                )
+                }
             }
         };
         let alarmed = self.store.read(|tx| tx.setting(Setting::KtAlarmed))?;
@@ -136,31 +187,30 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         Err(ClientError::Security(reason))
     }
 
-    /// One lookup of `user`, verified.
-    /// Whether the log's `value` (at `version`) for this account, which is not the list
-    /// this device holds (`list`), is still one this account's devices made: the list
-    /// before this device's last change (the log is an epoch behind), or a newer list
-    /// another device of the account signed (which this device then keeps).
-    async fn made_by_own_device(
-        &self,
-        list: &sotto_proto::device_list::DeviceList,
-        value: [u8; 32],
-        version: u64,
-    ) -> Result<bool, ClientError> {
-        let behind = |l: &sotto_proto::device_list::DeviceList| {
-            l.previous.as_ref().map(sotto_proto::Bytes::as_slice) == Some(&value[..])
+    /// The version of this account's entry in the log this device last saw, with the
+    /// revision of the account's list it held then. (Stores from before devices could be
+    /// linked kept the version alone: their list was at revision 1.)
+    fn own_seen(&self) -> Result<Option<(u64, u64)>, ClientError> {
+        let Some(v) = self.store.read(|tx| tx.setting(Setting::KtOwnVersion))? else {
+            return Ok(None);
         };
-        if behind(list) {
-            return Ok(true);
-        }
-        let Some((signed, newer)) = self.newer_own_list().await? else {
-            return Ok(false);
+        let damaged = || ClientError::damaged("key-transparency version");
+        let number = |b: &[u8]| -> Result<u64, ClientError> {
+            Ok(u64::from_be_bytes(b.try_into().map_err(|_| damaged())?))
         };
-        if device_list_value(&signed) == value && version <= newer.revision {
-            self.tx(|tx| Ok(tx.set_setting(Setting::KtOwnVersion, &version.to_be_bytes())?))?;
-            return Ok(true);
+        match v.len() {
+            8 => Ok(Some((number(&v)?, 1))),
+            16 => Ok(Some((
+                number(v.get(..8).ok_or_else(damaged)?)?,
+                number(v.get(8..).ok_or_else(damaged)?)?,
+            ))),
+            _ => Err(damaged()),
         }
-        Ok(behind(&newer))
+    }
+
+    fn set_own_seen(&self, version: u64, revision: u64) -> Result<(), ClientError> {
+        let value = [version.to_be_bytes(), revision.to_be_bytes()].concat();
+        self.tx(|tx| Ok(tx.set_setting(Setting::KtOwnVersion, &value)?))
     }
 
     async fn look_up(&self, user: &Username, after: Option<u64>) -> Result<Logged, ClientError> {

@@ -178,8 +178,8 @@ pub struct Link {
     pub answer: Option<LinkAnswer>,
 }
 
-/// Rendezvous of devices being linked. Expired ones are deleted by
-/// [`DeliveryStore::purge`] and never returned before that.
+/// Rendezvous of devices being linked. An expired one is never returned, and
+/// [`DeliveryStore::purge`] deletes it.
 #[async_trait]
 pub trait LinkStore {
     /// Stores a new rendezvous; `Ok(false)` if the id is taken (nothing changes).

@@ -285,6 +285,13 @@ impl Transport for LocalTransport {
         .map_err(api)
     }
 
+    async fn link_done(&self, id: &LinkId, req: &PickupRequest) -> Result<(), ClientError> {
+        let now = self.server.now();
+        devices::link_done(self.storage(), &id.to_string(), req.clone(), now)
+            .await
+            .map_err(api)
+    }
+
     async fn config(&self) -> Result<ServerConfig, ClientError> {
         Ok(ServerConfig {
             api_version: API_VERSION,

@@ -162,11 +162,13 @@ pub async fn a_link_is_answered_once_and_not_found_once_expired(s: Arc<dyn Stora
     assert_eq!(s.link(&id, 99).await.expect("read"), Some(link.clone()));
     let answer = LinkAnswer {
         sealed: b"sealed".to_vec().into(),
+        mac: vec![3; 32].into(),
         archive: b"archive".to_vec().into(),
     };
     assert!(s.answer_link(&id, &answer, 99).await.expect("answered"));
     let other = LinkAnswer {
         sealed: b"other".to_vec().into(),
+        mac: vec![4; 32].into(),
         archive: Vec::new().into(),
     };
     assert!(!s.answer_link(&id, &other, 99).await.expect("once"));

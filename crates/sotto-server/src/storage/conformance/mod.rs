@@ -11,12 +11,10 @@ mod roster;
 
 pub use {accounts::*, devices::*, group_commit::*, kt::*, queue::*, roster::*};
 
-use super::{Claim, Stats, Storage};
+use super::{Stats, Storage};
 use crate::delivery::{self, QueueQuota, Submitted};
 use sotto_core::{DeviceKey, IdentityKey};
-use sotto_proto::api::{
-    QueuedKind, SendRequest, ValidRegistration, ValidSend, ValidUpload, WelcomeOut,
-};
+use sotto_proto::api::{QueuedKind, SendRequest, ValidRegistration, ValidSend, WelcomeOut};
 use sotto_proto::device_list::parse_verifying_key;
 use sotto_proto::framing::{Framing, MessageKind};
 use sotto_proto::{Bytes, DeviceAddr, GroupId, Username};

@@ -105,7 +105,7 @@ impl LinkStore for PostgresStorage {
             .client()
             .await?
             .query_opt(
-                "SELECT username, offer, secret_hash, expires_at, sealed, archive FROM links
+                "SELECT username, offer, secret_hash, expires_at, sealed, archive, mac FROM links
                  WHERE id = $1 AND expires_at > $2",
                 &[&&id.0[..], &to_i64(now)],
             )
@@ -114,6 +114,7 @@ impl LinkStore for PostgresStorage {
             let user: String = r.get(0);
             let sealed: Option<Vec<u8>> = r.get(4);
             let archive: Option<Vec<u8>> = r.get(5);
+            let mac: Option<Vec<u8>> = r.get(6);
             Ok(Link {
                 user: Username::parse(&user).map_err(|_| StorageError::corrupt("link user"))?,
                 offer: r.get(1),
@@ -121,6 +122,7 @@ impl LinkStore for PostgresStorage {
                 expires_at: to_u64(r.get(3)),
                 answer: sealed.map(|sealed| LinkAnswer {
                     sealed: sealed.into(),
+                    mac: mac.unwrap_or_default().into(),
                     archive: archive.unwrap_or_default().into(),
                 }),
             })
@@ -138,13 +140,14 @@ impl LinkStore for PostgresStorage {
             .client()
             .await?
             .execute(
-                "UPDATE links SET sealed = $2, archive = $3
+                "UPDATE links SET sealed = $2, archive = $3, mac = $5
                  WHERE id = $1 AND sealed IS NULL AND expires_at > $4",
                 &[
                     &&id.0[..],
                     &answer.sealed.as_slice(),
                     &answer.archive.as_slice(),
                     &to_i64(now),
+                    &answer.mac.as_slice(),
                 ],
             )
             .await?;

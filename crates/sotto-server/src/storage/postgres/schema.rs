@@ -141,6 +141,7 @@ CREATE TABLE links (
     secret_hash BYTEA NOT NULL,
     expires_at BIGINT NOT NULL,
     sealed BYTEA,
+    mac BYTEA,
     archive BYTEA
 );
 CREATE INDEX links_expiry ON links(expires_at);

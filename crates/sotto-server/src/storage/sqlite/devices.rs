@@ -98,7 +98,7 @@ impl LinkStore for SqliteStorage {
         self.read(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT user, offer, secret_hash, expires_at, sealed, archive FROM links
+                    "SELECT user, offer, secret_hash, expires_at, sealed, archive, mac FROM links
                      WHERE id = ?1 AND expires_at > ?2",
                     params![&id.0[..], to_i64(now)],
                     |r| {
@@ -109,22 +109,27 @@ impl LinkStore for SqliteStorage {
                             r.get::<_, i64>(3)?,
                             r.get::<_, Option<Vec<u8>>>(4)?,
                             r.get::<_, Option<Vec<u8>>>(5)?,
+                            r.get::<_, Option<Vec<u8>>>(6)?,
                         ))
                     },
                 )
                 .optional()?;
-            row.map(|(user, offer, secret_hash, expires_at, sealed, archive)| {
-                Ok(Link {
-                    user: Username::parse(&user).map_err(|_| StorageError::corrupt("link user"))?,
-                    offer,
-                    secret_hash,
-                    expires_at: super::to_u64(expires_at),
-                    answer: sealed.map(|sealed| LinkAnswer {
-                        sealed: sealed.into(),
-                        archive: archive.unwrap_or_default().into(),
-                    }),
-                })
-            })
+            row.map(
+                |(user, offer, secret_hash, expires_at, sealed, archive, mac)| {
+                    Ok(Link {
+                        user: Username::parse(&user)
+                            .map_err(|_| StorageError::corrupt("link user"))?,
+                        offer,
+                        secret_hash,
+                        expires_at: super::to_u64(expires_at),
+                        answer: sealed.map(|sealed| LinkAnswer {
+                            sealed: sealed.into(),
+                            mac: mac.unwrap_or_default().into(),
+                            archive: archive.unwrap_or_default().into(),
+                        }),
+                    })
+                },
+            )
             .transpose()
         })
         .await
@@ -139,13 +144,14 @@ impl LinkStore for SqliteStorage {
         let (id, answer) = (*id, answer.clone());
         self.run(move |conn| {
             let changed = conn.execute(
-                "UPDATE links SET sealed = ?2, archive = ?3
+                "UPDATE links SET sealed = ?2, archive = ?3, mac = ?5
                  WHERE id = ?1 AND sealed IS NULL AND expires_at > ?4",
                 params![
                     &id.0[..],
                     answer.sealed.as_slice(),
                     answer.archive.as_slice(),
-                    to_i64(now)
+                    to_i64(now),
+                    answer.mac.as_slice()
                 ],
             )?;
             Ok(changed == 1)

@@ -165,6 +165,7 @@ CREATE TABLE links (
     secret_hash BLOB NOT NULL,
     expires_at INTEGER NOT NULL,
     sealed BLOB,
+    mac BLOB,
     archive BLOB
 );
 CREATE INDEX links_expiry ON links(expires_at);
