@@ -26,6 +26,15 @@ pub enum DevicesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a device from your account (from any other of your devices): it leaves every
+    /// conversation, which everyone in them sees, and the server forgets it.
+    Remove {
+        /// The device's id (see `sotto devices list`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List your account's devices.
     List {
         /// Print JSON, one device per line.
@@ -169,6 +178,27 @@ pub async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, C
             }
             // Linked, but not everywhere: the server (or the group) stood in the way.
             Ok(if approved.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        DevicesCommand::Remove { id, json } => {
+            let removed = client.remove_device(&id).await?;
+            if json {
+                println!("{}", to_json(&removed));
+            } else {
+                println!(
+                    "removed {} ({}): out of {} conversations; the server no longer serves it",
+                    printable(&removed.name),
+                    removed.device,
+                    removed.conversations
+                );
+            }
+            for (group, why) in &removed.failed {
+                eprintln!("not removed from conversation {group}: {}", printable(why));
+            }
+            Ok(if removed.failed.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)

@@ -11,7 +11,8 @@ use common::*;
 use std::process::Stdio;
 
 #[test]
-fn a_device_linked_from_the_command_line_gets_the_history_and_joins_the_conversations() {
+fn a_device_linked_from_the_command_line_joins_the_conversations_and_once_removed_is_served_no_more()
+ {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("server"));
     let (alice, bob) = alice_and_bob(&server, dir.path());
@@ -94,6 +95,20 @@ fn a_device_linked_from_the_command_line_gets_the_history_and_joins_the_conversa
         listed
             .iter()
             .any(|d| d["name"] == "laptop" && d["this"] == true)
+    );
+
+    // Removed from the other device: out of the conversation (bob sees it), and the server
+    // no longer serves it.
+    let id = linked["device"].as_str().unwrap();
+    let removed: serde_json::Value =
+        serde_json::from_str(&ok(&alice, &["devices", "remove", id, "--json"])).unwrap();
+    assert_eq!(removed["conversations"], 1);
+    assert!(ok(&bob, &["recv"]).contains("alice removed a device"));
+    let gone = run(&laptop, &["send", "bob", "still here?"]);
+    assert_eq!(gone.status.code(), Some(2));
+    assert_eq!(
+        json_lines(&ok(&alice, &["devices", "list", "--json"])).len(),
+        1
     );
 }
 

@@ -6,7 +6,7 @@ use crate::store::SqlCipherStore;
 use crate::transport::Api;
 use sotto_core::SystemClock;
 use sotto_core::engine::NewAccount;
-use sotto_core::engine::devices::{Approved, DeviceInfo};
+use sotto_core::engine::devices::{Approved, DeviceInfo, Removed};
 use sotto_core::engine::linking::PendingLink;
 use sotto_core::store::Setting;
 use sotto_proto::link::LinkCode;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a device waiting to be linked asks whether it was approved.
-const POLL: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(250);
 
 /// A new device waiting for one of its account's devices to approve it.
 pub struct Linking {
@@ -153,6 +153,12 @@ impl Client {
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         self.engine.sync().await?;
         self.engine.devices()
+    }
+
+    /// Removes the device `id` from this account and from every conversation.
+    pub async fn remove_device(&self, id: &str) -> Result<Removed, ClientError> {
+        self.engine.sync().await?;
+        self.engine.remove_device(id).await
     }
 
     /// Approves the new device whose code is `code` (as the new device shows it): hands it

@@ -164,6 +164,10 @@ fn conformance<S: ClientStore>(store: &S) {
             },
             key_package: Bytes(vec![1, 2, 3]),
         }],
+        remove_devices: vec![DeviceAddr {
+            user: Username::parse("alice").unwrap(),
+            device: DeviceId::new(8),
+        }],
     });
     store
         .transaction(|tx| {

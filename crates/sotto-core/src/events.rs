@@ -140,6 +140,9 @@ pub struct MemberChange {
     /// with the KeyPackage to add it with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub add_devices: Vec<NewDevice>,
+    /// Single devices to remove (a device removed from its account), whose users stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_devices: Vec<sotto_proto::DeviceAddr>,
 }
 
 /// A device to add on its own, with its KeyPackage.

@@ -104,6 +104,13 @@ pub struct LinkSecrets {
     pub contacts: Vec<LinkedContact>,
     /// The history archive's key, if one was sent.
     pub archive: Option<ArchiveKey>,
+    /// The key-transparency log's VRF key the account's devices pinned (32 bytes): the new
+    /// device checks the server's against it rather than trusting it on first use.
+    pub kt_vrf_key: Bytes,
+    /// The newest (epoch, root) of the log the approving device saw, encoded as it keeps
+    /// it: the new device never accepts an older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kt_head: Option<Bytes>,
 }
 
 impl Drop for LinkSecrets {
@@ -352,6 +359,8 @@ mod tests {
             },
             contacts: vec![],
             archive: None,
+            kt_vrf_key: vec![5; 32].into(),
+            kt_head: None,
         }
     }
 

@@ -268,7 +268,7 @@ limits! {
     /// Link codes one IP address may make (a new device asking to be linked).
     link_per_ip: Rate = Rate::new(30, HOUR);
     /// Requests about link codes one IP address may make: a new device asking whether it
-    /// was approved (about once a second while it waits), an approver reading an offer.
+    /// was approved (four times a second while it waits), an approver reading an offer.
     link_poll_per_ip: Rate = Rate::new(600, MINUTE);
     /// Changes of its account's device list, and answers to link codes, one device may make.
     devices_per_device: Rate = Rate::new(30, HOUR);

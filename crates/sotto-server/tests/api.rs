@@ -49,6 +49,11 @@ async fn health_config_and_openapi_cover_every_route() {
         "/v1/queue",
         "/v1/queue/ack",
         "/v1/ws",
+        "/v1/links",
+        "/v1/links/{id}",
+        "/v1/links/{id}/pickup",
+        "/v1/links/{id}/done",
+        "/v1/devices",
     ] {
         assert!(paths.contains_key(route), "{route} is not documented");
     }

@@ -65,7 +65,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             &MemberChange {
                 add: add.to_vec(),
                 remove: remove.to_vec(),
-                add_devices: Vec::new(),
+                ..MemberChange::default()
             },
         )
         .await
@@ -91,7 +91,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             let to_add: Vec<&Username> = add.iter().filter(|u| !is_member(u)).collect();
             let to_remove: Vec<DeviceAddr> = members
                 .iter()
-                .filter(|m| remove.contains(&m.addr.user))
+                .filter(|m| {
+                    remove.contains(&m.addr.user) || change.remove_devices.contains(&m.addr)
+                })
                 .map(|m| m.addr.clone())
                 .collect();
             let devices: Vec<&NewDevice> = change

@@ -206,9 +206,19 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
         } = self;
         let list_json = serde_json::to_vec(&secrets.device_list)
             .map_err(|e| ClientError::Internal(e.to_string()))?;
+        // The log is the one the account's devices know, not one the server made up for
+        // this device: its key, and no epoch older than the approver saw.
+        if secrets.kt_vrf_key.as_slice() != config.kt_vrf_key.as_slice() {
+            return Err(ClientError::Security(
+                "the server's key-transparency key is not the one your other devices pinned".into(),
+            ));
+        }
         // What lookups need, before the check that needs them; the rest once it passed.
         store.transaction(|tx| {
-            tx.set_setting(Setting::KtVrfKey, config.kt_vrf_key.as_slice())?;
+            tx.set_setting(Setting::KtVrfKey, secrets.kt_vrf_key.as_slice())?;
+            if let Some(head) = &secrets.kt_head {
+                tx.set_setting(Setting::KtHead, head.as_slice())?;
+            }
             Ok::<_, ClientError>(())
         })?;
         let engine = Engine::assemble(

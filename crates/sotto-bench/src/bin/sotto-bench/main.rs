@@ -14,6 +14,10 @@
 //!
 //! `sotto-bench kt --accounts N [--changes C] --json` measures the key-transparency log on
 //! Sotto's SQLite storage against akd's in-memory store (see [`kt`]).
+//!
+//! `sotto-bench link [--devices 3] [--conversations 50] [--history 10000] --json` times
+//! linking a device through a server on loopback, against linking into an empty account
+//! (see [`link`]).
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -25,6 +29,7 @@ mod drive;
 mod fanout;
 mod jetstream;
 mod kt;
+mod link;
 mod node;
 mod setup;
 
@@ -49,8 +54,32 @@ enum Command {
     /// Times key-transparency epochs, lookups and proof checks on Sotto's SQLite storage
     /// against akd's in-memory store.
     Kt(KtArgs),
+    /// Times linking a device: into an account with many conversations, and with a long
+    /// history, each against linking into an empty account.
+    Link(LinkArgs),
     /// A server node with the rate limits lifted (what `load` and `fanout` start).
     Node(NodeArgs),
+}
+
+/// Arguments of `sotto-bench link`.
+#[derive(Debug, clap::Args)]
+pub struct LinkArgs {
+    /// Devices the user has before linking one more.
+    #[arg(long, default_value_t = 3)]
+    devices: usize,
+    /// One-to-one conversations the user has.
+    #[arg(long, default_value_t = 50)]
+    conversations: usize,
+    /// Messages in the history sent to the device linked with it.
+    #[arg(long, default_value_t = 10_000)]
+    history: usize,
+    /// The key-transparency log's epoch interval (the server's default is 1000): the first
+    /// commit adding the device waits for the epoch that publishes it.
+    #[arg(long, default_value_t = 1000)]
+    kt_epoch_ms: u64,
+    /// Print JSON lines; without it, `key=value` words.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `sotto-bench fanout`.
@@ -173,6 +202,13 @@ fn main() {
         Command::Load(args) => {
             if let Err(e) = rt.block_on(load(args)) {
                 eprintln!("sotto-bench load: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Link(args) => {
+            let say = sayer(args.json);
+            if let Err(e) = rt.block_on(link::run(args, &say)) {
+                eprintln!("sotto-bench link: {e}");
                 std::process::exit(1);
             }
         }

@@ -274,3 +274,115 @@ async fn a_mistyped_code_names_no_offer_and_a_code_reads_back_from_its_text() {
         user("alice")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_server_sealed_itself_is_refused_by_the_new_device() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    // The operator's own account, whose secrets it would like the new device to take.
+    let mallory = server.device("mallory").await;
+    let pending = start(&server, "alice").await;
+    let code = pending.code();
+    let storage = alice.transport().storage();
+    let stored = storage
+        .link(&code.id, server.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    let (offer, bytes) = LinkOffer::parse(&stored.offer).unwrap();
+    // It seals an answer to the offer's key (which it can read) under a code of its own
+    // (it never saw the real one).
+    let guessed = LinkCode {
+        secret: [0; sotto_proto::link::SECRET_LEN],
+        ..code
+    };
+    let secrets = crate::link::LinkSecrets {
+        identity_secret: vec![1; 32].into(),
+        device_list: storage
+            .account(&user("mallory"))
+            .await
+            .unwrap()
+            .unwrap()
+            .signed_device_list(),
+        contacts: Vec::new(),
+        archive: None,
+        kt_vrf_key: alice.transport().kt().vrf_public_key().to_vec().into(),
+        kt_head: None,
+    };
+    let forged = crate::link::answer(
+        &guessed,
+        &bytes,
+        offer.hpke_key.as_slice(),
+        &secrets,
+        Vec::new(),
+    )
+    .unwrap();
+    assert!(
+        storage
+            .answer_link(&code.id, &forged, server.clock.now())
+            .await
+            .unwrap()
+    );
+    let answer = pending.poll().await.unwrap().unwrap();
+    let e = pending.finish(answer).await.unwrap_err();
+    assert!(matches!(e, ClientError::Security(_)), "{e:?}");
+    drop(mallory);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_leaves_every_conversation_members_see_it_and_the_server_forgets_it() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    alice.send_text("bob", "hi").await.unwrap();
+    recv(&bob).await;
+    alice
+        .create_group("team", &["bob".to_owned()])
+        .await
+        .unwrap();
+    recv(&bob).await;
+    let (laptop, ..) = server.link(&alice, "laptop", false).await;
+    recv(&bob).await;
+    recv(&laptop).await;
+    let id = laptop.me().device.to_string();
+
+    // This device cannot remove itself; an unknown id is a usage error.
+    let e = laptop.remove_device(&id).await.unwrap_err();
+    assert!(matches!(e, ClientError::Usage(_)), "{e:?}");
+    let e = alice.remove_device("00000000000000ff").await.unwrap_err();
+    assert!(matches!(e, ClientError::Usage(_)), "{e:?}");
+
+    alice.sync().await.unwrap();
+    let removed = alice.remove_device(&id).await.unwrap();
+    assert_eq!(removed.conversations, 2);
+    assert!(removed.failed.is_empty(), "{:?}", removed.failed);
+    assert_eq!(removed.name, "laptop");
+    assert_eq!(removed.revision, 3);
+    let device_removed = (
+        Some(user("alice")),
+        HistoryItem::Event(Event::DeviceRemoved {
+            by: user("alice"),
+            user: user("alice"),
+            device: id.clone(),
+        }),
+    );
+    let seen = recv(&bob).await;
+    assert_eq!(
+        seen.iter().filter(|s| **s == device_removed).count(),
+        2,
+        "{seen:?}"
+    );
+    // The server forgot it: no key, no KeyPackages, no queue; it cannot sign in again.
+    let storage = alice.transport().storage();
+    assert!(storage.device_key(laptop.me()).await.unwrap().is_none());
+    bob.send_text("alice", "after the laptop").await.unwrap();
+    assert_eq!(recv(&alice).await, [text("bob", "after the laptop")]);
+    for g in bob.groups().unwrap() {
+        let members = bob.members(g.name.as_deref().unwrap()).unwrap();
+        assert!(
+            members.iter().all(|m| !m.devices.contains(&id)),
+            "{members:?}"
+        );
+    }
+    assert_eq!(alice.devices().unwrap().len(), 1);
+}
