@@ -5,8 +5,9 @@
 //! a result and never panics.
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::{DEVICE_LIST_VERSION, DeviceEntry, DeviceList, SignedDeviceListIn};
-use sotto_proto::link::{DeviceListUpdate, LinkAnswer, LinkCode, LinkId, LinkOffer, SECRET_LEN};
+use sotto_proto::link::{LinkAnswer, LinkCode, LinkId, LinkOffer, SECRET_LEN};
 use sotto_proto::{Bytes, DeviceId, Username};
 
 #[derive(Arbitrary, Debug)]

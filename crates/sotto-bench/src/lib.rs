@@ -106,9 +106,10 @@ fn offline<T>() -> Result<T, ClientError> {
     ))
 }
 
+use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::link::{
-    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LinkAnswer, LinkId, LinkOfferResponse,
-    PickupRequest, PickupResponse,
+    CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
+    PickupResponse,
 };
 
 #[async_trait::async_trait]

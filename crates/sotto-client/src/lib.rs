@@ -29,6 +29,7 @@ pub use keyfile::KdfParams;
 pub use messages::{MessageKind, MessageView};
 pub use sotto_core::ClientError;
 pub use sotto_core::engine::conversations::{Conversation, Member};
-pub use sotto_core::engine::devices::{Approved, DeviceInfo, Removed};
+pub use sotto_core::engine::devices::{Approved, DeviceInfo};
+pub use sotto_core::engine::removal::Removed;
 pub use sotto_core::safety;
 pub use transport::Api;

@@ -12,10 +12,11 @@ use sotto_proto::api::{
     QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
     TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
+use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::kt::LookupResponse;
 use sotto_proto::link::{
-    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LinkAnswer, LinkId, LinkOfferResponse,
-    PickupRequest, PickupResponse,
+    CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
+    PickupResponse,
 };
 use sotto_proto::{ErrorBody, ErrorCode, GroupId, Username};
 use std::time::Duration;

@@ -1,9 +1,11 @@
-//! An account's device list, signed by its identity key.
+//! An account's device list, signed by its identity key, and the update from one revision
+//! to the next that links or removes devices.
 //!
 //! The signature covers the exact body bytes that travel, so the encoding needs no
 //! canonical form: a verifier checks the signature over the bytes and only then parses them.
 
-use crate::{Bytes, DeviceId, ProtoError, Username, limits};
+use crate::api::check_own_key_packages;
+use crate::{Bytes, DeviceAddr, DeviceId, ProtoError, Username, limits};
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +200,115 @@ impl SignedDeviceListIn {
         Ok(VerifiedDeviceList {
             list: list.check()?,
             signed: self,
+        })
+    }
+}
+
+/// `POST /v1/devices`: a device of the account replaces its device list with the next
+/// revision, adding at most one device (with that device's KeyPackages) or removing some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceListUpdate {
+    /// The new list, signed by the account's identity key.
+    pub device_list: SignedDeviceListIn,
+    /// One-time KeyPackages of the device added, if one is.
+    #[serde(default)]
+    pub key_packages: Vec<Bytes>,
+    /// The last-resort KeyPackage of the device added, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resort: Option<Bytes>,
+}
+
+/// A [`DeviceListUpdate`] that passed every check against the account's current list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidDeviceListUpdate {
+    /// The new list.
+    pub device_list: VerifiedDeviceList,
+    /// The revision it replaces.
+    pub replaces: u64,
+    /// The device added, with its one-time KeyPackages and its last-resort one.
+    pub added: Option<(DeviceAddr, Vec<Vec<u8>>, Vec<u8>)>,
+    /// The devices removed.
+    pub removed: Vec<DeviceAddr>,
+}
+
+impl DeviceListUpdate {
+    /// Checks the update against the account's identity key and current list (`current`,
+    /// signed as `current_signed`): signed by the same key, the next revision chained to
+    /// the current one, at most one device added (with its KeyPackages), and no device
+    /// keeping its id with another key.
+    pub fn validate(
+        self,
+        identity_key: &[u8],
+        current_signed: &SignedDeviceListIn,
+        current: &DeviceList,
+    ) -> Result<ValidDeviceListUpdate, ProtoError> {
+        let key = parse_verifying_key(identity_key)?;
+        let list = self.device_list.verify(&key)?;
+        let new = list.list();
+        if !new.follows(current, current_signed) {
+            return Err(ProtoError::Invalid(
+                "device list (must be the next revision of the current list, naming it)",
+            ));
+        }
+        let mut added = new
+            .devices
+            .iter()
+            .filter(|d| current.device(d.id).is_none());
+        let first = added.next();
+        if added.next().is_some() {
+            return Err(ProtoError::Invalid(
+                "device list (adds more than one device)",
+            ));
+        }
+        for d in &new.devices {
+            if current
+                .device(d.id)
+                .is_some_and(|old| old.signature_key != d.signature_key)
+            {
+                return Err(ProtoError::Invalid(
+                    "device list (a device keeps its id with another key)",
+                ));
+            }
+        }
+        let added = match (first, self.last_resort) {
+            (Some(d), Some(last_resort)) => {
+                let addr = DeviceAddr {
+                    user: new.user.clone(),
+                    device: d.id,
+                };
+                let mut kps = check_own_key_packages(
+                    self.key_packages,
+                    Some(last_resort),
+                    &addr,
+                    d.signature_key.as_slice(),
+                )?;
+                let last = kps.pop().ok_or(ProtoError::Invalid("last_resort"))?;
+                Some((addr, kps, last))
+            }
+            (Some(_), None) => {
+                return Err(ProtoError::Invalid(
+                    "last_resort (a device added needs its KeyPackages)",
+                ));
+            }
+            (None, _) if !self.key_packages.is_empty() => {
+                return Err(ProtoError::Invalid("key_packages (no device is added)"));
+            }
+            (None, _) => None,
+        };
+        let removed = current
+            .devices
+            .iter()
+            .filter(|d| new.device(d.id).is_none())
+            .map(|d| DeviceAddr {
+                user: new.user.clone(),
+                device: d.id,
+            })
+            .collect();
+        Ok(ValidDeviceListUpdate {
+            replaces: current.revision,
+            device_list: list,
+            added,
+            removed,
         })
     }
 }

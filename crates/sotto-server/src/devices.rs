@@ -10,16 +10,18 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
+use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::link::{
-    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LINK_ID_LEN, LINK_TTL, LinkAnswer,
-    LinkId, LinkOffer, LinkOfferResponse, PickupRequest, PickupResponse,
+    CreateLinkRequest, CreateLinkResponse, LINK_ID_LEN, LINK_TTL, LinkAnswer, LinkId, LinkOffer,
+    LinkOfferResponse, PickupRequest, PickupResponse,
 };
 use sotto_proto::{DeviceAddr, ErrorCode};
 
 use crate::auth::AuthDevice;
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiJson};
+use crate::kt::Kt;
 use crate::storage::{Link, Storage};
 use crate::{AppState, now};
 
@@ -161,9 +163,30 @@ pub async fn link_done(
     Ok(())
 }
 
-/// Replaces `device`'s account's device list with the next revision.
+/// Whether the log holds `signed` as `user`'s value now.
+async fn logged(
+    kt: &Kt,
+    user: &sotto_proto::Username,
+    signed: &SignedDeviceListIn,
+) -> Result<bool, ApiError> {
+    let found = kt
+        .lookup(user, None, std::time::Duration::ZERO)
+        .await
+        .map_err(ApiError::internal)?;
+    let Ok(found) = found else {
+        return Ok(false);
+    };
+    let proven = sotto_proto::kt::verify_lookup_proof(&kt.vrf_public_key(), user, &found)
+        .map_err(ApiError::internal)?;
+    Ok(proven.value == sotto_proto::kt::device_list_value(signed))
+}
+
+/// Replaces `device`'s account's device list with the next revision, once the log holds the
+/// current one: each revision then becomes a version of its own in the log, so an account's
+/// devices can count that the log holds no version they did not make.
 pub async fn update_device_list(
     storage: &dyn Storage,
+    kt: &Kt,
     device: &DeviceAddr,
     req: DeviceListUpdate,
     devices_per_account: u32,
@@ -198,6 +221,14 @@ pub async fn update_device_list(
         return Err(changed());
     }
     let update = req.validate(&account.identity_key, &current_signed, current.list())?;
+    if !logged(kt, &device.user, &current_signed).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::DeviceListChanged,
+            "the account's last device-list change is not in the key-transparency log yet; \
+             try again in a second",
+        ));
+    }
     let new = update.device_list.list();
     if new.device(device.device).is_none() && !update.removed.contains(device) {
         return Err(ApiError::unauthorized("not a device of this account"));
@@ -302,6 +333,7 @@ pub async fn update_device_list_route(
     let limits = &state.config.limits;
     update_device_list(
         state.storage.as_ref(),
+        &state.kt,
         &device,
         req,
         limits.devices_per_account,

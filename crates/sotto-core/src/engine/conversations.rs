@@ -180,9 +180,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     };
                     Ok(Some((addressing, out)))
                 })?;
-                let Some(((recipients, to_roster), out)) = made else {
+                let Some(((mut recipients, to_roster), out)) = made else {
                     return Ok(None);
                 };
+                // A device removed from its account may be gone from the server already: it
+                // is not sent the commit that removes it.
+                recipients.retain(|a| !change.remove_devices.contains(a));
                 let new_devices: Vec<DeviceAddr> =
                     claimed.iter().map(|(a, ..)| a.clone()).collect();
                 let mut roster: Vec<DeviceAddr> = members

@@ -12,10 +12,9 @@ use crate::link::{self, Archive, ArchivedConversation, ArchivedEntry, LinkSecret
 use crate::store::{ClientStore, HistoryItem, Setting, StoreTx};
 use crate::{ClientError, Transport};
 use serde::Serialize;
+use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::{DeviceList, SignedDeviceListIn};
-use sotto_proto::link::{
-    DeviceListUpdate, LinkAnswer, LinkCode, LinkOffer, MAX_ARCHIVE, OfferError,
-};
+use sotto_proto::link::{LinkAnswer, LinkCode, LinkOffer, MAX_ARCHIVE, OfferError};
 use sotto_proto::{ErrorCode, GroupId};
 
 /// A device of this account, as `devices list` shows it.
@@ -50,22 +49,6 @@ pub struct Approved {
     pub history: usize,
     /// The oldest entries left out to keep the archive within the server's limit.
     pub left_out: u64,
-}
-
-/// What [`Engine::remove_device`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Removed {
-    /// The device removed.
-    pub device: String,
-    /// Its name.
-    pub name: String,
-    /// The account's device-list revision without it.
-    pub revision: u64,
-    /// Conversations it was removed from.
-    pub conversations: usize,
-    /// Conversations it could not be removed from, with why (the server no longer serves
-    /// it either way: its queue, tokens and KeyPackages are gone).
-    pub failed: Vec<(String, String)>,
 }
 
 /// Least time a code must have left for an approval to start: publishing, sealing and
@@ -320,6 +303,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     self.adopt_own_list(&old, &signed, &newer)?;
                 }
             }
+            self.own_list_logged().await?;
             let (signed, list) = self.own_list()?;
             let (new, next) = match list.device(offer.device.id) {
                 Some(d) if d.signature_key == offer.device.signature_key => (signed, None),
@@ -370,6 +354,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             match sent {
                 Ok(()) => {
                     self.keep_own_list(&new)?;
+                    // The new device trusts the list only once the log holds it.
+                    self.own_list_logged().await?;
                     return Ok(Prepared {
                         answer,
                         revision: next.revision,
@@ -392,12 +378,25 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }))
     }
 
-    /// Keeps `signed` as this device's list of its account.
-    fn keep_own_list(&self, signed: &SignedDeviceListIn) -> Result<(), ClientError> {
+    /// Keeps `signed`, a list this device just published, as its account's list, with the
+    /// log's epoch then (the log may lag behind it for a few epochs only).
+    pub(super) fn keep_own_list(&self, signed: &SignedDeviceListIn) -> Result<(), ClientError> {
         let json = serde_json::to_vec(signed).map_err(|e| ClientError::Internal(e.to_string()))?;
-        self.tx(|tx| Ok(tx.set_setting(Setting::DeviceList, &json)?))?;
+        let epoch = self.log_head()?.unwrap_or(0);
+        self.tx(|tx| {
+            tx.set_setting(Setting::DeviceList, &json)?;
+            Ok(tx.set_setting(Setting::KtOwnPosted, &epoch.to_be_bytes())?)
+        })?;
         self.forget_lists();
         Ok(())
+    }
+
+    /// Waits (a bounded time) until the log holds the account's list this device holds: the
+    /// server takes the next change only then, and a change is done only once the log holds
+    /// it.
+    pub(super) async fn own_list_logged(&self) -> Result<(), ClientError> {
+        let (signed, _) = self.own_list()?;
+        self.check_in_log(&self.me().user, &signed).await
     }
 
     /// The secrets a new device gets with the list `signed`, and the history archive (empty
@@ -464,128 +463,5 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             ct,
             entries,
         ))
-    }
-
-    /// Removes the device `id` from this account: a commit removing it from every
-    /// conversation it is in (members see it), then the account's next device list without
-    /// it, which makes the server drop its KeyPackages, tokens and queue. Callers sync first.
-    /// This device cannot remove itself: another one does.
-    pub async fn remove_device(&self, id: &str) -> Result<Removed, ClientError> {
-        let removed = self.remove_device_now(id).await;
-        self.recorded(removed)
-    }
-
-    async fn remove_device_now(&self, id: &str) -> Result<Removed, ClientError> {
-        let device = sotto_proto::DeviceId::parse(id).map_err(|_| {
-            ClientError::Usage(format!("{id:?} is not a device id (16 hex digits)"))
-        })?;
-        if device == self.me().device {
-            return Err(ClientError::Usage(
-                "this is the device you are using: remove it from another of your devices".into(),
-            ));
-        }
-        let (_, list) = self.own_list()?;
-        let entry = list.device(device).cloned().ok_or_else(|| {
-            ClientError::Usage(format!(
-                "your account has no device {id} (see `sotto devices list`)"
-            ))
-        })?;
-        let addr = sotto_proto::DeviceAddr {
-            user: self.me().user.clone(),
-            device,
-        };
-        // Out of every conversation first, while the server still delivers to it: a list
-        // without it first would make every message still naming it a refused send.
-        let conversations: Vec<GroupId> = self
-            .store
-            .read(|tx| tx.conversations())?
-            .into_iter()
-            .filter(|c| c.active)
-            .map(|c| c.group)
-            .collect();
-        let change = MemberChange {
-            remove_devices: vec![addr.clone()],
-            ..MemberChange::default()
-        };
-        let mut removed = 0;
-        let mut failed = Vec::new();
-        for gid in &conversations {
-            let in_group = self.tx(|tx| {
-                self.with_group(tx, gid, |_, g| {
-                    Ok::<_, ClientError>(crate::group::members(g)?.iter().any(|m| m.addr == addr))
-                })
-            })?;
-            if !in_group {
-                continue;
-            }
-            match self.commit_change(gid, &change).await {
-                Ok(_) => removed += 1,
-                Err(e @ ClientError::Security(_)) => return Err(e),
-                Err(e) => failed.push((hex::encode(gid.as_bytes()), e.to_string())),
-            }
-        }
-        let token = self.token().await?;
-        let revision = self.publish_without(&token, device).await?;
-        Ok(Removed {
-            device: device.to_string(),
-            name: entry.name,
-            revision,
-            conversations: removed,
-            failed,
-        })
-    }
-
-    /// Publishes the account's next device list without `device`, and keeps it; retries
-    /// once if another device changed the list meanwhile.
-    async fn publish_without(
-        &self,
-        token: &str,
-        device: sotto_proto::DeviceId,
-    ) -> Result<u64, ClientError> {
-        for attempt in 0..2 {
-            if attempt > 0 {
-                let (_, old) = self.own_list()?;
-                if let Some((signed, newer)) = self.newer_own_list().await? {
-                    self.adopt_own_list(&old, &signed, &newer)?;
-                }
-            }
-            let (signed, list) = self.own_list()?;
-            if list.device(device).is_none() {
-                // Another device removed it meanwhile.
-                return Ok(list.revision);
-            }
-            let devices = list
-                .devices
-                .iter()
-                .filter(|d| d.id != device)
-                .cloned()
-                .collect();
-            let next = list.next(&signed, devices);
-            let new = self.identity.sign_device_list(&next);
-            let sent = self
-                .transport
-                .update_device_list(
-                    token,
-                    &DeviceListUpdate {
-                        device_list: new.clone(),
-                        key_packages: Vec::new(),
-                        last_resort: None,
-                    },
-                )
-                .await;
-            match sent {
-                Ok(()) => {
-                    self.keep_own_list(&new)?;
-                    return Ok(next.revision);
-                }
-                Err(ClientError::Refused(b)) if b.code == ErrorCode::DeviceListChanged => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ClientError::Refused(sotto_proto::ErrorBody {
-            code: ErrorCode::DeviceListChanged,
-            message: "the account's device list kept changing; try again".into(),
-            epoch: None,
-        }))
     }
 }

@@ -68,17 +68,8 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
         account: NewAccount<'_>,
         config: &ServerConfig,
     ) -> Result<Self, ClientError> {
-        let suite = crate::suite::ciphersuite(config.ciphersuite).map_err(|_| {
-            ClientError::Usage(format!(
-                "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
-                config.ciphersuite
-            ))
-        })?;
-        if config.kt_vrf_key.len() != 32 {
-            return Err(ClientError::Usage(
-                "the server has no valid key-transparency key; is it a Sotto server?".into(),
-            ));
-        }
+        super::check_server(config)?;
+        let suite = crate::suite::ciphersuite(config.ciphersuite)?;
         let device = DeviceKey::generate(account.user.clone());
         let keys = LinkKeys::generate()?;
         let made = store.transaction(|tx| {
@@ -237,17 +228,10 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
             left_out,
         };
         let e = &engine;
+        let settings: Vec<(Setting, &[u8])> =
+            settings.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         engine.tx(|tx| {
-            for (key, value) in &settings {
-                tx.set_setting(*key, value)?;
-            }
-            tx.set_setting(Setting::ServerId, config.server_id.as_str().as_bytes())?;
-            tx.set_setting(Setting::User, user.as_str().as_bytes())?;
-            tx.set_setting(Setting::Device, e.me().device.to_string().as_bytes())?;
-            tx.set_setting(Setting::IdentitySecret, &e.identity.secret())?;
-            tx.set_setting(Setting::DeviceSecret, &e.device.secret())?;
-            tx.set_setting(Setting::Suite, &config.ciphersuite.to_be_bytes())?;
-            tx.set_setting(Setting::DeviceList, &list_json)?;
+            e.write_account(tx, &settings, &list_json)?;
             let at = e.now();
             for c in &secrets.contacts {
                 if c.user == user {

@@ -20,6 +20,7 @@ pub mod history;
 mod key_packages;
 pub mod linking;
 pub mod outbox;
+pub mod removal;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -45,6 +46,23 @@ const MAX_ATTEMPTS: usize = 10;
 /// names, until the next commit, which names every device before it (up to
 /// `limits::MAX_RECIPIENTS`) and so reaches the ones a false roster left out.
 pub const NAMED_RECIPIENTS: usize = 64;
+
+/// Checks what a server says of itself before an account is made on it: a ciphersuite this
+/// Sotto speaks, and a key-transparency key.
+pub(super) fn check_server(config: &ServerConfig) -> Result<(), ClientError> {
+    crate::suite::ciphersuite(config.ciphersuite).map_err(|_| {
+        ClientError::Usage(format!(
+            "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
+            config.ciphersuite
+        ))
+    })?;
+    if config.kt_vrf_key.len() != 32 {
+        return Err(ClientError::Usage(
+            "the server has no valid key-transparency key; is it a Sotto server?".into(),
+        ));
+    }
+    Ok(())
+}
 
 fn random_client_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -127,17 +145,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             device_name,
             settings,
         } = account;
-        crate::suite::ciphersuite(config.ciphersuite).map_err(|_| {
-            ClientError::Usage(format!(
-                "the server uses MLS ciphersuite {:#06x}, which this Sotto does not support",
-                config.ciphersuite
-            ))
-        })?;
-        if config.kt_vrf_key.len() != 32 {
-            return Err(ClientError::Usage(
-                "the server has no valid key-transparency key; is it a Sotto server?".into(),
-            ));
-        }
+        check_server(config)?;
         let identity = IdentityKey::generate();
         let device = DeviceKey::generate(user.clone());
         let list = device.first_device_list(device_name, clock.now());
@@ -153,19 +161,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         // The first KeyPackages are made (their secrets stored) with the account, and go to
         // the server in the registration itself.
         let key_packages = engine.tx(|tx| {
-            for (key, value) in settings {
-                tx.set_setting(*key, value)?;
-            }
-            let e = &engine;
-            tx.set_setting(Setting::ServerId, config.server_id.as_str().as_bytes())?;
-            tx.set_setting(Setting::User, user.as_str().as_bytes())?;
-            tx.set_setting(Setting::Device, e.me().device.to_string().as_bytes())?;
-            tx.set_setting(Setting::IdentitySecret, &e.identity.secret())?;
-            tx.set_setting(Setting::DeviceSecret, &e.device.secret())?;
-            tx.set_setting(Setting::Suite, &config.ciphersuite.to_be_bytes())?;
-            tx.set_setting(Setting::DeviceList, &list)?;
+            engine.write_account(tx, settings, &list)?;
             tx.set_setting(Setting::KtVrfKey, config.kt_vrf_key.as_slice())?;
-            e.new_key_packages(tx, true)
+            engine.new_key_packages(tx, true)
         })?;
         let last_resort = key_packages
             .last_resort
@@ -180,6 +178,31 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             })
             .await?;
         Ok(engine)
+    }
+
+    /// Writes this device's account into the store: the shell's `settings`, the server's
+    /// identity, who this device is, its keys, the suite and the account's signed device list
+    /// (`list`, JSON).
+    pub(super) fn write_account(
+        &self,
+        tx: &impl StoreTx,
+        settings: &[(Setting, &[u8])],
+        list: &[u8],
+    ) -> Result<(), ClientError> {
+        for (key, value) in settings {
+            tx.set_setting(*key, value)?;
+        }
+        let server_id = lock(&self.server_id)
+            .clone()
+            .ok_or_else(|| ClientError::Internal("no server identity to keep".into()))?;
+        tx.set_setting(Setting::ServerId, server_id.as_str().as_bytes())?;
+        tx.set_setting(Setting::User, self.me().user.as_str().as_bytes())?;
+        tx.set_setting(Setting::Device, self.me().device.to_string().as_bytes())?;
+        tx.set_setting(Setting::IdentitySecret, &self.identity.secret())?;
+        tx.set_setting(Setting::DeviceSecret, &self.device.secret())?;
+        tx.set_setting(Setting::Suite, &self.suite_code.to_be_bytes())?;
+        tx.set_setting(Setting::DeviceList, list)?;
+        Ok(())
     }
 
     /// The engine of the account in `store`.

@@ -102,7 +102,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let pulled = self.pull().await;
         match self.monitor_own_account().await {
             Err(e @ ClientError::Security(_)) => Err(e),
-            monitored => pulled.and(monitored),
+            // The account's list, once the log holds it, says which of its devices belong in
+            // its conversations.
+            Ok(true) if pulled.is_ok() => self.remove_unlisted_own_devices().await,
+            monitored => pulled.and(monitored.map(drop)),
         }
     }
 

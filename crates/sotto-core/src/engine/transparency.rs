@@ -28,6 +28,8 @@ enum Held {
     Current(u64),
     /// The one before the newest, which is at this revision.
     Previous(u64),
+    /// The one before the newest, though this device made the newest long ago.
+    Stalled(u64),
     /// None the account's devices signed.
     Foreign,
 }
@@ -38,14 +40,19 @@ fn is_previous(list: &sotto_proto::device_list::DeviceList, value: &[u8; 32]) ->
 }
 
 /// Whether the log can be at `version` with the account's list at `revision`, given what
-/// this device saw last (`seen`: a version and the revision then): versions never go back,
-/// and each revision makes at most one (revisions published in one epoch make one).
+/// this device saw last (`seen`: a version and the revision then). The server takes a new
+/// revision only once the log holds the one before, so each revision is exactly one version:
+/// any other count means a version none of the account's devices made.
 fn versions_fit(seen: Option<(u64, u64)>, version: u64, revision: u64) -> bool {
     match seen {
-        None => version <= revision,
-        Some((v, r)) => version >= v && version.saturating_sub(v) <= revision.saturating_sub(r),
+        None => version == revision,
+        Some((v, r)) => version >= v && version - v == revision.saturating_sub(r),
     }
 }
+
+/// How many epochs the log may lag behind a change this device made before the lag is an
+/// alarm: a server holding back a change (a removed device kept) is caught.
+pub(crate) const LAG_EPOCHS: u64 = 10;
 
 /// What the log says of a user.
 enum Logged {
@@ -110,16 +117,20 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// - the account vanishing from the log once it was seen there.
     ///
     /// A list another device of the account signed (a device linked or removed) is taken
-    /// as this device's own, and what it changed is shown. The log an epoch behind a change
-    /// (it holds the list before) is not an alarm while it has not moved since. An account
-    /// not in the log yet is not an alarm: nobody can be made to trust what it does not hold.
-    pub(super) async fn monitor_own_account(&self) -> Result<(), ClientError> {
+    /// as this device's own once the log holds it, and what it changed is shown. The log
+    /// behind a change (it holds the list before) is not an alarm while its version has not
+    /// moved, and, for a change this device made, for [`LAG_EPOCHS`] epochs: past that the
+    /// server is holding the change back. An account not in the log yet is not an alarm:
+    /// nobody can be made to trust what it does not hold.
+    /// Returns whether the log holds the list this device holds (after taking another
+    /// device's newer one).
+    pub(super) async fn monitor_own_account(&self) -> Result<bool, ClientError> {
         let (mine, list) = self.own_list()?;
         let seen = self.own_seen()?;
         // What an alarm is about (so that each finding alarms once, whatever the epoch):
         // a kind, and the value or version found.
         let (finding, reason) = match self.look_up(&self.me().user, None).await? {
-            Logged::Absent(_) if seen.is_none() => return Ok(()),
+            Logged::Absent(_) if seen.is_none() => return Ok(false),
             Logged::Absent(epoch) => (
                 b"absent".to_vec(),
                 format!(
@@ -128,24 +139,40 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 ),
             ),
             Logged::Value(epoch, value, version) => {
+                let posted = self.own_posted()?;
                 let held = if value == device_list_value(&mine) {
                     Held::Current(list.revision)
-                } else if is_previous(&list, &value) {
+                } else if is_previous(&list, &value)
+                    && posted.is_none_or(|p| epoch <= p.saturating_add(LAG_EPOCHS))
+                {
                     Held::Previous(list.revision)
+                } else if is_previous(&list, &value) {
+                    Held::Stalled(list.revision)
                 } else {
                     match self.newer_own_list().await? {
+                        // Adopted only once the log holds it.
                         Some((signed, newer)) if device_list_value(&signed) == value => {
                             self.adopt_own_list(&list, &signed, &newer)?;
                             Held::Current(newer.revision)
                         }
-                        Some((signed, newer)) if is_previous(&newer, &value) => {
-                            self.adopt_own_list(&list, &signed, &newer)?;
+                        // Another device's change the log has not published yet: that
+                        // device watches for it.
+                        Some((_, newer)) if is_previous(&newer, &value) => {
                             Held::Previous(newer.revision)
                         }
                         _ => Held::Foreign,
                     }
                 };
                 match held {
+                    Held::Stalled(revision) => (
+                        [&b"held"[..], &revision.to_be_bytes()[..]].concat(),
+                        format!(
+                            "the key-transparency log (epoch {epoch}) still holds your \
+                             account's device list from before revision {revision}, which this \
+                             device made more than {LAG_EPOCHS} epochs ago: the server is holding \
+                             back a change (a device removed may still be served)"
+                        ),
+                    ),
                     Held::Foreign => (
                         [&b"value"[..], &value[..]].concat(),
                         format!(
@@ -158,14 +185,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         if seen != Some((version, revision)) {
                             self.set_own_seen(version, revision)?;
                         }
-                        return Ok(());
+                        return Ok(true);
                     }
                     // Behind by one change, and not moved since this device last looked.
                     Held::Previous(revision)
                         if versions_fit(seen, version, revision.saturating_sub(1))
                             && seen.is_none_or(|(v, _)| v == version) =>
                     {
-                        return Ok(());
+                        return Ok(false);
                     }
                     Held::Current(revision) | Held::Previous(revision) => (
                         [&b"version"[..], &version.to_be_bytes()[..]].concat(),
@@ -181,7 +208,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         };
         let alarmed = self.store.read(|tx| tx.setting(Setting::KtAlarmed))?;
         if alarmed.as_deref() == Some(&finding[..]) {
-            return Ok(());
+            return Ok(false);
         }
         self.tx(|tx| Ok(tx.set_setting(Setting::KtAlarmed, &finding)?))?;
         Err(ClientError::Security(reason))
@@ -206,6 +233,18 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             ))),
             _ => Err(damaged()),
         }
+    }
+
+    /// The log's epoch when this device last changed its account's list, if it did.
+    fn own_posted(&self) -> Result<Option<u64>, ClientError> {
+        self.store
+            .read(|tx| tx.setting(Setting::KtOwnPosted))?
+            .map(|v| {
+                <[u8; 8]>::try_from(v.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| ClientError::damaged("key-transparency posting epoch"))
+            })
+            .transpose()
     }
 
     fn set_own_seen(&self, version: u64, revision: u64) -> Result<(), ClientError> {

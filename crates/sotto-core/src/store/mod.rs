@@ -44,8 +44,15 @@ pub enum Setting {
     KtHead,
     /// What the last alarm about this account's entry in the log was about.
     KtAlarmed,
-    /// The version of this account's entry in the log, as last seen (8 bytes big-endian).
+    /// The version of this account's entry in the log, as last seen (8 bytes big-endian),
+    /// and the revision of the account's list then (8 more).
     KtOwnVersion,
+    /// The log's epoch (8 bytes big-endian) when this device last changed its account's
+    /// device list: the log may lag behind the change only for a few epochs after it.
+    KtOwnPosted,
+    /// The revision of the account's device list (8 bytes big-endian) up to which every
+    /// conversation holds only the account's listed devices.
+    OwnDevicesMended,
 }
 
 impl Setting {
@@ -66,6 +73,8 @@ impl Setting {
             Setting::KtHead => "kt_head",
             Setting::KtAlarmed => "kt_alarmed",
             Setting::KtOwnVersion => "kt_own_version",
+            Setting::KtOwnPosted => "kt_own_posted",
+            Setting::OwnDevicesMended => "own_devices_mended",
         }
     }
 }

@@ -21,7 +21,8 @@ use sotto_proto::api::{
     ValidUpload,
 };
 use sotto_proto::device_list::SignedDeviceListIn;
-use sotto_proto::link::{LinkAnswer, LinkId, ValidDeviceListUpdate};
+use sotto_proto::device_list::ValidDeviceListUpdate;
+use sotto_proto::link::{LinkAnswer, LinkId};
 use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
 
 /// The storage failed (I/O, corruption, a bug), or cannot be reached. Never shown to a peer.

@@ -386,3 +386,59 @@ async fn a_removed_device_leaves_every_conversation_members_see_it_and_the_serve
     }
     assert_eq!(alice.devices().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_the_server_never_publishes_fails_and_then_alarms_the_device_that_made_it() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let (laptop, ..) = server.link(&alice, "laptop", false).await;
+    let id = laptop.me().device.to_string();
+    alice.sync().await.unwrap();
+    server.hold_back(&user("alice"));
+    // Not done until the log holds it: the command fails as the server's doing (exit 2).
+    let e = alice.remove_device(&id).await.unwrap_err();
+    assert!(matches!(e, ClientError::Unreachable(_)), "{e:?}");
+    // The log moves on (other accounts change) without the change: after a few epochs the
+    // device that made it alarms.
+    let mut alarm = None;
+    for i in 0..=crate::engine::transparency::LAG_EPOCHS + 1 {
+        server.device(&format!("other{i}")).await;
+        if let Err(e) = alice.sync().await {
+            alarm = Some(e);
+            break;
+        }
+    }
+    let Some(ClientError::Security(reason)) = alarm else {
+        panic!("no alarm: {alarm:?}");
+    };
+    assert!(reason.contains("holding back"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_account_no_longer_lists_is_taken_out_of_its_conversations_at_the_next_sync() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    alice.send_text("bob", "hi").await.unwrap();
+    recv(&bob).await;
+    let (laptop, ..) = server.link(&alice, "laptop", false).await;
+    let (tablet, ..) = server.link(&alice, "tablet", false).await;
+    recv(&bob).await;
+    // The tablet removes the laptop from the account's list but crashes before any commit.
+    let token = tablet.token().await.unwrap();
+    tablet
+        .publish_without(&token, laptop.me().device)
+        .await
+        .unwrap();
+    // Alice's first device takes the new list from the log and mends the conversation.
+    alice.sync().await.unwrap();
+    let seen = recv(&bob).await;
+    assert!(
+        seen.iter().any(|(_, item)| matches!(
+            item,
+            HistoryItem::Event(Event::DeviceRemoved { device, .. }) if *device == laptop.me().device.to_string()
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(alice.devices().unwrap().len(), 2);
+}

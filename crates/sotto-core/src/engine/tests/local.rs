@@ -12,11 +12,12 @@ use sotto_proto::api::{
     RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
     TokenResponse, UploadKeyPackagesRequest, UserResponse, ValidRegistration, auth_signing_input,
 };
+use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::parse_verifying_key;
 use sotto_proto::kt::LookupResponse;
 use sotto_proto::link::{
-    CreateLinkRequest, CreateLinkResponse, DeviceListUpdate, LinkAnswer, LinkId, LinkOfferResponse,
-    PickupRequest, PickupResponse,
+    CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
+    PickupResponse,
 };
 use sotto_proto::{API_VERSION, DeviceAddr, ErrorBody, ErrorCode, GroupId, ServerId, Username};
 use sotto_server::delivery::{self, QueueQuota, Submitted};
@@ -60,6 +61,8 @@ pub struct LocalServer {
     pub clock: Arc<TestClock>,
     /// The MLS ciphersuite its groups use.
     suite: u16,
+    /// Accounts whose device-list changes the operator keeps out of the log.
+    held_back: Mutex<Vec<Username>>,
 }
 
 pub type Device = Engine<MemoryStore, LocalTransport>;
@@ -85,7 +88,14 @@ impl LocalServer {
             roster_sends: AtomicU64::new(0),
             clock: Arc::new(TestClock::default()),
             suite,
+            held_back: Mutex::new(Vec::new()),
         })
+    }
+
+    /// What a compelled operator can do: take `user`'s device-list changes from now on and
+    /// never publish them in the log.
+    pub fn hold_back(&self, user: &Username) {
+        self.held_back.lock().unwrap().push(user.clone());
     }
 
     /// A new device's way to this server.
@@ -230,9 +240,22 @@ impl Transport for LocalTransport {
         req: &DeviceListUpdate,
     ) -> Result<(), ClientError> {
         let device = self.server.signed_in(token)?;
-        devices::update_device_list(self.storage(), &device, req.clone(), 10, 1000)
+        self.server.kt.publish_pending().await.map_err(failed)?;
+        let kt = &self.server.kt;
+        devices::update_device_list(self.storage(), kt, &device, req.clone(), 10, 1000)
             .await
-            .map_err(api)
+            .map_err(api)?;
+        if self.server.held_back.lock().unwrap().contains(&device.user) {
+            use sotto_server::storage::KtStore as _;
+            let pending = self.storage().kt_pending(1000).await.map_err(failed)?;
+            let ids: Vec<u64> = pending
+                .into_iter()
+                .filter(|(_, u)| u.as_ref() == Some(&device.user))
+                .map(|(id, _)| id)
+                .collect();
+            self.storage().kt_published(&ids).await.map_err(failed)?;
+        }
+        Ok(())
     }
 
     async fn create_link(

@@ -4,9 +4,10 @@ use super::{group, queued, send, stats};
 use crate::storage::{Link, Storage};
 use sotto_core::{DeviceKey, IdentityKey};
 use sotto_proto::api::ValidRegistration;
+use sotto_proto::device_list::ValidDeviceListUpdate;
 use sotto_proto::device_list::{DeviceList, parse_verifying_key};
 use sotto_proto::framing::MessageKind;
-use sotto_proto::link::{LinkAnswer, LinkId, ValidDeviceListUpdate};
+use sotto_proto::link::{LinkAnswer, LinkId};
 use sotto_proto::{DeviceAddr, Username};
 use std::sync::Arc;
 

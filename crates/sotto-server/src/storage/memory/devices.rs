@@ -3,7 +3,8 @@
 use super::{MemoryStorage, queue_for_log};
 use crate::storage::{Account, Link, LinkStore, StorageError};
 use async_trait::async_trait;
-use sotto_proto::link::{LinkAnswer, LinkId, ValidDeviceListUpdate};
+use sotto_proto::device_list::ValidDeviceListUpdate;
+use sotto_proto::link::{LinkAnswer, LinkId};
 use std::collections::VecDeque;
 
 impl MemoryStorage {

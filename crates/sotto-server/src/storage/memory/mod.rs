@@ -241,7 +241,7 @@ impl AccountStore for MemoryStorage {
 
     async fn update_device_list(
         &self,
-        update: &sotto_proto::link::ValidDeviceListUpdate,
+        update: &sotto_proto::device_list::ValidDeviceListUpdate,
     ) -> Result<bool, StorageError> {
         self.replace_device_list(update).await
     }

@@ -363,7 +363,7 @@ impl AccountStore for PostgresStorage {
 
     async fn update_device_list(
         &self,
-        update: &sotto_proto::link::ValidDeviceListUpdate,
+        update: &sotto_proto::device_list::ValidDeviceListUpdate,
     ) -> Result<bool, StorageError> {
         let mut client = self.client().await?;
         devices::update_device_list(&mut client, update).await

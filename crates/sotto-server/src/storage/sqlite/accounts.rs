@@ -5,7 +5,7 @@ use crate::storage::{Account, AccountStore, AuthStore, StorageError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sotto_proto::api::ValidRegistration;
-use sotto_proto::link::ValidDeviceListUpdate;
+use sotto_proto::device_list::ValidDeviceListUpdate;
 use sotto_proto::{DeviceAddr, Username};
 
 #[async_trait]

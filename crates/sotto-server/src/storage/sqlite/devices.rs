@@ -5,7 +5,8 @@ use crate::storage::{Link, LinkStore, StorageError};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sotto_proto::Username;
-use sotto_proto::link::{LinkAnswer, LinkId, ValidDeviceListUpdate};
+use sotto_proto::device_list::ValidDeviceListUpdate;
+use sotto_proto::link::{LinkAnswer, LinkId};
 
 /// See [`crate::storage::AccountStore::update_device_list`].
 pub(super) fn update_device_list(
