@@ -1,4 +1,4 @@
-//! `sotto devices`: link a new device, approve one, list them.
+//! `sotto devices`: link a new device, approve one, remove one, list them.
 
 use crate::output::{printable, to_json, utc};
 use crate::passcode;

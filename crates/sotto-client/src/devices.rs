@@ -1,4 +1,4 @@
-//! Linking, approving and listing this account's devices.
+//! Linking, approving, removing and listing this account's devices.
 
 use crate::ClientError;
 use crate::account::{Client, InitOptions, NewHome};
@@ -109,6 +109,13 @@ impl Linking {
                     Ok(None) => {}
                     // The answer waits on the server: a failure on the way is tried again.
                     Err(e) if e.is_transient() => {}
+                    Err(e) if e.code() == Some(sotto_proto::ErrorCode::UnknownLink) => {
+                        return Err(ClientError::Usage(
+                            "the code expired before a device approved it (five minutes); \
+                             run `sotto devices link` again"
+                                .into(),
+                        ));
+                    }
                     Err(e) => return Err(e),
                 }
                 if sotto_core::Clock::now(&SystemClock) >= pending.expires_at() {

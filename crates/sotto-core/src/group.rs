@@ -315,8 +315,6 @@ pub struct CommitSummary {
     pub sent_at: Option<u64>,
     /// Devices added, with the signature keys the group will trust.
     pub added: Vec<MemberDevice>,
-    /// Devices removed.
-    pub removed: Vec<DeviceAddr>,
     /// The committer's new leaf, if the commit carries an update path: its signature key
     /// must be proven like an added device's.
     pub updated: Option<MemberDevice>,
@@ -356,13 +354,6 @@ pub fn process<P: MlsProvider>(
                     member_device(leaf.credential(), leaf.signature_key().as_slice())
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut removed = Vec::new();
-            for p in staged.remove_proposals() {
-                let leaf = p.remove_proposal().removed();
-                if let Some(m) = group.member_at(leaf) {
-                    removed.push(member_device(&m.credential, &m.signature_key)?.addr);
-                }
-            }
             let updated = staged
                 .update_path_leaf_node()
                 .map(|leaf| member_device(leaf.credential(), leaf.signature_key().as_slice()))
@@ -376,7 +367,6 @@ pub fn process<P: MlsProvider>(
                 committer: sender,
                 sent_at,
                 added,
-                removed,
                 updated,
                 self_removed: staged.self_removed(),
             };

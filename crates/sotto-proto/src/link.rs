@@ -240,8 +240,8 @@ impl LinkCode {
     }
 
     /// Two bytes that catch a mistyped code before it is looked up: a typo is then the
-    /// user's mistake (a usage error), and a fingerprint that does not match the offer
-    /// stays what it is, a sign that the server swapped the offer.
+    /// user's mistake (a usage error), and an offer whose MAC does not verify under the
+    /// code stays what it is, a sign that the server swapped the offer.
     fn check(id: &LinkId, secret: &[u8]) -> [u8; CHECK_LEN] {
         let h = Sha256::new()
             .chain_update(CHECK_CONTEXT)

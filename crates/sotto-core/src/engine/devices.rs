@@ -128,6 +128,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let me = &self.me().user;
         self.tx(|tx| {
             tx.set_setting(Setting::DeviceList, &json)?;
+            // Not this device's change: it does not watch for the log to publish it.
+            tx.set_setting(Setting::KtOwnPosted, &[])?;
             let added = newer.devices.iter().filter(|d| old.device(d.id).is_none());
             for d in added {
                 let event = Event::DeviceAdded {
@@ -298,10 +300,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     ) -> Result<Prepared, ClientError> {
         for attempt in 0..2 {
             if attempt > 0 {
-                let (_, old) = self.own_list()?;
-                if let Some((signed, newer)) = self.newer_own_list().await? {
-                    self.adopt_own_list(&old, &signed, &newer)?;
-                }
+                self.adopt_logged_own_list().await?;
             }
             self.own_list_logged().await?;
             let (signed, list) = self.own_list()?;
@@ -378,14 +377,26 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }))
     }
 
+    /// Takes the account's newer list from the server, once the log holds it (another device
+    /// changed the list).
+    pub(super) async fn adopt_logged_own_list(&self) -> Result<(), ClientError> {
+        let (_, old) = self.own_list()?;
+        if let Some((signed, newer)) = self.newer_own_list().await? {
+            self.check_in_log(&self.me().user, &signed).await?;
+            self.adopt_own_list(&old, &signed, &newer)?;
+        }
+        Ok(())
+    }
+
     /// Keeps `signed`, a list this device just published, as its account's list, with the
     /// log's epoch then (the log may lag behind it for a few epochs only).
     pub(super) fn keep_own_list(&self, signed: &SignedDeviceListIn) -> Result<(), ClientError> {
         let json = serde_json::to_vec(signed).map_err(|e| ClientError::Internal(e.to_string()))?;
         let epoch = self.log_head()?.unwrap_or(0);
+        let posted = [epoch.to_be_bytes(), self.now().to_be_bytes()].concat();
         self.tx(|tx| {
             tx.set_setting(Setting::DeviceList, &json)?;
-            Ok(tx.set_setting(Setting::KtOwnPosted, &epoch.to_be_bytes())?)
+            Ok(tx.set_setting(Setting::KtOwnPosted, &posted)?)
         })?;
         self.forget_lists();
         Ok(())

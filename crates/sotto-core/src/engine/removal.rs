@@ -109,10 +109,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     ) -> Result<u64, ClientError> {
         for attempt in 0..2 {
             if attempt > 0 {
-                let (_, old) = self.own_list()?;
-                if let Some((signed, newer)) = self.newer_own_list().await? {
-                    self.adopt_own_list(&old, &signed, &newer)?;
-                }
+                self.adopt_logged_own_list().await?;
             }
             self.own_list_logged().await?;
             let (signed, list) = self.own_list()?;
@@ -181,6 +178,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             .filter(|c| c.active)
             .map(|c| c.group)
             .collect();
+        let mut mended = true;
         for gid in &conversations {
             let stale: Vec<DeviceAddr> = self.tx(|tx| {
                 self.with_group(tx, gid, |_, g| {
@@ -200,7 +198,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 remove_devices: stale,
                 ..MemberChange::default()
             };
-            self.commit_change(gid, &change).await?;
+            // A conversation that cannot be mended now is tried again at the next sync; it
+            // must not stop this one.
+            if self.commit_change(gid, &change).await.is_err() {
+                mended = false;
+            }
+        }
+        if !mended {
+            return Ok(());
         }
         let revision = list.revision.to_be_bytes();
         self.tx(|tx| Ok(tx.set_setting(Setting::OwnDevicesMended, &revision)?))

@@ -53,6 +53,9 @@ fn versions_fit(seen: Option<(u64, u64)>, version: u64, revision: u64) -> bool {
 /// How many epochs the log may lag behind a change this device made before the lag is an
 /// alarm: a server holding back a change (a removed device kept) is caught.
 pub(crate) const LAG_EPOCHS: u64 = 10;
+/// And for how long at least, in seconds: an honest log with a backlog of thousands of
+/// accounts can take many epochs to reach a change.
+pub(crate) const LAG_SECONDS: u64 = 600;
 
 /// What the log says of a user.
 enum Logged {
@@ -140,11 +143,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             ),
             Logged::Value(epoch, value, version) => {
                 let posted = self.own_posted()?;
+                let now = self.now();
+                let lagging = posted.is_none_or(|(p, at)| {
+                    epoch <= p.saturating_add(LAG_EPOCHS) || now <= at.saturating_add(LAG_SECONDS)
+                });
                 let held = if value == device_list_value(&mine) {
                     Held::Current(list.revision)
-                } else if is_previous(&list, &value)
-                    && posted.is_none_or(|p| epoch <= p.saturating_add(LAG_EPOCHS))
-                {
+                } else if is_previous(&list, &value) && lagging {
                     Held::Previous(list.revision)
                 } else if is_previous(&list, &value) {
                     Held::Stalled(list.revision)
@@ -157,8 +162,17 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         }
                         // Another device's change the log has not published yet: that
                         // device watches for it.
-                        Some((_, newer)) if is_previous(&newer, &value) => {
-                            Held::Previous(newer.revision)
+                        // (its `previous`, signed by the identity key, vouches for the value
+                        // the log holds).
+                        Some((_, newer))
+                            if is_previous(&newer, &value)
+                                && versions_fit(
+                                    seen,
+                                    version,
+                                    newer.revision.saturating_sub(1),
+                                ) =>
+                        {
+                            return Ok(false);
                         }
                         _ => Held::Foreign,
                     }
@@ -169,8 +183,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         format!(
                             "the key-transparency log (epoch {epoch}) still holds your \
                              account's device list from before revision {revision}, which this \
-                             device made more than {LAG_EPOCHS} epochs ago: the server is holding \
-                             back a change (a device removed may still be served)"
+                             device made more than {LAG_EPOCHS} epochs and {LAG_SECONDS} seconds \
+                             ago: the server is holding back a change (a device removed may still \
+                             be served)"
                         ),
                     ),
                     Held::Foreign => (
@@ -235,16 +250,19 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }
     }
 
-    /// The log's epoch when this device last changed its account's list, if it did.
-    fn own_posted(&self) -> Result<Option<u64>, ClientError> {
-        self.store
-            .read(|tx| tx.setting(Setting::KtOwnPosted))?
-            .map(|v| {
-                <[u8; 8]>::try_from(v.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| ClientError::damaged("key-transparency posting epoch"))
-            })
-            .transpose()
+    /// The log's epoch and the time when this device last changed its account's list, if
+    /// it did (and no other device changed it since).
+    fn own_posted(&self) -> Result<Option<(u64, u64)>, ClientError> {
+        let Some(v) = self.store.read(|tx| tx.setting(Setting::KtOwnPosted))? else {
+            return Ok(None);
+        };
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let damaged = || ClientError::damaged("key-transparency posting epoch");
+        let (epoch, at) = v.split_first_chunk::<8>().ok_or_else(damaged)?;
+        let at: [u8; 8] = at.try_into().map_err(|_| damaged())?;
+        Ok(Some((u64::from_be_bytes(*epoch), u64::from_be_bytes(at))))
     }
 
     fn set_own_seen(&self, version: u64, revision: u64) -> Result<(), ClientError> {

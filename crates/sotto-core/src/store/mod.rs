@@ -47,8 +47,9 @@ pub enum Setting {
     /// The version of this account's entry in the log, as last seen (8 bytes big-endian),
     /// and the revision of the account's list then (8 more).
     KtOwnVersion,
-    /// The log's epoch (8 bytes big-endian) when this device last changed its account's
-    /// device list: the log may lag behind the change only for a few epochs after it.
+    /// The log's epoch and the time (8 bytes big-endian each) when this device last changed
+    /// its account's device list (empty once another device changed it): the log may lag
+    /// behind the change only for a while after it.
     KtOwnPosted,
     /// The revision of the account's device list (8 bytes big-endian) up to which every
     /// conversation holds only the account's listed devices.

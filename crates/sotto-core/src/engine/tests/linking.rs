@@ -10,7 +10,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::{HistoryItem, StoreTx};
 use crate::{ClientStore, Clock, Transport};
 use sotto_proto::link::{LinkCode, LinkOffer};
-use sotto_server::storage::{AccountStore as _, LinkStore as _};
+use sotto_server::storage::{AccountStore as _, KeyPackageStore as _, LinkStore as _};
 use std::sync::Arc;
 
 async fn linked_device_gets_the_account_and_joins_every_conversation(suite: u16) {
@@ -251,7 +251,7 @@ async fn a_code_works_once_and_not_after_five_minutes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mistyped_code_names_no_offer_and_a_code_reads_back_from_its_text() {
+async fn a_code_with_another_secret_fails_the_offers_mac_and_a_code_reads_back_from_its_text() {
     let server = LocalServer::new().await;
     let alice = server.device("alice").await;
     let pending = start(&server, "alice").await;
@@ -372,9 +372,11 @@ async fn a_removed_device_leaves_every_conversation_members_see_it_and_the_serve
         2,
         "{seen:?}"
     );
-    // The server forgot it: no key, no KeyPackages, no queue; it cannot sign in again.
+    // The server forgot it: no key, so no sign-in, and no KeyPackages.
     let storage = alice.transport().storage();
     assert!(storage.device_key(laptop.me()).await.unwrap().is_none());
+    let left = storage.key_package_count(laptop.me()).await.unwrap();
+    assert_eq!((left.count, left.last_resort), (0, false));
     bob.send_text("alice", "after the laptop").await.unwrap();
     assert_eq!(recv(&alice).await, [text("bob", "after the laptop")]);
     for g in bob.groups().unwrap() {
@@ -398,8 +400,11 @@ async fn a_removal_the_server_never_publishes_fails_and_then_alarms_the_device_t
     // Not done until the log holds it: the command fails as the server's doing (exit 2).
     let e = alice.remove_device(&id).await.unwrap_err();
     assert!(matches!(e, ClientError::Unreachable(_)), "{e:?}");
-    // The log moves on (other accounts change) without the change: after a few epochs the
-    // device that made it alarms.
+    // The log moves on (other accounts change) without the change: after a few epochs and
+    // some minutes the device that made it alarms.
+    server
+        .clock
+        .advance(crate::engine::transparency::LAG_SECONDS + 1);
     let mut alarm = None;
     for i in 0..=crate::engine::transparency::LAG_EPOCHS + 1 {
         server.device(&format!("other{i}")).await;
@@ -441,4 +446,21 @@ async fn a_device_the_account_no_longer_lists_is_taken_out_of_its_conversations_
         "{seen:?}"
     );
     assert_eq!(alice.devices().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_changes_by_another_device_while_this_one_slept_raise_no_alarm_while_the_log_catches_up()
+ {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let (laptop, ..) = server.link(&alice, "laptop", false).await;
+    laptop.sync().await.unwrap();
+    // While the laptop sleeps, alice links a tablet, then removes it; the log has the first
+    // change but not yet the second.
+    let (tablet, ..) = server.link(&alice, "tablet", false).await;
+    server.hold_back(&user("alice"));
+    let id = tablet.me().device.to_string();
+    assert!(alice.remove_device(&id).await.is_err());
+    laptop.sync().await.unwrap();
+    assert!(shown(&laptop).is_empty());
 }
