@@ -10,6 +10,29 @@ mod common;
 use common::*;
 use std::process::Stdio;
 
+/// Starts `devices link --json` for alice in `home` (with `extra` arguments); returns the
+/// waiting process, its output lines and the code it printed first.
+fn start_linking(
+    home: &std::path::Path,
+    server: &ServerProcess,
+    extra: &[&str],
+) -> (std::process::Child, Lines, String) {
+    let url = server.url();
+    let mut args = vec![
+        "devices", "link", "--server", &url, "--user", "alice", "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = sotto(home, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Lines::of(child.stdout.take().unwrap());
+    let first: serde_json::Value = serde_json::from_str(&out.wait_for("code")).unwrap();
+    let code = first["code"].as_str().unwrap().to_owned();
+    (child, out, code)
+}
+
 #[test]
 fn a_device_linked_from_the_command_line_joins_the_conversations_and_once_removed_is_served_no_more()
  {
@@ -23,27 +46,7 @@ fn a_device_linked_from_the_command_line_joins_the_conversations_and_once_remove
 
     // The new device prints its code as its first line, then waits for the approval.
     let laptop = dir.path().join("laptop");
-    let mut linking = sotto(
-        &laptop,
-        &[
-            "devices",
-            "link",
-            "--server",
-            &server.url(),
-            "--user",
-            "alice",
-            "--name",
-            "laptop",
-            "--json",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let out = Lines::of(linking.stdout.take().unwrap());
-    let first: serde_json::Value = serde_json::from_str(&out.wait_for("code")).unwrap();
-    let code = first["code"].as_str().unwrap().to_owned();
+    let (mut linking, out, code) = start_linking(&laptop, &server, &["--name", "laptop"]);
     assert_eq!(code.len(), 44, "{code}");
 
     // Approving needs no prompt when stdin is not a terminal, and warns.
@@ -130,25 +133,8 @@ fn linking_past_the_servers_device_limit_is_refused_with_a_clear_error() {
         &["init", "--server", &server.url(), "--user", "alice"],
     );
     let laptop = dir.path().join("laptop");
-    let mut linking = sotto(
-        &laptop,
-        &[
-            "devices",
-            "link",
-            "--server",
-            &server.url(),
-            "--user",
-            "alice",
-            "--json",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let out = Lines::of(linking.stdout.take().unwrap());
-    let first: serde_json::Value = serde_json::from_str(&out.wait_for("code")).unwrap();
-    let code = first["code"].as_str().unwrap();
+    let (mut linking, _out, code) = start_linking(&laptop, &server, &[]);
+    let code = code.as_str();
     let refused = run(&alice, &["devices", "approve", code]);
     let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert_eq!(refused.status.code(), Some(1), "{stderr}");

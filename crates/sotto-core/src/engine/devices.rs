@@ -157,6 +157,17 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         Ok(())
     }
 
+    /// The conversations this device is a member of.
+    pub(super) fn active_conversations(&self) -> Result<Vec<GroupId>, ClientError> {
+        Ok(self
+            .store
+            .read(|tx| tx.conversations())?
+            .into_iter()
+            .filter(|c| c.active)
+            .map(|c| c.group)
+            .collect())
+    }
+
     /// This account's devices, as of the last sync.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         let (_, list) = self.own_list()?;
@@ -224,13 +235,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             ));
         }
         let addr = offer.addr();
-        let conversations: Vec<GroupId> = self
-            .store
-            .read(|tx| tx.conversations())?
-            .into_iter()
-            .filter(|c| c.active)
-            .map(|c| c.group)
-            .collect();
+        let conversations = self.active_conversations()?;
         // One one-time KeyPackage per conversation while they last, then the last-resort one;
         // the server gets the rest.
         let kept = conversations.len().min(offer.key_packages.len());

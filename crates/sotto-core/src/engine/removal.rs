@@ -12,7 +12,7 @@ use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Transport};
 use serde::Serialize;
 use sotto_proto::device_list::DeviceListUpdate;
-use sotto_proto::{DeviceAddr, ErrorCode, GroupId};
+use sotto_proto::{DeviceAddr, ErrorCode};
 
 /// What [`Engine::remove_device`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,13 +61,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         };
         // Out of every conversation first, while the server still delivers to it: a list
         // without it first would make every message still naming it a refused send.
-        let conversations: Vec<GroupId> = self
-            .store
-            .read(|tx| tx.conversations())?
-            .into_iter()
-            .filter(|c| c.active)
-            .map(|c| c.group)
-            .collect();
+        let conversations = self.active_conversations()?;
         let change = MemberChange {
             remove_devices: vec![addr.clone()],
             ..MemberChange::default()
@@ -171,13 +165,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             return Ok(());
         }
         let me = &self.me().user;
-        let conversations: Vec<GroupId> = self
-            .store
-            .read(|tx| tx.conversations())?
-            .into_iter()
-            .filter(|c| c.active)
-            .map(|c| c.group)
-            .collect();
+        let conversations = self.active_conversations()?;
         let mut mended = true;
         for gid in &conversations {
             let stale: Vec<DeviceAddr> = self.tx(|tx| {

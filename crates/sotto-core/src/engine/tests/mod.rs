@@ -7,6 +7,7 @@
 )]
 
 mod compelled;
+mod compelled_devices;
 mod large_group;
 mod linking;
 mod local;

@@ -124,6 +124,26 @@ impl MemoryStorage {
             .insert(device.clone(), signature_key.to_vec());
     }
 
+    /// What an operator with write access to the data can do: put a device list of its own
+    /// making (signed or not) in place of `user`'s, leaving everything else, and queue it
+    /// for the key-transparency log if `publish`. Clients must catch it; tests use this to
+    /// check that they do.
+    pub async fn set_device_list(
+        &self,
+        user: &Username,
+        list: &sotto_proto::device_list::SignedDeviceListIn,
+        publish: bool,
+    ) {
+        let mut s = self.state.lock().await;
+        if let Some(account) = s.accounts.get_mut(user) {
+            account.device_list_body = list.body.as_slice().to_vec();
+            account.device_list_signature = list.signature.as_slice().to_vec();
+        }
+        if publish {
+            queue_for_log(&mut s, user);
+        }
+    }
+
     /// What an operator with write access to the data can do: replace `user`'s identity key
     /// and signed device list (and so its devices) with ones of its own making, without
     /// publishing them in the key-transparency log unless `publish`. Clients must catch it;
