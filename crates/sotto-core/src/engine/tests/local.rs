@@ -2,15 +2,13 @@
 //! `sotto-server` (over its in-memory storage) behind the engine's [`Transport`], without
 //! HTTP. Each device gets its own [`LocalTransport`]; one can be made to believe lies.
 
-use crate::events::Event;
-use crate::store::HistoryItem;
 use crate::store::memory::MemoryStore;
-use crate::{ClientError, Clock, DeviceKey, Engine, IdentityKey, Transport};
+use crate::{ClientError, Clock, Engine, Transport};
 use async_trait::async_trait;
 use sotto_proto::api::{
     ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse,
     RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
-    TokenResponse, UploadKeyPackagesRequest, UserResponse, ValidRegistration, auth_signing_input,
+    TokenResponse, UploadKeyPackagesRequest, UserResponse, auth_signing_input,
 };
 use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::parse_verifying_key;
@@ -31,6 +29,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use super::seen::*;
 
 /// A clock the test sets.
 #[derive(Default)]
@@ -520,10 +520,6 @@ impl Transport for LocalTransport {
     }
 }
 
-/// One history entry as a test compares it: who the store says it is from, and what it is.
-pub type Seen = (Option<Username>, HistoryItem);
-
-/// What `device` has not been shown yet, oldest first; marks it shown.
 /// `by`, a member of `group`, adds `new` with a real commit that it posts past its own
 /// engine, naming `recipients` and declaring `roster` to the server, whatever the group holds:
 /// what a malicious member can do.
@@ -569,76 +565,4 @@ pub async fn add_declaring(
         }),
     };
     by.transport().send(&token, group, &request).await.unwrap();
-}
-
-pub fn shown(device: &Device) -> Vec<Seen> {
-    let entries = device.unshown().unwrap();
-    if let Some(last) = entries.last() {
-        device.mark_shown(last.position).unwrap();
-    }
-    entries
-        .into_iter()
-        .map(|e| (e.record.sender.map(|(s, _)| s.user), e.record.item))
-        .collect()
-}
-
-/// Syncs `device` and returns what it had not shown yet.
-pub async fn recv(device: &Device) -> Vec<Seen> {
-    device.sync().await.unwrap();
-    shown(device)
-}
-
-pub fn user(name: &str) -> Username {
-    Username::parse(name).unwrap()
-}
-
-/// A text from `from`.
-pub fn text(from: &str, body: &str) -> Seen {
-    (Some(user(from)), HistoryItem::Text(body.into()))
-}
-
-/// An event made by `by`.
-pub fn event(by: &str, event: Event) -> Seen {
-    (Some(user(by)), HistoryItem::Event(event))
-}
-
-/// `by` added `who`.
-pub fn added(by: &str, who: &str) -> Seen {
-    event(
-        by,
-        Event::Added {
-            by: user(by),
-            user: user(who),
-        },
-    )
-}
-
-/// `by` removed `who`.
-pub fn removed(by: &str, who: &str) -> Seen {
-    event(
-        by,
-        Event::Removed {
-            by: user(by),
-            user: user(who),
-        },
-    )
-}
-
-/// `by` added this device to a group.
-pub fn joined(by: &str) -> Seen {
-    event(by, Event::Joined { by: user(by) })
-}
-
-/// An account `name` made by the operator: its own identity key and device.
-pub fn forged_account(name: &str) -> ValidRegistration {
-    let identity = IdentityKey::generate();
-    let device = DeviceKey::generate(user(name));
-    let signed = identity.sign_device_list(&device.first_device_list("laptop", 1));
-    let key = parse_verifying_key(&identity.public()).unwrap();
-    ValidRegistration {
-        identity_key: identity.public().to_vec(),
-        device_list: signed.verify(&key).unwrap(),
-        key_packages: vec![b"attacker key package".to_vec()],
-        last_resort: b"attacker last resort".to_vec(),
-    }
 }

@@ -12,5 +12,6 @@ mod large_group;
 mod linking;
 mod local;
 mod misbehaving;
+mod seen;
 mod three_users;
 mod verify;
