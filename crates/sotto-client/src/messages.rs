@@ -161,6 +161,15 @@ pub(crate) fn describe(event: &Event, me: &Username) -> String {
             "the server dropped {count} message(s) for this device before it fetched them: its \
              queue was full or they waited longer than the server keeps messages"
         ),
+        Event::Missing {
+            from,
+            device,
+            count,
+        } => format!(
+            "{count} message(s) from {} (device {device}) never arrived: the server withheld or \
+             lost them",
+            name(from)
+        ),
         Event::Unreadable { from, reason } => {
             format!("a message from {from} (as the server says) could not be read: {reason}")
         }

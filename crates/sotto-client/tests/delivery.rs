@@ -238,13 +238,18 @@ async fn messages_the_server_dropped_are_told_to_the_user() {
         alice.send_text("bob", text).await.unwrap();
     }
     let seen = recv(&bob).await;
-    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(
         seen[0].starts_with("* the server dropped 2 message(s) for this device"),
         "{seen:?}"
     );
+    // And alice's counter, which the server cannot change, says the same.
+    assert!(
+        seen[1].starts_with("* 2 message(s) from alice (device "),
+        "{seen:?}"
+    );
     assert_eq!(
-        seen[1..],
+        seen[2..],
         lines(&["alice: four", "alice: five", "alice: six"])
     );
     // Told once.

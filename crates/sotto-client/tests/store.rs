@@ -9,8 +9,8 @@ use sotto_client::store::SqlCipherStore;
 use sotto_core::events::{Event, MemberChange, NewDevice};
 use sotto_core::store::memory::MemoryStore;
 use sotto_core::store::{
-    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry,
-    OutboxRecord, Outgoing, Setting, StoreTx, Unshown,
+    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, LOG_ROOTS_KEPT,
+    OutboxEntry, OutboxRecord, Outgoing, Setting, StoreTx, Unshown,
 };
 use sotto_core::{ClientError, Content, StoreError};
 use sotto_proto::api::SendRequest;
@@ -46,6 +46,7 @@ fn outbox(client_id: &str, at: u64, outgoing: Outgoing) -> OutboxRecord {
         },
         outgoing,
         created_at: at,
+        counter: Some(at + 100),
     }
 }
 
@@ -168,6 +169,7 @@ fn conformance<S: ClientStore>(store: &S) {
             user: Username::parse("alice").unwrap(),
             device: DeviceId::new(8),
         }],
+        heal: true,
     });
     store
         .transaction(|tx| {
@@ -185,6 +187,7 @@ fn conformance<S: ClientStore>(store: &S) {
             let ids: Vec<&str> = ready.iter().map(|e| e.client_id.as_str()).collect();
             assert_eq!(ids, ["c", "b", "a"]);
             assert_eq!(ready[1].outgoing, change);
+            assert_eq!(ready[0].counter, Some(103));
             assert_eq!(tx.remove_outbox("b")?, Some(7));
             assert_eq!(tx.remove_outbox("b")?, None);
             Ok::<_, StoreError>(())
@@ -223,6 +226,67 @@ fn conformance<S: ClientStore>(store: &S) {
             assert_eq!(all.len(), 2);
             assert_eq!(all[0].0, carol);
             assert!(all[1].1.verified && all[1].1.identity_key == vec![4; 32]);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
+    // Counters are kept per group and sending device.
+    let bob = |device| DeviceAddr {
+        user: Username::parse("bob").unwrap(),
+        device: DeviceId::new(device),
+    };
+    store
+        .transaction(|tx| {
+            assert_eq!(tx.counter(&group(1), &bob(1))?, None);
+            tx.set_counter(&group(1), &bob(1), 5)?;
+            tx.set_counter(&group(1), &bob(1), 6)?;
+            tx.set_counter(&group(2), &bob(1), 1)?;
+            tx.set_counter(&group(1), &bob(2), 9)?;
+            assert_eq!(tx.counter(&group(1), &bob(1))?, Some(6));
+            assert_eq!(tx.counter(&group(2), &bob(1))?, Some(1));
+            assert_eq!(tx.counter(&group(1), &bob(2))?, Some(9));
+            tx.forget_counters(&group(1), &bob(2))?;
+            assert_eq!(tx.counter(&group(1), &bob(1))?, None);
+            assert_eq!(tx.counter(&group(1), &bob(2))?, Some(9));
+            assert_eq!(tx.counter(&group(2), &bob(1))?, Some(1));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
+    // Log roots: the first root kept for an epoch stays; only the newest epochs are kept.
+    store
+        .transaction(|tx| {
+            tx.put_log_root(1, &[1; 32])?;
+            tx.put_log_root(1, &[2; 32])?;
+            assert_eq!(tx.log_root(1)?, Some([1; 32]));
+            assert_eq!(tx.log_root(2)?, None);
+            let kept = u64::try_from(LOG_ROOTS_KEPT).unwrap();
+            for epoch in 2..=kept + 1 {
+                tx.put_log_root(epoch, &[3; 32])?;
+            }
+            assert_eq!(tx.log_root(1)?, None);
+            assert_eq!(tx.log_root(2)?, Some([3; 32]));
+            assert_eq!(tx.log_root(kept + 1)?, Some([3; 32]));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
+    // When this device last renewed its leaf in a conversation.
+    store
+        .transaction(|tx| {
+            tx.upsert_conversation(&ConversationRecord {
+                group: group(7),
+                name: None,
+                peer: None,
+                announced: false,
+                active: true,
+                created_at: 1,
+            })?;
+            assert_eq!(tx.healed_at(&group(7))?, None);
+            tx.set_healed_at(&group(7), 50)?;
+            assert_eq!(tx.healed_at(&group(7))?, Some(50));
+            tx.set_healed_at(&group(7), 0)?;
+            assert_eq!(tx.healed_at(&group(7))?, Some(0));
             Ok::<_, StoreError>(())
         })
         .unwrap();

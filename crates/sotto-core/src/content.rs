@@ -1,12 +1,14 @@
 //! What travels inside an MLS application message: a versioned JSON envelope with the
-//! sender's time. Decoding is for untrusted bytes: any other version, an unknown type or an
-//! oversized field is an error.
+//! sender's time, the sending device's count of its messages in the group, and the newest
+//! key-transparency root the sender verified. Decoding is for untrusted bytes: an unknown
+//! version or type, or an oversized field, is an error.
 
 use crate::CoreError;
 use serde::{Deserialize, Serialize};
 
-/// Envelope format version: 2 added the sender's `sent_at`.
-pub const CONTENT_VERSION: u32 = 2;
+/// Envelope format version: 2 added the sender's `sent_at`, 3 the counter and the log root.
+/// Version 2 still decodes (messages queued by an earlier version), without either.
+pub const CONTENT_VERSION: u32 = 3;
 /// Longest text message, in bytes.
 pub const MAX_TEXT: usize = 64 * 1024;
 /// Longest group name, in characters.
@@ -41,21 +43,63 @@ impl std::fmt::Debug for Content {
     }
 }
 
-/// Content as it travels: with the sender's own clock reading, which MLS authenticates along
-/// with everything else, so the time shown for a message is the sender's word, not the
-/// server's.
+/// Content as it travels, with what the sender vouches for alongside it. MLS authenticates
+/// all of it, so these are the sender's word, not the server's: the time shown for a message,
+/// the count that shows a message the server withheld (the server numbers the queue, so its
+/// numbers prove nothing), and the log root that shows a server showing its users different
+/// logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// When the sender sent it, by its clock: seconds since the Unix epoch.
     pub sent_at: u64,
+    /// The sending device's count of its application messages in this group: 1, 2, 3, ...
+    /// `None` in a version-2 envelope.
+    pub counter: Option<u64>,
+    /// The newest key-transparency epoch and root the sender verified, if any.
+    pub log_root: Option<LogRoot>,
     /// What it carries.
     pub content: Content,
+}
+
+/// A key-transparency epoch and its root hash.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRoot {
+    /// The epoch.
+    pub epoch: u64,
+    /// The root hash at that epoch.
+    #[serde(with = "hex_root")]
+    pub root: [u8; 32],
+}
+
+impl std::fmt::Debug for LogRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogRoot({}, {})", self.epoch, hex::encode(self.root))
+    }
+}
+
+mod hex_root {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(root: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(root))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = <&str>::deserialize(d)?;
+        let mut root = [0; 32];
+        hex::decode_to_slice(text, &mut root).map_err(D::Error::custom)?;
+        Ok(root)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
     v: u32,
     sent_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kt: Option<LogRoot>,
     #[serde(flatten)]
     content: Content,
 }
@@ -66,6 +110,8 @@ impl Envelope {
         serde_json::to_vec(&Wire {
             v: CONTENT_VERSION,
             sent_at: self.sent_at,
+            n: self.counter,
+            kt: self.log_root,
             content: self.content.clone(),
         })
         .unwrap_or_default()
@@ -78,14 +124,23 @@ impl Envelope {
         }
         let wire: Wire = serde_json::from_slice(bytes)
             .map_err(|_| CoreError::Malformed("content is not a known envelope".into()))?;
-        if wire.v != CONTENT_VERSION {
-            return Err(CoreError::Malformed(format!(
-                "unsupported content version {}",
-                wire.v
-            )));
+        match wire.v {
+            2 if wire.n.is_none() && wire.kt.is_none() => {}
+            // Stores keep counters as SQLite integers.
+            CONTENT_VERSION if wire.n.is_none_or(|n| n > 0 && i64::try_from(n).is_ok()) => {}
+            CONTENT_VERSION => {
+                return Err(CoreError::Malformed("message counter out of range".into()));
+            }
+            v => {
+                return Err(CoreError::Malformed(format!(
+                    "unsupported content version {v}"
+                )));
+            }
         }
         Ok(Envelope {
             sent_at: wire.sent_at,
+            counter: wire.n,
+            log_root: wire.kt,
             content: wire.content.check()?,
         })
     }

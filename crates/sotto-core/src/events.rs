@@ -82,6 +82,16 @@ pub enum Event {
         /// How many.
         count: u64,
     },
+    /// Messages a device of `from` sent to this conversation never arrived: its counter
+    /// skipped `count` of them.
+    Missing {
+        /// Whose device.
+        from: Username,
+        /// The device's id.
+        device: String,
+        /// How many messages are missing.
+        count: u64,
+    },
     /// A message the server says came from `from` could not be read.
     Unreadable {
         /// The server's word on who sent it.
@@ -119,6 +129,7 @@ impl std::fmt::Debug for Event {
             Event::GroupStaysGroup { by } => write!(f, "GroupStaysGroup({by})"),
             Event::OneToOneStaysUnnamed { by, .. } => write!(f, "OneToOneStaysUnnamed({by})"),
             Event::Dropped { count } => write!(f, "Dropped({count})"),
+            Event::Missing { from, count, .. } => write!(f, "Missing({count} from {from})"),
             Event::Unreadable { from, .. } => write!(f, "Unreadable(from {from})"),
             Event::Undelivered { .. } => f.write_str("Undelivered"),
             Event::NobodyToRemove => f.write_str("NobodyToRemove"),
@@ -143,6 +154,10 @@ pub struct MemberChange {
     /// Single devices to remove (a device removed from its account), whose users stay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_devices: Vec<sotto_proto::DeviceAddr>,
+    /// Whether to give this device's leaf fresh keys (post-compromise healing), when nothing
+    /// else changes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub heal: bool,
 }
 
 /// A device to add on its own, with its KeyPackage.

@@ -13,6 +13,7 @@
 
 use crate::identity::DeviceKey;
 use crate::{CoreError, Envelope, MlsOp, MlsProvider, mls_err};
+use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::prelude::*;
 use sotto_proto::DeviceAddr;
 use tls_codec::{Deserialize as _, Serialize as _};
@@ -225,6 +226,24 @@ pub fn remove<P: MlsProvider>(
     })
 }
 
+/// Stages a commit that gives this device's leaf fresh keys (post-compromise healing), sent
+/// at `sent_at`.
+pub fn update<P: MlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    group: &mut MlsGroup,
+    sent_at: u64,
+) -> Result<CommitOut, CoreError> {
+    group.set_aad(sent_at.to_be_bytes().to_vec());
+    let bundle = group
+        .self_update(provider, device, LeafNodeParameters::default())
+        .map_err(mls_err(MlsOp::Update))?;
+    Ok(CommitOut {
+        commit: serialize(bundle.commit())?,
+        welcome: None,
+    })
+}
+
 /// Applies this device's pending commit after the server accepted it.
 pub fn merge_pending<P: MlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), CoreError> {
     group
@@ -335,7 +354,16 @@ pub fn process<P: MlsProvider>(
         .map_err(|_| CoreError::Malformed("not a group message".into()))?;
     let processed = group
         .process_message(provider, protocol)
-        .map_err(mls_err(MlsOp::Process))?;
+        .map_err(|e| match e {
+            // The key of this message was used and deleted: it came before.
+            ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
+                MessageDecryptionError::SecretTreeError(SecretTreeError::SecretReuseError),
+            )) => CoreError::Security(
+                "this message came before (its key is used up): a replay, refused".into(),
+            ),
+            e => mls_err(MlsOp::Process)(e),
+        })?;
+    let is_member = matches!(processed.sender(), Sender::Member(_));
     let sender_cred = processed.credential().clone();
     let sender = member_device(&sender_cred, &[])?.addr;
     let sent_at = <[u8; 8]>::try_from(processed.aad())
@@ -346,6 +374,11 @@ pub fn process<P: MlsProvider>(
             sender,
             envelope: Envelope::decode(&app.into_bytes())?,
         }),
+        // Only a member commits: a joiner's own commit (an external join, which needs the
+        // group's public state) would let whoever holds that state add itself.
+        ProcessedMessageContent::StagedCommitMessage(_) if !is_member => Err(CoreError::Security(
+            "a commit made by no member of the group (an external join) is refused".into(),
+        )),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
             let added = staged
                 .add_proposals()

@@ -23,7 +23,7 @@ pub mod suite;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
-pub use content::{Content, Envelope};
+pub use content::{Content, Envelope, LogRoot};
 pub use engine::Engine;
 pub use error::{ClientError, StoreError};
 pub use events::Event;
@@ -47,6 +47,8 @@ pub enum MlsOp {
     Add,
     /// Committing a removal.
     Remove,
+    /// Committing an update of this device's own leaf.
+    Update,
     /// Merging this device's own commit.
     MergeCommit,
     /// Discarding this device's own commit.
@@ -65,6 +67,7 @@ impl std::fmt::Display for MlsOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             MlsOp::Encode => "encoding a message",
+            MlsOp::Update => "committing an update of this device's keys",
             MlsOp::NewKeyPackage => "making a KeyPackage",
             MlsOp::CreateGroup => "creating a group",
             MlsOp::LoadGroup => "loading a group",

@@ -210,6 +210,8 @@ fn a_rotated_signature_key_is_surfaced_for_the_directory_check() {
 fn envelope(content: Content) -> Envelope {
     Envelope {
         sent_at: 1_700_000_000,
+        counter: Some(1),
+        log_root: None,
         content,
     }
 }
@@ -225,7 +227,7 @@ fn content_decoding_rejects_what_it_does_not_know() {
     for bad in [
         // Version 1 had no sender time.
         &br#"{"v":1,"type":"text","body":"hi"}"#[..],
-        br#"{"v":3,"sent_at":1,"type":"text","body":"hi"}"#,
+        br#"{"v":4,"sent_at":1,"type":"text","body":"hi"}"#,
         br#"{"v":2,"type":"text","body":"hi"}"#,
         br#"{"v":2,"sent_at":1,"type":"video","url":"x"}"#,
         br#"{"v":2,"sent_at":1,"type":"group_info","name":""}"#,

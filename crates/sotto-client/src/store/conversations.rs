@@ -91,3 +91,17 @@ pub(super) fn deactivate(conn: &Connection, group: &GroupId) -> rusqlite::Result
         .execute([group.as_bytes()])?;
     Ok(())
 }
+
+pub(super) fn healed_at(conn: &Connection, group: &GroupId) -> rusqlite::Result<Option<u64>> {
+    let at: Option<Option<i64>> = conn
+        .prepare_cached("SELECT healed_at FROM conversations WHERE group_id = ?1")?
+        .query_row([group.as_bytes()], |r| r.get(0))
+        .optional()?;
+    Ok(at.flatten().map(unsigned))
+}
+
+pub(super) fn set_healed_at(conn: &Connection, group: &GroupId, at: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE conversations SET healed_at = ?2 WHERE group_id = ?1")?
+        .execute(params![group.as_bytes(), integer(at)])?;
+    Ok(())
+}

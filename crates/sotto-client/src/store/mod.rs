@@ -4,6 +4,7 @@
 //! (`settings`, `conversations`, `history`, `outbox`), this file opens and migrates.
 
 mod conversations;
+mod counters;
 mod history;
 mod outbox;
 mod provider;
@@ -20,7 +21,7 @@ use sotto_core::store::{
     ClientStore, Contact, ConversationRecord, HistoryRecord, OutboxEntry, OutboxRecord, Setting,
     StoreTx, Unshown, UnshownEntry,
 };
-use sotto_proto::{GroupId, Username};
+use sotto_proto::{DeviceAddr, GroupId, Username};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -96,6 +97,20 @@ ALTER TABLE messages ADD COLUMN event TEXT;
 "#,
     r#"
 ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Each sender's message counter per group, the log roots seen, a message's counter in
+    // the outbox, and when this device last updated its own leaf in each group.
+    r#"
+CREATE TABLE counters (
+    group_id BLOB NOT NULL,
+    user TEXT NOT NULL,
+    device TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user, device)
+);
+CREATE TABLE log_roots (epoch INTEGER PRIMARY KEY, root BLOB NOT NULL);
+ALTER TABLE outbox ADD COLUMN counter INTEGER;
+ALTER TABLE conversations ADD COLUMN healed_at INTEGER;
 "#,
 ];
 
@@ -399,6 +414,39 @@ impl StoreTx for SqlTx<'_> {
 
     fn deactivate_conversation(&self, group: &GroupId) -> Result<(), StoreError> {
         Ok(conversations::deactivate(&self.conn, group)?)
+    }
+
+    fn healed_at(&self, group: &GroupId) -> Result<Option<u64>, StoreError> {
+        Ok(conversations::healed_at(&self.conn, group)?)
+    }
+
+    fn set_healed_at(&self, group: &GroupId, at: u64) -> Result<(), StoreError> {
+        Ok(conversations::set_healed_at(&self.conn, group, at)?)
+    }
+
+    fn counter(&self, group: &GroupId, sender: &DeviceAddr) -> Result<Option<u64>, StoreError> {
+        Ok(counters::counter(&self.conn, group, sender)?)
+    }
+
+    fn set_counter(
+        &self,
+        group: &GroupId,
+        sender: &DeviceAddr,
+        counter: u64,
+    ) -> Result<(), StoreError> {
+        Ok(counters::set_counter(&self.conn, group, sender, counter)?)
+    }
+
+    fn forget_counters(&self, group: &GroupId, keep: &DeviceAddr) -> Result<(), StoreError> {
+        Ok(counters::forget(&self.conn, group, keep)?)
+    }
+
+    fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        counters::log_root(&self.conn, epoch)
+    }
+
+    fn put_log_root(&self, epoch: u64, root: &[u8; 32]) -> Result<(), StoreError> {
+        Ok(counters::put_log_root(&self.conn, epoch, root)?)
     }
 
     fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError> {

@@ -12,8 +12,8 @@ pub(super) fn put(conn: &Connection, e: &OutboxRecord) -> Result<(), StoreError>
         Outgoing::Commit(change) => ("commit", serde_json::to_string(change)?),
     };
     conn.prepare_cached(
-        "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO outbox (client_id, group_id, kind, request, content, created_at, counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         e.client_id,
@@ -21,20 +21,29 @@ pub(super) fn put(conn: &Connection, e: &OutboxRecord) -> Result<(), StoreError>
         kind,
         serde_json::to_string(&e.request)?,
         content,
-        integer(e.created_at)
+        integer(e.created_at),
+        e.counter.map(integer)
     ])?;
     Ok(())
 }
 
-type Row = (String, Vec<u8>, String, String, Option<String>, i64);
+type Row = (
+    String,
+    Vec<u8>,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
 
 /// Every entry, oldest first; one that does not decode comes back as damaged, so that it
 /// cannot block the others.
 pub(super) fn all(conn: &Connection) -> Result<Vec<OutboxEntry>, StoreError> {
     let rows: Vec<Row> = conn
         .prepare_cached(
-            "SELECT client_id, group_id, kind, request, content, created_at FROM outbox
-             ORDER BY created_at, rowid",
+            "SELECT client_id, group_id, kind, request, content, created_at, counter
+             FROM outbox ORDER BY created_at, rowid",
         )?
         .query_map([], |r| {
             Ok((
@@ -44,6 +53,7 @@ pub(super) fn all(conn: &Connection) -> Result<Vec<OutboxEntry>, StoreError> {
                 r.get(3)?,
                 r.get(4)?,
                 r.get(5)?,
+                r.get(6)?,
             ))
         })?
         .collect::<Result<_, _>>()?;
@@ -63,7 +73,7 @@ pub(super) fn all(conn: &Connection) -> Result<Vec<OutboxEntry>, StoreError> {
 }
 
 fn decode(
-    (client_id, group, kind, request, content, created_at): Row,
+    (client_id, group, kind, request, content, created_at, counter): Row,
 ) -> Result<OutboxRecord, StoreError> {
     let content = content.as_deref().unwrap_or("null");
     let outgoing = match kind.as_str() {
@@ -77,6 +87,7 @@ fn decode(
         request: serde_json::from_str(&request)?,
         outgoing,
         created_at: unsigned(created_at),
+        counter: counter.map(unsigned),
     })
 }
 

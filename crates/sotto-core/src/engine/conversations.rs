@@ -85,6 +85,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             if attempt > 0 {
                 self.pull().await?;
             }
+            // Path secrets go to every leaf that stays: each must still be in its owner's
+            // list.
+            self.verify_recipients(gid, |m| {
+                !remove.contains(&m.addr.user) && !change.remove_devices.contains(&m.addr)
+            })
+            .await?;
             let members =
                 self.tx(|tx| self.with_active_group(tx, gid, |_, g| Ok(group::members(g)?)))?;
             let is_member = |u: &Username| members.iter().any(|m| &m.addr.user == u);
@@ -101,7 +107,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 .iter()
                 .filter(|d| !members.iter().any(|m| m.addr == d.addr))
                 .collect();
-            if to_add.is_empty() && to_remove.is_empty() && devices.is_empty() {
+            if to_add.is_empty() && to_remove.is_empty() && devices.is_empty() && !change.heal {
                 return Ok(Vec::new());
             }
             let mut claimed = Vec::new();
@@ -173,10 +179,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         return Ok(None);
                     }
                     let addressing = self.addressing(g, sotto_proto::limits::MAX_RECIPIENTS)?;
-                    let out = if key_packages.is_empty() {
+                    let out = if !key_packages.is_empty() {
+                        group::add(p, &self.device, g, &key_packages, sent_at)?
+                    } else if !to_remove.is_empty() {
                         group::remove(p, &self.device, g, &to_remove, sent_at)?
                     } else {
-                        group::add(p, &self.device, g, &key_packages, sent_at)?
+                        group::update(p, &self.device, g, sent_at)?
                     };
                     Ok(Some((addressing, out)))
                 })?;
@@ -211,6 +219,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     request: req.clone(),
                     outgoing: Outgoing::Commit(change.clone()),
                     created_at: sent_at,
+                    counter: None,
                 })?;
                 Ok(Some(req))
             })?;
@@ -249,7 +258,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             .store
             .read(|tx| tx.conversation(gid))?
             .and_then(|c| c.name);
-        self.send_content(gid, &Content::GroupInfo { name }, self.now())
+        self.send_content(gid, &Content::GroupInfo { name }, self.now(), None)
             .await
             .map(drop)
     }
@@ -344,7 +353,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 self.change_members(&gid, std::slice::from_ref(&peer), &[])
                     .await?;
             }
-            self.send_content(&gid, &content, self.now()).await
+            self.send_content(&gid, &content, self.now(), None).await
         }
         .await;
         self.recorded(sent)
@@ -360,7 +369,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let sent = async {
             self.exchange().await?;
             let gid = self.group_by_name(name)?;
-            self.send_content(&gid, &content, self.now()).await
+            self.send_content(&gid, &content, self.now(), None).await
         }
         .await;
         self.recorded(sent)

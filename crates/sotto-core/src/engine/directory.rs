@@ -7,11 +7,11 @@
 
 use super::sync::ApplyError;
 use super::{Engine, lock};
-use crate::group::MemberDevice;
+use crate::group::{self, MemberDevice};
 use crate::store::{ClientStore, StoreTx};
 use crate::{ClientError, Transport, safety};
 use sotto_proto::device_list::{DeviceList, parse_verifying_key};
-use sotto_proto::{ErrorCode, Username};
+use sotto_proto::{ErrorCode, GroupId, Username};
 
 /// What a fetch does with a contact's identity key that is not the one pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,5 +167,30 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Checks every device of `gid` that `stays` against its owner's device list as the log
+    /// holds it (fetched once per sync), before this device encrypts anything to them: a
+    /// device its owner removed, which the group still holds, is refused, and nothing is
+    /// sent. (A device a commit removes gets nothing of it.)
+    pub(super) async fn verify_recipients(
+        &self,
+        gid: &GroupId,
+        stays: impl Fn(&MemberDevice) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut members =
+            self.tx(|tx| self.with_active_group(tx, gid, |_, g| Ok(group::members(g)?)))?;
+        members.retain(|m| stays(m));
+        loop {
+            match self.verify_members(&members) {
+                Ok(()) => return Ok(()),
+                Err(ApplyError::NeedLists(users)) => {
+                    for user in users {
+                        self.fetch_device_list(&user).await?;
+                    }
+                }
+                Err(ApplyError::Failed(e)) => return Err(e),
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod devices;
 pub mod directory;
+pub(crate) mod healing;
 pub mod history;
 mod key_packages;
 pub mod linking;
@@ -25,6 +26,7 @@ pub mod sync;
 #[cfg(test)]
 mod tests;
 pub mod transparency;
+pub mod vouched;
 
 use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Clock, DeviceKey, IdentityKey, Transport, group};

@@ -33,19 +33,28 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         self.transport.send(&token, gid, req).await
     }
 
-    /// Encrypts and sends `content` to a group, rebasing on concurrent commits.
+    /// Encrypts and sends `content` to a group, rebasing on concurrent commits. `counter` is
+    /// the message's counter if it has one (it is sent again), or `None` for a new message.
     pub(super) async fn send_content(
         &self,
         gid: &GroupId,
         content: &Content,
         sent_at: u64,
+        counter: Option<u64>,
     ) -> Result<SendResponse, ClientError> {
-        let envelope = Envelope {
-            sent_at,
-            content: content.clone(),
-        };
+        let mut counter = counter;
         for _ in 0..MAX_ATTEMPTS {
-            let req = self.prepare_message(gid, &envelope)?;
+            self.verify_recipients(gid, |_| true).await?;
+            let mut envelope = Envelope {
+                sent_at,
+                counter,
+                // The newest root, as of this attempt (a rebase may have seen a newer one).
+                log_root: self.store.read(|tx| self.vouched_root(tx))?,
+                content: content.clone(),
+            };
+            let req = self.prepare_message(gid, &mut envelope)?;
+            // Kept for the next attempts: the same message, the same count.
+            counter = envelope.counter;
             match self.post(gid, &req).await {
                 Ok(resp) => {
                     self.accepted(gid, req.client_id, envelope.clone(), resp.clone());
@@ -67,14 +76,18 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// Encrypts `envelope` for the group and writes the request to the outbox, in one
-    /// transaction (which also records the sends accepted since the last one). Returns the
-    /// request to post.
+    /// transaction (which also records the sends accepted since the last one). An envelope
+    /// with no counter is given this device's next one in the group, counted as used from
+    /// then on. Returns the request to post.
     pub fn prepare_message(
         &self,
         gid: &GroupId,
-        envelope: &Envelope,
+        envelope: &mut Envelope,
     ) -> Result<SendRequest, ClientError> {
         self.tx(|tx| {
+            if envelope.counter.is_none() {
+                envelope.counter = Some(self.next_counter(tx, gid)?);
+            }
             let req = self.with_active_group(tx, gid, |p, g| {
                 let (recipients, to_roster) = self.addressing(g, NAMED_RECIPIENTS)?;
                 Ok(SendRequest {
@@ -92,6 +105,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 request: req.clone(),
                 outgoing: Outgoing::Message(envelope.content.clone()),
                 created_at: envelope.sent_at,
+                counter: envelope.counter,
             })?;
             Ok(req)
         })
@@ -166,6 +180,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             group::merge_pending(p, g)?;
             Ok::<_, ClientError>((before, group::members(g)?))
         })?;
+        // A commit that removes someone or updates this device's leaf gives the leaf fresh
+        // keys: healed.
+        if super::healing::removes_any(&before, &after) || before == after {
+            tx.set_healed_at(gid, self.now())?;
+        }
         let events = self.describe(self.me(), &before, &after);
         for (i, event) in events.iter().enumerate() {
             tx.add_history(&HistoryRecord {
@@ -227,6 +246,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     client_id: entry.client_id.clone(),
                     envelope: Envelope {
                         sent_at: entry.created_at,
+                        counter: entry.counter,
+                        log_root: None,
                         content: content.clone(),
                     },
                     response,
@@ -247,7 +268,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             (Outgoing::Message(content), Err(_)) => {
                 self.pull().await?;
                 self.drop_outbox(&entry.client_id)?;
-                self.send_content(gid, content, entry.created_at)
+                self.send_content(gid, content, entry.created_at, entry.counter)
                     .await
                     .map(drop)
             }

@@ -104,7 +104,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             Err(e @ ClientError::Security(_)) => Err(e),
             // The account's list, once the log holds it, says which of its devices belong in
             // its conversations.
-            Ok(true) if pulled.is_ok() => self.remove_unlisted_own_devices().await,
+            Ok(true) if pulled.is_ok() => {
+                self.remove_unlisted_own_devices().await?;
+                self.heal_due().await
+            }
+            Ok(_) if pulled.is_ok() => self.heal_due().await,
             monitored => pulled.and(monitored.map(drop)),
         }
     }
@@ -273,6 +277,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 lock(&self.cache).groups.remove(gid);
                 let g = group::join(&tx.mls(), m.message.as_slice(), gid.as_bytes())?;
                 self.verify_members(&group::members(&g)?)?;
+                // Counted afresh from here: what others sent while this device was out of
+                // the group (removed and added back) is not missing.
+                tx.forget_counters(gid, self.me())?;
                 // A member removed earlier and added back rejoins its conversation, which
                 // stays what it was (a group, or a one-to-one conversation).
                 tx.upsert_conversation(&ConversationRecord {
@@ -301,6 +308,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                             let summary = group::merge_staged(provider, g, staged)?;
                             let after = group::members(g)?;
                             let events = self.describe(&summary.committer, &before, &after);
+                            // Whoever was removed may hold this device's leaf keys: they are
+                            // renewed at once.
+                            if super::healing::removes_any(&before, &after) && !summary.self_removed
+                            {
+                                tx.set_healed_at(gid, 0)?;
+                            }
                             for (i, event) in events.into_iter().enumerate() {
                                 tx.add_history(&HistoryRecord {
                                     id: format!("{}.{i}", m.id),
@@ -331,6 +344,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         sender: &DeviceAddr,
         envelope: Envelope,
     ) -> Result<(), ClientError> {
+        self.check_vouched(tx, &m.group_id, m.id, sender, &envelope)?;
         let item = match envelope.content {
             Content::Text { body } => Some(HistoryItem::Text(body)),
             Content::GroupInfo { name } => {

@@ -311,9 +311,17 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// Remembers the newest (epoch, root) seen; refuses an older epoch, or another root for
-    /// the same one.
+    /// the same one or for one a member vouched for.
     fn note_head(&self, epoch: u64, root: [u8; 32]) -> Result<(), ClientError> {
         self.tx(|tx| {
+            if tx.log_root(epoch)?.is_some_and(|held| held != root) {
+                return Err(ClientError::Security(format!(
+                    "the server's key-transparency root for epoch {epoch} is not the one a \
+                     member of your conversations verified: the server is showing its users \
+                     different logs"
+                )));
+            }
+            tx.put_log_root(epoch, &root)?;
             if let Some(head) = tx.setting(Setting::KtHead)? {
                 let (seen, seen_root) = head
                     .split_first_chunk::<8>()

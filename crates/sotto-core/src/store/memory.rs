@@ -3,14 +3,14 @@
 //! (the copy costs the size of the store per transaction: not for real use).
 
 use super::{
-    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, OutboxEntry,
-    OutboxRecord, Setting, StoreTx, Unshown, UnshownEntry,
+    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, LOG_ROOTS_KEPT,
+    OutboxEntry, OutboxRecord, Setting, StoreTx, Unshown, UnshownEntry,
 };
 use crate::StoreError;
 use openmls_libcrux_crypto::CryptoProvider;
 use openmls_memory_storage::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
-use sotto_proto::{GroupId, Username};
+use sotto_proto::{DeviceAddr, GroupId, Username};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -24,6 +24,9 @@ struct State {
     processed: BTreeSet<u64>,
     contacts: BTreeMap<Username, Contact>,
     outbox: Vec<OutboxRecord>,
+    healed: BTreeMap<GroupId, u64>,
+    counters: BTreeMap<(GroupId, DeviceAddr), u64>,
+    log_roots: BTreeMap<u64, [u8; 32]>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
 
@@ -228,6 +231,55 @@ impl StoreTx for MemoryTx<'_> {
             .find(|c| &c.group == group)
         {
             c.active = false;
+        }
+        Ok(())
+    }
+
+    fn healed_at(&self, group: &GroupId) -> Result<Option<u64>, StoreError> {
+        Ok(self.work.borrow().healed.get(group).copied())
+    }
+
+    fn set_healed_at(&self, group: &GroupId, at: u64) -> Result<(), StoreError> {
+        let mut work = self.work.borrow_mut();
+        if work.conversations.iter().any(|c| &c.group == group) {
+            work.healed.insert(group.clone(), at);
+        }
+        Ok(())
+    }
+
+    fn counter(&self, group: &GroupId, sender: &DeviceAddr) -> Result<Option<u64>, StoreError> {
+        let key = (group.clone(), sender.clone());
+        Ok(self.work.borrow().counters.get(&key).copied())
+    }
+
+    fn set_counter(
+        &self,
+        group: &GroupId,
+        sender: &DeviceAddr,
+        counter: u64,
+    ) -> Result<(), StoreError> {
+        let key = (group.clone(), sender.clone());
+        self.work.borrow_mut().counters.insert(key, counter);
+        Ok(())
+    }
+
+    fn forget_counters(&self, group: &GroupId, keep: &DeviceAddr) -> Result<(), StoreError> {
+        self.work
+            .borrow_mut()
+            .counters
+            .retain(|(g, sender), _| g != group || sender == keep);
+        Ok(())
+    }
+
+    fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.work.borrow().log_roots.get(&epoch).copied())
+    }
+
+    fn put_log_root(&self, epoch: u64, root: &[u8; 32]) -> Result<(), StoreError> {
+        let mut work = self.work.borrow_mut();
+        work.log_roots.entry(epoch).or_insert(*root);
+        while work.log_roots.len() > LOG_ROOTS_KEPT {
+            work.log_roots.pop_first();
         }
         Ok(())
     }

@@ -14,6 +14,9 @@ use crate::{Content, StoreError};
 use sotto_proto::api::SendRequest;
 use sotto_proto::{DeviceAddr, GroupId, Username};
 
+/// How many key-transparency roots a store keeps, the newest epochs'.
+pub const LOG_ROOTS_KEPT: usize = 4096;
+
 /// A setting of the account on this device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -211,6 +214,8 @@ pub struct OutboxRecord {
     pub outgoing: Outgoing,
     /// When it was made: the sender's `sent_at`.
     pub created_at: u64,
+    /// A message's counter ([`crate::Envelope::counter`]), kept when it is encrypted again.
+    pub counter: Option<u64>,
 }
 
 /// An outbox entry as read back: whole, or too damaged to send (it is then dropped and the
@@ -310,6 +315,33 @@ pub trait StoreTx {
     ) -> Result<(), StoreError>;
     /// Marks a conversation inactive: this device was removed.
     fn deactivate_conversation(&self, group: &GroupId) -> Result<(), StoreError>;
+    /// When this device last updated its own leaf in `group` (0: it is due now); `None` if
+    /// it never said, when the conversation's start counts.
+    fn healed_at(&self, group: &GroupId) -> Result<Option<u64>, StoreError>;
+    /// Sets when this device last updated its own leaf in `group`.
+    fn set_healed_at(&self, group: &GroupId, at: u64) -> Result<(), StoreError>;
+
+    /// The last counter of `sender`'s messages in `group`: the last one seen from another
+    /// device, this device's own last one used.
+    fn counter(&self, group: &GroupId, sender: &DeviceAddr) -> Result<Option<u64>, StoreError>;
+    /// Sets the last counter of `sender`'s messages in `group`.
+    fn set_counter(
+        &self,
+        group: &GroupId,
+        sender: &DeviceAddr,
+        counter: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets the counters of every sender in `group` but `keep` (this device joined the
+    /// group again: what others sent while it was out is not missing).
+    fn forget_counters(&self, group: &GroupId, keep: &DeviceAddr) -> Result<(), StoreError>;
+
+    /// The key-transparency root this device holds for `epoch`: one it verified, or one a
+    /// member vouched for in a message.
+    fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError>;
+    /// Keeps `root` for `epoch`, unless a root is kept for it; only the newest
+    /// [`LOG_ROOTS_KEPT`] epochs are kept.
+    fn put_log_root(&self, epoch: u64, root: &[u8; 32]) -> Result<(), StoreError>;
 
     /// Stores a history entry; an id already stored is left as it is.
     fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError>;

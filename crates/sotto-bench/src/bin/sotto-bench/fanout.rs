@@ -74,6 +74,8 @@ pub async fn run(
     for i in 0..args.messages {
         let envelope = Envelope {
             sent_at: 0,
+            counter: Some(i as u64 + 1),
+            log_root: Some(sotto_bench::VOUCHED_ROOT),
             content: Content::Text { body: text.clone() },
         };
         let mls = group::encrypt(

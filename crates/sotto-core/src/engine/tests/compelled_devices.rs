@@ -1,9 +1,11 @@
 //! A compelled server against an account's devices: a device of the operator's put into a
-//! list without the identity key's signature (attack a), and a list rolled back to an
-//! older signed revision that still holds a removed device (attack b).
+//! list without the identity key's signature (attack a), a list rolled back to an older
+//! signed revision that still holds a removed device (attack b), and a removed device kept
+//! in a conversation (attack e).
 
-use super::local::{LocalServer, recv, user};
+use super::local::{LocalServer, event, recv, text, user};
 use crate::ClientError;
+use crate::events::Event;
 use sotto_proto::api::ValidRegistration;
 use sotto_proto::device_list::{DeviceList, SignedDeviceListIn, parse_verifying_key};
 use sotto_server::storage::{AccountStore as _, ServerStore as _};
@@ -79,4 +81,52 @@ async fn a_list_rolled_back_to_a_signed_revision_holding_a_removed_device_alarms
         panic!("no alarm: {e:?}");
     };
     assert!(reason.contains("version"), "{reason}");
+}
+
+/// Bob removes his laptop from his list, but the commit taking it out of his conversation
+/// with alice never lands (the operator held it back): alice's group still holds the laptop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_kept_in_a_conversation_gets_nothing_until_its_owner_takes_it_out() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let (laptop, ..) = server.link(&bob, "laptop", false).await;
+    alice.send_text("bob", "hi both").await.unwrap();
+    assert!(recv(&laptop).await.contains(&text("alice", "hi both")));
+    recv(&bob).await;
+    let token = bob.token().await.unwrap();
+    bob.publish_without(&token, laptop.me().device)
+        .await
+        .unwrap();
+
+    let storage = bob.transport().storage();
+    let before = storage.stats().await.unwrap();
+    let e = alice.send_text("bob", "for bob only").await.unwrap_err();
+    let ClientError::Security(reason) = e else {
+        panic!("not refused as a security failure: {e:?}");
+    };
+    let device = laptop.me().device.to_string();
+    assert!(
+        reason.contains("bob") && reason.contains(&device),
+        "{reason}"
+    );
+    assert_eq!(storage.stats().await.unwrap().messages, before.messages);
+
+    // Bob's next sync takes the laptop out; alice sees it, and writes again.
+    bob.sync().await.unwrap();
+    let seen = recv(&alice).await;
+    assert!(
+        seen.iter().any(|s| *s
+            == event(
+                "bob",
+                Event::DeviceRemoved {
+                    by: user("bob"),
+                    user: user("bob"),
+                    device: device.clone()
+                }
+            )),
+        "{seen:?}"
+    );
+    alice.send_text("bob", "for bob only").await.unwrap();
+    assert_eq!(recv(&bob).await, [text("alice", "for bob only")]);
 }

@@ -2,7 +2,7 @@
 //! server holds, and reach every member; a member who declares a false roster cuts devices
 //! off until the next commit names them.
 
-use super::local::{Device, LocalServer, add_declaring, added, joined, recv, text};
+use super::local::{Device, LocalServer, add_declaring, added, joined, missing, recv, text};
 use crate::engine::NAMED_RECIPIENTS;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -115,7 +115,11 @@ async fn a_false_roster_cuts_devices_off_a_large_groups_messages_until_the_next_
     assert_eq!(recv(&erin).await, [joined("m002")]);
     assert_eq!(recv(victim).await, [added("m002", "erin")]);
     alice.send_group_text("big", "with you").await.unwrap();
-    assert_eq!(recv(victim).await, [text("alice", "with you")]);
+    // Alice's counter shows the victim what it missed.
+    assert_eq!(
+        recv(victim).await,
+        [missing(&alice, 1), text("alice", "with you")]
+    );
     victim.send_group_text("big", "back").await.unwrap();
     assert_eq!(
         recv(&alice).await,

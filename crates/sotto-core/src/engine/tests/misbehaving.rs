@@ -27,7 +27,7 @@ async fn a_group_info_without_a_name_cannot_turn_a_group_into_a_one_to_one() {
     // Alice, a member, describes the group as her one-to-one conversation with bob.
     let gid = alice.group_by_name("team").unwrap();
     let unnamed = Content::GroupInfo { name: None };
-    alice.send_content(&gid, &unnamed, 1).await.unwrap();
+    alice.send_content(&gid, &unnamed, 1, None).await.unwrap();
     assert_eq!(
         recv(&bob).await,
         [event("alice", Event::GroupStaysGroup { by: user("alice") })]
@@ -52,7 +52,7 @@ async fn a_new_group_name_from_a_member_is_shown_as_an_event() {
         name: Some("crew".into()),
     };
     let gid = alice.group_by_name("team").unwrap();
-    alice.send_content(&gid, &renamed, 1).await.unwrap();
+    alice.send_content(&gid, &renamed, 1, None).await.unwrap();
     assert_eq!(
         recv(&bob).await,
         [event(

@@ -8,10 +8,13 @@
 
 mod compelled;
 mod compelled_devices;
+mod healing;
 mod large_group;
 mod linking;
 mod local;
 mod misbehaving;
+mod outsider;
 mod seen;
 mod three_users;
 mod verify;
+mod vouched;

@@ -44,6 +44,19 @@ pub fn event(by: &str, event: Event) -> Seen {
     (Some(user(by)), HistoryItem::Event(event))
 }
 
+/// `count` messages from `from`'s device `device` never arrived (a notice: no sender).
+pub fn missing(from: &Device, count: u64) -> Seen {
+    let from = from.me();
+    (
+        None,
+        HistoryItem::Event(Event::Missing {
+            from: from.user.clone(),
+            device: from.device.to_string(),
+            count,
+        }),
+    )
+}
+
 /// `by` added `who`.
 pub fn added(by: &str, who: &str) -> Seen {
     event(

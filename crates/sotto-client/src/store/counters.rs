@@ -1,0 +1,90 @@
+//! What this device keeps to catch a server that lies about the order of things: the last
+//! counter of each sender's messages in each group, and the key-transparency roots it verified
+//! or that members vouched for.
+
+use super::{integer, unsigned};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use sotto_core::StoreError;
+use sotto_core::store::LOG_ROOTS_KEPT;
+use sotto_proto::{DeviceAddr, GroupId};
+
+pub(super) fn counter(
+    conn: &Connection,
+    group: &GroupId,
+    sender: &DeviceAddr,
+) -> rusqlite::Result<Option<u64>> {
+    let n: Option<i64> = conn
+        .prepare_cached(
+            "SELECT counter FROM counters WHERE group_id = ?1 AND user = ?2 AND device = ?3",
+        )?
+        .query_row(
+            params![
+                group.as_bytes(),
+                sender.user.as_str(),
+                sender.device.to_string()
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(n.map(unsigned))
+}
+
+pub(super) fn set_counter(
+    conn: &Connection,
+    group: &GroupId,
+    sender: &DeviceAddr,
+    counter: u64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO counters (group_id, user, device, counter) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (group_id, user, device) DO UPDATE SET counter = excluded.counter",
+    )?
+    .execute(params![
+        group.as_bytes(),
+        sender.user.as_str(),
+        sender.device.to_string(),
+        integer(counter)
+    ])?;
+    Ok(())
+}
+
+pub(super) fn forget(
+    conn: &Connection,
+    group: &GroupId,
+    keep: &DeviceAddr,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM counters WHERE group_id = ?1 AND NOT (user = ?2 AND device = ?3)",
+    )?
+    .execute(params![
+        group.as_bytes(),
+        keep.user.as_str(),
+        keep.device.to_string()
+    ])?;
+    Ok(())
+}
+
+pub(super) fn log_root(conn: &Connection, epoch: u64) -> Result<Option<[u8; 32]>, StoreError> {
+    let root: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT root FROM log_roots WHERE epoch = ?1")?
+        .query_row([integer(epoch)], |r| r.get(0))
+        .optional()?;
+    root.map(|r| {
+        <[u8; 32]>::try_from(r).map_err(|_| StoreError::new("a stored log root is not 32 bytes"))
+    })
+    .transpose()
+}
+
+pub(super) fn put_log_root(conn: &Connection, epoch: u64, root: &[u8; 32]) -> rusqlite::Result<()> {
+    let added = conn
+        .prepare_cached("INSERT OR IGNORE INTO log_roots (epoch, root) VALUES (?1, ?2)")?
+        .execute(params![integer(epoch), &root[..]])?;
+    if added > 0 {
+        conn.prepare_cached(
+            "DELETE FROM log_roots WHERE epoch NOT IN
+                 (SELECT epoch FROM log_roots ORDER BY epoch DESC LIMIT ?1)",
+        )?
+        .execute([i64::try_from(LOG_ROOTS_KEPT).unwrap_or(i64::MAX)])?;
+    }
+    Ok(())
+}

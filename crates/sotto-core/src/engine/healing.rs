@@ -1,0 +1,59 @@
+//! Post-compromise healing on a schedule (DESIGN G2): a device gives its own leaf in each of
+//! its conversations fresh keys once a week (at its first sync after that) and right after a
+//! member or device is removed, so that whoever stole its keys, or left, stops reading along.
+//!
+//! A commit of this device that removes someone renews its leaf too; a conversation is due
+//! again a week after its last renewal, or after its start when it had none.
+
+use super::Engine;
+use crate::events::MemberChange;
+use crate::group::MemberDevice;
+use crate::store::{ClientStore, StoreTx};
+use crate::{ClientError, Transport};
+
+/// How often a device renews its leaf in each conversation: a week, in seconds.
+pub const HEAL_EVERY: u64 = 7 * 24 * 3600;
+
+/// Whether a commit that took a group from `before` to `after` removed a device.
+pub(super) fn removes_any(before: &[MemberDevice], after: &[MemberDevice]) -> bool {
+    before
+        .iter()
+        .any(|m| !after.iter().any(|a| a.addr == m.addr))
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
+    /// Renews this device's leaf in every active conversation where it is due. One that
+    /// cannot be renewed now (no connection) waits for the next sync; one the server refuses
+    /// is told to the user and tried again after the interval.
+    pub(super) async fn heal_due(&self) -> Result<(), ClientError> {
+        let now = self.now();
+        let due = self.store.read(|tx| {
+            let mut due = Vec::new();
+            for c in tx.conversations()? {
+                let healed = tx.healed_at(&c.group)?.unwrap_or(c.created_at);
+                if c.active && healed.saturating_add(HEAL_EVERY) <= now {
+                    due.push(c.group);
+                }
+            }
+            Ok::<_, ClientError>(due)
+        })?;
+        let heal = MemberChange {
+            heal: true,
+            ..MemberChange::default()
+        };
+        for gid in due {
+            match self.commit_change(&gid, &heal).await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() || matches!(e, ClientError::Unreachable(_)) => {
+                    return Ok(());
+                }
+                Err(e) => self.tx(|tx| {
+                    tx.set_healed_at(&gid, now)?;
+                    let reason = format!("this device could not renew its keys here: {e}");
+                    self.record_undelivered(tx, Some(&gid), reason)
+                })?,
+            }
+        }
+        Ok(())
+    }
+}
