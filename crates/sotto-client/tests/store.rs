@@ -271,6 +271,18 @@ fn conformance<S: ClientStore>(store: &S) {
         })
         .unwrap();
 
+    // Device lists proven in the log: the newest kept, with its epoch.
+    store
+        .transaction(|tx| {
+            let carol = Username::parse("carol").unwrap();
+            assert_eq!(tx.logged_list(&carol)?, None);
+            tx.set_logged_list(&carol, 4, b"list at 4")?;
+            tx.set_logged_list(&carol, 9, b"list at 9")?;
+            assert_eq!(tx.logged_list(&carol)?, Some((9, b"list at 9".to_vec())));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+
     // When this device last renewed its leaf in a conversation.
     store
         .transaction(|tx| {

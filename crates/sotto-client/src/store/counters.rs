@@ -1,12 +1,12 @@
-//! What this device keeps to catch a server that lies about the order of things: the last
-//! counter of each sender's messages in each group, and the key-transparency roots it verified
-//! or that members vouched for.
+//! What this device keeps to catch a lying server: the last counter of each sender's messages
+//! in each group, the key-transparency roots it verified or that members vouched for, and the
+//! device lists it proved the log to hold, with the epoch.
 
 use super::{integer, unsigned};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use sotto_core::StoreError;
 use sotto_core::store::LOG_ROOTS_KEPT;
-use sotto_proto::{DeviceAddr, GroupId};
+use sotto_proto::{DeviceAddr, GroupId, Username};
 
 pub(super) fn counter(
     conn: &Connection,
@@ -86,5 +86,30 @@ pub(super) fn put_log_root(conn: &Connection, epoch: u64, root: &[u8; 32]) -> ru
         )?
         .execute([i64::try_from(LOG_ROOTS_KEPT).unwrap_or(i64::MAX)])?;
     }
+    Ok(())
+}
+
+pub(super) fn logged_list(
+    conn: &Connection,
+    user: &Username,
+) -> rusqlite::Result<Option<(u64, Vec<u8>)>> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT epoch, body FROM logged_lists WHERE user = ?1")?
+        .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.map(|(epoch, body)| (unsigned(epoch), body)))
+}
+
+pub(super) fn set_logged_list(
+    conn: &Connection,
+    user: &Username,
+    epoch: u64,
+    body: &[u8],
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO logged_lists (user, epoch, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user) DO UPDATE SET epoch = excluded.epoch, body = excluded.body",
+    )?
+    .execute(params![user.as_str(), integer(epoch), body])?;
     Ok(())
 }

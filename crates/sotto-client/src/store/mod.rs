@@ -98,8 +98,9 @@ ALTER TABLE messages ADD COLUMN event TEXT;
     r#"
 ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
 "#,
-    // Each sender's message counter per group, the log roots seen, a message's counter in
-    // the outbox, and when this device last updated its own leaf in each group.
+    // Each sender's message counter per group, the log roots seen, the device lists proven
+    // in the log (with the epoch), a message's counter in the outbox, and when this device
+    // last updated its own leaf in each group.
     r#"
 CREATE TABLE counters (
     group_id BLOB NOT NULL,
@@ -109,6 +110,7 @@ CREATE TABLE counters (
     PRIMARY KEY (group_id, user, device)
 );
 CREATE TABLE log_roots (epoch INTEGER PRIMARY KEY, root BLOB NOT NULL);
+CREATE TABLE logged_lists (user TEXT PRIMARY KEY, epoch INTEGER NOT NULL, body BLOB NOT NULL);
 ALTER TABLE outbox ADD COLUMN counter INTEGER;
 ALTER TABLE conversations ADD COLUMN healed_at INTEGER;
 "#,
@@ -439,6 +441,14 @@ impl StoreTx for SqlTx<'_> {
 
     fn forget_counters(&self, group: &GroupId, keep: &DeviceAddr) -> Result<(), StoreError> {
         Ok(counters::forget(&self.conn, group, keep)?)
+    }
+
+    fn logged_list(&self, user: &Username) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(counters::logged_list(&self.conn, user)?)
+    }
+
+    fn set_logged_list(&self, user: &Username, epoch: u64, body: &[u8]) -> Result<(), StoreError> {
+        Ok(counters::set_logged_list(&self.conn, user, epoch, body)?)
     }
 
     fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError> {

@@ -412,7 +412,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// it.
     pub(super) async fn own_list_logged(&self) -> Result<(), ClientError> {
         let (signed, _) = self.own_list()?;
-        self.check_in_log(&self.me().user, &signed).await
+        self.check_in_log(&self.me().user, &signed).await.map(drop)
     }
 
     /// The secrets a new device gets with the list `signed`, and the history archive (empty

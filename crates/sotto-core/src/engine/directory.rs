@@ -107,21 +107,54 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }
         // Signed by the key the server gave is not enough: the list must be the one the
         // key-transparency log holds for this user, which the user's own devices monitor.
-        self.check_in_log(user, verified.signed()).await?;
+        let epoch = self.check_in_log(user, verified.signed()).await?;
         // Pinned only once the list it signs has passed every check.
-        if !me {
-            let at = self.now();
-            let new = resp.identity_key.as_slice();
-            self.tx(|tx| {
-                if changed {
-                    tx.replace_identity(user, new, at)?;
-                } else if pinned.is_none() {
-                    tx.pin_identity(user, new, at)?;
-                }
-                Ok(())
-            })?;
-        }
+        let at = self.now();
+        let new = resp.identity_key.as_slice();
+        self.tx(|tx| {
+            if !me && changed {
+                tx.replace_identity(user, new, at)?;
+            } else if !me && pinned.is_none() {
+                tx.pin_identity(user, new, at)?;
+            }
+            tx.set_logged_list(user, epoch, verified.signed().body.as_slice())?;
+            Ok(())
+        })?;
         Ok((verified.list().clone(), key.to_bytes()))
+    }
+
+    /// Takes the lists of `members`' owners that this device proved the log to hold at the
+    /// newest epoch it has seen (kept from an earlier sync or process): those are current,
+    /// with no lookup. On a quiet server, where epochs come only when accounts change, most
+    /// sends need none.
+    fn recall_current_lists(&self, members: &[MemberDevice]) -> Result<(), ClientError> {
+        let Some(head) = self.log_head()? else {
+            return Ok(());
+        };
+        let mut users: Vec<&Username> = members.iter().map(|m| &m.addr.user).collect();
+        users.sort();
+        users.dedup();
+        let kept = self.store.read(|tx| {
+            let mut kept = Vec::new();
+            for user in users {
+                if lock(&self.lists).contains_key(user) {
+                    continue;
+                }
+                if let Some((epoch, body)) = tx.logged_list(user)?
+                    && epoch == head
+                {
+                    let list: DeviceList = serde_json::from_slice(&body)
+                        .map_err(|_| ClientError::damaged("a kept device list"))?;
+                    kept.push((user.clone(), list));
+                }
+            }
+            Ok::<_, ClientError>(kept)
+        })?;
+        let mut lists = lock(&self.lists);
+        for (user, list) in kept {
+            lists.entry(user).or_insert(Ok(list));
+        }
+        Ok(())
     }
 
     /// Records that `user`'s devices cannot be verified, and why: the ghost-device check then
@@ -181,6 +214,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let mut members =
             self.tx(|tx| self.with_active_group(tx, gid, |_, g| Ok(group::members(g)?)))?;
         members.retain(|m| stays(m));
+        self.recall_current_lists(&members)?;
         loop {
             match self.verify_members(&members) {
                 Ok(()) => return Ok(()),

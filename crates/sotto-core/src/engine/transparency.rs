@@ -67,13 +67,14 @@ enum Logged {
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Checks that `signed` is `user`'s device list in the log, waiting a bounded time for
-    /// the log to publish it. `Security` if the log holds another value, or if the server's
-    /// proof fails; `Unreachable` if the user is still not in the log.
+    /// the log to publish it; returns the epoch the log was proven to hold it at. `Security`
+    /// if the log holds another value, or if the server's proof fails; `Unreachable` if the
+    /// user is still not in the log.
     pub(super) async fn check_in_log(
         &self,
         user: &Username,
         signed: &SignedDeviceListIn,
-    ) -> Result<(), ClientError> {
+    ) -> Result<u64, ClientError> {
         let want = device_list_value(signed);
         // The list this one replaces, as it names it: the log holding that one is behind,
         // not lying (the signature on `signed` is checked by the caller).
@@ -86,7 +87,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         for _ in 0..=LOG_WAITS {
             seen = self.look_up(user, after).await?;
             let epoch = match seen {
-                Logged::Value(_, value, _) if value == want => return Ok(()),
+                Logged::Value(epoch, value, _) if value == want => return Ok(epoch),
                 Logged::Value(epoch, value, _)
                     if previous.as_ref().map(sotto_proto::Bytes::as_slice) == Some(&value[..]) =>
                 {

@@ -27,6 +27,7 @@ struct State {
     healed: BTreeMap<GroupId, u64>,
     counters: BTreeMap<(GroupId, DeviceAddr), u64>,
     log_roots: BTreeMap<u64, [u8; 32]>,
+    logged_lists: BTreeMap<Username, (u64, Vec<u8>)>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
 
@@ -268,6 +269,19 @@ impl StoreTx for MemoryTx<'_> {
             .borrow_mut()
             .counters
             .retain(|(g, sender), _| g != group || sender == keep);
+        Ok(())
+    }
+
+    fn logged_list(&self, user: &Username) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.work.borrow().logged_lists.get(user).cloned())
+    }
+
+    fn set_logged_list(&self, user: &Username, epoch: u64, body: &[u8]) -> Result<(), StoreError> {
+        let list = (epoch, body.to_vec());
+        self.work
+            .borrow_mut()
+            .logged_lists
+            .insert(user.clone(), list);
         Ok(())
     }
 

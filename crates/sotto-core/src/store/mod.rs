@@ -336,6 +336,12 @@ pub trait StoreTx {
     /// group again: what others sent while it was out is not missing).
     fn forget_counters(&self, group: &GroupId, keep: &DeviceAddr) -> Result<(), StoreError>;
 
+    /// The body of `user`'s device list as this device last proved the log to hold it, and
+    /// the epoch it proved that at.
+    fn logged_list(&self, user: &Username) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Keeps the body of `user`'s device list the log was proven to hold at `epoch`.
+    fn set_logged_list(&self, user: &Username, epoch: u64, body: &[u8]) -> Result<(), StoreError>;
+
     /// The key-transparency root this device holds for `epoch`: one it verified, or one a
     /// member vouched for in a message.
     fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError>;

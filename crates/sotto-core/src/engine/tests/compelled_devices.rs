@@ -130,3 +130,30 @@ async fn a_removed_device_kept_in_a_conversation_gets_nothing_until_its_owner_ta
     alice.send_text("bob", "for bob only").await.unwrap();
     assert_eq!(recv(&bob).await, [text("alice", "for bob only")]);
 }
+
+/// What the check before each send costs: a contact's list proven at the newest epoch this
+/// device has seen is current, so a send at that epoch looks nobody up but this account (its
+/// own check at every sync); a new epoch makes the next send look its members up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_at_the_epoch_a_members_list_was_proven_at_looks_only_this_account_up() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    let lookups = || server.lookups.load(std::sync::atomic::Ordering::Relaxed);
+
+    let before = lookups();
+    alice.send_text("bob", "two").await.unwrap();
+    assert_eq!(lookups(), before + 1, "alice's own account only");
+
+    // Carol's account makes a new epoch: bob's list, proven at the one before, is looked up
+    // again (and alice's own, which her sync looks up anyway, once more).
+    let _carol = server.device("carol").await;
+    let before = lookups();
+    alice.send_text("bob", "three").await.unwrap();
+    assert!(lookups() >= before + 2, "{} lookups", lookups() - before);
+    assert_eq!(
+        recv(&bob).await,
+        [text("alice", "one"), text("alice", "two"), text("alice", "three")]
+    );
+}

@@ -58,6 +58,8 @@ pub struct LocalServer {
     pub epoch_conflicts: AtomicU64,
     /// How many accepted sends went to the group's roster rather than to named recipients.
     pub roster_sends: AtomicU64,
+    /// How many key-transparency lookups it answered.
+    pub lookups: AtomicU64,
     pub clock: Arc<TestClock>,
     /// The MLS ciphersuite its groups use.
     suite: u16,
@@ -86,6 +88,7 @@ impl LocalServer {
             tokens: Mutex::new(HashMap::new()),
             epoch_conflicts: AtomicU64::new(0),
             roster_sends: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
             clock: Arc::new(TestClock::default()),
             suite,
             held_back: Mutex::new(Vec::new()),
@@ -331,6 +334,7 @@ impl Transport for LocalTransport {
         _after: Option<u64>,
     ) -> Result<LookupResponse, ClientError> {
         self.server.signed_in(token)?;
+        self.server.lookups.fetch_add(1, Ordering::Relaxed);
         if let Some(lie) = self.log_lies.lock().unwrap().get(user).cloned() {
             return Ok(lie);
         }
