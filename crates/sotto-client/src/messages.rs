@@ -166,8 +166,8 @@ pub(crate) fn describe(event: &Event, me: &Username) -> String {
             device,
             count,
         } => format!(
-            "{count} message(s) from {} (device {device}) never arrived: the server withheld or \
-             lost them",
+            "{count} message(s) from {} (device {device}) never arrived, by that device's \
+             count: the server withheld them, or the device never sent them",
             name(from)
         ),
         Event::Unreadable { from, reason } => {

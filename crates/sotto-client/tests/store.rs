@@ -9,7 +9,7 @@ use sotto_client::store::SqlCipherStore;
 use sotto_core::events::{Event, MemberChange, NewDevice};
 use sotto_core::store::memory::MemoryStore;
 use sotto_core::store::{
-    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, LOG_ROOTS_KEPT,
+    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, KeptRoot, LOG_ROOTS_KEPT,
     OutboxEntry, OutboxRecord, Outgoing, Setting, StoreTx, Unshown,
 };
 use sotto_core::{ClientError, Content, StoreError};
@@ -253,20 +253,36 @@ fn conformance<S: ClientStore>(store: &S) {
         })
         .unwrap();
 
-    // Log roots: the first root kept for an epoch stays; only the newest epochs are kept.
+    // Log roots: the first root kept for an epoch stays, unless it was vouched for and a
+    // verified one comes; only the newest epochs of each kind are kept.
+    let verified = |root| KeptRoot {
+        root,
+        vouched_by: None,
+    };
+    let vouched = |root| KeptRoot {
+        root,
+        vouched_by: Some(bob(1)),
+    };
     store
         .transaction(|tx| {
-            tx.put_log_root(1, &[1; 32])?;
-            tx.put_log_root(1, &[2; 32])?;
-            assert_eq!(tx.log_root(1)?, Some([1; 32]));
-            assert_eq!(tx.log_root(2)?, None);
+            tx.put_log_root(1, &[1; 32], None)?;
+            tx.put_log_root(1, &[2; 32], None)?;
+            tx.put_log_root(1, &[3; 32], Some(&bob(1)))?;
+            assert_eq!(tx.log_root(1)?, Some(verified([1; 32])));
+            tx.put_log_root(2, &[4; 32], Some(&bob(1)))?;
+            tx.put_log_root(2, &[5; 32], Some(&bob(2)))?;
+            assert_eq!(tx.log_root(2)?, Some(vouched([4; 32])));
+            tx.put_log_root(2, &[6; 32], None)?;
+            assert_eq!(tx.log_root(2)?, Some(verified([6; 32])));
+            assert_eq!(tx.log_root(3)?, None);
+            // Vouched roots for many later epochs push out the oldest vouched ones only.
             let kept = u64::try_from(LOG_ROOTS_KEPT).unwrap();
-            for epoch in 2..=kept + 1 {
-                tx.put_log_root(epoch, &[3; 32])?;
+            for epoch in 10..=kept + 10 {
+                tx.put_log_root(epoch, &[7; 32], Some(&bob(1)))?;
             }
-            assert_eq!(tx.log_root(1)?, None);
-            assert_eq!(tx.log_root(2)?, Some([3; 32]));
-            assert_eq!(tx.log_root(kept + 1)?, Some([3; 32]));
+            assert_eq!(tx.log_root(1)?, Some(verified([1; 32])));
+            assert_eq!(tx.log_root(10)?, None);
+            assert_eq!(tx.log_root(11)?, Some(vouched([7; 32])));
             Ok::<_, StoreError>(())
         })
         .unwrap();

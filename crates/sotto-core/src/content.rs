@@ -53,7 +53,8 @@ pub struct Envelope {
     /// When the sender sent it, by its clock: seconds since the Unix epoch.
     pub sent_at: u64,
     /// The sending device's count of its application messages in this group: 1, 2, 3, ...
-    /// `None` in a version-2 envelope.
+    /// `None` only in a version-2 envelope (an envelope without one does not encode to one
+    /// that decodes).
     pub counter: Option<u64>,
     /// The newest key-transparency epoch and root the sender verified, if any.
     pub log_root: Option<LogRoot>,
@@ -85,9 +86,9 @@ mod hex_root {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = <&str>::deserialize(d)?;
+        let text = String::deserialize(d)?;
         let mut root = [0; 32];
-        hex::decode_to_slice(text, &mut root).map_err(D::Error::custom)?;
+        hex::decode_to_slice(&text, &mut root).map_err(D::Error::custom)?;
         Ok(root)
     }
 }
@@ -124,14 +125,23 @@ impl Envelope {
         }
         let wire: Wire = serde_json::from_slice(bytes)
             .map_err(|_| CoreError::Malformed("content is not a known envelope".into()))?;
-        match wire.v {
-            2 if wire.n.is_none() && wire.kt.is_none() => {}
-            // Stores keep counters as SQLite integers.
-            CONTENT_VERSION if wire.n.is_none_or(|n| n > 0 && i64::try_from(n).is_ok()) => {}
-            CONTENT_VERSION => {
-                return Err(CoreError::Malformed("message counter out of range".into()));
+        // Stores keep counters and epochs as SQLite integers.
+        let in_range = |n: u64| i64::try_from(n).is_ok();
+        match (wire.v, wire.n, wire.kt) {
+            (2, None, None) => {}
+            (2, ..) => {
+                return Err(CoreError::Malformed(
+                    "a version-2 envelope carries no counter and no log root".into(),
+                ));
             }
-            v => {
+            (CONTENT_VERSION, Some(n), kt)
+                if n > 0 && in_range(n) && kt.is_none_or(|r| in_range(r.epoch)) => {}
+            (CONTENT_VERSION, ..) => {
+                return Err(CoreError::Malformed(
+                    "message counter missing or out of range, or log epoch out of range".into(),
+                ));
+            }
+            (v, ..) => {
                 return Err(CoreError::Malformed(format!(
                     "unsupported content version {v}"
                 )));

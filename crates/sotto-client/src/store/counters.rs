@@ -5,7 +5,7 @@
 use super::{integer, unsigned};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use sotto_core::StoreError;
-use sotto_core::store::LOG_ROOTS_KEPT;
+use sotto_core::store::{KeptRoot, LOG_ROOTS_KEPT};
 use sotto_proto::{DeviceAddr, GroupId, Username};
 
 pub(super) fn counter(
@@ -64,27 +64,63 @@ pub(super) fn forget(
     Ok(())
 }
 
-pub(super) fn log_root(conn: &Connection, epoch: u64) -> Result<Option<[u8; 32]>, StoreError> {
-    let root: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT root FROM log_roots WHERE epoch = ?1")?
-        .query_row([integer(epoch)], |r| r.get(0))
+pub(super) fn log_root(conn: &Connection, epoch: u64) -> Result<Option<KeptRoot>, StoreError> {
+    type Row = (Vec<u8>, Option<String>, Option<String>);
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT root, vouched_user, vouched_device FROM log_roots WHERE epoch = ?1",
+        )?
+        .query_row([integer(epoch)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    root.map(|r| {
-        <[u8; 32]>::try_from(r).map_err(|_| StoreError::new("a stored log root is not 32 bytes"))
-    })
-    .transpose()
+    let Some((root, user, device)) = row else {
+        return Ok(None);
+    };
+    let damaged = || StoreError::new("a stored log root is damaged");
+    let root = <[u8; 32]>::try_from(root).map_err(|_| damaged())?;
+    let vouched_by = match (user, device) {
+        (Some(user), Some(device)) => Some(DeviceAddr {
+            user: super::username(&user)?,
+            device: sotto_proto::DeviceId::parse(&device).map_err(|_| damaged())?,
+        }),
+        (None, None) => None,
+        _ => return Err(damaged()),
+    };
+    Ok(Some(KeptRoot { root, vouched_by }))
 }
 
-pub(super) fn put_log_root(conn: &Connection, epoch: u64, root: &[u8; 32]) -> rusqlite::Result<()> {
+pub(super) fn put_log_root(
+    conn: &Connection,
+    epoch: u64,
+    root: &[u8; 32],
+    vouched_by: Option<&DeviceAddr>,
+) -> rusqlite::Result<()> {
+    // A root this device verified replaces one a member vouched for; nothing else replaces a
+    // kept root.
     let added = conn
-        .prepare_cached("INSERT OR IGNORE INTO log_roots (epoch, root) VALUES (?1, ?2)")?
-        .execute(params![integer(epoch), &root[..]])?;
-    if added > 0 {
-        conn.prepare_cached(
-            "DELETE FROM log_roots WHERE epoch NOT IN
-                 (SELECT epoch FROM log_roots ORDER BY epoch DESC LIMIT ?1)",
+        .prepare_cached(
+            "INSERT INTO log_roots (epoch, root, vouched_user, vouched_device)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (epoch) DO UPDATE SET root = excluded.root, vouched_user = NULL,
+                 vouched_device = NULL
+             WHERE excluded.vouched_user IS NULL AND log_roots.vouched_user IS NOT NULL",
         )?
-        .execute([i64::try_from(LOG_ROOTS_KEPT).unwrap_or(i64::MAX)])?;
+        .execute(params![
+            integer(epoch),
+            &root[..],
+            vouched_by.map(|d| d.user.as_str()),
+            vouched_by.map(|d| d.device.to_string())
+        ])?;
+    if added > 0 {
+        // The newest of each kind: roots members vouched for cannot push out verified ones.
+        conn.prepare_cached(
+            "DELETE FROM log_roots WHERE (vouched_user IS NULL) = (?2 IS NULL) AND epoch NOT IN
+                 (SELECT epoch FROM log_roots WHERE (vouched_user IS NULL) = (?2 IS NULL)
+                  ORDER BY epoch DESC LIMIT ?1)",
+        )?
+        .execute(params![
+            i64::try_from(LOG_ROOTS_KEPT).unwrap_or(i64::MAX),
+            vouched_by.map(|d| d.user.as_str())
+        ])?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ struct SecurityDetail {
     from: Option<Username>,
 }
 
-pub(super) fn add(conn: &Connection, e: &HistoryRecord) -> Result<(), StoreError> {
+pub(super) fn add(conn: &Connection, e: &HistoryRecord) -> Result<bool, StoreError> {
     let (kind, body, event) = match &e.item {
         HistoryItem::Text(text) => ("text", text.as_str(), None),
         HistoryItem::Event(event) => ("event", "", Some(serde_json::to_string(event)?)),
@@ -33,25 +33,26 @@ pub(super) fn add(conn: &Connection, e: &HistoryRecord) -> Result<(), StoreError
         Some((s, verified)) => (Some(s.user.as_str()), Some(s.device.to_string()), *verified),
         None => (None, None, true),
     };
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO messages (id, group_id, sender_user, sender_device,
+    let added = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO messages (id, group_id, sender_user, sender_device,
          sender_verified, sent_at, received_at, kind, body, event, outgoing, shown)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-    )?
-    .execute(params![
-        e.id,
-        e.group.as_ref().map(|g| g.as_bytes()),
-        user,
-        device,
-        verified,
-        integer(e.sent_at),
-        integer(e.received_at),
-        kind,
-        body,
-        event,
-        e.outgoing
-    ])?;
-    Ok(())
+        )?
+        .execute(params![
+            e.id,
+            e.group.as_ref().map(|g| g.as_bytes()),
+            user,
+            device,
+            verified,
+            integer(e.sent_at),
+            integer(e.received_at),
+            kind,
+            body,
+            event,
+            e.outgoing
+        ])?;
+    Ok(added > 0)
 }
 
 /// The entry a row holds. An event that does not decode (damaged, or from a later version)

@@ -18,8 +18,8 @@ use openmls_sqlite_storage::SqliteStorageProvider;
 use rusqlite::Connection;
 use sotto_core::StoreError;
 use sotto_core::store::{
-    ClientStore, Contact, ConversationRecord, HistoryRecord, OutboxEntry, OutboxRecord, Setting,
-    StoreTx, Unshown, UnshownEntry,
+    ClientStore, Contact, ConversationRecord, HistoryRecord, KeptRoot, OutboxEntry, OutboxRecord,
+    Setting, StoreTx, Unshown, UnshownEntry,
 };
 use sotto_proto::{DeviceAddr, GroupId, Username};
 use std::fmt::Write as _;
@@ -109,7 +109,12 @@ CREATE TABLE counters (
     counter INTEGER NOT NULL,
     PRIMARY KEY (group_id, user, device)
 );
-CREATE TABLE log_roots (epoch INTEGER PRIMARY KEY, root BLOB NOT NULL);
+CREATE TABLE log_roots (
+    epoch INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    vouched_user TEXT,
+    vouched_device TEXT
+);
 CREATE TABLE logged_lists (user TEXT PRIMARY KEY, epoch INTEGER NOT NULL, body BLOB NOT NULL);
 ALTER TABLE outbox ADD COLUMN counter INTEGER;
 ALTER TABLE conversations ADD COLUMN healed_at INTEGER;
@@ -451,15 +456,20 @@ impl StoreTx for SqlTx<'_> {
         Ok(counters::set_logged_list(&self.conn, user, epoch, body)?)
     }
 
-    fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError> {
+    fn log_root(&self, epoch: u64) -> Result<Option<KeptRoot>, StoreError> {
         counters::log_root(&self.conn, epoch)
     }
 
-    fn put_log_root(&self, epoch: u64, root: &[u8; 32]) -> Result<(), StoreError> {
-        Ok(counters::put_log_root(&self.conn, epoch, root)?)
+    fn put_log_root(
+        &self,
+        epoch: u64,
+        root: &[u8; 32],
+        vouched_by: Option<&DeviceAddr>,
+    ) -> Result<(), StoreError> {
+        Ok(counters::put_log_root(&self.conn, epoch, root, vouched_by)?)
     }
 
-    fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError> {
+    fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError> {
         history::add(&self.conn, entry)
     }
 

@@ -1,6 +1,6 @@
 //! Post-compromise healing on a schedule (DESIGN G2): a device gives its own leaf in each of
-//! its conversations fresh keys once a week (at its first sync after that) and right after a
-//! member or device is removed, so that whoever stole its keys, or left, stops reading along.
+//! its conversations fresh keys once a week, and after a member or device is removed, at its
+//! first sync after that, so that whoever stole its keys stops reading along.
 //!
 //! A commit of this device that removes someone renews its leaf too; a conversation is due
 //! again a week after its last renewal, or after its start when it had none.
@@ -10,6 +10,7 @@ use crate::events::MemberChange;
 use crate::group::MemberDevice;
 use crate::store::{ClientStore, StoreTx};
 use crate::{ClientError, Transport};
+use sotto_proto::ErrorCode;
 
 /// How often a device renews its leaf in each conversation: a week, in seconds.
 pub const HEAL_EVERY: u64 = 7 * 24 * 3600;
@@ -22,9 +23,11 @@ pub(super) fn removes_any(before: &[MemberDevice], after: &[MemberDevice]) -> bo
 }
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
-    /// Renews this device's leaf in every active conversation where it is due. One that
-    /// cannot be renewed now (no connection) waits for the next sync; one the server refuses
-    /// is told to the user and tried again after the interval.
+    /// Renews this device's leaf in every active conversation where it is due. When the
+    /// server cannot be reached, the rest wait for the next sync; a conversation whose
+    /// renewal lost every race for its epoch, or met a transient error, stays due. One the
+    /// server refuses for good is told to the user (a security failure as such) and tried
+    /// again after the interval.
     pub(super) async fn heal_due(&self) -> Result<(), ClientError> {
         let now = self.now();
         let due = self.store.read(|tx| {
@@ -44,13 +47,20 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         for gid in due {
             match self.commit_change(&gid, &heal).await {
                 Ok(_) => {}
-                Err(e) if e.is_transient() || matches!(e, ClientError::Unreachable(_)) => {
-                    return Ok(());
-                }
+                Err(ClientError::Unreachable(_)) => return Ok(()),
+                Err(e) if e.is_transient() || e.code() == Some(ErrorCode::EpochConflict) => {}
                 Err(e) => self.tx(|tx| {
                     tx.set_healed_at(&gid, now)?;
-                    let reason = format!("this device could not renew its keys here: {e}");
-                    self.record_undelivered(tx, Some(&gid), reason)
+                    match &e {
+                        ClientError::Security(reason) => {
+                            self.record_security(tx, Some(&gid), None, reason)
+                        }
+                        other => {
+                            let reason =
+                                format!("this device could not renew its keys here: {other}");
+                            self.record_undelivered(tx, Some(&gid), reason)
+                        }
+                    }
                 })?,
             }
         }

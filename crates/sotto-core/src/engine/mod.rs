@@ -3,7 +3,9 @@
 //! network. The parts: [`directory`] (contacts' keys and the ghost-device check),
 //! `key_packages` (this device's KeyPackages on the server), [`sync`] (the queue, processed
 //! exactly once), [`outbox`] (sending, replay and rebase), [`conversations`] (groups and
-//! membership) and [`history`] (what is shown).
+//! membership), [`history`] (what is shown), [`transparency`] (the key-transparency log),
+//! [`devices`], [`linking`] and [`removal`] (an account's devices), `vouched` (the counters
+//! and log roots messages carry) and `healing` (leaf renewal on a schedule).
 //!
 //! Exactly-once: each queued message is processed in one store transaction that also records
 //! its server id, and is acknowledged only after that transaction is durable; a redelivered
@@ -16,7 +18,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod devices;
 pub mod directory;
-pub(crate) mod healing;
+mod healing;
 pub mod history;
 mod key_packages;
 pub mod linking;
@@ -26,7 +28,7 @@ pub mod sync;
 #[cfg(test)]
 mod tests;
 pub mod transparency;
-pub mod vouched;
+mod vouched;
 
 use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Clock, DeviceKey, IdentityKey, Transport, group};

@@ -42,6 +42,17 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         sent_at: u64,
         counter: Option<u64>,
     ) -> Result<SendResponse, ClientError> {
+        // A group's messages reach the server in the order of their counters (a receiver
+        // refuses a counter that is not past the last one it saw): a new message waits while
+        // an earlier one to the same group is still in the outbox (the server may yet take
+        // it; the last flush could not send it).
+        if counter.is_none() && self.pending_in(gid)? {
+            return Err(ClientError::Unreachable(
+                "an earlier message to this conversation is still waiting for the server; \
+                 try again shortly"
+                    .into(),
+            ));
+        }
         let mut counter = counter;
         for _ in 0..MAX_ATTEMPTS {
             self.verify_recipients(gid, |_| true).await?;
@@ -49,7 +60,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 sent_at,
                 counter,
                 // The newest root, as of this attempt (a rebase may have seen a newer one).
-                log_root: self.store.read(|tx| self.vouched_root(tx))?,
+                log_root: self.store.read(|tx| self.head(tx))?,
                 content: content.clone(),
             };
             let req = self.prepare_message(gid, &mut envelope)?;
@@ -109,6 +120,16 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             })?;
             Ok(req)
         })
+    }
+
+    /// Whether the outbox holds an application message to `gid` the server has not taken.
+    fn pending_in(&self, gid: &GroupId) -> Result<bool, ClientError> {
+        self.finish_accepted()?;
+        let outbox = self.store.read(|tx| tx.outbox())?;
+        Ok(outbox.iter().any(|e| {
+            matches!(e, OutboxEntry::Ready(r)
+                if r.group == *gid && matches!(r.outgoing, Outgoing::Message(_)))
+        }))
     }
 
     /// Notes that the server accepted the message `client_id`: its outbox entry is dropped

@@ -79,7 +79,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             }
             match self.commit_change(gid, &change).await {
                 Ok(_) => removed += 1,
-                Err(e @ ClientError::Security(_)) => return Err(e),
+                // One conversation that cannot be checked (a member's device its owner
+                // removed, kept by the server) must not keep the device in the list, where
+                // every other conversation would still take it: shown, and the list goes on.
+                Err(ClientError::Security(reason)) => {
+                    self.tx(|tx| self.record_security(tx, Some(gid), None, &reason))?;
+                    failed.push((hex::encode(gid.as_bytes()), reason));
+                }
                 Err(e) => failed.push((hex::encode(gid.as_bytes()), e.to_string())),
             }
         }

@@ -252,7 +252,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         reason: other.to_string(),
                     }),
                 };
-                tx.add_history(&HistoryRecord {
+                let mut record = HistoryRecord {
                     id: m.id.to_string(),
                     group: Some(m.group_id.clone()),
                     sender: Some((m.sender.clone(), false)),
@@ -260,7 +260,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     received_at: m.accepted_at,
                     item,
                     outgoing: false,
-                })?;
+                };
+                // Under an id the history holds (the server's choice), the refusal is shown
+                // under one of this device's own.
+                if !tx.add_history(&record)? {
+                    record.id = format!("local-{}", super::random_client_id());
+                    tx.add_history(&record)?;
+                }
             }
         }
         tx.mark_processed(m.id)?;
@@ -274,8 +280,23 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 if self.conversation_exists(tx, gid)? {
                     return Ok(());
                 }
+                // The state this device kept from before it was removed, if any: a Welcome
+                // into an epoch not past it is an old one, replayed to take the device back.
+                let left_at = match group::load(&tx.mls(), gid.as_bytes()) {
+                    Ok(old) => Some(old.epoch().as_u64()),
+                    Err(CoreError::State(_)) => None,
+                    Err(e) => return Err(e.into()),
+                };
                 lock(&self.cache).groups.remove(gid);
                 let g = group::join(&tx.mls(), m.message.as_slice(), gid.as_bytes())?;
+                let epoch = g.epoch().as_u64();
+                if let Some(left_at) = left_at.filter(|left| epoch <= *left) {
+                    return Err(ClientError::Security(format!(
+                        "a Welcome into epoch {epoch} of a conversation this device left at \
+                         epoch {left_at}: an old one, replayed; refused"
+                    ))
+                    .into());
+                }
                 self.verify_members(&group::members(&g)?)?;
                 // Counted afresh from here: what others sent while this device was out of
                 // the group (removed and added back) is not missing.
@@ -290,6 +311,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     active: true,
                     created_at: m.accepted_at,
                 })?;
+                // Its leaf is new: the next renewal is a week from now, by this device's
+                // clock (not the server's word).
+                tx.set_healed_at(gid, self.now())?;
                 Ok(())
             }
             QueuedKind::Group => {
@@ -361,7 +385,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let Some(item) = item else {
             return Ok(());
         };
-        tx.add_history(&HistoryRecord {
+        let added = tx.add_history(&HistoryRecord {
             id: m.id.to_string(),
             group: Some(m.group_id.clone()),
             sender: Some((sender.clone(), true)),
@@ -370,6 +394,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             item,
             outgoing: false,
         })?;
+        if !added {
+            // Under the id of something this device sent: it would vanish behind it.
+            return Err(ClientError::Security(format!(
+                "the server delivered a message from {sender} under id {}, which this device's \
+                 history already holds: refused",
+                m.id
+            )));
+        }
         Ok(())
     }
 

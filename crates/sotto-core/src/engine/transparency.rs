@@ -7,13 +7,15 @@
 //! mismatch counts as a security failure. A list that never reaches the log is refused
 //! whatever its signatures say: that is what stops a server that swaps an account's keys.
 //!
-//! Not yet here: signed and witnessed roots, and append-only proofs between the epochs a
-//! device sees. Until then a server could show this device a log of its own (a split
-//! view) consistently; it could not show it a list that differs from that log.
+//! Members compare the roots they verified through their messages (`vouched`). Not yet
+//! here: signed and witnessed roots, and append-only proofs between the epochs a device
+//! sees. Until then a server could show this device a log of its own (a split view)
+//! consistently at epochs no member it talks to vouches for; it could not show it a list that
+//! differs from that log.
 
 use super::Engine;
 use crate::store::{ClientStore, Setting, StoreTx};
-use crate::{ClientError, Transport};
+use crate::{ClientError, LogRoot, Transport};
 use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::kt::{LookupResponse, device_list_value, verify_lookup_proof};
 use sotto_proto::{ErrorCode, Username};
@@ -300,51 +302,63 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         Ok(Logged::Value(proven.epoch, proven.value, proven.version))
     }
 
+    /// The newest key-transparency epoch and root this device verified a proof at.
+    pub(super) fn head(&self, tx: &impl StoreTx) -> Result<Option<LogRoot>, ClientError> {
+        let Some(head) = tx.setting(Setting::KtHead)? else {
+            return Ok(None);
+        };
+        let (epoch, root) = head
+            .split_first_chunk::<8>()
+            .and_then(|(e, r)| Some((u64::from_be_bytes(*e), <[u8; 32]>::try_from(r).ok()?)))
+            .ok_or_else(|| ClientError::damaged("key-transparency head"))?;
+        Ok(Some(LogRoot { epoch, root }))
+    }
+
     /// The newest key-transparency epoch this device verified a proof at.
     pub(super) fn log_head(&self) -> Result<Option<u64>, ClientError> {
-        let head = self.store.read(|tx| tx.setting(Setting::KtHead))?;
-        head.map(|h| {
-            h.first_chunk::<8>()
-                .map(|e| u64::from_be_bytes(*e))
-                .ok_or_else(|| ClientError::damaged("key-transparency head"))
-        })
-        .transpose()
+        Ok(self.store.read(|tx| self.head(tx))?.map(|h| h.epoch))
     }
 
     /// Remembers the newest (epoch, root) seen; refuses an older epoch, or another root for
-    /// the same one or for one a member vouched for.
+    /// the same one. A root a member vouched for at this epoch that is not this one raises an
+    /// alarm naming the member (the server shows its users different logs, or the member's
+    /// device lies), and this device's own root takes its place.
     fn note_head(&self, epoch: u64, root: [u8; 32]) -> Result<(), ClientError> {
         self.tx(|tx| {
-            if tx.log_root(epoch)?.is_some_and(|held| held != root) {
-                return Err(ClientError::Security(format!(
-                    "the server's key-transparency root for epoch {epoch} is not the one a \
-                     member of your conversations verified: the server is showing its users \
-                     different logs"
-                )));
-            }
-            tx.put_log_root(epoch, &root)?;
-            if let Some(head) = tx.setting(Setting::KtHead)? {
-                let (seen, seen_root) = head
-                    .split_first_chunk::<8>()
-                    .filter(|(_, r)| r.len() == 32)
-                    .ok_or_else(|| ClientError::damaged("key-transparency head"))?;
-                let seen = u64::from_be_bytes(*seen);
-                if epoch < seen {
+            if let Some(seen) = self.head(tx)? {
+                if epoch < seen.epoch {
                     return Err(ClientError::Security(format!(
                         "the server showed key-transparency epoch {epoch} after this device saw \
-                     epoch {seen}: the log cannot go back"
+                         epoch {}: the log cannot go back",
+                        seen.epoch
                     )));
                 }
-                if epoch == seen {
-                    if seen_root != root {
+                if epoch == seen.epoch {
+                    if seen.root != root {
                         return Err(ClientError::Security(format!(
                             "the server showed two different key-transparency logs for epoch \
-                         {epoch}"
+                             {epoch}"
                         )));
                     }
                     return Ok(());
                 }
             }
+            if let Some(kept) = tx.log_root(epoch)?
+                && kept.root != root
+            {
+                let by = kept
+                    .vouched_by
+                    .as_ref()
+                    .map_or_else(|| "this device".to_owned(), ToString::to_string);
+                let reason = format!(
+                    "the server's key-transparency root for epoch {epoch} is not the one {by} \
+                     vouched for in a message: the server is showing its users different logs, \
+                     or that device lies"
+                );
+                let from = kept.vouched_by.as_ref().map(|d| &d.user);
+                self.record_security(tx, None, from, &reason)?;
+            }
+            tx.put_log_root(epoch, &root, None)?;
             let head = [&epoch.to_be_bytes()[..], &root[..]].concat();
             Ok(tx.set_setting(Setting::KtHead, &head)?)
         })

@@ -10,18 +10,23 @@
 //! - A counter seen before is a replay: the message is refused and the refusal shown.
 //! - A root that differs from the one this device holds for the same epoch (verified by
 //!   itself, or vouched for by another member) shows that the server is showing its users
-//!   different logs: a security alarm. A root for an epoch this device holds nothing for is
-//!   kept, so that the proofs this device later verifies at that epoch are checked against
-//!   it.
+//!   different logs, or that a device lies: a security alarm naming the members. A root for
+//!   an epoch this device holds nothing for is kept (up to [`VOUCHED_AHEAD`] epochs past its
+//!   own), so that a proof this device later verifies at that epoch is compared with it
+//!   (`note_head`, which alarms the same way).
 //!
 //! The first message a device sees from a sender in a group sets where its count starts: a
 //! message withheld before it cannot show.
 
 use super::Engine;
 use crate::events::Event;
-use crate::store::{ClientStore, HistoryItem, Setting, StoreTx};
-use crate::{ClientError, Envelope, LogRoot, Transport};
+use crate::store::{ClientStore, HistoryItem, StoreTx};
+use crate::{ClientError, Envelope, Transport};
 use sotto_proto::{DeviceAddr, GroupId};
+
+/// How far past the newest epoch this device verified a vouched root is kept: about a day of
+/// epochs published every second.
+pub(super) const VOUCHED_AHEAD: u64 = 100_000;
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// The next counter of this device's messages in `gid`, counted as used from now on
@@ -41,18 +46,6 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         Ok(next)
     }
 
-    /// The newest key-transparency epoch and root this device verified, to vouch for.
-    pub(super) fn vouched_root(&self, tx: &impl StoreTx) -> Result<Option<LogRoot>, ClientError> {
-        let Some(head) = tx.setting(Setting::KtHead)? else {
-            return Ok(None);
-        };
-        let (epoch, root) = head
-            .split_first_chunk::<8>()
-            .and_then(|(e, r)| Some((u64::from_be_bytes(*e), <[u8; 32]>::try_from(r).ok()?)))
-            .ok_or_else(|| ClientError::damaged("key-transparency head"))?;
-        Ok(Some(LogRoot { epoch, root }))
-    }
-
     /// Checks what `sender` vouched for in a message to `gid`: refuses a replayed counter,
     /// shows a gap, and alarms on a log root other than the one this device holds for that
     /// epoch. Runs inside the transaction that applies the message.
@@ -68,8 +61,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             let last = tx.counter(gid, sender)?;
             if let Some(last) = last.filter(|last| n <= *last) {
                 return Err(ClientError::Security(format!(
-                    "a message from {sender} came again (its counter {n} is not past {last}, \
-                     the last one seen): a replay, refused"
+                    "a message from {sender} came again, or out of order (its counter {n} is \
+                     not past {last}, the last one seen): a replay, refused"
                 )));
             }
             let missing = last.map_or(0, |last| n.saturating_sub(last).saturating_sub(1));
@@ -91,19 +84,42 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }
         if let Some(vouched) = envelope.log_root {
             match tx.log_root(vouched.epoch)? {
-                Some(held) if held != vouched.root => {
+                Some(kept) if kept.root != vouched.root => {
+                    let holder = kept.vouched_by.as_ref().map_or_else(
+                        || "this device verified".to_owned(),
+                        |d| format!("{d} vouched for"),
+                    );
                     let reason = format!(
-                        "{sender} verified key-transparency root {} at epoch {}, but this \
-                         device holds root {} for that epoch: the server is showing its users \
-                         different logs",
+                        "{sender} vouched for key-transparency root {} at epoch {}, but \
+                         {holder} root {} for that epoch: the server is showing its users \
+                         different logs, or a device lies",
                         short(&vouched.root),
                         vouched.epoch,
-                        short(&held)
+                        short(&kept.root)
                     );
-                    self.record_security(tx, Some(gid), Some(&sender.user), &reason)?;
+                    // Once per member, epoch and root, however many messages repeat it.
+                    let id = format!(
+                        "vouched-{sender}-{}-{}",
+                        vouched.epoch,
+                        hex::encode(vouched.root)
+                    );
+                    let item = HistoryItem::Security {
+                        from: Some(sender.user.clone()),
+                        reason,
+                    };
+                    self.record_notice(tx, id, Some(gid), item)?;
                 }
                 Some(_) => {}
-                None => tx.put_log_root(vouched.epoch, &vouched.root)?,
+                // Kept to compare with what this device and other members see at that epoch;
+                // not too far ahead of this device, so that a member cannot push the roots it
+                // verified out of the store.
+                None if self
+                    .head(tx)?
+                    .is_some_and(|h| vouched.epoch <= h.epoch.saturating_add(VOUCHED_AHEAD)) =>
+                {
+                    tx.put_log_root(vouched.epoch, &vouched.root, Some(sender))?;
+                }
+                None => {}
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! (the copy costs the size of the store per transaction: not for real use).
 
 use super::{
-    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, LOG_ROOTS_KEPT,
+    ClientStore, Contact, ConversationRecord, HistoryItem, HistoryRecord, KeptRoot, LOG_ROOTS_KEPT,
     OutboxEntry, OutboxRecord, Setting, StoreTx, Unshown, UnshownEntry,
 };
 use crate::StoreError;
@@ -26,7 +26,7 @@ struct State {
     outbox: Vec<OutboxRecord>,
     healed: BTreeMap<GroupId, u64>,
     counters: BTreeMap<(GroupId, DeviceAddr), u64>,
-    log_roots: BTreeMap<u64, [u8; 32]>,
+    log_roots: BTreeMap<u64, KeptRoot>,
     logged_lists: BTreeMap<Username, (u64, Vec<u8>)>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -285,30 +285,54 @@ impl StoreTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError> {
-        Ok(self.work.borrow().log_roots.get(&epoch).copied())
+    fn log_root(&self, epoch: u64) -> Result<Option<KeptRoot>, StoreError> {
+        Ok(self.work.borrow().log_roots.get(&epoch).cloned())
     }
 
-    fn put_log_root(&self, epoch: u64, root: &[u8; 32]) -> Result<(), StoreError> {
+    fn put_log_root(
+        &self,
+        epoch: u64,
+        root: &[u8; 32],
+        vouched_by: Option<&DeviceAddr>,
+    ) -> Result<(), StoreError> {
         let mut work = self.work.borrow_mut();
-        work.log_roots.entry(epoch).or_insert(*root);
-        while work.log_roots.len() > LOG_ROOTS_KEPT {
-            work.log_roots.pop_first();
+        let new = KeptRoot {
+            root: *root,
+            vouched_by: vouched_by.cloned(),
+        };
+        match work.log_roots.get(&epoch) {
+            Some(kept) if kept.vouched_by.is_none() || vouched_by.is_some() => {}
+            _ => {
+                work.log_roots.insert(epoch, new);
+            }
+        }
+        // The newest of each kind: roots members vouched for cannot push out verified ones.
+        for vouched in [false, true] {
+            let of_kind: Vec<u64> = work
+                .log_roots
+                .iter()
+                .filter(|(_, k)| k.vouched_by.is_some() == vouched)
+                .map(|(e, _)| *e)
+                .collect();
+            let excess = of_kind.len().saturating_sub(LOG_ROOTS_KEPT);
+            for e in of_kind.iter().take(excess) {
+                work.log_roots.remove(e);
+            }
         }
         Ok(())
     }
 
-    fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError> {
+    fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError> {
         let mut work = self.work.borrow_mut();
         if work.history.iter().any(|(_, e, _)| e.id == entry.id) {
-            return Ok(());
+            return Ok(false);
         }
         let position = work
             .history
             .last()
             .map_or(1, |(p, _, _)| p.saturating_add(1));
         work.history.push((position, entry.clone(), entry.outgoing));
-        Ok(())
+        Ok(true)
     }
 
     fn unshown(&self, which: Unshown) -> Result<Vec<UnshownEntry>, StoreError> {

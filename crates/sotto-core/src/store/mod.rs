@@ -14,7 +14,8 @@ use crate::{Content, StoreError};
 use sotto_proto::api::SendRequest;
 use sotto_proto::{DeviceAddr, GroupId, Username};
 
-/// How many key-transparency roots a store keeps, the newest epochs'.
+/// How many key-transparency roots a store keeps of each kind (verified by the device,
+/// vouched for by members), the newest epochs'.
 pub const LOG_ROOTS_KEPT: usize = 4096;
 
 /// A setting of the account on this device.
@@ -81,6 +82,15 @@ impl Setting {
             Setting::OwnDevicesMended => "own_devices_mended",
         }
     }
+}
+
+/// A key-transparency root a device keeps for an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptRoot {
+    /// The root hash.
+    pub root: [u8; 32],
+    /// The member's device that vouched for it; `None` if this device verified it.
+    pub vouched_by: Option<DeviceAddr>,
 }
 
 /// A contact's pinned identity key.
@@ -344,13 +354,21 @@ pub trait StoreTx {
 
     /// The key-transparency root this device holds for `epoch`: one it verified, or one a
     /// member vouched for in a message.
-    fn log_root(&self, epoch: u64) -> Result<Option<[u8; 32]>, StoreError>;
-    /// Keeps `root` for `epoch`, unless a root is kept for it; only the newest
-    /// [`LOG_ROOTS_KEPT`] epochs are kept.
-    fn put_log_root(&self, epoch: u64, root: &[u8; 32]) -> Result<(), StoreError>;
+    fn log_root(&self, epoch: u64) -> Result<Option<KeptRoot>, StoreError>;
+    /// Keeps `root` for `epoch`, verified by this device (`vouched_by` `None`) or vouched for
+    /// by a member's device. A root kept for the epoch stays, unless it was vouched for and
+    /// this one is verified. Only the newest [`LOG_ROOTS_KEPT`] epochs of each kind (verified,
+    /// vouched for) are kept.
+    fn put_log_root(
+        &self,
+        epoch: u64,
+        root: &[u8; 32],
+        vouched_by: Option<&DeviceAddr>,
+    ) -> Result<(), StoreError>;
 
-    /// Stores a history entry; an id already stored is left as it is.
-    fn add_history(&self, entry: &HistoryRecord) -> Result<(), StoreError>;
+    /// Stores a history entry; an id already stored is left as it is. Returns whether it
+    /// was stored.
+    fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError>;
     /// Entries not shown yet, oldest first.
     fn unshown(&self, which: Unshown) -> Result<Vec<UnshownEntry>, StoreError>;
     /// Every entry, shown or not, oldest first.

@@ -183,7 +183,8 @@ impl World {
         let mut mls_bytes = 0usize;
         for i in 0..args.messages {
             let k = i % pairs.len();
-            let backwards = (i / pairs.len()) % 2 == 1;
+            let round = i / pairs.len();
+            let backwards = round % 2 == 1;
             let (path, ma, mb) = pairs.get_mut(k).ok_or("a conversation")?;
             let (from, to, member) = if backwards {
                 (2 * k + 1, 2 * k, mb)
@@ -192,7 +193,7 @@ impl World {
             };
             let envelope = Envelope {
                 sent_at: 0,
-                counter: Some(i as u64 + 1),
+                counter: Some(round as u64 + 1),
                 log_root: Some(sotto_bench::VOUCHED_ROOT),
                 content: Content::Text { body: text.clone() },
             };

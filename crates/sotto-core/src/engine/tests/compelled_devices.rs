@@ -154,6 +154,10 @@ async fn a_send_at_the_epoch_a_members_list_was_proven_at_looks_only_this_accoun
     assert!(lookups() >= before + 2, "{} lookups", lookups() - before);
     assert_eq!(
         recv(&bob).await,
-        [text("alice", "one"), text("alice", "two"), text("alice", "three")]
+        [
+            text("alice", "one"),
+            text("alice", "two"),
+            text("alice", "three")
+        ]
     );
 }

@@ -13,7 +13,8 @@ fn epoch(device: &Device) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_week_after_its_last_renewal_a_device_renews_its_leaf_once_at_its_next_sync() {
+async fn a_week_after_its_last_renewal_a_device_renews_its_leaf_once_at_its_next_sync_and_again_a_week_later()
+ {
     let server = LocalServer::new().await;
     let alice = server.device("alice").await;
     let bob = server.device("bob").await;
@@ -42,6 +43,13 @@ async fn a_week_after_its_last_renewal_a_device_renews_its_leaf_once_at_its_next
     // The conversation goes on in the renewed epochs.
     bob.send_group_text("team", "still here").await.unwrap();
     assert_eq!(recv(&alice).await, [text("bob", "still here")]);
+
+    // A week after the renewal, not after the start: once more each.
+    server.clock.advance(HEAL_EVERY);
+    alice.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    alice.sync().await.unwrap();
+    assert_eq!((epoch(&alice), epoch(&bob)), (start + 4, start + 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
