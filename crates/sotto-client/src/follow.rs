@@ -181,7 +181,8 @@ impl Client {
     }
 
     /// Processes a batch the socket carried and acknowledges it on the socket; after a
-    /// Welcome (someone used one of this device's KeyPackages) tops KeyPackages up.
+    /// Welcome (someone used one of this device's KeyPackages) tops KeyPackages up, and after
+    /// a removal renews this device's leaf.
     /// `Ok(false)` asks for a sync: the batch stopped early (a device list could not be
     /// fetched).
     async fn take_pushed(
@@ -209,6 +210,9 @@ impl Client {
             // Best effort, as in a sync: a failed top-up is tried on the next one.
             let _ = self.engine.top_up().await;
         }
+        // Someone was removed: this device renews its keys now, not at the next sync (a
+        // renewal that cannot be made now waits for that sync).
+        self.engine.heal_after_removals().await?;
         Ok(receipt.failure.is_none() && receipt.durable)
     }
 }

@@ -11,6 +11,7 @@ use crate::group::MemberDevice;
 use crate::store::{ClientStore, StoreTx};
 use crate::{ClientError, Transport};
 use sotto_proto::ErrorCode;
+use std::sync::atomic::Ordering;
 
 /// How often a device renews its leaf in each conversation: a week, in seconds.
 pub const HEAL_EVERY: u64 = 7 * 24 * 3600;
@@ -23,12 +24,23 @@ pub(super) fn removes_any(before: &[MemberDevice], after: &[MemberDevice]) -> bo
 }
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
+    /// Renews this device's leaf where a commit processed since the last renewal pass
+    /// removed someone (a sync does this anyway; a process that takes pushed batches between
+    /// syncs calls it after each).
+    pub async fn heal_after_removals(&self) -> Result<(), ClientError> {
+        if self.heal_wanted.swap(false, Ordering::Relaxed) {
+            self.heal_due().await?;
+        }
+        Ok(())
+    }
+
     /// Renews this device's leaf in every active conversation where it is due. When the
     /// server cannot be reached, the rest wait for the next sync; a conversation whose
     /// renewal lost every race for its epoch, or met a transient error, stays due. One the
     /// server refuses for good is told to the user (a security failure as such) and tried
     /// again after the interval.
     pub(super) async fn heal_due(&self) -> Result<(), ClientError> {
+        self.heal_wanted.store(false, Ordering::Relaxed);
         let now = self.now();
         let due = self.store.read(|tx| {
             let mut due = Vec::new();

@@ -124,6 +124,8 @@ pub struct Engine<S, T> {
     lists: Mutex<HashMap<Username, Result<DeviceList, String>>>,
     cache: Mutex<GroupCache>,
     accepted: Mutex<Vec<AcceptedSend>>,
+    /// Whether a commit processed since the last renewal pass removed someone.
+    heal_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl<S, T> std::fmt::Debug for Engine<S, T> {
@@ -274,6 +276,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             lists: Mutex::new(HashMap::new()),
             cache: Mutex::default(),
             accepted: Mutex::default(),
+            heal_wanted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

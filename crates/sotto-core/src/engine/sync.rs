@@ -14,6 +14,7 @@ use openmls::prelude::MlsGroup;
 use sotto_proto::api::{QueueResponse, QueuedKind, QueuedMessage};
 use sotto_proto::{DeviceAddr, GroupId, Username};
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 /// Queue fetch batch size.
 const FETCH_BATCH: u32 = 100;
@@ -332,11 +333,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                             let summary = group::merge_staged(provider, g, staged)?;
                             let after = group::members(g)?;
                             let events = self.describe(&summary.committer, &before, &after);
-                            // Whoever was removed may hold this device's leaf keys: they are
-                            // renewed at once.
+                            // After a removal this device renews its leaf too (DESIGN G2):
+                            // a theft of its leaf secrets heals when the membership changes.
                             if super::healing::removes_any(&before, &after) && !summary.self_removed
                             {
                                 tx.set_healed_at(gid, 0)?;
+                                self.heal_wanted.store(true, Ordering::Relaxed);
                             }
                             for (i, event) in events.into_iter().enumerate() {
                                 tx.add_history(&HistoryRecord {

@@ -1,7 +1,9 @@
 //! Post-compromise healing: each device renews its own leaf in each conversation a week
-//! after the last renewal, and right after a member is removed.
+//! after the last renewal, and after a member is removed (at its next sync, or right after
+//! the pushed batch that held the removal).
 
 use super::local::{Device, LocalServer, recv, removed, text};
+use crate::Transport as _;
 use crate::engine::healing::HEAL_EVERY;
 
 fn users(names: &[&str]) -> Vec<String> {
@@ -82,4 +84,35 @@ async fn after_a_member_is_removed_every_remaining_device_renews_its_leaf() {
     assert_eq!((epoch(&alice), epoch(&bob)), (start + 2, start + 2));
     bob.send_group_text("team", "just us").await.unwrap();
     assert_eq!(recv(&alice).await, [text("bob", "just us")]);
+}
+
+/// A process that takes pushed batches between syncs (`recv --follow`) renews after a
+/// removal as soon as it has processed the batch that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_batch_holding_a_removal_is_followed_by_a_renewal() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let _carol = server.device("carol").await;
+    alice
+        .create_group("team", &users(&["bob", "carol"]))
+        .await
+        .unwrap();
+    recv(&bob).await;
+    alice
+        .remove_members("team", &users(&["carol"]))
+        .await
+        .unwrap();
+    let start = epoch(&bob);
+
+    let token = bob.token().await.unwrap();
+    let pushed = bob.transport().queue(&token, 100).await.unwrap();
+    let receipt = bob.receive(&pushed).await.unwrap();
+    bob.transport().ack(&token, receipt.acks).await.unwrap();
+    assert_eq!(epoch(&bob), start + 1);
+    bob.heal_after_removals().await.unwrap();
+    assert_eq!(epoch(&bob), start + 2);
+    // Once: nothing is wanted any more.
+    bob.heal_after_removals().await.unwrap();
+    assert_eq!(epoch(&bob), start + 2);
 }
