@@ -273,7 +273,7 @@ fn break_the_group(server: &Server) -> impl FnOnce() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_the_server_failed_on_is_kept_and_sent_once_later() {
+async fn a_message_the_server_failed_on_is_kept_and_sent_once_later_before_any_newer_one() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"), XWING).await;
     let alice = client(&server, dir.path(), "alice").await;
@@ -288,11 +288,19 @@ async fn a_message_the_server_failed_on_is_kept_and_sent_once_later() {
         Some(sotto_proto::ErrorCode::Internal),
         "{err:?}"
     );
-    // Once it is mended, alice's next sync sends what it kept, once.
+    // Meanwhile a new message to bob is refused: it would overtake "two", whose counter
+    // comes first.
+    let err = alice.send_text("bob", "three").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("an earlier message to this conversation is still waiting"),
+        "{err:?}"
+    );
+    // Once it is mended, alice's next send sends what it kept first, once, then the new one:
+    // bob reads both in order, with nothing missing and nothing refused.
     mended();
-    alice.sync().await.unwrap();
-    alice.send_text("bob", "three").await.unwrap();
-    assert_eq!(recv(&bob).await, lines(&["alice: two", "alice: three"]));
+    alice.send_text("bob", "four").await.unwrap();
+    assert_eq!(recv(&bob).await, lines(&["alice: two", "alice: four"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use crate::store::{ClientStore, StoreTx};
 use crate::{ClientError, Transport, safety};
 use sotto_proto::device_list::{DeviceList, parse_verifying_key};
 use sotto_proto::{ErrorCode, GroupId, Username};
+use std::sync::atomic::Ordering;
 
 /// What a fetch does with a contact's identity key that is not the one pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Forgets the lists fetched so far: they change when devices are added.
     pub(super) fn forget_lists(&self) {
         lock(&self.lists).clear();
+        self.head_fresh.store(false, Ordering::Relaxed);
     }
 
     /// Fetches `user`'s identity key and device list, checks them (see
@@ -124,10 +126,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// Takes the lists of `members`' owners that this device proved the log to hold at the
-    /// newest epoch it has seen (kept from an earlier sync or process): those are current,
-    /// with no lookup. On a quiet server, where epochs come only when accounts change, most
-    /// sends need none.
+    /// newest epoch it has seen (kept from an earlier sync or process), once a proof since
+    /// the lists were last forgotten (this device's own, at every sync) showed that epoch to
+    /// be the log's newest: those are current, with no lookup. On a quiet server, where
+    /// epochs come only when accounts change, most sends need none.
     fn recall_current_lists(&self, members: &[MemberDevice]) -> Result<(), ClientError> {
+        if !self.head_fresh.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let Some(head) = self.log_head()? else {
             return Ok(());
         };

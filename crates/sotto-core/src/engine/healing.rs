@@ -1,6 +1,7 @@
 //! Post-compromise healing on a schedule (DESIGN G2): a device gives its own leaf in each of
-//! its conversations fresh keys once a week, and after a member or device is removed, at its
-//! first sync after that, so that whoever stole its keys stops reading along.
+//! its conversations fresh keys once a week, at its first sync after that, and after a member
+//! or device is removed, at its next sync or right after the pushed batch that held the
+//! removal, so that whoever stole its keys stops reading along.
 //!
 //! A commit of this device that removes someone renews its leaf too; a conversation is due
 //! again a week after its last renewal, or after its start when it had none.
@@ -34,11 +35,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         Ok(())
     }
 
-    /// Renews this device's leaf in every active conversation where it is due. When the
-    /// server cannot be reached, the rest wait for the next sync; a conversation whose
-    /// renewal lost every race for its epoch, or met a transient error, stays due. One the
-    /// server refuses for good is told to the user (a security failure as such) and tried
-    /// again after the interval.
+    /// Renews this device's leaf in every active conversation where it is due. A
+    /// conversation whose renewal lost every race for its epoch, or met a transient error
+    /// (the server unreachable included), stays due for the next sync. One the server
+    /// refuses for good is told to the user (a security failure as such) and tried again
+    /// after the interval.
     pub(super) async fn heal_due(&self) -> Result<(), ClientError> {
         self.heal_wanted.store(false, Ordering::Relaxed);
         let now = self.now();
@@ -59,7 +60,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         for gid in due {
             match self.commit_change(&gid, &heal).await {
                 Ok(_) => {}
-                Err(ClientError::Unreachable(_)) => return Ok(()),
+                // Stays due. `Unreachable` is also a member's list not in the log yet (the
+                // server's word, with no proof): it must not hold back the other conversations.
                 Err(e) if e.is_transient() || e.code() == Some(ErrorCode::EpochConflict) => {}
                 Err(e) => self.tx(|tx| {
                     tx.set_healed_at(&gid, now)?;

@@ -126,6 +126,9 @@ pub struct Engine<S, T> {
     accepted: Mutex<Vec<AcceptedSend>>,
     /// Whether a commit processed since the last renewal pass removed someone.
     heal_wanted: std::sync::atomic::AtomicBool,
+    /// Whether a proof verified since the lists were last forgotten showed the log's newest
+    /// epoch: only then are lists proven at that epoch current.
+    head_fresh: std::sync::atomic::AtomicBool,
 }
 
 impl<S, T> std::fmt::Debug for Engine<S, T> {
@@ -277,6 +280,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             cache: Mutex::default(),
             accepted: Mutex::default(),
             heal_wanted: std::sync::atomic::AtomicBool::new(false),
+            head_fresh: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -13,6 +13,10 @@ use crate::{ClientError, Content, Envelope, Transport};
 use sotto_proto::api::{SendRequest, SendResponse};
 use sotto_proto::{ErrorCode, GroupId};
 
+/// How long an outbox entry the server keeps failing on (500, 429, 503) is tried before it
+/// is given up and the user told: a day, in seconds.
+pub(super) const OUTBOX_PATIENCE: u64 = 24 * 3600;
+
 /// An application message the server accepted whose local bookkeeping (dropping the outbox
 /// entry, recording the sent message) is folded into this device's next transaction. If the
 /// process dies first, the outbox entry is replayed and the server answers it idempotently.
@@ -43,9 +47,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         counter: Option<u64>,
     ) -> Result<SendResponse, ClientError> {
         // A group's messages reach the server in the order of their counters (a receiver
-        // refuses a counter that is not past the last one it saw): a new message waits while
-        // an earlier one to the same group is still in the outbox (the server may yet take
-        // it; the last flush could not send it).
+        // refuses a counter that is not past the last one it saw): an earlier message to
+        // the same group still in the outbox (the server may yet take it) goes first, and
+        // while it cannot, a new one is refused.
+        if counter.is_none() && self.pending_in(gid)? {
+            Box::pin(self.flush_outbox()).await?;
+        }
         if counter.is_none() && self.pending_in(gid)? {
             return Err(ClientError::Unreachable(
                 "an earlier message to this conversation is still waiting for the server; \
@@ -71,9 +78,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     self.accepted(gid, req.client_id, envelope.clone(), resp.clone());
                     return Ok(resp);
                 }
+                // The entry goes once what moved the group on is processed: if that fails,
+                // the next flush redoes it (with its counter).
                 Err(e) if e.code() == Some(ErrorCode::EpochConflict) => {
-                    self.drop_outbox(&req.client_id)?;
                     self.pull().await?;
+                    self.drop_outbox(&req.client_id)?;
                 }
                 // The server may have taken it: the outbox keeps it, the next sync replays it.
                 Err(e) if e.is_transient() => return Err(e),
@@ -224,8 +233,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Sends whatever an interrupted run left in the outbox, with its original idempotency
     /// key, so the server stores it at most once. Entries go in order; one the server may yet
     /// take (it could not be reached, failed, or asked for patience) stops the flush and waits
-    /// for the next sync with those after it. An entry that can never be sent is dropped and
-    /// told to the user, so that it cannot block this device's receiving.
+    /// for the next sync with those after it, for a day at most. An entry that can never be
+    /// sent (or that a day of trying did not send) is dropped and told to the user, so that
+    /// it cannot block this device's receiving.
     pub(super) async fn flush_outbox(&self) -> Result<(), ClientError> {
         // Bookkeeping of sends already accepted first: they need no replay.
         self.finish_accepted()?;
@@ -244,7 +254,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             match self.replay(&entry).await {
                 Ok(()) => {}
                 Err(e @ ClientError::Unreachable(_)) => return Err(e),
-                Err(e) if e.is_transient() => return Ok(()),
+                // A server that has refused it for a day will not take it: it must not hold
+                // back the rest (and its group's new messages) for ever.
+                Err(e)
+                    if e.is_transient()
+                        && self.now().saturating_sub(entry.created_at) <= OUTBOX_PATIENCE =>
+                {
+                    return Ok(());
+                }
                 Err(e) => self.give_up(&entry, &e)?,
             }
         }

@@ -341,7 +341,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                                 self.heal_wanted.store(true, Ordering::Relaxed);
                             }
                             for (i, event) in events.into_iter().enumerate() {
-                                tx.add_history(&HistoryRecord {
+                                let mut record = HistoryRecord {
                                     id: format!("{}.{i}", m.id),
                                     group: Some(gid.clone()),
                                     sender: Some((summary.committer.clone(), true)),
@@ -349,7 +349,14 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                                     received_at: m.accepted_at,
                                     item: HistoryItem::Event(event),
                                     outgoing: false,
-                                })?;
+                                };
+                                // The commit is the group's now: under an id the history
+                                // holds (the server's choice), its events are shown under
+                                // ids of this device's own.
+                                if !tx.add_history(&record)? {
+                                    record.id = format!("local-{}", super::random_client_id());
+                                    tx.add_history(&record)?;
+                                }
                             }
                             if summary.self_removed {
                                 tx.deactivate_conversation(gid)?;

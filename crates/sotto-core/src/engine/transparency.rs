@@ -299,6 +299,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             ))
         })?;
         self.note_head(proven.epoch, proven.root)?;
+        // A lookup without `after` answers at the log's newest epoch (one with `after`, at
+        // one at least that new): the head is fresh as of now.
+        self.head_fresh
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Logged::Value(proven.epoch, proven.value, proven.version))
     }
 

@@ -60,6 +60,8 @@ pub struct LocalServer {
     pub roster_sends: AtomicU64,
     /// How many key-transparency lookups it answered.
     pub lookups: AtomicU64,
+    /// While set, every send fails as a server whose storage fails does (500).
+    pub failing_sends: std::sync::atomic::AtomicBool,
     pub clock: Arc<TestClock>,
     /// The MLS ciphersuite its groups use.
     suite: u16,
@@ -89,6 +91,7 @@ impl LocalServer {
             epoch_conflicts: AtomicU64::new(0),
             roster_sends: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
+            failing_sends: std::sync::atomic::AtomicBool::new(false),
             clock: Arc::new(TestClock::default()),
             suite,
             held_back: Mutex::new(Vec::new()),
@@ -478,6 +481,9 @@ impl Transport for LocalTransport {
         req: &SendRequest,
     ) -> Result<SendResponse, ClientError> {
         let sender = self.server.signed_in(token)?;
+        if self.server.failing_sends.load(Ordering::Relaxed) {
+            return Err(refused(ErrorCode::Internal, "storage failed"));
+        }
         let valid = req.clone().validate(group).map_err(invalid)?;
         let quota = QueueQuota {
             messages: 10_000,

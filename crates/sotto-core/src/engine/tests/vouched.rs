@@ -3,13 +3,16 @@
 //! (attack d, caught by the roots members vouch for, whichever of two members sees its root
 //! first).
 
-use super::local::{Device, LocalServer, missing, recv, text, user};
+use super::local::{Device, LocalServer, missing, recv, shown, text, user};
 use crate::Transport as _;
+use crate::engine::outbox::OUTBOX_PATIENCE;
+use crate::events::Event;
 use crate::store::{ClientStore as _, HistoryItem, StoreTx as _};
 use crate::{Content, Envelope, LogRoot};
 use sotto_proto::api::{QueuedMessage, SendRequest};
 use sotto_proto::limits::MAX_FETCH_BYTES;
 use sotto_server::storage::DeliveryStore as _;
+use std::sync::atomic::Ordering;
 
 /// What the server holds in `device`'s queue, as its operator sees it.
 async fn queued(device: &Device) -> Vec<QueuedMessage> {
@@ -90,6 +93,40 @@ async fn a_message_the_server_queues_again_is_refused_as_a_replay() {
     // The conversation goes on.
     alice.send_text("bob", "that was all").await.unwrap();
     assert_eq!(recv(&bob).await, [text("alice", "that was all")]);
+}
+
+/// A message the server keeps failing on goes before any newer one to its group, for a day;
+/// then it is given up (the user told), and its number shows as missing to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_messages_leave_in_counter_order_and_one_failing_for_a_day_is_given_up() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    assert_eq!(recv(&bob).await, [text("alice", "one")]);
+
+    server.failing_sends.store(true, Ordering::Relaxed);
+    let e = alice.send_text("bob", "two").await.unwrap_err();
+    assert_eq!(e.code(), Some(sotto_proto::ErrorCode::Internal), "{e:?}");
+    let e = alice.send_text("bob", "three").await.unwrap_err();
+    assert!(e.to_string().contains("still waiting"), "{e:?}");
+    server.clock.advance(OUTBOX_PATIENCE + 1);
+    alice.sync().await.unwrap();
+    let told = shown(&alice);
+    assert!(
+        matches!(
+            &told[..],
+            [(_, HistoryItem::Event(Event::Undelivered { .. }))]
+        ),
+        "{told:?}"
+    );
+
+    server.failing_sends.store(false, Ordering::Relaxed);
+    alice.send_text("bob", "four").await.unwrap();
+    assert_eq!(
+        recv(&bob).await,
+        [missing(&alice, 1), text("alice", "four")]
+    );
 }
 
 /// MLS itself refuses a ciphertext it decrypted before; a message whose counter is not past
