@@ -7,7 +7,8 @@
 //!
 //! - A counter more than one past the last one seen from that device shows that messages
 //!   are missing: a notice names the sender and how many.
-//! - A counter seen before is a replay: the message is refused and the refusal shown.
+//! - A counter not past the last one seen is a replay (or a reordering: a device sends a
+//!   group's messages in counter order): the message is refused and the refusal shown.
 //! - A root that differs from the one this device holds for the same epoch (verified by
 //!   itself, or vouched for by another member) shows that the server is showing its users
 //!   different logs, or that a device lies: a security alarm naming the members. A root for
@@ -111,8 +112,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 }
                 Some(_) => {}
                 // Kept to compare with what this device and other members see at that epoch;
-                // not too far ahead of this device, so that a member cannot push the roots it
-                // verified out of the store.
+                // not too far ahead of this device, so that a member cannot fill the store
+                // with far-off epochs (vouched roots never push out verified ones).
                 None if self
                     .head(tx)?
                     .is_some_and(|h| vouched.epoch <= h.epoch.saturating_add(VOUCHED_AHEAD)) =>
