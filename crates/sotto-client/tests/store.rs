@@ -310,11 +310,19 @@ fn conformance<S: ClientStore>(store: &S) {
                 active: true,
                 created_at: 1,
             })?;
-            assert_eq!(tx.healed_at(&group(7))?, None);
+            let due = |cutoff| Ok::<_, StoreError>(tx.unhealed_since(cutoff)?.contains(&group(7)));
+            // Never renewed: its start counts.
+            assert!(!due(0)?);
+            assert!(due(1)?);
             tx.set_healed_at(&group(7), 50)?;
-            assert_eq!(tx.healed_at(&group(7))?, Some(50));
+            assert!(!due(49)?);
+            assert!(due(50)?);
+            // 0: due at once.
             tx.set_healed_at(&group(7), 0)?;
-            assert_eq!(tx.healed_at(&group(7))?, Some(0));
+            assert!(due(0)?);
+            // An inactive conversation is never due.
+            tx.deactivate_conversation(&group(7))?;
+            assert!(!due(u64::MAX)?);
             Ok::<_, StoreError>(())
         })
         .unwrap();

@@ -92,12 +92,16 @@ pub(super) fn deactivate(conn: &Connection, group: &GroupId) -> rusqlite::Result
     Ok(())
 }
 
-pub(super) fn healed_at(conn: &Connection, group: &GroupId) -> rusqlite::Result<Option<u64>> {
-    let at: Option<Option<i64>> = conn
-        .prepare_cached("SELECT healed_at FROM conversations WHERE group_id = ?1")?
-        .query_row([group.as_bytes()], |r| r.get(0))
-        .optional()?;
-    Ok(at.flatten().map(unsigned))
+pub(super) fn unhealed_since(conn: &Connection, cutoff: u64) -> Result<Vec<GroupId>, StoreError> {
+    let ids: Vec<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT group_id FROM conversations
+             WHERE active = 1 AND COALESCE(healed_at, created_at) <= ?1
+             ORDER BY created_at, rowid",
+        )?
+        .query_map([integer(cutoff)], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.iter().map(|id| group_id(id)).collect()
 }
 
 pub(super) fn set_healed_at(conn: &Connection, group: &GroupId, at: u64) -> rusqlite::Result<()> {

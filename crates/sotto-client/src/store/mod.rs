@@ -423,8 +423,8 @@ impl StoreTx for SqlTx<'_> {
         Ok(conversations::deactivate(&self.conn, group)?)
     }
 
-    fn healed_at(&self, group: &GroupId) -> Result<Option<u64>, StoreError> {
-        Ok(conversations::healed_at(&self.conn, group)?)
+    fn unhealed_since(&self, cutoff: u64) -> Result<Vec<GroupId>, StoreError> {
+        conversations::unhealed_since(&self.conn, cutoff)
     }
 
     fn set_healed_at(&self, group: &GroupId, at: u64) -> Result<(), StoreError> {

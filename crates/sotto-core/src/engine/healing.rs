@@ -43,16 +43,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     pub(super) async fn heal_due(&self) -> Result<(), ClientError> {
         self.heal_wanted.store(false, Ordering::Relaxed);
         let now = self.now();
-        let due = self.store.read(|tx| {
-            let mut due = Vec::new();
-            for c in tx.conversations()? {
-                let healed = tx.healed_at(&c.group)?.unwrap_or(c.created_at);
-                if c.active && healed.saturating_add(HEAL_EVERY) <= now {
-                    due.push(c.group);
-                }
-            }
-            Ok::<_, ClientError>(due)
-        })?;
+        let Some(cutoff) = now.checked_sub(HEAL_EVERY) else {
+            return Ok(());
+        };
+        let due = self.store.read(|tx| tx.unhealed_since(cutoff))?;
         let heal = MemberChange {
             heal: true,
             ..MemberChange::default()

@@ -236,8 +236,17 @@ impl StoreTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn healed_at(&self, group: &GroupId) -> Result<Option<u64>, StoreError> {
-        Ok(self.work.borrow().healed.get(group).copied())
+    fn unhealed_since(&self, cutoff: u64) -> Result<Vec<GroupId>, StoreError> {
+        let work = self.work.borrow();
+        let mut due: Vec<&ConversationRecord> = work
+            .conversations
+            .iter()
+            .filter(|c| {
+                c.active && work.healed.get(&c.group).copied().unwrap_or(c.created_at) <= cutoff
+            })
+            .collect();
+        due.sort_by_key(|c| c.created_at);
+        Ok(due.into_iter().map(|c| c.group.clone()).collect())
     }
 
     fn set_healed_at(&self, group: &GroupId, at: u64) -> Result<(), StoreError> {

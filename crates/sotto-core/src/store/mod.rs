@@ -325,10 +325,10 @@ pub trait StoreTx {
     ) -> Result<(), StoreError>;
     /// Marks a conversation inactive: this device was removed.
     fn deactivate_conversation(&self, group: &GroupId) -> Result<(), StoreError>;
-    /// When this device last updated its own leaf in `group` (0: it is due now); `None` if
-    /// it never said, when the conversation's start counts.
-    fn healed_at(&self, group: &GroupId) -> Result<Option<u64>, StoreError>;
-    /// Sets when this device last updated its own leaf in `group`.
+    /// The active conversations where this device last renewed its own leaf at or before
+    /// `cutoff` (or, if it never did, that started then), oldest first.
+    fn unhealed_since(&self, cutoff: u64) -> Result<Vec<GroupId>, StoreError>;
+    /// Sets when this device last renewed its own leaf in `group` (0: due at once).
     fn set_healed_at(&self, group: &GroupId, at: u64) -> Result<(), StoreError>;
 
     /// The last counter of `sender`'s messages in `group`: the last one seen from another
