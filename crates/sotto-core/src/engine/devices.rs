@@ -69,6 +69,16 @@ fn parse_list(bytes: &[u8]) -> Result<SignedDeviceListIn, ClientError> {
     serde_json::from_slice(bytes).map_err(|_| ClientError::damaged("device list"))
 }
 
+/// Another device changed the account's list every time this one tried: a refusal (exit
+/// code 2), to be tried again.
+pub(super) fn list_kept_changing() -> ClientError {
+    ClientError::Refused(sotto_proto::ErrorBody {
+        code: ErrorCode::DeviceListChanged,
+        message: "the account's device list kept changing; try again".into(),
+        epoch: None,
+    })
+}
+
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// The signed device list this device holds for its account, verified.
     pub(super) fn own_list(&self) -> Result<(SignedDeviceListIn, DeviceList), ClientError> {
@@ -375,11 +385,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Refused(sotto_proto::ErrorBody {
-            code: ErrorCode::DeviceListChanged,
-            message: "the account's device list kept changing; try again".into(),
-            epoch: None,
-        }))
+        Err(list_kept_changing())
     }
 
     /// Takes the account's newer list from the server, once the log holds it (another device

@@ -28,6 +28,21 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         self.record_notice(tx, id, group, item)
     }
 
+    /// Stores `record` under its id or, when the history holds that id already (an id the
+    /// server chose, clashing with one of this device's), under an id of this device's own:
+    /// nothing is hidden behind another entry.
+    pub(super) fn add_history_visibly(
+        &self,
+        tx: &impl StoreTx,
+        mut record: HistoryRecord,
+    ) -> Result<(), ClientError> {
+        if !tx.add_history(&record)? {
+            record.id = format!("local-{}", random_client_id());
+            tx.add_history(&record)?;
+        }
+        Ok(())
+    }
+
     /// Stores that something this device sent was refused for good, and why.
     pub(super) fn record_undelivered(
         &self,

@@ -148,11 +148,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Refused(sotto_proto::ErrorBody {
-            code: ErrorCode::DeviceListChanged,
-            message: "the account's device list kept changing; try again".into(),
-            epoch: None,
-        }))
+        Err(super::devices::list_kept_changing())
     }
 
     /// Takes out of every conversation each device of this account that is not in the

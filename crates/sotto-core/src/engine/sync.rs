@@ -253,21 +253,18 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         reason: other.to_string(),
                     }),
                 };
-                let mut record = HistoryRecord {
-                    id: m.id.to_string(),
-                    group: Some(m.group_id.clone()),
-                    sender: Some((m.sender.clone(), false)),
-                    sent_at: m.accepted_at,
-                    received_at: m.accepted_at,
-                    item,
-                    outgoing: false,
-                };
-                // Under an id the history holds (the server's choice), the refusal is shown
-                // under one of this device's own.
-                if !tx.add_history(&record)? {
-                    record.id = format!("local-{}", super::random_client_id());
-                    tx.add_history(&record)?;
-                }
+                self.add_history_visibly(
+                    tx,
+                    HistoryRecord {
+                        id: m.id.to_string(),
+                        group: Some(m.group_id.clone()),
+                        sender: Some((m.sender.clone(), false)),
+                        sent_at: m.accepted_at,
+                        received_at: m.accepted_at,
+                        item,
+                        outgoing: false,
+                    },
+                )?;
             }
         }
         tx.mark_processed(m.id)?;
@@ -341,22 +338,20 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                                 self.heal_wanted.store(true, Ordering::Relaxed);
                             }
                             for (i, event) in events.into_iter().enumerate() {
-                                let mut record = HistoryRecord {
-                                    id: format!("{}.{i}", m.id),
-                                    group: Some(gid.clone()),
-                                    sender: Some((summary.committer.clone(), true)),
-                                    sent_at: summary.sent_at.unwrap_or(m.accepted_at),
-                                    received_at: m.accepted_at,
-                                    item: HistoryItem::Event(event),
-                                    outgoing: false,
-                                };
-                                // The commit is the group's now: under an id the history
-                                // holds (the server's choice), its events are shown under
-                                // ids of this device's own.
-                                if !tx.add_history(&record)? {
-                                    record.id = format!("local-{}", super::random_client_id());
-                                    tx.add_history(&record)?;
-                                }
+                                // The commit is the group's now: its events are shown,
+                                // whatever id the server gave it.
+                                self.add_history_visibly(
+                                    tx,
+                                    HistoryRecord {
+                                        id: format!("{}.{i}", m.id),
+                                        group: Some(gid.clone()),
+                                        sender: Some((summary.committer.clone(), true)),
+                                        sent_at: summary.sent_at.unwrap_or(m.accepted_at),
+                                        received_at: m.accepted_at,
+                                        item: HistoryItem::Event(event),
+                                        outgoing: false,
+                                    },
+                                )?;
                             }
                             if summary.self_removed {
                                 tx.deactivate_conversation(gid)?;

@@ -2,13 +2,9 @@
 //! after the last renewal, and after a member is removed (at its next sync, or right after
 //! the pushed batch that held the removal).
 
-use super::local::{Device, LocalServer, recv, removed, text};
+use super::local::{Device, LocalServer, recv, removed, text, users};
 use crate::Transport as _;
 use crate::engine::healing::HEAL_EVERY;
-
-fn users(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| (*n).to_owned()).collect()
-}
 
 fn epoch(device: &Device) -> u64 {
     device.groups().unwrap()[0].epoch

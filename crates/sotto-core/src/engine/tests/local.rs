@@ -576,3 +576,15 @@ pub async fn add_declaring(
     };
     by.transport().send(&token, group, &request).await.unwrap();
 }
+
+/// What the server holds in `device`'s queue, as its operator sees it.
+pub async fn queued(device: &Device) -> Vec<sotto_proto::api::QueuedMessage> {
+    use sotto_server::storage::DeliveryStore as _;
+    device
+        .transport()
+        .storage()
+        .fetch(device.me(), 0, 100, sotto_proto::limits::MAX_FETCH_BYTES)
+        .await
+        .unwrap()
+        .messages
+}

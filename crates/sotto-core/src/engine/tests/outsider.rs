@@ -8,8 +8,7 @@
 //!   group as it was;
 //! - a message under the id of one this device sent, where it would vanish behind it.
 
-use super::local::{LocalServer, recv, removed, shown, text};
-use crate::engine::tests::local::Device;
+use super::local::{Device, LocalServer, queued, recv, removed, shown, text};
 use crate::store::{ClientStore as _, HistoryItem, StoreTx as _};
 use crate::{ClientError, Clock as _, Transport as _, group};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
@@ -18,9 +17,7 @@ use openmls::prelude::{
     OpenMlsProvider as _, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use sotto_proto::api::{QueuedKind, QueuedMessage, SendRequest};
-use sotto_proto::limits::MAX_FETCH_BYTES;
 use sotto_server::delivery::{self, QueueQuota, Submitted};
-use sotto_server::storage::DeliveryStore as _;
 
 /// `mallory`'s external commit into the group `gid` of `member`, from the group's public
 /// state as `member` would publish it.
@@ -115,16 +112,6 @@ async fn a_commit_adding_a_member_made_by_no_member_is_refused_by_every_member()
     assert!(members.iter().all(|m| m.user != "mallory"), "{members:?}");
     // Nothing reaches mallory.
     assert!(recv(&mallory).await.is_empty());
-}
-
-/// What the server holds in `device`'s queue, as its operator sees it.
-async fn queued(device: &Device) -> Vec<QueuedMessage> {
-    let storage = device.transport().storage();
-    storage
-        .fetch(device.me(), 0, 100, MAX_FETCH_BYTES)
-        .await
-        .unwrap()
-        .messages
 }
 
 fn is_refusal(seen: &[super::local::Seen], words: &str) -> bool {

@@ -34,6 +34,11 @@ pub fn user(name: &str) -> Username {
     Username::parse(name).unwrap()
 }
 
+/// Usernames, as the engine's membership calls take them.
+pub fn users(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
 /// A text from `from`.
 pub fn text(from: &str, body: &str) -> Seen {
     (Some(user(from)), HistoryItem::Text(body.into()))

@@ -1,13 +1,9 @@
 //! Three users through every kind of change a conversation goes through.
 
-use super::local::{Device, LocalServer, added, joined, recv, removed, shown, text};
+use super::local::{Device, LocalServer, added, joined, recv, removed, shown, text, users};
 use crate::events::Event;
 use sotto_proto::Username;
 use std::sync::atomic::Ordering;
-
-fn users(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| (*n).to_owned()).collect()
-}
 
 fn member_users(device: &Device, group: &str) -> Vec<String> {
     device

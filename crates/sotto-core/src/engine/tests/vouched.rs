@@ -3,26 +3,14 @@
 //! (attack d, caught by the roots members vouch for, whichever of two members sees its root
 //! first).
 
-use super::local::{Device, LocalServer, missing, recv, shown, text, user};
+use super::local::{Device, LocalServer, missing, queued, recv, shown, text, user};
 use crate::Transport as _;
 use crate::engine::outbox::OUTBOX_PATIENCE;
 use crate::events::Event;
 use crate::store::{ClientStore as _, HistoryItem, StoreTx as _};
 use crate::{Content, Envelope, LogRoot};
-use sotto_proto::api::{QueuedMessage, SendRequest};
-use sotto_proto::limits::MAX_FETCH_BYTES;
-use sotto_server::storage::DeliveryStore as _;
+use sotto_proto::api::SendRequest;
 use std::sync::atomic::Ordering;
-
-/// What the server holds in `device`'s queue, as its operator sees it.
-async fn queued(device: &Device) -> Vec<QueuedMessage> {
-    let storage = device.transport().storage();
-    storage
-        .fetch(device.me(), 0, 100, MAX_FETCH_BYTES)
-        .await
-        .unwrap()
-        .messages
-}
 
 /// The newest key-transparency epoch `device` verified.
 fn head(device: &Device) -> u64 {
