@@ -38,6 +38,7 @@ fuzz_target!(|input: Input| {
                 epoch,
                 root_hash: Bytes(root.to_vec()),
                 proof: Bytes(proof),
+                checkpoint: String::new(),
             };
             let _ = verify_lookup_proof(&vrf_key, &user, &found);
         }

@@ -143,6 +143,7 @@ impl Transport for Offline {
         _: &str,
         _: &Username,
         _: Option<u64>,
+        _: usize,
     ) -> Result<sotto_proto::kt::LookupResponse, ClientError> {
         offline()
     }

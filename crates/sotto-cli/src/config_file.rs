@@ -1,6 +1,6 @@
 //! `sotto server --config FILE`: the server's settings in a TOML file, with the same names as
 //! its flags (`listen`, `data`, `database`, `ciphersuite`, `metrics_listen`, `nats`,
-//! `behind_tls_proxy`, `trusted_proxy = [...]`, `log_format`, `kt_epoch_ms`,
+//! `behind_tls_proxy`, `trusted_proxy = [...]`, `witness = [...]`, `log_format`, `kt_epoch_ms`,
 //! `kt_epoch_changes`, and a `[limit]` table of
 //! `name = "value"`). A setting in the file replaces the built-in default; the environment
 //! (`SOTTO_…`) and the command line each win over the file.
@@ -21,6 +21,9 @@ const SCALARS: &[&str] = &[
     "kt_epoch_changes",
 ];
 
+/// The settings a file may hold as lists, each a repeatable flag of `sotto server`.
+const LISTS: &[&str] = &["trusted_proxy", "witness"];
+
 /// Reads `path` and makes its settings the defaults of the `server` subcommand of `command`.
 pub fn apply(command: clap::Command, path: &Path) -> Result<clap::Command, String> {
     let text =
@@ -36,19 +39,17 @@ pub fn apply(command: clap::Command, path: &Path) -> Result<clap::Command, Strin
                 name,
                 vec![scalar(value).ok_or_else(|| bad("expected a string, number or boolean"))?],
             ));
-        } else if key == "trusted_proxy" {
-            let list = value
-                .as_array()
-                .ok_or_else(|| bad("expected a list of addresses"))?;
+        } else if let Some(&name) = LISTS.iter().find(|&&n| n == key) {
+            let list = value.as_array().ok_or_else(|| bad("expected a list"))?;
             let items = list
                 .iter()
                 .map(|v| {
                     v.as_str()
                         .map(str::to_owned)
-                        .ok_or_else(|| bad("expected addresses as strings"))
+                        .ok_or_else(|| bad("expected a list of strings"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            defaults.push(("trusted_proxy", items));
+            defaults.push((name, items));
         } else if key == "limit" {
             let limits = value
                 .as_table()
@@ -64,9 +65,10 @@ pub fn apply(command: clap::Command, path: &Path) -> Result<clap::Command, Strin
             defaults.push(("limit", items));
         } else {
             return Err(format!(
-                "--config {}: unknown setting {key:?}; the settings are: {}, trusted_proxy, limit",
+                "--config {}: unknown setting {key:?}; the settings are: {}, {}, limit",
                 path.display(),
-                SCALARS.join(", ")
+                SCALARS.join(", "),
+                LISTS.join(", ")
             ));
         }
     }

@@ -84,9 +84,11 @@ pub async fn link(home: &Path, args: LinkArgs) -> Result<ExitCode, ClientError> 
     } = args;
     let name = name.unwrap_or_else(host_name);
     let pass = passcode(true)?;
+    // The witnesses come from the approving device, with the account's other settings.
     let options = InitOptions {
         kdf: KdfParams::from_env(),
         insecure_http,
+        witnesses: None,
     };
     let linking = Linking::start(home, &server, &user, &name, &pass, options).await?;
     let code = linking.code();

@@ -8,6 +8,7 @@
 
 mod config_file;
 mod devices;
+mod log;
 mod output;
 mod server;
 
@@ -40,6 +41,12 @@ struct Cli {
 enum Command {
     /// Run a Sotto server.
     Server(server::ServerArgs),
+    /// Witness a server's key-transparency log: cosign each epoch once its append-only proof
+    /// from the last one cosigned verifies (no account needed).
+    Witness(log::WitnessArgs),
+    /// Verify a server's key-transparency log from the last epoch seen to the newest, and
+    /// keep a record of its roots (no account needed).
+    Audit(log::AuditArgs),
     /// Create an account with this device as its first device.
     Init {
         /// Server URL, e.g. http://127.0.0.1:8787.
@@ -52,6 +59,16 @@ enum Command {
         /// only: everything, sign-in included, then crosses the network without TLS.
         #[arg(long)]
         insecure_http: bool,
+        /// A witness whose cosignature every key-transparency root must carry: its C2SP
+        /// verifier key, as `sotto witness` prints it (repeatable).
+        #[arg(long, value_name = "VKEY")]
+        witness: Vec<String>,
+        /// How many of the --witness keys must have cosigned a root (default: all).
+        #[arg(long, value_name = "K")]
+        witness_threshold: Option<usize>,
+        /// How old a witness's newest cosignature may be, in seconds (default 600).
+        #[arg(long, value_name = "SECONDS", default_value_t = sotto_client::WITNESS_MAX_AGE)]
+        witness_max_age: u64,
     },
     /// Show this device's account, device id, server and identity key.
     Whoami {
@@ -245,15 +262,23 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let home = cli.home.unwrap_or_else(default_home);
     match cli.command {
         Command::Server(args) => server::run(args).await,
+        Command::Witness(args) => log::witness(args).await,
+        Command::Audit(args) => log::run_audit(args).await,
         Command::Init {
             server,
             user,
             insecure_http,
+            witness,
+            witness_threshold,
+            witness_max_age,
         } => {
+            let witnesses =
+                sotto_client::WitnessPolicy::new(&witness, witness_threshold, witness_max_age)?;
             let pass = passcode(true)?;
             let options = InitOptions {
                 kdf: KdfParams::from_env(),
                 insecure_http,
+                witnesses,
             };
             let client = Client::init(&home, &server, &user, &pass, options).await?;
             let me = client.whoami();
@@ -353,9 +378,13 @@ async fn client_command(client: &Client, command: Command) -> Result<ExitCode, C
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Server(_) | Command::Init { .. } | Command::Recv { .. } => Err(
-            ClientError::Usage("this command does not run on an account".into()),
-        ),
+        Command::Server(_)
+        | Command::Witness(_)
+        | Command::Audit(_)
+        | Command::Init { .. }
+        | Command::Recv { .. } => Err(ClientError::Usage(
+            "this command does not run on an account".into(),
+        )),
     }
 }
 

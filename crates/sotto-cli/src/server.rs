@@ -64,6 +64,10 @@ pub struct ServerArgs {
     /// The most accounts one key-transparency epoch publishes.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     kt_epoch_changes: u64,
+    /// A witness whose cosignatures of the log's checkpoints this server keeps and serves
+    /// with every proof: its C2SP verifier key, as `sotto witness` prints it (repeatable).
+    #[arg(long, value_name = "VKEY", value_parser = parse_witness)]
+    witness: Vec<sotto_proto::checkpoint::WitnessKey>,
     /// Log lines as human-readable text or as JSON objects (level filter: RUST_LOG).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -74,6 +78,10 @@ pub struct ServerArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_witness(s: &str) -> Result<sotto_proto::checkpoint::WitnessKey, String> {
+    sotto_proto::checkpoint::WitnessKey::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_suite(s: &str) -> Result<u16, String> {
@@ -163,6 +171,7 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
             kt: KtConfig {
                 epoch_interval: std::time::Duration::from_millis(args.kt_epoch_ms),
                 epoch_changes: usize::try_from(args.kt_epoch_changes).unwrap_or(usize::MAX),
+                witnesses: args.witness,
             },
             ..Config::default()
         },
@@ -213,6 +222,6 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, ClientError> {
     }
     sotto_server::serve(listener, state, shutdown_signal())
         .await
-        .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        .map_err(|e| ClientError::Unreachable(format!("the server stopped: {e}")))?;
     Ok(ExitCode::SUCCESS)
 }

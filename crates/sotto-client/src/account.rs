@@ -65,13 +65,15 @@ pub enum VerifyAction<'a> {
 }
 
 /// How a new account's device is set up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct InitOptions {
     /// Argon2id cost of the passcode ([`KdfParams::calibrated`] outside tests).
     pub kdf: KdfParams,
     /// Allow `http://` to a host that is not loopback (test networks only): remembered in
     /// the store, so every later command of this device may use it too.
     pub insecure_http: bool,
+    /// The witnesses whose cosignatures every log root must carry (`init --witness`).
+    pub witnesses: Option<sotto_core::engine::WitnessPolicy>,
 }
 
 impl InitOptions {
@@ -80,6 +82,7 @@ impl InitOptions {
         InitOptions {
             kdf,
             insecure_http: false,
+            witnesses: None,
         }
     }
 }
@@ -93,6 +96,7 @@ pub(crate) struct NewHome {
     pub(crate) config: sotto_proto::api::ServerConfig,
     kdf: KdfParams,
     insecure_http: bool,
+    witnesses: Option<sotto_core::engine::WitnessPolicy>,
     created: bool,
 }
 
@@ -142,6 +146,7 @@ impl NewHome {
             config,
             kdf: options.kdf,
             insecure_http: options.insecure_http,
+            witnesses: options.witnesses,
             created,
         })
     }
@@ -154,10 +159,14 @@ impl NewHome {
 
     /// The settings the shell keeps in the store beside the account's own.
     pub(crate) fn settings(&self) -> Vec<(Setting, Vec<u8>)> {
-        vec![
+        let mut settings = vec![
             (Setting::Server, self.api.base().as_bytes().to_vec()),
             (Setting::InsecureHttp, vec![u8::from(self.insecure_http)]),
-        ]
+        ];
+        if let Some(policy) = &self.witnesses {
+            settings.push((Setting::KtWitnesses, policy.to_setting()));
+        }
+        settings
     }
 
     /// Removes what was made in the home directory (and the directory, if it was made).

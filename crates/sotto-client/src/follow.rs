@@ -43,7 +43,7 @@ impl Client {
             .transport()
             .ws_url()
             .into_client_request()
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            .map_err(|e| ClientError::Unreachable(format!("server unreachable: {e}")))?;
         let auth = format!("Bearer {}", self.engine.token().await?)
             .parse()
             .map_err(|_| ClientError::Internal("the token is not a valid header".into()))?;
@@ -51,8 +51,12 @@ impl Client {
         let (stream, _) =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
                 .await
-                .map_err(|_| ClientError::Unreachable("opening the push socket timed out".into()))?
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+                .map_err(|_| {
+                    ClientError::Unreachable(
+                        "server unreachable: opening the push socket timed out".into(),
+                    )
+                })?
+                .map_err(|e| ClientError::Unreachable(format!("server unreachable: {e}")))?;
         Ok(stream)
     }
 
@@ -204,7 +208,7 @@ impl Client {
             stream
                 .send(Message::Text(ack.into()))
                 .await
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+                .map_err(|e| ClientError::Unreachable(format!("server unreachable: {e}")))?;
         }
         if queue.messages.iter().any(|m| m.kind == QueuedKind::Welcome) {
             // Best effort, as in a sync: a failed top-up is tried on the next one.

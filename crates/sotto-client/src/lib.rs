@@ -16,6 +16,7 @@ pub mod account;
 mod devices;
 mod follow;
 mod keyfile;
+pub mod log;
 pub mod messages;
 pub mod store;
 #[cfg(test)]
@@ -31,5 +32,6 @@ pub use sotto_core::ClientError;
 pub use sotto_core::engine::conversations::{Conversation, Member};
 pub use sotto_core::engine::devices::{Approved, DeviceInfo};
 pub use sotto_core::engine::removal::Removed;
+pub use sotto_core::engine::{WITNESS_MAX_AGE, WitnessPolicy};
 pub use sotto_core::safety;
 pub use transport::Api;

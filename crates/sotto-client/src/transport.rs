@@ -13,7 +13,7 @@ use sotto_proto::api::{
     TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
 use sotto_proto::device_list::DeviceListUpdate;
-use sotto_proto::kt::LookupResponse;
+use sotto_proto::kt::{CosignRequest, EpochResponse, LookupResponse};
 use sotto_proto::link::{
     CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
     PickupResponse,
@@ -89,7 +89,7 @@ impl Api {
         }
         let http = builder
             .build()
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            .map_err(|e| ClientError::Unreachable(format!("cannot make an HTTP client: {e}")))?;
         Ok(Api { http, base })
     }
 
@@ -139,17 +139,15 @@ impl Api {
             (Err(_), Repeat::Safe) => send().await,
             (first, _) => first,
         }
-        .map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.base)))?;
+        .map_err(|e| ClientError::Unreachable(format!("server unreachable: {}: {e}", self.base)))?;
         let status = resp.status();
         if status.is_success() {
             if status == reqwest::StatusCode::NO_CONTENT {
                 return Ok(None);
             }
-            return resp
-                .json::<T>()
-                .await
-                .map(Some)
-                .map_err(|e| ClientError::Unreachable(format!("bad response from server: {e}")));
+            return resp.json::<T>().await.map(Some).map_err(|e| {
+                ClientError::Unreachable(format!("server unreachable: bad response: {e}"))
+            });
         }
         let body = resp.json::<ErrorBody>().await.unwrap_or(ErrorBody {
             code: ErrorCode::Internal,
@@ -169,7 +167,46 @@ impl Api {
     ) -> Result<T, ClientError> {
         self.call(method, path, token, body, repeat)
             .await?
-            .ok_or_else(|| ClientError::Unreachable("empty response from server".into()))
+            .ok_or_else(|| ClientError::Unreachable("server unreachable: empty response".into()))
+    }
+
+    /// `GET /v1/kt/checkpoint`: the log's newest epoch; with `after`, the server may wait a
+    /// few seconds for one newer than that.
+    pub async fn kt_checkpoint(&self, after: Option<u64>) -> Result<EpochResponse, ClientError> {
+        let query = after.map_or_else(String::new, |a| format!("?after={a}"));
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/kt/checkpoint{query}"),
+            None,
+            None,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// `GET /v1/kt/epochs/{epoch}`.
+    pub async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/kt/epochs/{epoch}"),
+            None,
+            None,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// `POST /v1/kt/cosignatures`.
+    pub async fn kt_cosign(&self, req: &CosignRequest) -> Result<(), ClientError> {
+        self.call::<_, ()>(
+            Method::POST,
+            "/v1/kt/cosignatures",
+            None,
+            Some(req),
+            Repeat::Safe,
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -315,8 +352,20 @@ impl Transport for Api {
         token: &str,
         user: &Username,
         after: Option<u64>,
+        cosigned: usize,
     ) -> Result<LookupResponse, ClientError> {
-        let query = after.map_or_else(String::new, |a| format!("?after={a}"));
+        let mut query: Vec<String> = Vec::new();
+        if let Some(a) = after {
+            query.push(format!("after={a}"));
+        }
+        if cosigned > 0 {
+            query.push(format!("cosigned={cosigned}"));
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
         self.json::<(), _>(
             Method::GET,
             &format!("/v1/kt/users/{user}{query}"),

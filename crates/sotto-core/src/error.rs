@@ -44,8 +44,9 @@ pub enum ClientError {
     /// The local store is locked: wrong passcode, or a key file that does not unlock.
     #[error("{0}")]
     Locked(String),
-    /// The server could not be reached.
-    #[error("server unreachable: {0}")]
+    /// The server could not be reached, or cannot answer as needed yet (the message says
+    /// which): what failed may work later.
+    #[error("{0}")]
     Unreachable(String),
     /// The server refused the request.
     #[error("server refused: {} ({})", .0.message, .0.code.as_str())]

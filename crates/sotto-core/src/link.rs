@@ -111,6 +111,13 @@ pub struct LinkSecrets {
     /// it: the new device never accepts an older one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kt_head: Option<Bytes>,
+    /// The log's checkpoint key the account's devices pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kt_checkpoint_key: Option<String>,
+    /// The witnesses the approving device requires, as it keeps them: the new device
+    /// requires the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kt_witnesses: Option<Bytes>,
 }
 
 impl Drop for LinkSecrets {
@@ -361,6 +368,8 @@ mod tests {
             archive: None,
             kt_vrf_key: vec![5; 32].into(),
             kt_head: None,
+            kt_checkpoint_key: None,
+            kt_witnesses: None,
         }
     }
 

@@ -32,13 +32,15 @@ pub trait Transport: Send + Sync {
     /// A user's identity key and signed device list.
     async fn user(&self, token: &str, user: &Username) -> Result<UserResponse, ClientError>;
     /// A proof of `user`'s value in the key-transparency log; with `after`, the server may
-    /// wait a few seconds for an epoch newer than that one. `Refused` with
+    /// wait a few seconds for an epoch newer than that one, and then for `cosigned`
+    /// witnesses' cosignatures on the answer's epoch. `Refused` with
     /// [`sotto_proto::ErrorCode::NotInLog`] (and the log's epoch) if the user is not in it.
     async fn kt_lookup(
         &self,
         token: &str,
         user: &Username,
         after: Option<u64>,
+        cosigned: usize,
     ) -> Result<LookupResponse, ClientError>;
     /// Uploads KeyPackages of the signed-in device.
     async fn upload_key_packages(

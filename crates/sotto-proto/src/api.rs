@@ -17,6 +17,9 @@ pub struct ServerConfig {
     /// The public key of the key-transparency log's VRF (32 bytes), pinned by clients at
     /// `init`: every lookup proof they accept is checked against it.
     pub kt_vrf_key: Bytes,
+    /// The C2SP verifier key (`name+id+base64`) of the key that signs the log's checkpoints,
+    /// pinned by clients at `init` with the VRF key.
+    pub kt_checkpoint_key: String,
 }
 
 /// `POST /v1/accounts`: create an account with its first device and that device's first

@@ -54,6 +54,35 @@ pub struct LookupResponse {
     pub root_hash: Bytes,
     /// akd's lookup proof (its protobuf encoding), at most [`MAX_PROOF`] bytes.
     pub proof: Bytes,
+    /// The signed checkpoint of that epoch and root, with the witnesses' cosignatures the
+    /// server holds ([`crate::checkpoint`]).
+    pub checkpoint: String,
+}
+
+/// `GET /v1/kt/checkpoint` (the newest epoch) and `GET /v1/kt/epochs/{epoch}`: an epoch's
+/// root as the server recorded it, for witnesses and auditors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochResponse {
+    /// The epoch.
+    pub epoch: u64,
+    /// The log's root at that epoch (32 bytes).
+    pub root_hash: Bytes,
+    /// Its signed checkpoint, with the cosignatures the server holds.
+    pub checkpoint: String,
+    /// akd's proof that this epoch's tree extends the previous epoch's (a protobuf
+    /// `SingleAppendOnlyProof`); none for the oldest epoch the server recorded.
+    pub audit: Option<Bytes>,
+    /// The oldest epoch the server recorded: an auditor starting out starts there.
+    pub first: u64,
+}
+
+/// `POST /v1/kt/cosignatures`: a witness's cosignature on an epoch's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CosignRequest {
+    /// The epoch cosigned.
+    pub epoch: u64,
+    /// The cosignature, as a signed note's line (`— name base64`).
+    pub cosignature: String,
 }
 
 /// What a lookup proof proves.

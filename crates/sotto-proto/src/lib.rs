@@ -33,6 +33,7 @@
 
 pub mod api;
 pub mod bytes;
+pub mod checkpoint;
 pub mod device_list;
 pub mod error;
 pub mod framing;

@@ -123,9 +123,10 @@ proptest! {
     ) {
         round_trip(&ServerConfig {
             api_version: 1, ciphersuite: suite, server_id: server, kt_vrf_key: b.clone(),
+            kt_checkpoint_key: user.to_string(),
         });
         round_trip(&sotto_proto::kt::LookupResponse {
-            epoch: n, root_hash: b.clone(), proof: c.clone(),
+            epoch: n, root_hash: b.clone(), proof: c.clone(), checkpoint: user.to_string(),
         });
         round_trip(&RegisterRequest {
             identity_key: b.clone(), device_list: list.clone(), key_packages: kps, last_resort: c.clone(),
@@ -431,6 +432,7 @@ proptest! {
             epoch,
             root_hash: Bytes(root),
             proof: Bytes(proof),
+            checkpoint: String::new(),
         };
         prop_assert!(sotto_proto::kt::verify_lookup_proof(&vrf_key, &user, &found).is_err());
     }
@@ -442,10 +444,78 @@ fn a_lookup_proof_past_the_size_limit_is_refused_before_parsing() {
         epoch: 1,
         root_hash: Bytes(vec![0; 32]),
         proof: Bytes(vec![0; sotto_proto::kt::MAX_PROOF + 1]),
+        checkpoint: String::new(),
     };
     let user = Username::parse("bob").unwrap();
     assert_eq!(
         sotto_proto::kt::verify_lookup_proof(&[0; 32], &user, &found),
         Err("is too large")
     );
+}
+
+/// A checkpoint of `root` at `epoch`, signed by the log key of seed 7 and cosigned at `time`
+/// by the witness key of seed 1; with the log's and the witness's verifier keys.
+fn cosigned_checkpoint(epoch: u64, root: &[u8; 32], time: u64) -> (String, String, WitnessKey) {
+    use sotto_proto::checkpoint::*;
+    let log = SigningKey::from_bytes(&[7; 32]);
+    let log_key = log_vkey("sotto-kt/0707", &log.verifying_key());
+    let body = checkpoint_body("sotto-kt/0707", epoch, root).unwrap();
+    let id = u32::from_str_radix(log_key.split('+').nth(1).unwrap(), 16).unwrap();
+    let sig = [&id.to_be_bytes()[..], &log.sign(&body).to_bytes()[..]].concat();
+    let log_line = format!(
+        "— sotto-kt/0707 {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig)
+    );
+    let witness = SigningKey::from_bytes(&[1; 32]);
+    let key = WitnessKey::parse(&witness_vkey("w.test/1", &witness.verifying_key())).unwrap();
+    let cosig = witness.sign(&cosigned_message(time, &body)).to_bytes();
+    let line = cosignature_line(&key, time, &cosig);
+    (note_text(&body, &[log_line, line]), log_key, key)
+}
+
+use sotto_proto::checkpoint::{SignedCheckpoint, WitnessKey};
+
+proptest! {
+    #[test]
+    fn any_checkpoint_signed_and_cosigned_opens_with_the_time_it_was_cosigned(
+        epoch in any::<u64>(), root in prop::array::uniform32(any::<u8>()), time in any::<u64>(),
+    ) {
+        let (note, log_key, witness) = cosigned_checkpoint(epoch, &root, time);
+        let opened = SignedCheckpoint::open(&note, &log_key, epoch, &root).unwrap();
+        let cosigners = opened.cosigners(std::slice::from_ref(&witness)).unwrap();
+        prop_assert_eq!(cosigners, vec![(&witness, time)]);
+    }
+
+    #[test]
+    fn any_text_as_a_checkpoint_cosignature_or_witness_key_is_refused_without_a_panic(
+        text in ".{0,300}", bytes in prop::collection::vec(any::<u8>(), 0..300),
+        epoch in any::<u64>(), root in prop::array::uniform32(any::<u8>()),
+    ) {
+        let (_, log_key, witness) = cosigned_checkpoint(1, &[0; 32], 1);
+        let lossy = String::from_utf8_lossy(&bytes);
+        for t in [text.as_str(), &*lossy] {
+            prop_assert!(SignedCheckpoint::open(t, &log_key, epoch, &root).is_err());
+            prop_assert!(sotto_proto::checkpoint::parse_cosignature(
+                t, std::slice::from_ref(&witness), &bytes
+            ).is_err());
+            let _ = WitnessKey::parse(t);
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_byte_of_its_text_or_log_signature_changed_is_refused(
+        epoch in any::<u64>(), root in prop::array::uniform32(any::<u8>()),
+        at in any::<prop::sample::Index>(), to in any::<u8>(),
+    ) {
+        let (note, log_key, _) = cosigned_checkpoint(epoch, &root, 5);
+        // The text and the log's signature line, before the witness's.
+        let signed_part = note.find("\n— w.test/1").unwrap();
+        let mut bytes = note.into_bytes();
+        let i = at.index(signed_part);
+        prop_assume!(bytes[i] != to);
+        bytes[i] = to;
+        if let Ok(changed) = String::from_utf8(bytes) {
+            prop_assert!(SignedCheckpoint::open(&changed, &log_key, epoch, &root).is_err());
+        }
+    }
 }

@@ -170,7 +170,7 @@ async fn logged(
     signed: &SignedDeviceListIn,
 ) -> Result<bool, ApiError> {
     let found = kt
-        .lookup(user, None, std::time::Duration::ZERO)
+        .lookup(user, None, 0, std::time::Duration::ZERO)
         .await
         .map_err(ApiError::internal)?;
     let Ok(found) = found else {

@@ -108,7 +108,7 @@ impl AppState {
     /// State over `storage`, with push wake-ups within this process.
     pub async fn new(storage: Arc<dyn Storage>, config: Config) -> Result<Self, StorageError> {
         let push = Arc::new(Push::default());
-        let kt = Kt::open(storage.clone(), config.kt)
+        let kt = Kt::open(storage.clone(), config.kt.clone())
             .await
             .map_err(|e| StorageError::new(e.to_string()))?;
         let commit = GroupCommit::start(storage.clone(), push.clone());
@@ -226,6 +226,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/auth/token", post(auth::token).layer(small))
         .route("/v1/users/{user}", get(routes::user))
         .route("/v1/kt/users/{user}", get(routes::kt_lookup))
+        .route("/v1/kt/checkpoint", get(routes::kt_checkpoint))
+        .route("/v1/kt/epochs/{epoch}", get(routes::kt_epoch))
+        .route("/v1/kt/cosignatures", post(routes::kt_cosign).layer(small))
         .route(
             "/v1/keypackages",
             post(routes::upload_key_packages).layer(key_packages),

@@ -234,6 +234,9 @@ limits! {
     /// may make (a device list costs one, plus up to four in the log; every sync one more, of
     /// its own account).
     lookup_per_device: Rate = Rate::new(600, MINUTE);
+    /// Reads of the log's checkpoints and epochs, and cosignatures sent, one IP address may
+    /// make (witnesses and auditors: an auditor catching up reads one epoch per request).
+    log_per_ip: Rate = Rate::new(6000, MINUTE);
     /// Messages one IP address may send.
     send_per_ip: Rate = Rate::new(6000, MINUTE);
     /// Messages one device may send.
@@ -332,6 +335,7 @@ pub struct RateLimiters {
     claim_per_target: Bucket<Username>,
     lookup_per_device: Bucket<DeviceAddr>,
     send_per_ip: Bucket<IpKey>,
+    log_per_ip: Bucket<IpKey>,
     send_per_device: Bucket<DeviceAddr>,
     ack_per_device: Bucket<DeviceAddr>,
     websocket_per_ip: Bucket<IpKey>,
@@ -354,6 +358,7 @@ impl RateLimiters {
             claim_per_target: Bucket::new(limits.claim_per_target),
             lookup_per_device: Bucket::new(limits.lookup_per_device),
             send_per_ip: Bucket::new(limits.send_per_ip),
+            log_per_ip: Bucket::new(limits.log_per_ip),
             send_per_device: Bucket::new(limits.send_per_device),
             ack_per_device: Bucket::new(limits.ack_per_device),
             websocket_per_ip: Bucket::new(limits.websocket_per_ip),
@@ -395,6 +400,11 @@ impl RateLimiters {
     /// A look-up of a user by `device`.
     pub fn lookup(&self, device: &DeviceAddr) -> Result<(), ApiError> {
         self.lookup_per_device.check(device)
+    }
+
+    /// A read of the log's checkpoints or epochs, or a cosignature, from `ip`.
+    pub fn log(&self, ip: IpKey) -> Result<(), ApiError> {
+        self.log_per_ip.check(&ip)
     }
 
     /// A message sent by `sender` from `ip`.
@@ -440,6 +450,7 @@ impl RateLimiters {
         self.claim_per_target.limiter.retain_recent();
         self.lookup_per_device.limiter.retain_recent();
         self.send_per_ip.limiter.retain_recent();
+        self.log_per_ip.limiter.retain_recent();
         self.send_per_device.limiter.retain_recent();
         self.ack_per_device.limiter.retain_recent();
         self.websocket_per_ip.limiter.retain_recent();

@@ -9,7 +9,7 @@ use sotto_proto::api::{
     RegisterResponse, SendRequest, SendResponse, ServerConfig, UploadKeyPackagesRequest,
     UserResponse,
 };
-use sotto_proto::kt::LookupResponse;
+use sotto_proto::kt::{CosignRequest, EpochResponse, LookupResponse};
 use sotto_proto::{API_VERSION, ErrorCode, GroupId, Username, limits};
 
 use crate::auth::AuthDevice;
@@ -26,6 +26,7 @@ pub async fn config(State(state): State<AppState>) -> ApiJson<ServerConfig> {
         ciphersuite: state.config.ciphersuite,
         server_id: state.server_id.clone(),
         kt_vrf_key: state.kt.vrf_public_key().to_vec().into(),
+        kt_checkpoint_key: state.kt.checkpoint_key(),
     })
 }
 
@@ -63,6 +64,9 @@ fn parse_user(raw: &str) -> Result<Username, ApiError> {
 pub struct LookupQuery {
     /// Wait (a few seconds at most) for an epoch newer than this one.
     after: Option<u64>,
+    /// Wait (within the same few seconds) for the answer's epoch to carry this many
+    /// witnesses' cosignatures.
+    cosigned: Option<usize>,
 }
 
 /// `GET /v1/kt/users/{user}`: a proof of the user's value in the key-transparency log.
@@ -76,10 +80,90 @@ pub async fn kt_lookup(
     let user = parse_user(&user)?;
     let found = state
         .kt
-        .lookup(&user, query.after, crate::kt::LOOKUP_WAIT)
+        .lookup(
+            &user,
+            query.after,
+            query
+                .cosigned
+                .unwrap_or(0)
+                .min(sotto_proto::checkpoint::MAX_WITNESSES),
+            crate::kt::LOOKUP_WAIT,
+        )
         .await
         .map_err(ApiError::internal)?;
     found.map(ApiJson).map_err(ApiError::not_in_log)
+}
+
+/// The query of `GET /v1/kt/checkpoint`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointQuery {
+    /// Wait (a few seconds at most) for an epoch newer than this one.
+    after: Option<u64>,
+}
+
+/// `GET /v1/kt/checkpoint`: the log's newest epoch, its signed checkpoint and its proof
+/// that it extends the epoch before. Anyone may ask (witnesses, auditors).
+pub async fn kt_checkpoint(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Query(query): Query<CheckpointQuery>,
+) -> Result<ApiJson<EpochResponse>, ApiError> {
+    state.rate.log(ip)?;
+    let newest = state
+        .kt
+        .newest_recorded(query.after, crate::kt::LOOKUP_WAIT)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(ApiJson(newest))
+}
+
+/// `GET /v1/kt/epochs/{epoch}`: a recorded epoch, as [`kt_checkpoint`] gives the newest.
+pub async fn kt_epoch(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(epoch): Path<String>,
+) -> Result<ApiJson<EpochResponse>, ApiError> {
+    state.rate.log(ip)?;
+    let epoch: u64 = epoch.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedRequest,
+            "an epoch is a number",
+        )
+    })?;
+    let found = state.kt.recorded(epoch).await.map_err(ApiError::internal)?;
+    found.map(ApiJson).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such epoch recorded",
+        )
+    })
+}
+
+/// `POST /v1/kt/cosignatures`: a witness's cosignature on a recorded epoch's checkpoint.
+/// Kept only from the witnesses the server is configured with, and only if it verifies.
+pub async fn kt_cosign(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<CosignRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.rate.log(ip)?;
+    match state.kt.cosign(&req, now()).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(crate::kt::CosignError::UnknownEpoch) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such epoch recorded",
+        )),
+        Err(crate::kt::CosignError::Invalid(why)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidField,
+            why,
+        )),
+        Err(crate::kt::CosignError::Kt(e)) => Err(ApiError::internal(e)),
+    }
 }
 
 /// `GET /v1/users/{user}`.

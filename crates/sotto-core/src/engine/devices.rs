@@ -466,13 +466,19 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             }
             None => (Vec::new(), None, 0),
         };
-        let (kt_vrf_key, kt_head) = self.store.read(|tx| {
+        let (kt_vrf_key, kt_head, kt_checkpoint_key, kt_witnesses) = self.store.read(|tx| {
             Ok::<_, ClientError>((
                 tx.setting(Setting::KtVrfKey)?
                     .ok_or_else(|| ClientError::damaged("key-transparency key"))?,
                 tx.setting(Setting::KtHead)?,
+                tx.setting(Setting::KtCheckpointKey)?,
+                tx.setting(Setting::KtWitnesses)?,
             ))
         })?;
+        let kt_checkpoint_key = kt_checkpoint_key
+            .map(String::from_utf8)
+            .transpose()
+            .map_err(|_| ClientError::damaged("checkpoint key"))?;
         Ok((
             LinkSecrets {
                 identity_secret: self.identity.secret().to_vec().into(),
@@ -481,6 +487,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 archive: key,
                 kt_vrf_key: kt_vrf_key.into(),
                 kt_head: kt_head.map(Into::into),
+                kt_checkpoint_key,
+                kt_witnesses: kt_witnesses.map(Into::into),
             },
             ct,
             entries,

@@ -204,9 +204,25 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
                 "the server's key-transparency key is not the one your other devices pinned".into(),
             ));
         }
+        if let Some(key) = &secrets.kt_checkpoint_key
+            && *key != config.kt_checkpoint_key
+        {
+            return Err(ClientError::Security(
+                "the server's key-transparency checkpoint key is not the one your other devices \
+                 pinned"
+                    .into(),
+            ));
+        }
         // What lookups need, before the check that needs them; the rest once it passed.
         store.transaction(|tx| {
             tx.set_setting(Setting::KtVrfKey, secrets.kt_vrf_key.as_slice())?;
+            tx.set_setting(
+                Setting::KtCheckpointKey,
+                config.kt_checkpoint_key.as_bytes(),
+            )?;
+            if let Some(witnesses) = &secrets.kt_witnesses {
+                tx.set_setting(Setting::KtWitnesses, witnesses.as_slice())?;
+            }
             if let Some(head) = &secrets.kt_head {
                 tx.set_setting(Setting::KtHead, head.as_slice())?;
             }

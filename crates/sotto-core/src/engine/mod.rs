@@ -29,6 +29,9 @@ pub mod sync;
 mod tests;
 pub mod transparency;
 mod vouched;
+mod witnesses;
+
+pub use witnesses::{WITNESS_MAX_AGE, WitnessPolicy};
 
 use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Clock, DeviceKey, IdentityKey, Transport, group};
@@ -65,7 +68,7 @@ pub(super) fn check_server(config: &ServerConfig) -> Result<(), ClientError> {
             "the server has no valid key-transparency key; is it a Sotto server?".into(),
         ));
     }
-    Ok(())
+    witnesses::check_checkpoint_key(&config.kt_checkpoint_key)
 }
 
 fn random_client_id() -> String {
@@ -172,6 +175,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let key_packages = engine.tx(|tx| {
             engine.write_account(tx, settings, &list)?;
             tx.set_setting(Setting::KtVrfKey, config.kt_vrf_key.as_slice())?;
+            tx.set_setting(
+                Setting::KtCheckpointKey,
+                config.kt_checkpoint_key.as_bytes(),
+            )?;
             engine.new_key_packages(tx, true)
         })?;
         let last_resort = key_packages

@@ -7,11 +7,12 @@
 //! mismatch counts as a security failure. A list that never reaches the log is refused
 //! whatever its signatures say: that is what stops a server that swaps an account's keys.
 //!
-//! Members compare the roots they verified through their messages (`vouched`). Not yet
-//! here: signed and witnessed roots, and append-only proofs between the epochs a device
-//! sees. Until then a server could show this device a log of its own (a split view)
-//! consistently at epochs no member it talks to vouches for; it could not show it a list that
-//! differs from that log.
+//! Members compare the roots they verified through their messages (`vouched`). Every root
+//! comes in a checkpoint signed with the log's key, and, on a device configured with
+//! witnesses, cosigned by them (`witnesses`): they verified akd's append-only proof up to it,
+//! so a log of the server's own for this device (a split view) is refused. Without
+//! witnesses, a server could show this device such a log consistently at epochs no member it
+//! talks to vouches for; it could not show it a list that differs from that log.
 
 use super::Engine;
 use crate::store::{ClientStore, Setting, StoreTx};
@@ -276,8 +277,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     async fn look_up(&self, user: &Username, after: Option<u64>) -> Result<Logged, ClientError> {
         let token = self.token().await?;
         let vrf_key = self.vrf_key().await?;
-        match self.transport.kt_lookup(&token, user, after).await {
-            Ok(found) => self.verify_lookup(&vrf_key, user, found),
+        let cosigned = self.cosignatures_wanted()?;
+        match self
+            .transport
+            .kt_lookup(&token, user, after, cosigned)
+            .await
+        {
+            Ok(found) => self.verify_lookup(&vrf_key, user, found).await,
             Err(ClientError::Refused(body)) if body.code == ErrorCode::NotInLog => {
                 Ok(Logged::Absent(body.epoch.unwrap_or(0)))
             }
@@ -285,9 +291,10 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }
     }
 
-    /// Verifies a lookup proof against the pinned VRF key, and its epoch and root against
+    /// Verifies a lookup proof against the pinned VRF key, its checkpoint against the pinned
+    /// checkpoint key and the witnesses this device requires, and its epoch and root against
     /// the newest this device has seen; remembers them if newer.
-    fn verify_lookup(
+    async fn verify_lookup(
         &self,
         vrf_key: &[u8],
         user: &Username,
@@ -298,6 +305,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 "the server's key-transparency proof for {user} {what}"
             ))
         })?;
+        self.check_checkpoint(&found.checkpoint, &proven).await?;
         self.note_head(proven.epoch, proven.root)?;
         // A lookup without `after` answers at the log's newest epoch (one with `after`, at
         // one at least that new): the head is fresh as of now.

@@ -44,6 +44,11 @@ pub enum Setting {
     DroppedSeen,
     /// The key-transparency log's VRF public key, pinned at `init` (32 bytes).
     KtVrfKey,
+    /// The C2SP verifier key of the log's checkpoints, pinned at `init` (text).
+    KtCheckpointKey,
+    /// The witnesses this device requires on every root it accepts
+    /// ([`crate::engine::WitnessPolicy`], JSON); none if absent.
+    KtWitnesses,
     /// The newest key-transparency epoch seen (8 bytes big-endian) and its root (32 bytes).
     KtHead,
     /// What the last alarm about this account's entry in the log was about.
@@ -76,6 +81,8 @@ impl Setting {
             Setting::DroppedSeen => "dropped_seen",
             Setting::KtVrfKey => "kt_vrf_key",
             Setting::KtHead => "kt_head",
+            Setting::KtCheckpointKey => "kt_checkpoint_key",
+            Setting::KtWitnesses => "kt_witnesses",
             Setting::KtAlarmed => "kt_alarmed",
             Setting::KtOwnVersion => "kt_own_version",
             Setting::KtOwnPosted => "kt_own_posted",

@@ -7,9 +7,14 @@
 //! [`KtConfig::epoch_interval`], of at most [`KtConfig::epoch_changes`] accounts. A value
 //! already in the log is not published again, so a publisher that dies between publishing
 //! and emptying the queue changes nothing when it starts over.
+//!
+//! Each epoch's root is recorded and signed as a checkpoint that witnesses cosign
+//! (`checkpoints.rs`).
 
+mod checkpoints;
 mod database;
 
+pub use checkpoints::CosignError;
 pub use database::KtDatabase;
 
 use crate::storage::{Storage, StorageError};
@@ -55,13 +60,15 @@ pub async fn reader<Db: Database + 'static>(
     .await?)
 }
 
-/// How epochs are made.
-#[derive(Debug, Clone, Copy)]
+/// How epochs are made, and who may cosign them.
+#[derive(Debug, Clone)]
 pub struct KtConfig {
     /// The shortest time between two epochs (default one second).
     pub epoch_interval: Duration,
     /// The most accounts one epoch publishes (default 1,000).
     pub epoch_changes: usize,
+    /// The witnesses whose cosignatures the server keeps and serves (`--witness`).
+    pub witnesses: Vec<sotto_proto::checkpoint::WitnessKey>,
 }
 
 impl Default for KtConfig {
@@ -69,6 +76,7 @@ impl Default for KtConfig {
         KtConfig {
             epoch_interval: Duration::from_secs(1),
             epoch_changes: 1000,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -89,6 +97,15 @@ impl VRFKeyStorage for Vrf {
     async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
         Ok(self.0.to_vec())
     }
+}
+
+/// The root of a lookup answer this server made.
+fn root_of(found: &LookupResponse) -> Result<[u8; 32], KtError> {
+    found
+        .root_hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| KtError("a lookup answer without a 32-byte root".into()))
 }
 
 /// The log failed: its storage, or akd itself.
@@ -117,6 +134,10 @@ pub struct Kt {
     config: KtConfig,
     /// The newest epoch this process published.
     published: tokio::sync::watch::Sender<u64>,
+    /// The key that signs checkpoints.
+    signer: checkpoints::CheckpointSigner,
+    /// Bumped at each cosignature this process kept.
+    cosigned: tokio::sync::watch::Sender<u64>,
 }
 
 /// How long a lookup waits for a newer epoch than the one the client has seen.
@@ -131,6 +152,10 @@ impl Kt {
             .await
             .map_err(|e| KtError(e.to_string()))?
             .as_bytes();
+        let signer = checkpoints::CheckpointSigner::new(
+            &*storage.kt_checkpoint_key().await?,
+            &vrf_public_key,
+        );
         let db = KtDatabase::new(storage.clone());
         // The empty log is written by one process only (nodes may start together): the
         // first directory made over a storage without one writes it.
@@ -147,19 +172,20 @@ impl Kt {
                 "another node has held the key-transparency publisher's lock for 30 s".into(),
             ));
         }
-        let epoch = directory(db.clone(), vrf.clone())
-            .await?
-            .get_epoch_hash()
-            .await?
-            .epoch();
-        Ok(Kt {
+        let dir = directory(db.clone(), vrf.clone()).await?;
+        let epoch = dir.get_epoch_hash().await?.epoch();
+        let kt = Kt {
             db,
             vrf,
             storage,
             vrf_public_key,
             config,
             published: tokio::sync::watch::Sender::new(epoch),
-        })
+            signer,
+            cosigned: tokio::sync::watch::Sender::new(0),
+        };
+        kt.record_newest(&dir).await?;
+        Ok(kt)
     }
 
     /// The VRF public key clients check lookups with.
@@ -177,17 +203,55 @@ impl Kt {
     }
 
     /// A proof of `user`'s current value at the newest epoch, waiting up to `wait` for an
-    /// epoch newer than `after` if the newest is not; if the user is not in the log, the
-    /// newest epoch.
+    /// epoch newer than `after` if the newest is not, and then (within the same `wait`) for
+    /// the answer's epoch to carry `cosigned` cosignatures; if the user is not in the log,
+    /// the newest epoch.
     pub async fn lookup(
         &self,
         user: &Username,
         after: Option<u64>,
+        cosigned: usize,
         wait: Duration,
     ) -> Result<Result<LookupResponse, u64>, KtError> {
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(wait).unwrap_or(now);
         if let Some(after) = after {
             self.wait_past(after, wait).await?;
         }
+        let mut more = self.cosigned.subscribe();
+        let mut found = self.lookup_now(user).await?;
+        loop {
+            let epoch = match &found {
+                Ok(found) => found.epoch,
+                Err(epoch) => *epoch,
+            };
+            if cosigned == 0 {
+                return Ok(found);
+            }
+            if tokio::time::Instant::now() >= deadline
+                || self.cosignature_count(epoch).await? >= cosigned
+            {
+                // With the cosignatures kept by now.
+                if let Ok(found) = &mut found {
+                    found.checkpoint = self.checkpoint(epoch, &root_of(found)?).await?;
+                }
+                return Ok(found);
+            }
+            // A cosignature kept by another node is seen at the next look.
+            tokio::select! {
+                _ = more.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            // Past a newer epoch the answer is made again, at it.
+            if self.epoch().await? != epoch {
+                found = self.lookup_now(user).await?;
+            }
+        }
+    }
+
+    /// A proof of `user`'s current value at the newest epoch, or the newest epoch.
+    async fn lookup_now(&self, user: &Username) -> Result<Result<LookupResponse, u64>, KtError> {
         let label = AkdLabel::from(user.as_str());
         // Only a user with a value in the log has a proof.
         let known = self
@@ -210,6 +274,9 @@ impl Kt {
             epoch: epoch_hash.epoch(),
             root_hash: Bytes::from(epoch_hash.hash().to_vec()),
             proof: Bytes::from(proof),
+            checkpoint: self
+                .checkpoint(epoch_hash.epoch(), &epoch_hash.hash())
+                .await?,
         }))
     }
 
@@ -274,11 +341,11 @@ impl Kt {
             None
         } else {
             let count = updates.len();
-            let epoch = directory(self.db.clone(), self.vrf.clone())
-                .await?
-                .publish(updates)
-                .await?
-                .epoch();
+            let dir = directory(self.db.clone(), self.vrf.clone()).await?;
+            // An epoch a crash left unrecorded is recorded before another follows it.
+            self.record_newest(&dir).await?;
+            let epoch = dir.publish(updates).await?.epoch();
+            self.record_newest(&dir).await?;
             tracing::info!(epoch, count, "key-transparency epoch published");
             self.published.send_replace(epoch);
             Some(epoch)

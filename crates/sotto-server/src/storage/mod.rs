@@ -87,6 +87,9 @@ pub trait ServerStore {
     /// The secret key of the key-transparency log's VRF, chosen at random when the storage
     /// was created (or when a storage from before key transparency was first opened).
     async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError>;
+    /// The Ed25519 secret (seed) of the key that signs the log's checkpoints, chosen at
+    /// random when the storage was created (or first opened by a version that signs them).
+    async fn kt_checkpoint_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError>;
     /// How many of each thing are stored: for operators, and for tests that check that a
     /// refused request changed nothing.
     async fn stats(&self) -> Result<Stats, StorageError>;
@@ -210,8 +213,20 @@ pub struct KtState {
     pub data: Vec<u8>,
 }
 
-/// The key-transparency log's records (akd's tree and value states, opaque here), and the
-/// accounts whose device list changed since they were last published.
+/// An epoch of the key-transparency log as the server recorded it when it published it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtEpoch {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its root (32 bytes, unless the operator broke the row).
+    pub root: Vec<u8>,
+    /// akd's proof that it extends the previous epoch (protobuf), if the server made one.
+    pub audit: Option<Vec<u8>>,
+}
+
+/// The key-transparency log's records (akd's tree and value states, opaque here), the
+/// accounts whose device list changed since they were last published, and each epoch's root
+/// with witnesses' cosignatures on it.
 #[async_trait]
 pub trait KtStore {
     /// Writes tree records (by their binary id, replacing any with the same id) and value
@@ -235,6 +250,24 @@ pub trait KtStore {
     /// Makes this process the log's one publisher until the guard is dropped; `Ok(None)` if
     /// another process (a node sharing the database) publishes now.
     async fn kt_publisher(&self) -> Result<Option<KtPublisher>, StorageError>;
+    /// Records an epoch's root and append-only proof; an epoch recorded already is left as
+    /// it is.
+    async fn kt_record_epoch(&self, epoch: &KtEpoch) -> Result<(), StorageError>;
+    /// The epoch recorded as `epoch`, if any.
+    async fn kt_epoch(&self, epoch: u64) -> Result<Option<KtEpoch>, StorageError>;
+    /// The oldest epoch recorded, if any.
+    async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError>;
+    /// Keeps a witness's cosignature (a note's signature line) made at `time` on a recorded
+    /// epoch, in place of an older one of the same witness on that epoch.
+    async fn kt_cosign(
+        &self,
+        epoch: u64,
+        witness: &str,
+        time: u64,
+        line: &str,
+    ) -> Result<(), StorageError>;
+    /// The cosignature lines kept for `epoch`, in the order of the witnesses' names.
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError>;
 }
 
 /// Held while this process publishes an epoch of the key-transparency log.

@@ -6,7 +6,10 @@
 //! For each store it fills a log with N accounts (in epochs of 10,000, not timed), then times
 //! three epochs of C changed accounts each, and L lookups of random accounts. It reports the
 //! median epoch and lookup times, the ratio of SQLite to memory, the size of a lookup proof
-//! as it travels (protobuf), and the time a client takes to verify one.
+//! as it travels (protobuf), and the time a client takes to verify one. After each timed
+//! epoch it times what the server adds to it, the proof that the epoch extends the one before
+//! (recorded for witnesses and auditors), and reports that proof's size and the time a
+//! witness takes to verify it.
 
 use akd::storage::Database;
 use akd::storage::memory::AsyncInMemoryDatabase;
@@ -46,6 +49,10 @@ struct Measured {
     lookup_us: Vec<u64>,
     proofs: Vec<(usize, LookupResponse)>,
     fill_s: f64,
+    /// Microseconds to make each timed epoch's append-only proof.
+    audit_us: Vec<u64>,
+    /// The last one: the roots before and after, the epoch, the proof.
+    audit: Option<([u8; 32], [u8; 32], u64, akd::SingleAppendOnlyProof)>,
 }
 
 async fn measure<Db: Database + Clone + 'static>(
@@ -67,14 +74,18 @@ async fn measure<Db: Database + Clone + 'static>(
     };
     let reader = || sotto_server::kt::reader(db.clone(), vrf.clone());
     let start = Instant::now();
+    let mut previous = None;
     for from in (0..args.accounts).step_by(FILL) {
         let batch = (from..args.accounts.min(from + FILL))
             .map(|i| (label(i), value(i, 0)))
             .collect();
-        publish(batch).await?;
+        previous = Some(publish(batch).await?);
     }
     let fill_s = start.elapsed().as_secs_f64();
+    let mut previous = previous.ok_or("no accounts")?;
     let mut epoch_us = Vec::new();
+    let mut audit_us = Vec::new();
+    let mut audit = None;
     for round in 1..=3 {
         // Every change a different account, spread over the whole log.
         let step = (args.accounts / args.changes).max(1);
@@ -85,9 +96,21 @@ async fn measure<Db: Database + Clone + 'static>(
             })
             .collect();
         let start = Instant::now();
-        publish(batch).await?;
+        let published = publish(batch).await?;
         epoch_us.push(micros(start));
+        let start = Instant::now();
+        let proof = sotto_server::kt::directory(db.clone(), vrf.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            .audit(previous.epoch(), published.epoch())
+            .await
+            .map_err(|e| e.to_string())?;
+        audit_us.push(micros(start));
+        let single = proof.proofs.into_iter().next().ok_or("an empty proof")?;
+        audit = Some((previous.hash(), published.hash(), published.epoch(), single));
+        previous = published;
     }
+    audit_us.sort_unstable();
     let mut lookup_us = Vec::new();
     let mut proofs = Vec::new();
     for k in 0..args.lookups {
@@ -108,6 +131,7 @@ async fn measure<Db: Database + Clone + 'static>(
                 epoch: hash.epoch(),
                 root_hash: Bytes(hash.hash().to_vec()),
                 proof: Bytes(proof),
+                checkpoint: String::new(),
             },
         ));
     }
@@ -118,6 +142,8 @@ async fn measure<Db: Database + Clone + 'static>(
         lookup_us,
         proofs,
         fill_s,
+        audit_us,
+        audit,
     })
 }
 
@@ -169,6 +195,19 @@ pub async fn run(
     }
     sizes.sort_unstable();
     verify_us.sort_unstable();
+    // What a witness does with the last epoch's proof from SQLite.
+    let (before, after, epoch, proof) = sqlite.audit.ok_or("no append-only proof")?;
+    let encoded = akd::proto::specs::types::SingleAppendOnlyProof::from(&proof);
+    let audit_bytes = protobuf::Message::write_to_bytes(&encoded)
+        .map_err(|e| e.to_string())?
+        .len();
+    let start = Instant::now();
+    akd::auditor::verify_consecutive_append_only::<sotto_proto::kt::KtConfiguration>(
+        &proof, before, after, epoch,
+    )
+    .await
+    .map_err(|e| format!("the append-only proof fails: {e}"))?;
+    let audit_verify_ms = start.elapsed().as_secs_f64() * 1000.0;
     let epoch_sqlite = median_ms(&sqlite.epoch_us);
     let epoch_memory = median_ms(&memory.epoch_us);
     Ok(serde_json::json!({
@@ -183,5 +222,10 @@ pub async fn run(
         "proof_bytes_median": sizes.get(sizes.len() / 2).copied().unwrap_or(0),
         "proof_bytes_max": sizes.last().copied().unwrap_or(0),
         "verify_ms_median": median_ms(&verify_us),
+        "audit_ms_sqlite": median_ms(&sqlite.audit_us),
+        "audit_ms_memory": median_ms(&memory.audit_us),
+        "audit_to_epoch_sqlite": median_ms(&sqlite.audit_us) / epoch_sqlite,
+        "audit_proof_bytes": audit_bytes,
+        "audit_verify_ms": audit_verify_ms,
     }))
 }

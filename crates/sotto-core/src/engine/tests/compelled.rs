@@ -138,7 +138,7 @@ async fn a_lookup_from_an_older_epoch_or_with_a_forged_root_is_refused() {
     alice.sync().await.unwrap();
     let kt = alice.transport().kt();
     let old = kt
-        .lookup(&user("alice"), None, Duration::ZERO)
+        .lookup(&user("alice"), None, 0, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
@@ -155,7 +155,7 @@ async fn a_lookup_from_an_older_epoch_or_with_a_forged_root_is_refused() {
 
     // A root that is not the one the proof was made for.
     let mut forged = kt
-        .lookup(&user("alice"), None, Duration::ZERO)
+        .lookup(&user("alice"), None, 0, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();

@@ -308,6 +308,8 @@ async fn an_answer_the_server_sealed_itself_is_refused_by_the_new_device() {
         archive: None,
         kt_vrf_key: alice.transport().kt().vrf_public_key().to_vec().into(),
         kt_head: None,
+        kt_checkpoint_key: None,
+        kt_witnesses: None,
     };
     let forged = crate::link::answer(
         &guessed,

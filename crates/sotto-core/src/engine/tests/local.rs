@@ -327,6 +327,7 @@ impl Transport for LocalTransport {
             ciphersuite: self.server.suite,
             server_id: self.server.server_id.clone(),
             kt_vrf_key: self.server.kt.vrf_public_key().to_vec().into(),
+            kt_checkpoint_key: self.server.kt.checkpoint_key(),
         })
     }
 
@@ -335,6 +336,7 @@ impl Transport for LocalTransport {
         token: &str,
         user: &Username,
         _after: Option<u64>,
+        cosigned: usize,
     ) -> Result<LookupResponse, ClientError> {
         self.server.signed_in(token)?;
         self.server.lookups.fetch_add(1, Ordering::Relaxed);
@@ -343,7 +345,7 @@ impl Transport for LocalTransport {
         }
         let kt = &self.server.kt;
         kt.publish_pending().await.map_err(failed)?;
-        kt.lookup(user, None, Duration::ZERO)
+        kt.lookup(user, None, cosigned, Duration::ZERO)
             .await
             .map_err(failed)?
             .map_err(|epoch| {

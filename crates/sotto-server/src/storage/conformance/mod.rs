@@ -445,6 +445,8 @@ macro_rules! conformance {
                 akds_own_storage_tests_pass,
                 a_new_account_is_published_once_with_a_lookup_proof_of_its_device_list,
                 each_queued_account_is_published_once_and_the_log_survives_reopening,
+                each_epoch_is_recorded_with_a_proof_that_it_extends_the_one_before,
+                a_witness_cosignature_is_kept_per_epoch_and_witness_the_newest_winning,
                 a_device_list_update_adds_a_device_once_and_queues_the_account_for_the_log,
                 a_device_removed_loses_its_key_packages_tokens_queue_and_roster_places,
                 a_link_is_answered_once_and_not_found_once_expired,

@@ -1,7 +1,7 @@
 //! The key-transparency log's records in memory.
 
 use super::MemoryStorage;
-use crate::storage::{KtPublisher, KtState, KtStore, StorageError};
+use crate::storage::{KtEpoch, KtPublisher, KtState, KtStore, StorageError};
 use async_trait::async_trait;
 use sotto_proto::Username;
 use std::collections::{BTreeMap, HashMap};
@@ -11,6 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 pub(super) struct KtRecords {
     nodes: HashMap<Vec<u8>, Vec<u8>>,
     states: HashMap<Vec<u8>, BTreeMap<u64, Vec<u8>>>,
+    epochs: BTreeMap<u64, KtEpoch>,
+    /// Cosignatures by epoch and witness, as (time, line).
+    cosignatures: BTreeMap<u64, BTreeMap<String, (u64, String)>>,
 }
 
 impl MemoryStorage {
@@ -83,5 +86,54 @@ impl KtStore for MemoryStorage {
     async fn kt_publisher(&self) -> Result<Option<KtPublisher>, StorageError> {
         // One process owns this storage.
         Ok(Some(KtPublisher::sole()))
+    }
+
+    async fn kt_record_epoch(&self, epoch: &KtEpoch) -> Result<(), StorageError> {
+        self.kt()
+            .epochs
+            .entry(epoch.epoch)
+            .or_insert_with(|| epoch.clone());
+        Ok(())
+    }
+
+    async fn kt_epoch(&self, epoch: u64) -> Result<Option<KtEpoch>, StorageError> {
+        Ok(self.kt().epochs.get(&epoch).cloned())
+    }
+
+    async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self.kt().epochs.keys().next().copied())
+    }
+
+    async fn kt_cosign(
+        &self,
+        epoch: u64,
+        witness: &str,
+        time: u64,
+        line: &str,
+    ) -> Result<(), StorageError> {
+        let mut kt = self.kt();
+        if !kt.epochs.contains_key(&epoch) {
+            return Err(StorageError::new(format!("epoch {epoch} is not recorded")));
+        }
+        let kept = kt
+            .cosignatures
+            .entry(epoch)
+            .or_default()
+            .entry(witness.to_owned())
+            .or_insert_with(|| (time, line.to_owned()));
+        if time > kept.0 {
+            *kept = (time, line.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .kt()
+            .cosignatures
+            .get(&epoch)
+            .into_iter()
+            .flat_map(|w| w.values().map(|(_, line)| line.clone()))
+            .collect())
     }
 }

@@ -44,6 +44,7 @@ struct State {
     server_id: ServerId,
     challenge_key: [u8; 32],
     kt_vrf_key: [u8; 32],
+    kt_checkpoint_key: [u8; 32],
     /// Accounts waiting to be published in the log, by queue id.
     kt_pending: BTreeMap<u64, Username>,
     kt_last_pending: u64,
@@ -66,6 +67,7 @@ impl Drop for State {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.challenge_key);
         zeroize::Zeroize::zeroize(&mut self.kt_vrf_key);
+        zeroize::Zeroize::zeroize(&mut self.kt_checkpoint_key);
     }
 }
 
@@ -91,6 +93,7 @@ impl MemoryStorage {
                 server_id: ServerId::from_bytes(rand::random()),
                 challenge_key: rand::random(),
                 kt_vrf_key: rand::random(),
+                kt_checkpoint_key: rand::random(),
                 kt_pending: BTreeMap::new(),
                 kt_last_pending: 0,
                 accounts: BTreeMap::new(),
@@ -214,6 +217,12 @@ impl ServerStore for MemoryStorage {
 
     async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
         Ok(zeroize::Zeroizing::new(self.state.lock().await.kt_vrf_key))
+    }
+
+    async fn kt_checkpoint_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        Ok(zeroize::Zeroizing::new(
+            self.state.lock().await.kt_checkpoint_key,
+        ))
     }
 
     async fn stats(&self) -> Result<Stats, StorageError> {

@@ -2,7 +2,7 @@
 //! time publish.
 
 use super::{PostgresStorage, to_i64, to_u64};
-use crate::storage::{KtPublisher, KtState, KtStore, StorageError};
+use crate::storage::{KtEpoch, KtPublisher, KtState, KtStore, StorageError};
 use async_trait::async_trait;
 use sotto_proto::Username;
 use std::collections::HashMap;
@@ -127,5 +127,75 @@ impl KtStore for PostgresStorage {
         }
         let own = deadpool_postgres::Object::take(client);
         Ok(Some(KtPublisher::holding(Box::new(own))))
+    }
+
+    async fn kt_record_epoch(&self, epoch: &KtEpoch) -> Result<(), StorageError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO kt_epochs (epoch, root, audit) VALUES ($1, $2, $3)
+                 ON CONFLICT (epoch) DO NOTHING",
+                &[&to_i64(epoch.epoch), &epoch.root, &epoch.audit],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn kt_epoch(&self, epoch: u64) -> Result<Option<KtEpoch>, StorageError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT root, audit FROM kt_epochs WHERE epoch = $1",
+                &[&to_i64(epoch)],
+            )
+            .await?;
+        Ok(row.map(|r| KtEpoch {
+            epoch,
+            root: r.get(0),
+            audit: r.get(1),
+        }))
+    }
+
+    async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError> {
+        let first: Option<i64> = self
+            .client()
+            .await?
+            .query_one("SELECT MIN(epoch) FROM kt_epochs", &[])
+            .await?
+            .get(0);
+        Ok(first.map(to_u64))
+    }
+
+    async fn kt_cosign(
+        &self,
+        epoch: u64,
+        witness: &str,
+        time: u64,
+        line: &str,
+    ) -> Result<(), StorageError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO kt_cosignatures (epoch, witness, time, line) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (epoch, witness) DO UPDATE SET time = EXCLUDED.time,
+                     line = EXCLUDED.line
+                 WHERE EXCLUDED.time > kt_cosignatures.time",
+                &[&to_i64(epoch), &witness, &to_i64(time), &line],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT line FROM kt_cosignatures WHERE epoch = $1 ORDER BY witness",
+                &[&to_i64(epoch)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 }

@@ -201,7 +201,7 @@ impl PostgresStorage {
             &[&id.as_str().as_bytes()],
         )
         .await?;
-        for name in ["challenge_key", "kt_vrf_key"] {
+        for name in ["challenge_key", "kt_vrf_key", "kt_checkpoint_key"] {
             let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
             tx.execute(
                 "INSERT INTO server_meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -245,6 +245,10 @@ impl ServerStore for PostgresStorage {
 
     async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
         self.secret("kt_vrf_key").await
+    }
+
+    async fn kt_checkpoint_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        self.secret("kt_checkpoint_key").await
     }
 
     async fn stats(&self) -> Result<Stats, StorageError> {

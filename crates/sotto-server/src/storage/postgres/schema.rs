@@ -146,4 +146,16 @@ CREATE TABLE links (
 );
 CREATE INDEX links_expiry ON links(expires_at);
 "#,
+    // Each epoch's root as published, with akd's proof that it extends the one before, and
+    // the witnesses' cosignatures on its checkpoint.
+    r#"
+CREATE TABLE kt_epochs (epoch BIGINT PRIMARY KEY, root BYTEA NOT NULL, audit BYTEA);
+CREATE TABLE kt_cosignatures (
+    epoch BIGINT NOT NULL REFERENCES kt_epochs(epoch),
+    witness TEXT NOT NULL,
+    time BIGINT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (epoch, witness)
+);
+"#,
 ];

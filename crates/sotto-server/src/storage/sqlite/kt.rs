@@ -1,7 +1,7 @@
 //! The key-transparency log's records in SQLite.
 
 use super::{SqliteStorage, to_i64, to_u64};
-use crate::storage::{KtPublisher, KtState, KtStore, StorageError};
+use crate::storage::{KtEpoch, KtPublisher, KtState, KtStore, StorageError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sotto_proto::Username;
@@ -120,5 +120,75 @@ impl KtStore for SqliteStorage {
     async fn kt_publisher(&self) -> Result<Option<KtPublisher>, StorageError> {
         // One process owns this storage.
         Ok(Some(KtPublisher::sole()))
+    }
+
+    async fn kt_record_epoch(&self, epoch: &KtEpoch) -> Result<(), StorageError> {
+        let epoch = epoch.clone();
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO kt_epochs (epoch, root, audit) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (epoch) DO NOTHING",
+            )?
+            .execute(params![to_i64(epoch.epoch), epoch.root, epoch.audit])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn kt_epoch(&self, epoch: u64) -> Result<Option<KtEpoch>, StorageError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT root, audit FROM kt_epochs WHERE epoch = ?1")?
+                .query_row([to_i64(epoch)], |r| {
+                    Ok(KtEpoch {
+                        epoch,
+                        root: r.get(0)?,
+                        audit: r.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError> {
+        self.read(|conn| {
+            let first: Option<i64> =
+                conn.query_row("SELECT MIN(epoch) FROM kt_epochs", [], |r| r.get(0))?;
+            Ok(first.map(to_u64))
+        })
+        .await
+    }
+
+    async fn kt_cosign(
+        &self,
+        epoch: u64,
+        witness: &str,
+        time: u64,
+        line: &str,
+    ) -> Result<(), StorageError> {
+        let (witness, line) = (witness.to_owned(), line.to_owned());
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO kt_cosignatures (epoch, witness, time, line) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (epoch, witness) DO UPDATE SET time = excluded.time,
+                     line = excluded.line
+                 WHERE excluded.time > kt_cosignatures.time",
+            )?
+            .execute(params![to_i64(epoch), witness, to_i64(time), line])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError> {
+        self.read(move |conn| {
+            let mut get = conn.prepare_cached(
+                "SELECT line FROM kt_cosignatures WHERE epoch = ?1 ORDER BY witness",
+            )?;
+            let rows = get.query_map([to_i64(epoch)], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 }

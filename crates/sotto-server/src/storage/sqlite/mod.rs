@@ -170,6 +170,18 @@ CREATE TABLE links (
 );
 CREATE INDEX links_expiry ON links(expires_at);
 "#,
+    // Each epoch's root as published, with akd's proof that it extends the one before, and
+    // the witnesses' cosignatures on its checkpoint.
+    r#"
+CREATE TABLE kt_epochs (epoch INTEGER PRIMARY KEY, root BLOB NOT NULL, audit BLOB);
+CREATE TABLE kt_cosignatures (
+    epoch INTEGER NOT NULL REFERENCES kt_epochs(epoch),
+    witness TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (epoch, witness)
+);
+"#,
 ];
 
 /// SQLite-backed [`super::Storage`]: one writing connection, used by one operation at a time,
@@ -244,7 +256,7 @@ impl SqliteStorage {
             "INSERT OR IGNORE INTO server_meta (key, value) VALUES ('server_id', ?1)",
             [ServerId::from_bytes(rand::random()).as_str()],
         )?;
-        for name in ["challenge_key", "kt_vrf_key"] {
+        for name in ["challenge_key", "kt_vrf_key", "kt_checkpoint_key"] {
             let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
             conn.execute(
                 "INSERT OR IGNORE INTO server_meta (key, value) VALUES (?1, ?2)",
@@ -365,6 +377,10 @@ impl ServerStore for SqliteStorage {
 
     async fn kt_vrf_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
         self.secret("kt_vrf_key").await
+    }
+
+    async fn kt_checkpoint_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        self.secret("kt_checkpoint_key").await
     }
 
     async fn stats(&self) -> Result<Stats, StorageError> {

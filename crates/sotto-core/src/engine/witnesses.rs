@@ -1,0 +1,173 @@
+//! Signed and witnessed roots: every lookup answer carries its epoch's checkpoint, signed
+//! with the log's checkpoint key (pinned at `init`) and cosigned by witnesses that verified
+//! akd's append-only proof up to it. A device configured with witnesses (`init --witness`)
+//! accepts a root only with cosignatures of `threshold` of them, made within `max_age`
+//! seconds of its own clock: a server that shows this device a log no witness saw, or an old
+//! epoch to hide what followed it, fails closed.
+
+use super::Engine;
+use crate::store::{ClientStore, Setting, StoreTx};
+use crate::{ClientError, Transport};
+use serde::{Deserialize, Serialize};
+use sotto_proto::checkpoint::{MAX_WITNESSES, SignedCheckpoint, WitnessKey};
+use sotto_proto::kt::Proven;
+
+/// How old, by this device's clock, the newest cosignature of a witness may be (seconds): a
+/// witness cosigns the log's newest checkpoint again and again while it stands, so an older
+/// one means the log moved on since, or the witness stopped.
+pub const WITNESS_MAX_AGE: u64 = 600;
+
+/// The witnesses whose cosignatures this device requires on every root it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessPolicy {
+    /// Their C2SP verifier keys (cosignature/v1).
+    pub witnesses: Vec<String>,
+    /// How many of them must have cosigned.
+    pub threshold: usize,
+    /// How old a cosignature may be, in seconds.
+    pub max_age: u64,
+}
+
+impl WitnessPolicy {
+    /// The policy of `init --witness … --witness-threshold K`: `None` without witnesses; by
+    /// default every witness given must cosign.
+    pub fn new(
+        witnesses: &[String],
+        threshold: Option<usize>,
+        max_age: u64,
+    ) -> Result<Option<Self>, ClientError> {
+        if witnesses.is_empty() {
+            return match threshold {
+                Some(k) if k > 0 => Err(ClientError::Usage(
+                    "--witness-threshold needs --witness keys to count".into(),
+                )),
+                _ => Ok(None),
+            };
+        }
+        let mut keys: Vec<String> = Vec::with_capacity(witnesses.len());
+        for w in witnesses {
+            let key = WitnessKey::parse(w)
+                .map_err(|e| ClientError::Usage(format!("--witness {w}: {e}")))?
+                .vkey();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        if keys.len() > MAX_WITNESSES {
+            return Err(ClientError::Usage(format!(
+                "at most {MAX_WITNESSES} witnesses"
+            )));
+        }
+        let threshold = threshold.unwrap_or(keys.len());
+        if threshold == 0 || threshold > keys.len() {
+            return Err(ClientError::Usage(format!(
+                "--witness-threshold must be between 1 and the {} witnesses given",
+                keys.len()
+            )));
+        }
+        if max_age == 0 {
+            return Err(ClientError::Usage(
+                "a witness cosignature's age bound must be at least a second".into(),
+            ));
+        }
+        Ok(Some(WitnessPolicy {
+            witnesses: keys,
+            threshold,
+            max_age,
+        }))
+    }
+
+    /// As kept in the store.
+    pub fn to_setting(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn keys(&self) -> Result<Vec<WitnessKey>, ClientError> {
+        self.witnesses
+            .iter()
+            .map(|w| WitnessKey::parse(w).map_err(|_| ClientError::damaged("witness keys")))
+            .collect()
+    }
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
+    /// The witnesses this device requires, if any.
+    pub fn witness_policy(&self) -> Result<Option<WitnessPolicy>, ClientError> {
+        let Some(kept) = self.store.read(|tx| tx.setting(Setting::KtWitnesses))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&kept)
+            .map(Some)
+            .map_err(|_| ClientError::damaged("witness keys"))
+    }
+
+    /// How many cosignatures a lookup asks the server to wait for.
+    pub(super) fn cosignatures_wanted(&self) -> Result<usize, ClientError> {
+        Ok(self.witness_policy()?.map_or(0, |p| p.threshold))
+    }
+
+    /// Checks the checkpoint of a verified lookup answer: signed with the pinned checkpoint
+    /// key for exactly its epoch and root, and cosigned as this device's witnesses require.
+    pub(super) async fn check_checkpoint(
+        &self,
+        checkpoint: &str,
+        proven: &Proven,
+    ) -> Result<(), ClientError> {
+        let key = self.checkpoint_key().await?;
+        let epoch = proven.epoch;
+        let signed =
+            SignedCheckpoint::open(checkpoint, &key, epoch, &proven.root).map_err(|what| {
+                ClientError::Security(format!(
+                    "the server's key-transparency checkpoint for epoch {epoch} {what}"
+                ))
+            })?;
+        let Some(policy) = self.witness_policy()? else {
+            return Ok(());
+        };
+        let keys = policy.keys()?;
+        let cosigners = signed.cosigners(&keys).map_err(|what| {
+            ClientError::Security(format!(
+                "the server's key-transparency checkpoint for epoch {epoch} {what}"
+            ))
+        })?;
+        let now = self.clock.now();
+        let fresh = cosigners
+            .iter()
+            .filter(|(_, time)| time.saturating_add(policy.max_age) >= now)
+            .count();
+        if fresh < policy.threshold {
+            let minutes = policy.max_age.div_ceil(60);
+            return Err(ClientError::Unreachable(format!(
+                "the key-transparency log's epoch {epoch} is cosigned by {fresh} of the {} \
+                 witnesses this device requires ({} needed, within {minutes} minutes): the \
+                 witnesses may be down or behind, or the server shows this device a log they \
+                 did not see; nothing was sent",
+                policy.witnesses.len(),
+                policy.threshold,
+            )));
+        }
+        Ok(())
+    }
+
+    /// The log's checkpoint key, pinned at `init`; a store from before checkpoints pins the
+    /// server's key now (trusting it on first use, as it did the VRF key).
+    async fn checkpoint_key(&self) -> Result<String, ClientError> {
+        if let Some(key) = self.store.read(|tx| tx.setting(Setting::KtCheckpointKey))? {
+            return String::from_utf8(key).map_err(|_| ClientError::damaged("checkpoint key"));
+        }
+        let key = self.transport.config().await?.kt_checkpoint_key;
+        check_checkpoint_key(&key)?;
+        self.tx(|tx| Ok(tx.set_setting(Setting::KtCheckpointKey, key.as_bytes())?))?;
+        Ok(key)
+    }
+}
+
+/// Checks that a server's checkpoint key is a C2SP Ed25519 verifier key.
+pub(super) fn check_checkpoint_key(key: &str) -> Result<(), ClientError> {
+    sotto_proto::checkpoint::check_log_key(key).map_err(|_| {
+        ClientError::Usage(
+            "the server has no valid key-transparency checkpoint key; is it a Sotto server?".into(),
+        )
+    })?;
+    Ok(())
+}
