@@ -27,9 +27,9 @@ pub struct WitnessArgs {
     /// One round (catch up to the newest epoch and cosign it), then exit.
     #[arg(long)]
     once: bool,
-    /// While the log stands still, cosign its newest epoch again after this many seconds, so
-    /// that clients see it is still the newest.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// While the log stands still, cosign its newest epoch again after this many seconds (at
+    /// most 300: clients refuse cosignatures older than 600 s by default).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=300))]
     refresh: u64,
     /// Allow plain http:// to a server that is not on this machine (test networks only).
     #[arg(long)]
@@ -60,9 +60,10 @@ pub async fn witness(args: WitnessArgs) -> Result<ExitCode, ClientError> {
     }
     let mut failures = 0u32;
     loop {
+        // Catching up shows its progress; a witness keeping up stays quiet.
         let mut progress = |epoch: u64, newest: u64| {
-            if !args.json && (epoch.is_multiple_of(100) || epoch == newest) {
-                eprintln!("verified and cosigned epoch {epoch} (newest {newest})");
+            if !args.json && epoch.is_multiple_of(1000) && epoch < newest {
+                eprintln!("verified and cosigned epoch {epoch} of {newest}");
             }
         };
         match witness.round(!args.once, args.refresh, &mut progress).await {
@@ -76,7 +77,7 @@ pub async fn witness(args: WitnessArgs) -> Result<ExitCode, ClientError> {
                             "cosigned": round.cosigned,
                         }))
                     );
-                } else if args.once {
+                } else if args.once || round.cosigned.len() > 1 {
                     println!(
                         "epoch {}: {} cosigned this round",
                         round.epoch,
@@ -84,12 +85,12 @@ pub async fn witness(args: WitnessArgs) -> Result<ExitCode, ClientError> {
                     );
                 }
             }
-            // A server out of reach is waited for; a log that fails a check is never cosigned
-            // again by this witness: it stops, and says why.
-            Err(ClientError::Unreachable(e)) if !args.once => {
+            // A server out of reach, or busy, is waited for; a log that fails a check is never
+            // cosigned again by this witness: it stops, and says why.
+            Err(e) if e.is_transient() && !args.once => {
                 failures = failures.saturating_add(1);
                 if failures == 1 {
-                    eprintln!("cannot reach the server ({e}); trying again every few seconds");
+                    eprintln!("{e}; trying again every 5 seconds");
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }

@@ -158,15 +158,15 @@ impl NewHome {
     }
 
     /// The settings the shell keeps in the store beside the account's own.
-    pub(crate) fn settings(&self) -> Vec<(Setting, Vec<u8>)> {
+    pub(crate) fn settings(&self) -> Result<Vec<(Setting, Vec<u8>)>, ClientError> {
         let mut settings = vec![
             (Setting::Server, self.api.base().as_bytes().to_vec()),
             (Setting::InsecureHttp, vec![u8::from(self.insecure_http)]),
         ];
         if let Some(policy) = &self.witnesses {
-            settings.push((Setting::KtWitnesses, policy.to_setting()));
+            settings.push((Setting::KtWitnesses, policy.to_setting()?));
         }
-        settings
+        Ok(settings)
     }
 
     /// Removes what was made in the home directory (and the directory, if it was made).
@@ -215,7 +215,7 @@ impl Client {
         let new = NewHome::prepare(home, server, user, passcode, options).await?;
         let made = async {
             let store = new.store(passcode)?;
-            let settings = new.settings();
+            let settings = new.settings()?;
             let settings: Vec<(Setting, &[u8])> =
                 settings.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             let account = NewAccount {

@@ -61,7 +61,7 @@ impl Linking {
         let new = NewHome::prepare(home, server, user, passcode, options).await?;
         let started = async {
             let store = new.store(passcode)?;
-            let settings = new.settings();
+            let settings = new.settings()?;
             let settings: Vec<(Setting, &[u8])> =
                 settings.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             PendingLink::start(

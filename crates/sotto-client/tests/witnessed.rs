@@ -52,6 +52,16 @@ fn db(server: &Server) -> Connection {
 /// and waits for the epoch that publishes it; `count` times. Returns the newest epoch.
 async fn new_epochs(server: &Server, user: &str, count: usize) -> u64 {
     let api = Api::new(&server.url, false).unwrap();
+    // Whatever was queued before (an account just made) is published first.
+    for _ in 0..500 {
+        let queued: i64 = db(server)
+            .query_row("SELECT COUNT(*) FROM kt_pending", [], |r| r.get(0))
+            .unwrap();
+        if queued == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut epoch = api.kt_checkpoint(None).await.unwrap().epoch;
     for _ in 0..count {
         db(server)
@@ -211,7 +221,8 @@ async fn a_witness_cosigns_each_epoch_whose_proof_verifies_and_refuses_a_root_th
     assert_eq!(first.cosigned, vec![start]);
     let newest = new_epochs(&server, "alice", 2).await;
     let round = witness.round(false, 60, &mut |_, _| {}).await.unwrap();
-    assert_eq!(round.cosigned, vec![start + 1, newest]);
+    assert_eq!(round.cosigned, (start + 1..=newest).collect::<Vec<_>>());
+    assert!(newest >= start + 2);
     // The server serves the cosignature with the checkpoint, and it verifies.
     let api = Api::new(&server.url, false).unwrap();
     let shown = api.kt_epoch(newest).await.unwrap();
@@ -252,8 +263,15 @@ async fn a_witness_cosigns_each_epoch_whose_proof_verifies_and_refuses_a_root_th
     assert_eq!(cosignatures(&server, forged), 0);
 }
 
-/// A cosignature of `epoch` by the witness kept in `dir`, made at `time`.
-async fn cosign_at(dir: &Path, server: &Server, epoch: u64, time: u64) {
+/// A cosignature by the witness kept in `dir`, made at `time`, of the checkpoint of
+/// `signed_epoch`, posted as one of `epoch`.
+async fn cosign_at(
+    dir: &Path,
+    server: &Server,
+    epoch: u64,
+    signed_epoch: u64,
+    time: u64,
+) -> Result<(), ClientError> {
     #[derive(serde::Deserialize)]
     struct KeyFile {
         name: String,
@@ -272,21 +290,99 @@ async fn cosign_at(dir: &Path, server: &Server, epoch: u64, time: u64) {
     let config = sotto_core::Transport::config(&api).await.unwrap();
     let origin = config.kt_checkpoint_key.split('+').next().unwrap();
     let root: [u8; 32] = api
-        .kt_epoch(epoch)
+        .kt_epoch(signed_epoch)
         .await
         .unwrap()
         .root_hash
         .as_slice()
         .try_into()
         .unwrap();
-    let body = checkpoint_body(origin, epoch, &root).unwrap();
+    let body = checkpoint_body(origin, signed_epoch, &root).unwrap();
     let sig = key.sign(&cosigned_message(time, &body)).to_bytes();
     api.kt_cosign(&CosignRequest {
         epoch,
         cosignature: cosignature_line(&public, time, &sig),
     })
     .await
-    .unwrap();
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn refused(result: Result<(), ClientError>, code: sotto_proto::ErrorCode) {
+    assert!(
+        matches!(&result, Err(ClientError::Refused(b)) if b.code == code),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_only_verifying_cosignatures_of_its_witnesses_not_ahead_of_its_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let witness_dir = dir.path().join("witness");
+    let key = new_witness(&witness_dir);
+    let server = server(dir.path(), vec![key]).await;
+    client(&server, dir.path(), "alice").await;
+    let epoch = new_epochs(&server, "alice", 2).await;
+    use sotto_proto::ErrorCode::{InvalidField, NotFound};
+
+    // A witness the server is not configured with (same name, another key).
+    let stranger = dir.path().join("stranger");
+    new_witness(&stranger);
+    refused(
+        cosign_at(&stranger, &server, epoch, epoch, now()).await,
+        InvalidField,
+    );
+    // The right witness, over another epoch's checkpoint; from an hour ahead; for an epoch
+    // that does not exist.
+    refused(
+        cosign_at(&witness_dir, &server, epoch, epoch - 1, now()).await,
+        InvalidField,
+    );
+    refused(
+        cosign_at(&witness_dir, &server, epoch, epoch, now() + 3600).await,
+        InvalidField,
+    );
+    refused(
+        cosign_at(&witness_dir, &server, epoch + 100, epoch, now()).await,
+        NotFound,
+    );
+    assert_eq!(cosignatures(&server, epoch), 0);
+    assert_eq!(cosignatures(&server, epoch - 1), 0);
+    // And what verifies is kept.
+    cosign_at(&witness_dir, &server, epoch, epoch, now())
+        .await
+        .unwrap();
+    assert_eq!(cosignatures(&server, epoch), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_left_unrecorded_is_recorded_with_its_proof_at_the_publishers_next_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), Vec::new()).await;
+    client(&server, dir.path(), "alice").await;
+    let newest = new_epochs(&server, "alice", 2).await;
+    let record = dir.path().join("audit");
+    audit(&record, &server.url, false, &mut |_, _| {})
+        .await
+        .unwrap();
+    // As a failure right after a publish leaves it: published, not recorded.
+    db(&server)
+        .execute("DELETE FROM kt_epochs WHERE epoch = ?1", [newest as i64])
+        .unwrap();
+    let api = Api::new(&server.url, false).unwrap();
+    assert_eq!(api.kt_checkpoint(None).await.unwrap().epoch, newest);
+    assert!(api.kt_epoch(newest).await.unwrap().audit.is_some());
+    // The same root, and its proof verifies: the auditor takes it.
+    let later = new_epochs(&server, "alice", 1).await;
+    let report = audit(&record, &server.url, false, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.from, report.to), (newest, later));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,19 +432,19 @@ async fn a_client_that_requires_a_witness_sends_only_on_roots_it_cosigned_lately
     while epoch == before {
         epoch = api.kt_checkpoint(Some(before)).await.unwrap().epoch;
     }
-    let hour_ago = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 3600;
-    cosign_at(&witness_dir, &server, epoch, hour_ago).await;
+    let hour_ago = now() - 3600;
+    cosign_at(&witness_dir, &server, epoch, epoch, hour_ago)
+        .await
+        .unwrap();
     let err = alice.send_text("bob", "again").await.unwrap_err();
     assert!(
-        matches!(&err, ClientError::Unreachable(m) if m.contains("cosigned by 0 of the 1 witnesses")),
+        matches!(&err, ClientError::Unreachable(m) if m.contains("cosigned by 0 of the 1 witnesses") && m.contains("1 more cosigned it too long ago")),
         "{err}"
     );
     // A fresh one is.
-    cosign_at(&witness_dir, &server, epoch, hour_ago + 3600).await;
+    cosign_at(&witness_dir, &server, epoch, epoch, now())
+        .await
+        .unwrap();
     alice.send_text("bob", "again").await.unwrap();
     assert_eq!(recv(&bob).await, vec!["alice: again".to_owned()]);
 }

@@ -18,7 +18,8 @@ pub struct ServerConfig {
     /// `init`: every lookup proof they accept is checked against it.
     pub kt_vrf_key: Bytes,
     /// The C2SP verifier key (`name+id+base64`) of the key that signs the log's checkpoints,
-    /// pinned by clients at `init` with the VRF key.
+    /// pinned by clients at `init` with the VRF key (empty from a server that signs none).
+    #[serde(default)]
     pub kt_checkpoint_key: String,
 }
 

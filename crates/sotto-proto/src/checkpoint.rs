@@ -27,10 +27,23 @@ pub const MAX_CHECKPOINT: usize = 32 * 1024;
 pub const MAX_WITNESSES: usize = 32;
 
 /// The origin of a server's checkpoints (their first line, and the name of the key that signs
-/// them), bound to the log's VRF public key: two logs never share one.
+/// them), bound to the log's VRF public key (all of it): clients check that the checkpoint
+/// key they pin is named after the VRF key they pin.
 pub fn log_origin(vrf_public_key: &[u8]) -> String {
-    let prefix = vrf_public_key.get(..8).unwrap_or(vrf_public_key);
-    format!("sotto-kt/{}", data_encoding::HEXLOWER.encode(prefix))
+    format!(
+        "sotto-kt/{}",
+        data_encoding::HEXLOWER.encode(vrf_public_key)
+    )
+}
+
+/// Whether `name` may name a key (C2SP: not empty, no spaces, no '+').
+pub fn is_key_name(name: &str) -> bool {
+    signed_note::is_key_name_valid(name)
+}
+
+/// The name in a verifier key (`name+id+key`): a log's origin, or a witness's name.
+pub fn origin_of(vkey: &str) -> &str {
+    vkey.split_once('+').map_or(vkey, |(name, _)| name)
 }
 
 /// The checkpoint of `root` at `epoch` in the log named `origin`: the text every signature
@@ -95,9 +108,10 @@ impl WitnessKey {
         })
     }
 
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Whether `other` is the same Ed25519 key, whatever its name (a cosignature does not
+    /// cover the name: one key under two names is one witness).
+    pub fn same_key(&self, other: &WitnessKey) -> bool {
+        self.key == other.key
     }
 
     /// Its verifier key, as [`WitnessKey::parse`] reads it.
@@ -169,8 +183,9 @@ impl SignedCheckpoint {
         }
     }
 
-    /// The witnesses among `witnesses` that cosigned it, each with the time of its newest
-    /// cosignature; an error if a cosignature of one of them does not verify.
+    /// The witnesses among `witnesses` that cosigned it, each with the time of its
+    /// cosignature (a note holds one per key); an error if a cosignature of one of them does
+    /// not verify.
     pub fn cosigners<'w>(
         &self,
         witnesses: &'w [WitnessKey],
@@ -201,12 +216,32 @@ impl SignedCheckpoint {
     }
 }
 
-/// A witness's cosignature as a note's signature line (`— name base64`).
+/// A witness's cosignature as a note's signature line (`— name base64`): the key id, the
+/// time and the signature.
 pub fn cosignature_line(key: &WitnessKey, timestamp: u64, signature: &[u8; 64]) -> String {
-    let sig = [&timestamp.to_be_bytes()[..], &signature[..]].concat();
-    signed_note::Signature::new(key.name.clone(), key.id, sig)
-        .map(|s| String::from_utf8_lossy(&s.to_bytes()).trim_end().to_owned())
-        .unwrap_or_default()
+    let sig = [
+        &key.id.to_be_bytes()[..],
+        &timestamp.to_be_bytes()[..],
+        &signature[..],
+    ]
+    .concat();
+    format!("— {} {}", key.name, BASE64.encode(sig))
+}
+
+/// The witness among `witnesses` that a cosignature line names (by name and key id), before
+/// anything is verified.
+pub fn cosignature_signer<'w>(
+    line: &str,
+    witnesses: &'w [WitnessKey],
+) -> Result<&'w WitnessKey, ProtoError> {
+    let sig = signed_note::Signature::from_bytes(line.trim_end().as_bytes())
+        .map_err(|_| ProtoError::Invalid("cosignature line"))?;
+    witnesses
+        .iter()
+        .find(|w| w.name == sig.name() && w.id == sig.id())
+        .ok_or(ProtoError::Invalid(
+            "cosignature: not of a witness this server is configured with",
+        ))
 }
 
 /// Parses a cosignature line sent by a witness: the witness it names among `witnesses`, the
@@ -218,12 +253,7 @@ pub fn parse_cosignature<'w>(
 ) -> Result<(&'w WitnessKey, u64), ProtoError> {
     let sig = signed_note::Signature::from_bytes(line.trim_end().as_bytes())
         .map_err(|_| ProtoError::Invalid("cosignature line"))?;
-    let witness = witnesses
-        .iter()
-        .find(|w| w.name == sig.name() && w.id == sig.id())
-        .ok_or(ProtoError::Invalid(
-            "cosignature of a witness this server knows",
-        ))?;
+    let witness = cosignature_signer(line, witnesses)?;
     let time = sig
         .signature()
         .first_chunk::<8>()

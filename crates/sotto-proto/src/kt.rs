@@ -55,7 +55,8 @@ pub struct LookupResponse {
     /// akd's lookup proof (its protobuf encoding), at most [`MAX_PROOF`] bytes.
     pub proof: Bytes,
     /// The signed checkpoint of that epoch and root, with the witnesses' cosignatures the
-    /// server holds ([`crate::checkpoint`]).
+    /// server holds ([`crate::checkpoint`]); empty from a server that signs none.
+    #[serde(default)]
     pub checkpoint: String,
 }
 

@@ -3,7 +3,7 @@
 //! per epoch: the epoch and its root in hex). A root the server shows later for a recorded
 //! epoch that is not the one recorded is a rewritten log, and an alarm.
 
-use super::{signed_root, verify_step};
+use super::{fetch_epoch, signed_root, verify_step};
 use crate::ClientError;
 use crate::transport::Api;
 use sotto_core::Transport as _;
@@ -65,6 +65,9 @@ pub async fn audit(
         )));
     }
     let roots = read(ROOTS_FILE)?.unwrap_or_default();
+    // A line a crash cut short (no newline yet) was never verified-and-kept: it goes.
+    let complete = roots.rfind('\n').map_or(0, |i| i.saturating_add(1));
+    let roots = roots.get(..complete).unwrap_or_default();
     let last = roots.lines().rfind(|l| !l.is_empty()).map(parse_line);
     let (log_key, (from, mut root), first) = match (read(LOG_KEY_FILE)?, last) {
         (Some(key), Some(last)) => (key.trim().to_owned(), last?, false),
@@ -72,7 +75,7 @@ pub async fn audit(
             // The first audit trusts the log's key and its oldest recorded root as shown.
             let log_key = api.config().await?.kt_checkpoint_key;
             let newest = api.kt_checkpoint(None).await?;
-            let start = api.kt_epoch(newest.first).await?;
+            let start = fetch_epoch(&api, newest.first).await?;
             let root = signed_root(&log_key, &start)?;
             super::write_file(&dir.join(SERVER_FILE), api.base().as_bytes())?;
             super::write_file(&dir.join(LOG_KEY_FILE), log_key.as_bytes())?;
@@ -85,10 +88,12 @@ pub async fn audit(
     };
     if !first {
         // The server still shows the root recorded last: it did not rewrite the log since.
-        let shown = api.kt_epoch(from).await.map_err(|e| match e {
-            ClientError::Refused(_) => ClientError::Security(format!(
-                "the server no longer shows epoch {from}, which this auditor recorded"
-            )),
+        let shown = fetch_epoch(&api, from).await.map_err(|e| match e {
+            ClientError::Refused(b) if b.code == sotto_proto::ErrorCode::NotFound => {
+                ClientError::Security(format!(
+                    "the server no longer shows epoch {from}, which this auditor recorded"
+                ))
+            }
             other => other,
         })?;
         if signed_root(&log_key, &shown)? != root {
@@ -106,24 +111,22 @@ pub async fn audit(
             newest.epoch
         )));
     }
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&record)
-        .map_err(|e| ClientError::Store(format!("{}: {e}", record.display())))?;
     let failed = |e: std::io::Error| ClientError::Store(format!("{}: {e}", record.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&record)
+        .map_err(failed)?;
+    // Appends after the last complete line (the first audit's first line included).
+    let kept = if first {
+        file.metadata().map_err(failed)?.len()
+    } else {
+        roots.len() as u64
+    };
+    file.set_len(kept).map_err(failed)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(failed)?;
     let mut verified = 0u64;
     for epoch in from.saturating_add(1)..=newest.epoch {
-        let found = if epoch == newest.epoch {
-            newest.clone()
-        } else {
-            api.kt_epoch(epoch).await?
-        };
-        if found.epoch != epoch {
-            return Err(ClientError::Security(format!(
-                "the server answered epoch {} when asked for epoch {epoch}",
-                found.epoch
-            )));
-        }
+        let found = fetch_epoch(&api, epoch).await?;
         root = verify_step(&log_key, &root, &found).await?;
         writeln!(file, "{epoch} {}", hex::encode(root)).map_err(failed)?;
         verified = verified.saturating_add(1);

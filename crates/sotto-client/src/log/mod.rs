@@ -70,11 +70,14 @@ pub(crate) async fn verify_step(
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, so that a crash
-/// leaves the old file or the new one, and with owner-only permissions.
+/// Writes `bytes` to `path` through a temporary file beside it (`path` and `.tmp`), so that
+/// a crash leaves the old file or the new one, with owner-only permissions; the directory is
+/// synced so that the rename survives a crash too.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
     let failed = |e: std::io::Error| ClientError::Store(format!("{}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     {
         use std::io::Write as _;
         let mut options = std::fs::OpenOptions::new();
@@ -85,5 +88,26 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
         file.write_all(bytes).map_err(failed)?;
         file.sync_all().map_err(failed)?;
     }
-    std::fs::rename(&tmp, path).map_err(failed)
+    std::fs::rename(&tmp, path).map_err(failed)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Fetches epoch `epoch` from the server, refusing an answer for another epoch.
+pub(crate) async fn fetch_epoch(
+    api: &crate::Api,
+    epoch: u64,
+) -> Result<EpochResponse, ClientError> {
+    let found = api.kt_epoch(epoch).await?;
+    if found.epoch != epoch {
+        return Err(ClientError::Security(format!(
+            "the server answered epoch {} when asked for epoch {epoch}",
+            found.epoch
+        )));
+    }
+    Ok(found)
 }

@@ -6,14 +6,15 @@
 //! log stands still it cosigns the newest epoch again, so that clients can tell a current
 //! root from one the log moved past.
 
-use super::{signed_root, verify_step, write_file};
+use super::{fetch_epoch, signed_root, verify_step, write_file};
 use crate::ClientError;
 use crate::transport::Api;
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 use sotto_core::Transport as _;
+use sotto_proto::ErrorCode;
 use sotto_proto::checkpoint::{
-    WitnessKey, checkpoint_body, cosignature_line, cosigned_message, witness_vkey,
+    WitnessKey, checkpoint_body, cosignature_line, cosigned_message, origin_of, witness_vkey,
 };
 use sotto_proto::kt::{CosignRequest, EpochResponse};
 use std::path::{Path, PathBuf};
@@ -77,6 +78,7 @@ impl Witness {
         let api = Api::new(server, insecure_http)?;
         crate::store::create_private_dir(dir)?;
         let key_path = dir.join(KEY_FILE);
+        let state_path = dir.join(STATE_FILE);
         let damaged = || ClientError::Store(format!("{}: damaged", key_path.display()));
         let (key, key_name) = if key_path.exists() {
             let text = Zeroizing::new(
@@ -84,7 +86,8 @@ impl Witness {
                     .map_err(|e| ClientError::Store(format!("{}: {e}", key_path.display())))?,
             );
             let file: KeyFile = serde_json::from_str(&text).map_err(|_| damaged())?;
-            let secret = Zeroizing::new(hex::decode(&file.secret).map_err(|_| damaged())?);
+            let hex_secret = Zeroizing::new(file.secret);
+            let secret = Zeroizing::new(hex::decode(&*hex_secret).map_err(|_| damaged())?);
             let secret: &[u8; 32] = secret.as_slice().try_into().map_err(|_| damaged())?;
             if name.is_some_and(|n| n != file.name) {
                 return Err(ClientError::Usage(format!(
@@ -94,7 +97,23 @@ impl Witness {
                 )));
             }
             (SigningKey::from_bytes(secret), file.name)
+        } else if state_path.exists() {
+            // A witness that lost its key is not a new witness: its state names what it
+            // cosigned with the old one.
+            return Err(ClientError::Store(format!(
+                "{} is missing, but {} holds what this witness cosigned; restore the key, or \
+                 start a new witness in another --data",
+                key_path.display(),
+                state_path.display()
+            )));
         } else {
+            if let Some(n) = name
+                && !sotto_proto::checkpoint::is_key_name(n)
+            {
+                return Err(ClientError::Usage(format!(
+                    "--name {n:?}: a witness name has no spaces or '+'"
+                )));
+            }
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let name = match name {
                 Some(n) => n.to_owned(),
@@ -116,7 +135,6 @@ impl Witness {
         };
         let public = WitnessKey::parse(&witness_vkey(&key_name, &key.verifying_key()))
             .map_err(|e| ClientError::Usage(format!("--name {key_name}: {e}")))?;
-        let state_path = dir.join(STATE_FILE);
         let state: Option<State> =
             if state_path.exists() {
                 let text = std::fs::read(&state_path)
@@ -199,17 +217,7 @@ impl Witness {
         }
         let mut previous = decode_root(&state.root)?;
         for epoch in state.epoch.saturating_add(1)..=newest.epoch {
-            let found = if epoch == newest.epoch {
-                newest.clone()
-            } else {
-                self.api.kt_epoch(epoch).await?
-            };
-            if found.epoch != epoch {
-                return Err(ClientError::Security(format!(
-                    "the server answered epoch {} when asked for epoch {epoch}",
-                    found.epoch
-                )));
-            }
+            let found = fetch_epoch(&self.api, epoch).await?;
             previous = verify_step(&state.log_key, &previous, &found).await?;
             self.cosign(&mut state, epoch, &previous).await?;
             cosigned.push(epoch);
@@ -249,11 +257,7 @@ impl Witness {
         epoch: u64,
         root: &[u8; 32],
     ) -> Result<(), ClientError> {
-        let origin = state
-            .log_key
-            .split_once('+')
-            .map_or(state.log_key.as_str(), |(name, _)| name);
-        let body = checkpoint_body(origin, epoch, root)
+        let body = checkpoint_body(origin_of(&state.log_key), epoch, root)
             .map_err(|e| ClientError::Security(format!("the log's checkpoint key: {e}")))?;
         let time = now();
         let signature = self.key.sign(&cosigned_message(time, &body)).to_bytes();
@@ -265,12 +269,14 @@ impl Witness {
             })
             .await
             .map_err(|e| match e {
-                ClientError::Refused(body) => ClientError::Usage(format!(
-                    "the server refused this witness's cosignature ({}); it keeps only those of \
-                     the witnesses it is configured with: `sotto server --witness {}`",
-                    body.message,
-                    self.public.vkey()
-                )),
+                ClientError::Refused(body) if body.code == ErrorCode::InvalidField => {
+                    ClientError::Usage(format!(
+                        "the server refused this witness's cosignature ({}); it keeps only those \
+                         of the witnesses it is configured with: `sotto server --witness {}`",
+                        body.message,
+                        self.public.vkey()
+                    ))
+                }
                 other => other,
             })?;
         state.epoch = epoch;

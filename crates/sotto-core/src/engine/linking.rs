@@ -204,6 +204,10 @@ impl<S: ClientStore, T: Transport> PendingLink<S, T> {
                 "the server's key-transparency key is not the one your other devices pinned".into(),
             ));
         }
+        super::witnesses::check_checkpoint_key(
+            &config.kt_checkpoint_key,
+            config.kt_vrf_key.as_slice(),
+        )?;
         if let Some(key) = &secrets.kt_checkpoint_key
             && *key != config.kt_checkpoint_key
         {

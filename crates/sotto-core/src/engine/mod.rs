@@ -68,7 +68,7 @@ pub(super) fn check_server(config: &ServerConfig) -> Result<(), ClientError> {
             "the server has no valid key-transparency key; is it a Sotto server?".into(),
         ));
     }
-    witnesses::check_checkpoint_key(&config.kt_checkpoint_key)
+    witnesses::check_checkpoint_key(&config.kt_checkpoint_key, config.kt_vrf_key.as_slice())
 }
 
 fn random_client_id() -> String {

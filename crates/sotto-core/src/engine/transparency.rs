@@ -378,7 +378,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
 
     /// The log's VRF public key, pinned at `init`; a store from before the log pins the
     /// server's key now (trusting it on first use, as such a store trusted its contacts).
-    async fn vrf_key(&self) -> Result<Vec<u8>, ClientError> {
+    pub(super) async fn vrf_key(&self) -> Result<Vec<u8>, ClientError> {
         if let Some(key) = self.store.read(|tx| tx.setting(Setting::KtVrfKey))? {
             if key.len() != 32 {
                 return Err(ClientError::damaged("key-transparency key"));

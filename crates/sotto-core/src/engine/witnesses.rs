@@ -9,13 +9,17 @@ use super::Engine;
 use crate::store::{ClientStore, Setting, StoreTx};
 use crate::{ClientError, Transport};
 use serde::{Deserialize, Serialize};
-use sotto_proto::checkpoint::{MAX_WITNESSES, SignedCheckpoint, WitnessKey};
+use sotto_proto::checkpoint::{MAX_WITNESSES, SignedCheckpoint, WitnessKey, log_origin, origin_of};
 use sotto_proto::kt::Proven;
 
 /// How old, by this device's clock, the newest cosignature of a witness may be (seconds): a
 /// witness cosigns the log's newest checkpoint again and again while it stands, so an older
 /// one means the log moved on since, or the witness stopped.
 pub const WITNESS_MAX_AGE: u64 = 600;
+
+/// How far ahead of this device's clock a cosignature's time may be and still count (the
+/// server keeps none more than this ahead of its own).
+const WITNESS_SKEW: u64 = 600;
 
 /// The witnesses whose cosignatures this device requires on every root it accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,15 +48,16 @@ impl WitnessPolicy {
                 _ => Ok(None),
             };
         }
-        let mut keys: Vec<String> = Vec::with_capacity(witnesses.len());
+        // One key under two names is one witness: a cosignature does not cover the name.
+        let mut parsed: Vec<WitnessKey> = Vec::with_capacity(witnesses.len());
         for w in witnesses {
             let key = WitnessKey::parse(w)
-                .map_err(|e| ClientError::Usage(format!("--witness {w}: {e}")))?
-                .vkey();
-            if !keys.contains(&key) {
-                keys.push(key);
+                .map_err(|e| ClientError::Usage(format!("--witness {w}: {e}")))?;
+            if !parsed.iter().any(|p| p.same_key(&key)) {
+                parsed.push(key);
             }
         }
+        let keys: Vec<String> = parsed.iter().map(WitnessKey::vkey).collect();
         if keys.len() > MAX_WITNESSES {
             return Err(ClientError::Usage(format!(
                 "at most {MAX_WITNESSES} witnesses"
@@ -67,7 +72,7 @@ impl WitnessPolicy {
         }
         if max_age == 0 {
             return Err(ClientError::Usage(
-                "a witness cosignature's age bound must be at least a second".into(),
+                "--witness-max-age must be at least 1 (seconds)".into(),
             ));
         }
         Ok(Some(WitnessPolicy {
@@ -78,8 +83,20 @@ impl WitnessPolicy {
     }
 
     /// As kept in the store.
-    pub fn to_setting(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn to_setting(&self) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(self).map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
+    /// As kept in the store (or sent by the device that approved this one), checked as
+    /// `init` checks it.
+    fn from_setting(kept: &[u8]) -> Result<Self, ClientError> {
+        let damaged = || ClientError::damaged("witness keys");
+        let kept: WitnessPolicy = serde_json::from_slice(kept).map_err(|_| damaged())?;
+        WitnessPolicy::new(&kept.witnesses, Some(kept.threshold), kept.max_age)
+            .ok()
+            .flatten()
+            .filter(|checked| *checked == kept)
+            .ok_or_else(damaged)
     }
 
     fn keys(&self) -> Result<Vec<WitnessKey>, ClientError> {
@@ -96,9 +113,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let Some(kept) = self.store.read(|tx| tx.setting(Setting::KtWitnesses))? else {
             return Ok(None);
         };
-        serde_json::from_slice(&kept)
-            .map(Some)
-            .map_err(|_| ClientError::damaged("witness keys"))
+        WitnessPolicy::from_setting(&kept).map(Some)
     }
 
     /// How many cosignatures a lookup asks the server to wait for.
@@ -133,16 +148,25 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         let now = self.clock.now();
         let fresh = cosigners
             .iter()
-            .filter(|(_, time)| time.saturating_add(policy.max_age) >= now)
+            .filter(|(_, time)| {
+                time.saturating_add(policy.max_age) >= now
+                    && *time <= now.saturating_add(WITNESS_SKEW)
+            })
             .count();
         if fresh < policy.threshold {
-            let minutes = policy.max_age.div_ceil(60);
+            let stale = cosigners.len().saturating_sub(fresh);
+            let stale = if stale > 0 {
+                format!(" ({stale} more cosigned it too long ago)")
+            } else {
+                String::new()
+            };
             return Err(ClientError::Unreachable(format!(
                 "the key-transparency log's epoch {epoch} is cosigned by {fresh} of the {} \
-                 witnesses this device requires ({} needed, within {minutes} minutes): the \
-                 witnesses may be down or behind, or the server shows this device a log they \
-                 did not see; nothing was sent",
+                 witnesses this device requires within the last {} seconds{stale}, and {} are \
+                 needed: the witnesses may be down or behind, or the server shows this device \
+                 a log they did not see",
                 policy.witnesses.len(),
+                policy.max_age,
                 policy.threshold,
             )));
         }
@@ -156,18 +180,22 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             return String::from_utf8(key).map_err(|_| ClientError::damaged("checkpoint key"));
         }
         let key = self.transport.config().await?.kt_checkpoint_key;
-        check_checkpoint_key(&key)?;
+        check_checkpoint_key(&key, &self.vrf_key().await?)?;
         self.tx(|tx| Ok(tx.set_setting(Setting::KtCheckpointKey, key.as_bytes())?))?;
         Ok(key)
     }
 }
 
-/// Checks that a server's checkpoint key is a C2SP Ed25519 verifier key.
-pub(super) fn check_checkpoint_key(key: &str) -> Result<(), ClientError> {
-    sotto_proto::checkpoint::check_log_key(key).map_err(|_| {
-        ClientError::Usage(
-            "the server has no valid key-transparency checkpoint key; is it a Sotto server?".into(),
-        )
-    })?;
+/// Checks that a server's checkpoint key is a C2SP Ed25519 verifier key named after the log's
+/// VRF key.
+pub(super) fn check_checkpoint_key(key: &str, vrf_key: &[u8]) -> Result<(), ClientError> {
+    if sotto_proto::checkpoint::check_log_key(key).is_err() || origin_of(key) != log_origin(vrf_key)
+    {
+        return Err(ClientError::Usage(
+            "the server has no valid key-transparency checkpoint key (an older Sotto server \
+             signs none)"
+                .into(),
+        ));
+    }
     Ok(())
 }

@@ -96,11 +96,19 @@ impl Kt {
     ) -> Result<(), KtError> {
         let newest = directory.get_epoch_hash().await?;
         let epoch = newest.epoch();
-        if self.storage.kt_epoch(epoch).await?.is_some() {
+        if let Some(root) = self.storage.kt_root(epoch).await? {
+            // Tables restored from another backup than the log's would serve roots the log
+            // cannot prove: that stops the publisher, loudly.
+            if root != newest.hash() {
+                return Err(KtError(format!(
+                    "the root recorded for epoch {epoch} is not the log's: kt_epochs does not \
+                     match the log (restored from another backup?)"
+                )));
+            }
             return Ok(());
         }
         let previous = match epoch.checked_sub(1) {
-            Some(p) => self.storage.kt_epoch(p).await?.map(|_| p),
+            Some(p) => self.storage.kt_root(p).await?.map(|_| p),
             None => None,
         };
         let audit = match previous {
@@ -132,25 +140,36 @@ impl Kt {
     pub(super) async fn checkpoint(&self, epoch: u64, root: &[u8; 32]) -> Result<String, KtError> {
         let (body, line) = self.signer.sign(epoch, root)?;
         let mut lines = vec![line];
-        lines.extend(self.storage.kt_cosignatures(epoch).await?);
+        lines.extend(self.cosignatures(epoch).await?);
         Ok(note_text(&body, &lines))
     }
 
-    /// How many cosignatures are kept for `epoch`.
-    pub(super) async fn cosignature_count(&self, epoch: u64) -> Result<usize, KtError> {
-        Ok(self.storage.kt_cosignatures(epoch).await?.len())
+    /// The cosignature lines kept for `epoch` of the witnesses the server is configured with
+    /// now (one taken out of `--witness` is no longer served).
+    async fn cosignatures(&self, epoch: u64) -> Result<Vec<String>, KtError> {
+        let configured: Vec<String> = self.config.witnesses.iter().map(WitnessKey::vkey).collect();
+        Ok(self
+            .storage
+            .kt_cosignatures(epoch)
+            .await?
+            .into_iter()
+            .filter(|(witness, _)| configured.contains(witness))
+            .map(|(_, line)| line)
+            .collect())
     }
 
-    /// The recorded epoch `epoch`, as witnesses and auditors read it.
+    /// How many cosignatures of configured witnesses are kept for `epoch`.
+    pub(super) async fn cosignature_count(&self, epoch: u64) -> Result<usize, KtError> {
+        Ok(self.cosignatures(epoch).await?.len())
+    }
+
+    /// The recorded epoch `epoch`, with its append-only proof, as witnesses and auditors
+    /// read it.
     pub async fn recorded(&self, epoch: u64) -> Result<Option<EpochResponse>, KtError> {
         let Some(record) = self.storage.kt_epoch(epoch).await? else {
             return Ok(None);
         };
-        let root: [u8; 32] = record
-            .root
-            .as_slice()
-            .try_into()
-            .map_err(|_| KtError(format!("the recorded root of epoch {epoch} is corrupt")))?;
+        let root = checked_root(epoch, &record.root)?;
         let first = self.storage.kt_first_epoch().await?.unwrap_or(epoch);
         Ok(Some(EpochResponse {
             epoch,
@@ -161,21 +180,32 @@ impl Kt {
         }))
     }
 
-    /// The newest epoch, recorded, waiting up to `wait` for one newer than `after` if given.
-    /// The publisher records an epoch right after publishing it: one not recorded yet is
-    /// waited for (briefly) too.
+    /// The newest epoch, recorded, without its append-only proof (which is read at
+    /// [`Kt::recorded`]), waiting up to `wait` for one newer than `after` if given and not
+    /// past the newest. The publisher records an epoch right after publishing it: one not
+    /// recorded yet is waited for (briefly) too.
     pub async fn newest_recorded(
         &self,
         after: Option<u64>,
         wait: Duration,
     ) -> Result<EpochResponse, KtError> {
-        if let Some(after) = after {
+        // A witness ahead of the log (the log went back) is answered at once.
+        if let Some(after) = after
+            && after <= self.epoch().await?
+        {
             self.wait_past(after, wait).await?;
         }
         for _ in 0..50 {
             let epoch = self.epoch().await?;
-            if let Some(found) = self.recorded(epoch).await? {
-                return Ok(found);
+            if let Some(root) = self.storage.kt_root(epoch).await? {
+                let root = checked_root(epoch, &root)?;
+                return Ok(EpochResponse {
+                    epoch,
+                    root_hash: Bytes::from(root.to_vec()),
+                    checkpoint: self.checkpoint(epoch, &root).await?,
+                    audit: None,
+                    first: self.storage.kt_first_epoch().await?.unwrap_or(epoch),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -188,20 +218,18 @@ impl Kt {
     /// and verifies, and its time is not ahead of the server's clock (`now`) by more than
     /// ten minutes.
     pub async fn cosign(&self, req: &CosignRequest, now: u64) -> Result<(), CosignError> {
-        let record = self
+        let witnesses: &[WitnessKey] = &self.config.witnesses;
+        // Who signed is read first: nothing is read from storage for anyone else.
+        sotto_proto::checkpoint::cosignature_signer(&req.cosignature, witnesses)
+            .map_err(|e| CosignError::Invalid(e.to_string()))?;
+        let root = self
             .storage
-            .kt_epoch(req.epoch)
+            .kt_root(req.epoch)
             .await?
             .ok_or(CosignError::UnknownEpoch)?;
-        let root: [u8; 32] = record.root.as_slice().try_into().map_err(|_| {
-            KtError(format!(
-                "the recorded root of epoch {} is corrupt",
-                req.epoch
-            ))
-        })?;
+        let root = checked_root(req.epoch, &root)?;
         let body = checkpoint_body(&self.signer.origin, req.epoch, &root)
             .map_err(|e| KtError(e.to_string()))?;
-        let witnesses: &[WitnessKey] = &self.config.witnesses;
         let (witness, time) =
             sotto_proto::checkpoint::parse_cosignature(&req.cosignature, witnesses, &body)
                 .map_err(|e| CosignError::Invalid(e.to_string()))?;
@@ -216,4 +244,10 @@ impl Kt {
         self.cosigned.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
+}
+
+/// A recorded root, which must be 32 bytes.
+fn checked_root(epoch: u64, root: &[u8]) -> Result<[u8; 32], KtError> {
+    root.try_into()
+        .map_err(|_| KtError(format!("the recorded root of epoch {epoch} is corrupt")))
 }

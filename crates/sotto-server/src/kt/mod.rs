@@ -220,14 +220,16 @@ impl Kt {
         }
         let mut more = self.cosigned.subscribe();
         let mut found = self.lookup_now(user).await?;
+        // More cosignatures than there are witnesses never come; and a user not in the log
+        // has no checkpoint to wait for.
+        if cosigned == 0 || cosigned > self.config.witnesses.len() {
+            return Ok(found);
+        }
         loop {
             let epoch = match &found {
                 Ok(found) => found.epoch,
-                Err(epoch) => *epoch,
+                Err(_) => return Ok(found),
             };
-            if cosigned == 0 {
-                return Ok(found);
-            }
             if tokio::time::Instant::now() >= deadline
                 || self.cosignature_count(epoch).await? >= cosigned
             {
@@ -298,10 +300,12 @@ impl Kt {
     }
 
     /// Publishes one epoch of the queued accounts whose value changed, if any are queued and
-    /// this process may publish now. Returns the new epoch, if it made one.
+    /// this process may publish now. Returns the new epoch, if it made one. The newest epoch
+    /// is recorded first if it is not (a failure after a publish left it so).
     pub async fn publish_pending(&self) -> Result<Option<u64>, KtError> {
         // The queue is looked at first: on a shared database the lock costs a connection.
-        if self.storage.kt_pending(1).await?.is_empty() {
+        let queued = !self.storage.kt_pending(1).await?.is_empty();
+        if !queued && self.storage.kt_root(self.epoch().await?).await?.is_some() {
             return Ok(None);
         }
         let Some(_publisher) = self.storage.kt_publisher().await? else {
@@ -309,6 +313,9 @@ impl Kt {
         };
         // Only `open` makes a log: a storage that lost its own is an error, not a new log.
         self.reader().await?;
+        let dir = directory(self.db.clone(), self.vrf.clone()).await?;
+        // Before another epoch can follow it.
+        self.record_newest(&dir).await?;
         let pending = self.storage.kt_pending(self.config.epoch_changes).await?;
         if pending.is_empty() {
             return Ok(None);
@@ -341,9 +348,6 @@ impl Kt {
             None
         } else {
             let count = updates.len();
-            let dir = directory(self.db.clone(), self.vrf.clone()).await?;
-            // An epoch a crash left unrecorded is recorded before another follows it.
-            self.record_newest(&dir).await?;
             let epoch = dir.publish(updates).await?.epoch();
             self.record_newest(&dir).await?;
             tracing::info!(epoch, count, "key-transparency epoch published");

@@ -255,6 +255,8 @@ pub trait KtStore {
     async fn kt_record_epoch(&self, epoch: &KtEpoch) -> Result<(), StorageError>;
     /// The epoch recorded as `epoch`, if any.
     async fn kt_epoch(&self, epoch: u64) -> Result<Option<KtEpoch>, StorageError>;
+    /// The root recorded for `epoch`, if any, without its proof.
+    async fn kt_root(&self, epoch: u64) -> Result<Option<Vec<u8>>, StorageError>;
     /// The oldest epoch recorded, if any.
     async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError>;
     /// Keeps a witness's cosignature (a note's signature line) made at `time` on a recorded
@@ -266,8 +268,8 @@ pub trait KtStore {
         time: u64,
         line: &str,
     ) -> Result<(), StorageError>;
-    /// The cosignature lines kept for `epoch`, in the order of the witnesses' names.
-    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError>;
+    /// The cosignatures kept for `epoch`, as (witness, line), in the order of the witnesses.
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<(String, String)>, StorageError>;
 }
 
 /// Held while this process publishes an epoch of the key-transparency log.

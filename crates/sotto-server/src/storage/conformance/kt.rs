@@ -117,7 +117,9 @@ pub async fn each_epoch_is_recorded_with_a_proof_that_it_extends_the_one_before(
     })
     .await
     .expect("ignored");
+    assert_eq!(s.kt_root(1).await.expect("read"), Some(one.root.clone()));
     assert_eq!(s.kt_epoch(1).await.expect("read"), Some(one));
+    assert_eq!(s.kt_root(2).await.expect("read"), None);
     assert_eq!(s.kt_epoch(2).await.expect("read"), None);
 }
 
@@ -134,14 +136,20 @@ pub async fn a_witness_cosignature_is_kept_per_epoch_and_witness_the_newest_winn
     s.kt_cosign(0, "w1", 4, "line w1 at 4").await.expect("kept");
     assert_eq!(
         s.kt_cosignatures(0).await.expect("read"),
-        vec!["line w1 at 4".to_owned(), "line w2 at 5".to_owned()]
+        vec![
+            ("w1".to_owned(), "line w1 at 4".to_owned()),
+            ("w2".to_owned(), "line w2 at 5".to_owned())
+        ]
     );
     s.kt_cosign(0, "w2", 9, "line w2 at 9")
         .await
         .expect("newer: kept");
     assert_eq!(
         s.kt_cosignatures(0).await.expect("read"),
-        vec!["line w1 at 4".to_owned(), "line w2 at 9".to_owned()]
+        vec![
+            ("w1".to_owned(), "line w1 at 4".to_owned()),
+            ("w2".to_owned(), "line w2 at 9".to_owned())
+        ]
     );
     assert!(s.kt_cosignatures(1).await.expect("read").is_empty());
 }

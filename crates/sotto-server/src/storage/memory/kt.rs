@@ -100,6 +100,10 @@ impl KtStore for MemoryStorage {
         Ok(self.kt().epochs.get(&epoch).cloned())
     }
 
+    async fn kt_root(&self, epoch: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.kt().epochs.get(&epoch).map(|e| e.root.clone()))
+    }
+
     async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError> {
         Ok(self.kt().epochs.keys().next().copied())
     }
@@ -127,13 +131,13 @@ impl KtStore for MemoryStorage {
         Ok(())
     }
 
-    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError> {
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<(String, String)>, StorageError> {
         Ok(self
             .kt()
             .cosignatures
             .get(&epoch)
             .into_iter()
-            .flat_map(|w| w.values().map(|(_, line)| line.clone()))
+            .flat_map(|w| w.iter().map(|(w, (_, line))| (w.clone(), line.clone())))
             .collect())
     }
 }

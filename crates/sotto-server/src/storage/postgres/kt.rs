@@ -157,6 +157,18 @@ impl KtStore for PostgresStorage {
         }))
     }
 
+    async fn kt_root(&self, epoch: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT root FROM kt_epochs WHERE epoch = $1",
+                &[&to_i64(epoch)],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError> {
         let first: Option<i64> = self
             .client()
@@ -187,15 +199,15 @@ impl KtStore for PostgresStorage {
         Ok(())
     }
 
-    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError> {
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<(String, String)>, StorageError> {
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT line FROM kt_cosignatures WHERE epoch = $1 ORDER BY witness",
+                "SELECT witness, line FROM kt_cosignatures WHERE epoch = $1 ORDER BY witness",
                 &[&to_i64(epoch)],
             )
             .await?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -151,6 +151,16 @@ impl KtStore for SqliteStorage {
         .await
     }
 
+    async fn kt_root(&self, epoch: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT root FROM kt_epochs WHERE epoch = ?1")?
+                .query_row([to_i64(epoch)], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
     async fn kt_first_epoch(&self) -> Result<Option<u64>, StorageError> {
         self.read(|conn| {
             let first: Option<i64> =
@@ -181,12 +191,12 @@ impl KtStore for SqliteStorage {
         .await
     }
 
-    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<String>, StorageError> {
+    async fn kt_cosignatures(&self, epoch: u64) -> Result<Vec<(String, String)>, StorageError> {
         self.read(move |conn| {
             let mut get = conn.prepare_cached(
-                "SELECT line FROM kt_cosignatures WHERE epoch = ?1 ORDER BY witness",
+                "SELECT witness, line FROM kt_cosignatures WHERE epoch = ?1 ORDER BY witness",
             )?;
-            let rows = get.query_map([to_i64(epoch)], |r| r.get::<_, String>(0))?;
+            let rows = get.query_map([to_i64(epoch)], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
