@@ -162,12 +162,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             };
             return Err(ClientError::Unreachable(format!(
                 "the key-transparency log's epoch {epoch} is cosigned by {fresh} of the {} \
-                 witnesses this device requires within the last {} seconds{stale}, and {} are \
-                 needed: the witnesses may be down or behind, or the server shows this device \
-                 a log they did not see",
+                 witnesses this device requires ({} needed) within the last {} seconds{stale}: \
+                 the witnesses may be down or behind, or the server shows this device a log \
+                 they did not see",
                 policy.witnesses.len(),
-                policy.max_age,
                 policy.threshold,
+                policy.max_age,
             )));
         }
         Ok(())
