@@ -438,7 +438,7 @@ async fn a_client_that_requires_a_witness_sends_only_on_roots_it_cosigned_lately
         .unwrap();
     let err = alice.send_text("bob", "again").await.unwrap_err();
     assert!(
-        matches!(&err, ClientError::Unreachable(m) if m.contains("cosigned by 0 of the 1 witnesses") && m.contains("1 more cosigned it too long ago")),
+        matches!(&err, ClientError::Unreachable(m) if m.contains("cosigned by 0 of the 1 witnesses") && m.contains("1 more cosigned it outside that time")),
         "{err}"
     );
     // A fresh one is.

@@ -156,7 +156,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         if fresh < policy.threshold {
             let stale = cosigners.len().saturating_sub(fresh);
             let stale = if stale > 0 {
-                format!(" ({stale} more cosigned it too long ago)")
+                format!(" ({stale} more cosigned it outside that time)")
             } else {
                 String::new()
             };

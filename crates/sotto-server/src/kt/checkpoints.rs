@@ -3,9 +3,9 @@
 //!
 //! akd keeps only the newest root, and can prove that an epoch extends the one before only
 //! while nodes it changed have not changed again: so the proof from epoch N−1 to N is made
-//! right after N is published, and kept. The publisher records the newest epoch before it
-//! publishes the next one, so an epoch a crash left unrecorded is recorded (with its proof,
-//! while it is still the newest) before anything follows it.
+//! right after N is published, and kept. At every tick the publisher records the newest epoch
+//! if it is not (a crash or a failure right after a publish), with its proof while it is
+//! still the newest, and always before anything follows it.
 
 use super::{Kt, KtError, Vrf};
 use crate::storage::{KtEpoch, StorageError};
