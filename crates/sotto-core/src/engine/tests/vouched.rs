@@ -228,3 +228,55 @@ async fn a_proof_at_an_epoch_a_member_vouched_another_root_for_raises_an_alarm_n
         "{alarms:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_vouched_for_an_epoch_this_device_passed_is_compared_with_the_logs_signed_checkpoint()
+ {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    alice.send_text("bob", "one").await.unwrap();
+    assert_eq!(recv(&bob).await, [text("alice", "one")]);
+    // Two epochs: carol's (alice looks her up, bob does not), then dave's (bob looks him up):
+    // bob passes carol's epoch without verifying a proof at it.
+    let _carol = server.device("carol").await;
+    alice.send_text("carol", "hi").await.unwrap();
+    let passed = alice.log_head().unwrap().unwrap();
+    let _dave = server.device("dave").await;
+    bob.send_text("dave", "hi").await.unwrap();
+    assert!(head(&bob) > passed);
+    assert_eq!(bob.store().read(|tx| tx.log_root(passed)).unwrap(), None);
+
+    // Alice vouches for another root at that epoch: bob's sync compares it with the log's
+    // signed checkpoint, raises the alarm naming her, and keeps the log's root as verified.
+    let forked = LogRoot {
+        epoch: passed,
+        root: [0xee; 32],
+    };
+    send_vouching(&alice, &bob, "two", forked).await;
+    let seen = recv(&bob).await;
+    assert!(
+        matches!(&seen[..], [
+            two,
+            (_, HistoryItem::Security { from: Some(from), reason }),
+        ] if *two == text("alice", "two") && *from == user("alice") && is_split_view(reason)
+            && reason.contains(&format!("epoch {passed}"))),
+        "{seen:?}"
+    );
+    let kept = bob.store().read(|tx| tx.log_root(passed)).unwrap().unwrap();
+    assert_eq!(kept.vouched_by, None);
+    assert_ne!(kept.root, forked.root);
+
+    // The log's own root vouched for later raises nothing.
+    send_vouching(
+        &alice,
+        &bob,
+        "three",
+        LogRoot {
+            epoch: passed,
+            root: kept.root,
+        },
+    )
+    .await;
+    assert_eq!(recv(&bob).await, [text("alice", "three")]);
+}
