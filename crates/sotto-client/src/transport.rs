@@ -184,8 +184,8 @@ impl Api {
         .await
     }
 
-    /// `GET /v1/kt/epochs/{epoch}`, with its append-only proof.
-    pub async fn kt_epoch_proof(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
+    /// `GET /v1/kt/epochs/{epoch}`.
+    pub async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
         self.json::<(), _>(
             Method::GET,
             &format!("/v1/kt/epochs/{epoch}"),
@@ -347,17 +347,6 @@ impl Transport for Api {
     }
 
     /// `GET /v1/kt/users/{user}`.
-    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
-        self.json::<(), _>(
-            Method::GET,
-            &format!("/v1/kt/epochs/{epoch}?proof=false"),
-            None,
-            None,
-            Repeat::Safe,
-        )
-        .await
-    }
-
     async fn kt_lookup(
         &self,
         token: &str,

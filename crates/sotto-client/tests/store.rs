@@ -275,16 +275,6 @@ fn conformance<S: ClientStore>(store: &S) {
             tx.put_log_root(2, &[6; 32], None)?;
             assert_eq!(tx.log_root(2)?, Some(verified([6; 32])));
             assert_eq!(tx.log_root(3)?, None);
-            // Vouched roots only, up to an epoch, newest first.
-            tx.put_log_root(3, &[8; 32], Some(&bob(1)))?;
-            tx.put_log_root(5, &[9; 32], Some(&bob(2)))?;
-            assert_eq!(
-                tx.vouched_roots(4, 10)?,
-                vec![(3, vouched([8; 32]))],
-                "epoch 2 is verified, epoch 5 is past 4"
-            );
-            assert_eq!(tx.vouched_roots(9, 1)?.len(), 1);
-            assert_eq!(tx.vouched_roots(9, 10)?[0].0, 5);
             // Vouched roots for many later epochs push out the oldest vouched ones only.
             let kept = u64::try_from(LOG_ROOTS_KEPT).unwrap();
             for epoch in 10..=kept + 10 {

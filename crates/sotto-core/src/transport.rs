@@ -11,7 +11,7 @@ use sotto_proto::api::{
     TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
 use sotto_proto::device_list::DeviceListUpdate;
-use sotto_proto::kt::{EpochResponse, LookupResponse};
+use sotto_proto::kt::LookupResponse;
 use sotto_proto::link::{
     CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
     PickupResponse,
@@ -42,9 +42,6 @@ pub trait Transport: Send + Sync {
         after: Option<u64>,
         cosigned: usize,
     ) -> Result<LookupResponse, ClientError>;
-    /// The log's epoch `epoch` as the server recorded it: its root and signed checkpoint
-    /// (without its append-only proof). `Refused` with `not_found` if it is not recorded.
-    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError>;
     /// Uploads KeyPackages of the signed-in device.
     async fn upload_key_packages(
         &self,

@@ -460,10 +460,6 @@ impl StoreTx for SqlTx<'_> {
         counters::log_root(&self.conn, epoch)
     }
 
-    fn vouched_roots(&self, up_to: u64, limit: usize) -> Result<Vec<(u64, KeptRoot)>, StoreError> {
-        counters::vouched_roots(&self.conn, up_to, limit)
-    }
-
     fn put_log_root(
         &self,
         epoch: u64,

@@ -107,13 +107,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             // its conversations.
             Ok(true) if pulled.is_ok() => {
                 self.remove_unlisted_own_devices().await?;
-                self.check_vouched_roots().await?;
                 self.heal_due().await
             }
-            Ok(_) if pulled.is_ok() => {
-                self.check_vouched_roots().await?;
-                self.heal_due().await
-            }
+            Ok(_) if pulled.is_ok() => self.heal_due().await,
             monitored => pulled.and(monitored.map(drop)),
         }
     }

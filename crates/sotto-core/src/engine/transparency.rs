@@ -355,38 +355,25 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                     return Ok(());
                 }
             }
-            if let Some(kept) = tx.log_root(epoch)? {
-                self.compare_kept_root(tx, epoch, &kept, &root)?;
+            if let Some(kept) = tx.log_root(epoch)?
+                && kept.root != root
+            {
+                let by = kept
+                    .vouched_by
+                    .as_ref()
+                    .map_or_else(|| "this device".to_owned(), ToString::to_string);
+                let reason = format!(
+                    "the server's key-transparency root for epoch {epoch} is not the one {by} \
+                     vouched for in a message: the server is showing its users different logs, \
+                     or that device lies"
+                );
+                let from = kept.vouched_by.as_ref().map(|d| &d.user);
+                self.record_security(tx, None, from, &reason)?;
             }
             tx.put_log_root(epoch, &root, None)?;
             let head = [&epoch.to_be_bytes()[..], &root[..]].concat();
             Ok(tx.set_setting(Setting::KtHead, &head)?)
         })
-    }
-
-    /// Compares the log's root for `epoch` (proven, or signed by the log) with the one kept
-    /// for it: another root raises an alarm naming the member that vouched for it.
-    pub(super) fn compare_kept_root(
-        &self,
-        tx: &impl StoreTx,
-        epoch: u64,
-        kept: &crate::store::KeptRoot,
-        root: &[u8; 32],
-    ) -> Result<(), ClientError> {
-        if kept.root == *root {
-            return Ok(());
-        }
-        let by = kept
-            .vouched_by
-            .as_ref()
-            .map_or_else(|| "this device".to_owned(), ToString::to_string);
-        let reason = format!(
-            "the server's key-transparency root for epoch {epoch} is not the one {by} vouched \
-             for in a message: the server is showing its users different logs, or that device \
-             lies"
-        );
-        let from = kept.vouched_by.as_ref().map(|d| &d.user);
-        self.record_security(tx, None, from, &reason)
     }
 
     /// The log's VRF public key, pinned at `init`; a store from before the log pins the

@@ -14,9 +14,7 @@
 //!   different logs, or that a device lies: a security alarm naming the members. A root for
 //!   an epoch this device holds nothing for is kept (up to [`VOUCHED_AHEAD`] epochs past its
 //!   own), so that a proof this device later verifies at that epoch is compared with it
-//!   (`note_head`, which alarms the same way); one at an epoch this device passed without
-//!   verifying it is compared at the end of the next sync with the log's signed (and, if
-//!   this device requires witnesses, cosigned) checkpoint of that epoch.
+//!   (`note_head`, which alarms the same way).
 //!
 //! The first message a device sees from a sender in a group sets where its count starts: a
 //! message withheld before it cannot show.
@@ -30,9 +28,6 @@ use sotto_proto::{DeviceAddr, GroupId};
 /// How far past the newest epoch this device verified a vouched root is kept: about a day of
 /// epochs published every second.
 pub(super) const VOUCHED_AHEAD: u64 = 100_000;
-
-/// Most vouched roots compared with the log's signed checkpoints at one sync.
-const VOUCHED_CHECKS: usize = 8;
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// The next counter of this device's messages in `gid`, counted as used from now on
@@ -127,50 +122,6 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 }
                 None => {}
             }
-        }
-        Ok(())
-    }
-
-    /// Compares roots members vouched for at epochs this device passed without verifying
-    /// them with the server's signed checkpoints of those epochs (cosigned, on a device that
-    /// requires witnesses, by witnesses that checked the log's chain through them): another
-    /// root raises the alarm naming the member, and the checked root is kept as verified.
-    /// At most [`VOUCHED_CHECKS`], newest first; an epoch the server did not record, or
-    /// cannot show now, waits for a later sync.
-    pub(super) async fn check_vouched_roots(&self) -> Result<(), ClientError> {
-        let Some(head) = self.log_head()? else {
-            return Ok(());
-        };
-        let vouched = self
-            .store
-            .read(|tx| tx.vouched_roots(head, VOUCHED_CHECKS))?;
-        for (epoch, kept) in vouched {
-            let found = match self.transport.kt_epoch(epoch).await {
-                Ok(found) => found,
-                Err(ClientError::Refused(_) | ClientError::Unreachable(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let root: [u8; 32] = match found.root_hash.as_slice().try_into() {
-                Ok(root) if found.epoch == epoch => root,
-                _ => {
-                    return Err(ClientError::Security(format!(
-                        "the server's key-transparency checkpoint for epoch {epoch} is malformed"
-                    )));
-                }
-            };
-            match self
-                .check_signed_root(&found.checkpoint, epoch, &root, false)
-                .await
-            {
-                Ok(()) => {}
-                // Not cosigned (a witness that started later): not comparable, yet.
-                Err(ClientError::Unreachable(_)) => continue,
-                Err(e) => return Err(e),
-            }
-            self.tx(|tx| {
-                self.compare_kept_root(tx, epoch, &kept, &root)?;
-                Ok(tx.put_log_root(epoch, &root, None)?)
-            })?;
         }
         Ok(())
     }

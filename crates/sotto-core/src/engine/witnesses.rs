@@ -122,33 +122,20 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// Checks the checkpoint of a verified lookup answer: signed with the pinned checkpoint
-    /// key for exactly its epoch and root, and cosigned as this device's witnesses require,
-    /// lately.
+    /// key for exactly its epoch and root, and cosigned as this device's witnesses require.
     pub(super) async fn check_checkpoint(
         &self,
         checkpoint: &str,
         proven: &Proven,
     ) -> Result<(), ClientError> {
-        self.check_signed_root(checkpoint, proven.epoch, &proven.root, true)
-            .await
-    }
-
-    /// Checks that `checkpoint` is the log's, signed with the pinned key, for `root` at
-    /// `epoch`, and cosigned by as many of this device's witnesses as it requires: lately if
-    /// `fresh` (a root to act on now), at any time otherwise (a past epoch's root to compare).
-    pub(super) async fn check_signed_root(
-        &self,
-        checkpoint: &str,
-        epoch: u64,
-        root: &[u8; 32],
-        fresh: bool,
-    ) -> Result<(), ClientError> {
         let key = self.checkpoint_key().await?;
-        let signed = SignedCheckpoint::open(checkpoint, &key, epoch, root).map_err(|what| {
-            ClientError::Security(format!(
-                "the server's key-transparency checkpoint for epoch {epoch} {what}"
-            ))
-        })?;
+        let epoch = proven.epoch;
+        let signed =
+            SignedCheckpoint::open(checkpoint, &key, epoch, &proven.root).map_err(|what| {
+                ClientError::Security(format!(
+                    "the server's key-transparency checkpoint for epoch {epoch} {what}"
+                ))
+            })?;
         let Some(policy) = self.witness_policy()? else {
             return Ok(());
         };
@@ -159,12 +146,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             ))
         })?;
         let now = self.clock.now();
-        let counted = |time: u64| {
-            !fresh
-                || (time.saturating_add(policy.max_age) >= now
-                    && time <= now.saturating_add(WITNESS_SKEW))
-        };
-        let fresh = cosigners.iter().filter(|(_, time)| counted(*time)).count();
+        let fresh = cosigners
+            .iter()
+            .filter(|(_, time)| {
+                time.saturating_add(policy.max_age) >= now
+                    && *time <= now.saturating_add(WITNESS_SKEW)
+            })
+            .count();
         if fresh < policy.threshold {
             let stale = cosigners.len().saturating_sub(fresh);
             let stale = if stale > 0 {

@@ -298,19 +298,6 @@ impl StoreTx for MemoryTx<'_> {
         Ok(self.work.borrow().log_roots.get(&epoch).cloned())
     }
 
-    fn vouched_roots(&self, up_to: u64, limit: usize) -> Result<Vec<(u64, KeptRoot)>, StoreError> {
-        Ok(self
-            .work
-            .borrow()
-            .log_roots
-            .range(..=up_to)
-            .rev()
-            .filter(|(_, k)| k.vouched_by.is_some())
-            .take(limit)
-            .map(|(e, k)| (*e, k.clone()))
-            .collect())
-    }
-
     fn put_log_root(
         &self,
         epoch: u64,

@@ -362,9 +362,6 @@ pub trait StoreTx {
     /// The key-transparency root this device holds for `epoch`: one it verified, or one a
     /// member vouched for in a message.
     fn log_root(&self, epoch: u64) -> Result<Option<KeptRoot>, StoreError>;
-    /// Roots members vouched for at epochs up to `up_to` (none this device verified), newest
-    /// first, at most `limit`.
-    fn vouched_roots(&self, up_to: u64, limit: usize) -> Result<Vec<(u64, KeptRoot)>, StoreError>;
     /// Keeps `root` for `epoch`, verified by this device (`vouched_by` `None`) or vouched for
     /// by a member's device. A root kept for the epoch stays, unless it was vouched for and
     /// this one is verified. Only the newest [`LOG_ROOTS_KEPT`] epochs of each kind (verified,

@@ -180,21 +180,6 @@ impl Kt {
         }))
     }
 
-    /// The recorded epoch `epoch` without its append-only proof: its root and checkpoint.
-    pub async fn recorded_root(&self, epoch: u64) -> Result<Option<EpochResponse>, KtError> {
-        let Some(root) = self.storage.kt_root(epoch).await? else {
-            return Ok(None);
-        };
-        let root = checked_root(epoch, &root)?;
-        Ok(Some(EpochResponse {
-            epoch,
-            root_hash: Bytes::from(root.to_vec()),
-            checkpoint: self.checkpoint(epoch, &root).await?,
-            audit: None,
-            first: self.storage.kt_first_epoch().await?.unwrap_or(epoch),
-        }))
-    }
-
     /// The newest epoch, recorded, without its append-only proof (which is read at
     /// [`Kt::recorded`]), waiting up to `wait` for one newer than `after` if given and not
     /// past the newest. The publisher records an epoch right after publishing it: one not
@@ -211,8 +196,16 @@ impl Kt {
             self.wait_past(after, wait).await?;
         }
         for _ in 0..50 {
-            if let Some(found) = self.recorded_root(self.epoch().await?).await? {
-                return Ok(found);
+            let epoch = self.epoch().await?;
+            if let Some(root) = self.storage.kt_root(epoch).await? {
+                let root = checked_root(epoch, &root)?;
+                return Ok(EpochResponse {
+                    epoch,
+                    root_hash: Bytes::from(root.to_vec()),
+                    checkpoint: self.checkpoint(epoch, &root).await?,
+                    audit: None,
+                    first: self.storage.kt_first_epoch().await?.unwrap_or(epoch),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

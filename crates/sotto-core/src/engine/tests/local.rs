@@ -12,7 +12,7 @@ use sotto_proto::api::{
 };
 use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::parse_verifying_key;
-use sotto_proto::kt::{EpochResponse, LookupResponse};
+use sotto_proto::kt::LookupResponse;
 use sotto_proto::link::{
     CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
     PickupResponse,
@@ -329,15 +329,6 @@ impl Transport for LocalTransport {
             kt_vrf_key: self.server.kt.vrf_public_key().to_vec().into(),
             kt_checkpoint_key: self.server.kt.checkpoint_key(),
         })
-    }
-
-    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
-        self.server
-            .kt
-            .recorded_root(epoch)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| refused(ErrorCode::NotFound, "no such epoch recorded"))
     }
 
     async fn kt_lookup(
