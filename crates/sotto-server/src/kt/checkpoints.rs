@@ -170,14 +170,24 @@ impl Kt {
             return Ok(None);
         };
         let root = checked_root(epoch, &record.root)?;
-        let first = self.storage.kt_first_epoch().await?.unwrap_or(epoch);
-        Ok(Some(EpochResponse {
+        Ok(Some(self.response(epoch, &root, record.audit).await?))
+    }
+
+    /// An epoch as the server shows it: its root, its signed checkpoint with the
+    /// cosignatures kept, `audit` if given, and the oldest epoch recorded.
+    async fn response(
+        &self,
+        epoch: u64,
+        root: &[u8; 32],
+        audit: Option<Vec<u8>>,
+    ) -> Result<EpochResponse, KtError> {
+        Ok(EpochResponse {
             epoch,
             root_hash: Bytes::from(root.to_vec()),
-            checkpoint: self.checkpoint(epoch, &root).await?,
-            audit: record.audit.map(Bytes::from),
-            first,
-        }))
+            checkpoint: self.checkpoint(epoch, root).await?,
+            audit: audit.map(Bytes::from),
+            first: self.storage.kt_first_epoch().await?.unwrap_or(epoch),
+        })
     }
 
     /// The newest epoch, recorded, without its append-only proof (which is read at
@@ -198,14 +208,9 @@ impl Kt {
         for _ in 0..50 {
             let epoch = self.epoch().await?;
             if let Some(root) = self.storage.kt_root(epoch).await? {
-                let root = checked_root(epoch, &root)?;
-                return Ok(EpochResponse {
-                    epoch,
-                    root_hash: Bytes::from(root.to_vec()),
-                    checkpoint: self.checkpoint(epoch, &root).await?,
-                    audit: None,
-                    first: self.storage.kt_first_epoch().await?.unwrap_or(epoch),
-                });
+                return self
+                    .response(epoch, &checked_root(epoch, &root)?, None)
+                    .await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
