@@ -17,9 +17,10 @@ use sotto_core::{
     SystemClock, Transport,
 };
 use sotto_proto::api::{
-    ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse, QueuedKind,
-    QueuedMessage, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
-    TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
+    ChallengeRequest, ChallengeResponse, ClaimResponse, DevicesResponse, KeyPackageCount,
+    QueueResponse, QueuedKind, QueuedMessage, RegisterRequest, RegisterResponse, SendRequest,
+    SendResponse, ServerConfig, TokenRequest, TokenResponse, UploadKeyPackagesRequest,
+    UserResponse,
 };
 use sotto_proto::{GroupId, Username};
 use std::sync::Arc;
@@ -138,6 +139,9 @@ impl Transport for Offline {
     async fn user(&self, _: &str, _: &Username) -> Result<UserResponse, ClientError> {
         offline()
     }
+    async fn kt_epoch(&self, _: u64) -> Result<sotto_proto::kt::EpochResponse, ClientError> {
+        offline()
+    }
     async fn kt_lookup(
         &self,
         _: &str,
@@ -175,6 +179,9 @@ impl Transport for Offline {
         offline()
     }
     async fn update_device_list(&self, _: &str, _: &DeviceListUpdate) -> Result<(), ClientError> {
+        offline()
+    }
+    async fn devices_seen(&self, _: &str) -> Result<DevicesResponse, ClientError> {
         offline()
     }
     async fn create_link(&self, _: &CreateLinkRequest) -> Result<CreateLinkResponse, ClientError> {

@@ -212,8 +212,11 @@ pub async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, C
                     println!("{}", to_json(&d));
                 } else {
                     let this = if d.this { "\t(this device)" } else { "" };
+                    let seen = d
+                        .last_seen
+                        .map_or_else(|| "never".to_owned(), |t| format!("{} UTC", utc(t)));
                     println!(
-                        "{}\t{}\tadded {} UTC{this}",
+                        "{}\t{}\tadded {} UTC\tlast seen {seen}{this}",
                         d.id,
                         printable(&d.name),
                         utc(d.added_at)

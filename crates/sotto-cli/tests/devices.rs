@@ -99,6 +99,15 @@ fn a_device_linked_from_the_command_line_joins_the_conversations_and_once_remove
             .iter()
             .any(|d| d["name"] == "laptop" && d["this"] == true)
     );
+    // The server saw each sign in after it was added, and says when; the plain list says so.
+    assert!(
+        listed.iter().all(|d| d["last_seen"]
+            .as_u64()
+            .is_some_and(|seen| seen >= d["added_at"].as_u64().unwrap())),
+        "{listed:?}"
+    );
+    let plain = ok(&laptop, &["devices", "list"]);
+    assert_eq!(plain.matches("\tlast seen 2").count(), 2, "{plain}");
 
     // Removed from the other device: out of the conversation (bob sees it), and the server
     // no longer serves it.

@@ -160,7 +160,7 @@ impl Client {
     /// This account's devices, after a sync.
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         self.engine.sync().await?;
-        self.engine.devices()
+        self.engine.devices().await
     }
 
     /// Removes the device `id` from this account and from every conversation.

@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sotto_core::Transport;
 use sotto_proto::api::{
-    AckRequest, ChallengeRequest, ChallengeResponse, ClaimRequest, ClaimResponse, KeyPackageCount,
-    QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
-    TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
+    AckRequest, ChallengeRequest, ChallengeResponse, ClaimRequest, ClaimResponse, DevicesResponse,
+    KeyPackageCount, QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse,
+    ServerConfig, TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
 use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::kt::{CosignRequest, EpochResponse, LookupResponse};
@@ -184,8 +184,8 @@ impl Api {
         .await
     }
 
-    /// `GET /v1/kt/epochs/{epoch}`.
-    pub async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
+    /// `GET /v1/kt/epochs/{epoch}`, with its append-only proof.
+    pub async fn kt_epoch_proof(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
         self.json::<(), _>(
             Method::GET,
             &format!("/v1/kt/epochs/{epoch}"),
@@ -212,6 +212,24 @@ impl Api {
 
 #[async_trait]
 impl Transport for Api {
+    /// `GET /v1/kt/epochs/{epoch}?proof=false`.
+    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/kt/epochs/{epoch}?proof=false"),
+            None,
+            None,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// `GET /v1/devices`.
+    async fn devices_seen(&self, token: &str) -> Result<DevicesResponse, ClientError> {
+        self.json::<(), _>(Method::GET, "/v1/devices", Some(token), None, Repeat::Safe)
+            .await
+    }
+
     /// `POST /v1/devices`. Never repeated: a repeat of an update the server took is refused
     /// as stale, and the device then learns the list from the server.
     async fn update_device_list(

@@ -275,6 +275,24 @@ fn conformance<S: ClientStore>(store: &S) {
             tx.put_log_root(2, &[6; 32], None)?;
             assert_eq!(tx.log_root(2)?, Some(verified([6; 32])));
             assert_eq!(tx.log_root(3)?, None);
+            // Vouched roots not yet compared with the log, up to an epoch, newest first;
+            // one marked compared is not returned again.
+            tx.put_log_root(3, &[8; 32], Some(&bob(1)))?;
+            tx.put_log_root(4, &[8; 32], Some(&bob(1)))?;
+            tx.put_log_root(5, &[9; 32], Some(&bob(1)))?;
+            let epochs = |up_to, limit| -> Result<Vec<u64>, StoreError> {
+                Ok(tx
+                    .unchecked_vouched_roots(up_to, limit)?
+                    .into_iter()
+                    .map(|(e, _)| e)
+                    .collect())
+            };
+            assert_eq!(epochs(4, 10)?, [4, 3], "epoch 2 is verified, 5 is past 4");
+            assert_eq!(epochs(9, 1)?, [5]);
+            tx.mark_vouched_root_checked(4)?;
+            tx.mark_vouched_root_checked(2)?;
+            assert_eq!(epochs(9, 10)?, [5, 3]);
+            assert_eq!(tx.log_root(4)?, Some(vouched([8; 32])), "kept, to compare");
             // Vouched roots for many later epochs push out the oldest vouched ones only.
             let kept = u64::try_from(LOG_ROOTS_KEPT).unwrap();
             for epoch in 10..=kept + 10 {

@@ -6,12 +6,12 @@
 use crate::ClientError;
 use async_trait::async_trait;
 use sotto_proto::api::{
-    ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse,
-    RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
-    TokenResponse, UploadKeyPackagesRequest, UserResponse,
+    ChallengeRequest, ChallengeResponse, ClaimResponse, DevicesResponse, KeyPackageCount,
+    QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
+    TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse,
 };
 use sotto_proto::device_list::DeviceListUpdate;
-use sotto_proto::kt::LookupResponse;
+use sotto_proto::kt::{EpochResponse, LookupResponse};
 use sotto_proto::link::{
     CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
     PickupResponse,
@@ -42,6 +42,9 @@ pub trait Transport: Send + Sync {
         after: Option<u64>,
         cosigned: usize,
     ) -> Result<LookupResponse, ClientError>;
+    /// The log's epoch `epoch` as the server recorded it: its root and signed checkpoint,
+    /// without its append-only proof. `Refused` with `not_found` if it is not recorded.
+    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError>;
     /// Uploads KeyPackages of the signed-in device.
     async fn upload_key_packages(
         &self,
@@ -69,6 +72,8 @@ pub trait Transport: Send + Sync {
         token: &str,
         req: &DeviceListUpdate,
     ) -> Result<(), ClientError>;
+    /// When each device of the signed-in device's account last signed in.
+    async fn devices_seen(&self, token: &str) -> Result<DevicesResponse, ClientError>;
     /// Leaves a new device's offer at a new rendezvous (no sign-in: the device has none).
     async fn create_link(&self, req: &CreateLinkRequest)
     -> Result<CreateLinkResponse, ClientError>;

@@ -257,6 +257,23 @@ pub struct KeyPackageCount {
     pub last_resort: bool,
 }
 
+/// `GET /v1/devices`: when each device of the asking account last signed in, as the server
+/// recorded it. Only the account's own devices see this; contacts never do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesResponse {
+    /// Every device the server holds for the account, in id order.
+    pub devices: Vec<DeviceSeen>,
+}
+
+/// One device's last sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSeen {
+    /// The device.
+    pub device: DeviceId,
+    /// When it last signed in (seconds since the Unix epoch); `None` if it never has.
+    pub last_seen: Option<u64>,
+}
+
 /// `POST /v1/keypackages/claim`: one KeyPackage for each device of `user`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimRequest {

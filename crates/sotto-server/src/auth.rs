@@ -145,8 +145,9 @@ pub async fn token(
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = hex::encode(raw);
-    let expires_at = now().saturating_add(TOKEN_TTL);
-    s.put_token(&token_hash(&token), &req.device, expires_at)
+    let issued_at = now();
+    let expires_at = issued_at.saturating_add(TOKEN_TTL);
+    s.put_token(&token_hash(&token), &req.device, issued_at, expires_at)
         .await?;
     Ok(ApiJson(TokenResponse { token, expires_at }))
 }

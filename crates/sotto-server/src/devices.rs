@@ -10,6 +10,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
+use sotto_proto::api::{DeviceSeen, DevicesResponse};
 use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::link::{
@@ -262,6 +263,20 @@ pub async fn update_device_list(
     }
 }
 
+/// When each of `device`'s account's devices last signed in.
+pub async fn devices_seen(
+    storage: &dyn Storage,
+    device: &DeviceAddr,
+) -> Result<DevicesResponse, ApiError> {
+    let devices = storage
+        .devices_seen(&device.user)
+        .await?
+        .into_iter()
+        .map(|(device, last_seen)| DeviceSeen { device, last_seen })
+        .collect();
+    Ok(DevicesResponse { devices })
+}
+
 /// `POST /v1/links`.
 pub async fn create_link_route(
     State(state): State<AppState>,
@@ -341,4 +356,14 @@ pub async fn update_device_list_route(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/devices`.
+pub async fn devices_seen_route(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+) -> Result<ApiJson<DevicesResponse>, ApiError> {
+    Ok(ApiJson(
+        devices_seen(state.storage.as_ref(), &device).await?,
+    ))
 }

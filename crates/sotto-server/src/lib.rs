@@ -260,7 +260,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v1/devices",
-            post(devices::update_device_list_route).layer(key_packages),
+            post(devices::update_device_list_route)
+                .layer(key_packages)
+                .get(devices::devices_seen_route),
         )
         .fallback(fallback)
         // Only a send and a link's answer (both signed in) may be large; every other body is

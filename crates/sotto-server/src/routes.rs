@@ -118,11 +118,22 @@ pub async fn kt_checkpoint(
     Ok(ApiJson(newest))
 }
 
-/// `GET /v1/kt/epochs/{epoch}`: a recorded epoch, as [`kt_checkpoint`] gives the newest.
+/// The query of `GET /v1/kt/epochs/{epoch}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochQuery {
+    /// Whether the answer carries the epoch's append-only proof (default: it does).
+    proof: Option<bool>,
+}
+
+/// `GET /v1/kt/epochs/{epoch}`: a recorded epoch, as [`kt_checkpoint`] gives the newest,
+/// with its append-only proof unless `?proof=false` (a client comparing a root needs only
+/// the checkpoint).
 pub async fn kt_epoch(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Path(epoch): Path<String>,
+    Query(query): Query<EpochQuery>,
 ) -> Result<ApiJson<EpochResponse>, ApiError> {
     state.rate.log(ip)?;
     let epoch: u64 = epoch.parse().map_err(|_| {
@@ -132,7 +143,12 @@ pub async fn kt_epoch(
             "an epoch is a number",
         )
     })?;
-    let found = state.kt.recorded(epoch).await.map_err(ApiError::internal)?;
+    let found = if query.proof.unwrap_or(true) {
+        state.kt.recorded(epoch).await
+    } else {
+        state.kt.recorded_root(epoch).await
+    }
+    .map_err(ApiError::internal)?;
     found.map(ApiJson).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -1,5 +1,5 @@
 //! The server's HTTP API over a real listener on loopback and a real SQLite directory:
-//! registration, sign-in, KeyPackages, ordered delivery and queues, and the rule that bad
+//! registration, KeyPackages, ordered delivery and queues, and the rule that bad
 //! input gets a 4xx with a stable code and changes nothing.
 #![allow(
     clippy::unwrap_used,
@@ -139,74 +139,6 @@ async fn registration_checks_signatures_and_uniqueness() {
         (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
     );
     assert_unchanged(before, &s).await;
-}
-
-#[tokio::test]
-async fn sign_in_challenges_are_single_use_and_tokens_expire() {
-    let s = start().await;
-    let alice = s.user("alice").await;
-    let ghost = DeviceKey::generate(Username::parse("alice").unwrap());
-
-    let (status, b) = s
-        .post(
-            "/v1/auth/challenge",
-            None,
-            &json!({ "device": ghost.addr() }),
-        )
-        .await;
-    assert_eq!(
-        (status, code(&b)),
-        (StatusCode::NOT_FOUND, "unknown_device")
-    );
-
-    // A valid answer, then the same answer replayed.
-    let challenge = s.challenge(&alice.device).await;
-    let answer = s.answer(&alice.device, &challenge);
-    let (status, _) = s.post("/v1/auth/token", None, &answer).await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, b) = s.post("/v1/auth/token", None, &answer).await;
-    assert_eq!(
-        (status, code(&b)),
-        (StatusCode::UNAUTHORIZED, "invalid_challenge")
-    );
-
-    // A wrong signature burns the challenge too.
-    let challenge = s.challenge(&alice.device).await;
-    let mut wrong = s.answer(&alice.device, &challenge);
-    wrong["signature"] = json!(Bytes(ghost.sign_challenge(&s.server_id, &challenge)));
-    let (status, b) = s.post("/v1/auth/token", None, &wrong).await;
-    assert_eq!(
-        (status, code(&b)),
-        (StatusCode::UNAUTHORIZED, "invalid_signature")
-    );
-    let retry = s.answer(&alice.device, &challenge);
-    let (status, b) = s.post("/v1/auth/token", None, &retry).await;
-    assert_eq!(
-        (status, code(&b)),
-        (StatusCode::UNAUTHORIZED, "invalid_challenge")
-    );
-
-    let (status, _) = s.get("/v1/keypackages/count", Some(&alice.token)).await;
-    assert_eq!(status, StatusCode::OK);
-    for bad in [None, Some("not-a-token"), Some(&"x".repeat(4000) as &str)] {
-        let (status, b) = s.get("/v1/keypackages/count", bad).await;
-        assert_eq!(
-            (status, code(&b)),
-            (StatusCode::UNAUTHORIZED, "unauthorized")
-        );
-    }
-    // A token that expired a second ago.
-    let expired = "ab".repeat(32);
-    let hash = <sha2::Sha256 as sha2::Digest>::digest(expired.as_bytes()).to_vec();
-    s.storage
-        .put_token(&hash, alice.device.addr(), sotto_server::now() - 1)
-        .await
-        .unwrap();
-    let (status, b) = s.get("/v1/keypackages/count", Some(&expired)).await;
-    assert_eq!(
-        (status, code(&b)),
-        (StatusCode::UNAUTHORIZED, "token_expired")
-    );
 }
 
 #[tokio::test]

@@ -102,7 +102,7 @@ pub(crate) async fn fetch_epoch(
     api: &crate::Api,
     epoch: u64,
 ) -> Result<EpochResponse, ClientError> {
-    let found = api.kt_epoch(epoch).await?;
+    let found = api.kt_epoch_proof(epoch).await?;
     if found.epoch != epoch {
         return Err(ClientError::Security(format!(
             "the server answered epoch {} when asked for epoch {epoch}",

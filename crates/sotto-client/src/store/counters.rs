@@ -64,17 +64,47 @@ pub(super) fn forget(
     Ok(())
 }
 
+type RootRow = (Vec<u8>, Option<String>, Option<String>);
+
 pub(super) fn log_root(conn: &Connection, epoch: u64) -> Result<Option<KeptRoot>, StoreError> {
-    type Row = (Vec<u8>, Option<String>, Option<String>);
-    let row: Option<Row> = conn
+    let row: Option<RootRow> = conn
         .prepare_cached(
             "SELECT root, vouched_user, vouched_device FROM log_roots WHERE epoch = ?1",
         )?
         .query_row([integer(epoch)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((root, user, device)) = row else {
-        return Ok(None);
-    };
+    row.map(kept_root).transpose()
+}
+
+pub(super) fn unchecked_vouched_roots(
+    conn: &Connection,
+    up_to: u64,
+    limit: usize,
+) -> Result<Vec<(u64, KeptRoot)>, StoreError> {
+    let mut get = conn.prepare_cached(
+        "SELECT epoch, root, vouched_user, vouched_device FROM log_roots
+         WHERE vouched_user IS NOT NULL AND checked = 0 AND epoch <= ?1
+         ORDER BY epoch DESC LIMIT ?2",
+    )?;
+    let rows = get.query_map(
+        params![integer(up_to), i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (epoch, row) = row?;
+        out.push((unsigned(epoch), kept_root(row)?));
+    }
+    Ok(out)
+}
+
+pub(super) fn mark_vouched_root_checked(conn: &Connection, epoch: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE log_roots SET checked = 1 WHERE epoch = ?1")?
+        .execute([integer(epoch)])?;
+    Ok(())
+}
+
+fn kept_root((root, user, device): RootRow) -> Result<KeptRoot, StoreError> {
     let damaged = || StoreError::new("a stored log root is damaged");
     let root = <[u8; 32]>::try_from(root).map_err(|_| damaged())?;
     let vouched_by = match (user, device) {
@@ -85,7 +115,7 @@ pub(super) fn log_root(conn: &Connection, epoch: u64) -> Result<Option<KeptRoot>
         (None, None) => None,
         _ => return Err(damaged()),
     };
-    Ok(Some(KeptRoot { root, vouched_by }))
+    Ok(KeptRoot { root, vouched_by })
 }
 
 pub(super) fn put_log_root(

@@ -119,6 +119,10 @@ CREATE TABLE logged_lists (user TEXT PRIMARY KEY, epoch INTEGER NOT NULL, body B
 ALTER TABLE outbox ADD COLUMN counter INTEGER;
 ALTER TABLE conversations ADD COLUMN healed_at INTEGER;
 "#,
+    // Whether a root a member vouched for was compared with the log's signed checkpoint.
+    r#"
+ALTER TABLE log_roots ADD COLUMN checked INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Creates `dir` (and its parents) if needed, and makes it readable by its owner only.
@@ -467,6 +471,18 @@ impl StoreTx for SqlTx<'_> {
         vouched_by: Option<&DeviceAddr>,
     ) -> Result<(), StoreError> {
         Ok(counters::put_log_root(&self.conn, epoch, root, vouched_by)?)
+    }
+
+    fn unchecked_vouched_roots(
+        &self,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, KeptRoot)>, StoreError> {
+        counters::unchecked_vouched_roots(&self.conn, up_to, limit)
+    }
+
+    fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError> {
+        Ok(counters::mark_vouched_root_checked(&self.conn, epoch)?)
     }
 
     fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError> {

@@ -26,6 +26,10 @@ pub struct DeviceInfo {
     pub name: String,
     /// When it was added, seconds since the Unix epoch.
     pub added_at: u64,
+    /// When it last signed in to the server, seconds since the Unix epoch, as the server
+    /// reports it (a device that keeps running signs in again within the hour); `None` if
+    /// it never has.
+    pub last_seen: Option<u64>,
     /// Whether it is the device asking.
     pub this: bool,
 }
@@ -178,9 +182,18 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             .collect())
     }
 
-    /// This account's devices, as of the last sync.
-    pub fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+    /// This account's devices as of the last sync (its signed list, never the server's
+    /// word), with when the server last saw each.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         let (_, list) = self.own_list()?;
+        let token = self.token().await?;
+        let seen = self.transport.devices_seen(&token).await?;
+        let last_seen = |id| {
+            seen.devices
+                .iter()
+                .find(|d| d.device == id)
+                .and_then(|d| d.last_seen)
+        };
         Ok(list
             .devices
             .iter()
@@ -188,6 +201,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 id: d.id.to_string(),
                 name: d.name.clone(),
                 added_at: d.added_at,
+                last_seen: last_seen(d.id),
                 this: d.id == self.me().device,
             })
             .collect())

@@ -8,8 +8,9 @@
 use super::sync::ApplyError;
 use super::{Engine, lock};
 use crate::group::{self, MemberDevice};
-use crate::store::{ClientStore, StoreTx};
+use crate::store::{ClientStore, HistoryItem, StoreTx};
 use crate::{ClientError, Transport, safety};
+use sha2::{Digest as _, Sha256};
 use sotto_proto::device_list::{DeviceList, parse_verifying_key};
 use sotto_proto::{ErrorCode, GroupId, Username};
 use std::sync::atomic::Ordering;
@@ -82,18 +83,6 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 "the server holds another identity key for your own account".into(),
             ));
         }
-        if changed && on_new_key == OnNewKey::Refuse {
-            let new = safety::safety_number(
-                (&self.me().user, &self.identity.public()),
-                (user, &key.to_bytes()),
-            );
-            return Err(ClientError::Security(format!(
-                "the identity key of {user} changed; refusing to trust it. If {user} says so \
-                 (a new phone), compare your new safety number with them: {}, then accept it \
-                 with `sotto verify {user} --accept`",
-                safety::grouped(&new)
-            )));
-        }
         if !changed && on_new_key == OnNewKey::Accept {
             return Err(ClientError::Usage(format!(
                 "nothing to accept: the identity key of {user} has not changed"
@@ -110,6 +99,22 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         // Signed by the key the server gave is not enough: the list must be the one the
         // key-transparency log holds for this user, which the user's own devices monitor.
         let epoch = self.check_in_log(user, verified.signed()).await?;
+        // A new key the log does not hold was refused above as the server's lie; one it
+        // holds is a key change that the contact's own devices see too.
+        if changed && on_new_key == OnNewKey::Refuse {
+            let new = safety::safety_number(
+                (&self.me().user, &self.identity.public()),
+                (user, &key.to_bytes()),
+            );
+            let reason = format!(
+                "the identity key of {user} changed; refusing to trust it. If {user} says so \
+                 (a new phone), compare your new safety number with them: {}, then accept it \
+                 with `sotto verify {user} --accept`",
+                safety::grouped(&new)
+            );
+            self.tx(|tx| self.record_key_change(tx, user, &key.to_bytes(), &reason))?;
+            return Err(ClientError::Security(reason));
+        }
         // Pinned only once the list it signs has passed every check.
         let at = self.now();
         let new = resp.identity_key.as_slice();
@@ -123,6 +128,46 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             Ok(())
         })?;
         Ok((verified.list().clone(), key.to_bytes()))
+    }
+
+    /// Shows that `user`'s identity key changed to `new` in every conversation this device
+    /// has with them (or, with none, outside any), once per conversation and new key: the
+    /// entry's id names both, so seeing the change again adds nothing.
+    fn record_key_change(
+        &self,
+        tx: &impl StoreTx,
+        user: &Username,
+        new: &[u8; 32],
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        let key = hex::encode(Sha256::digest(new).get(..8).unwrap_or_default());
+        let mut with_them = Vec::new();
+        for c in tx.conversations()? {
+            if !c.active {
+                continue;
+            }
+            let member = c.peer.as_ref() == Some(user)
+                || group::load(&tx.mls(), c.group.as_bytes())
+                    .ok()
+                    .and_then(|g| group::members(&g).ok())
+                    .is_some_and(|m| m.iter().any(|d| d.addr.user == *user));
+            if member {
+                with_them.push(c.group);
+            }
+        }
+        let item = HistoryItem::Security {
+            from: Some(user.clone()),
+            reason: reason.to_owned(),
+        };
+        if with_them.is_empty() {
+            let id = format!("key-change-{user}-{key}");
+            return self.record_notice(tx, id, None, item);
+        }
+        for group in with_them {
+            let id = format!("key-change-{user}-{key}-{}", hex::encode(group.as_bytes()));
+            self.record_notice(tx, id, Some(&group), item.clone())?;
+        }
+        Ok(())
     }
 
     /// Takes the lists of `members`' owners that this device proved the log to hold at the

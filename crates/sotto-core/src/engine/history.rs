@@ -12,7 +12,10 @@ use crate::{ClientError, Transport};
 use sotto_proto::{GroupId, Username};
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
-    /// Stores a security event with its full reason, unshown until it is shown.
+    /// Stores a security event with its full reason, unshown until it is shown. One that
+    /// says, word for word, what a security event still waiting to be shown says (in the
+    /// same conversation, or in any for one outside them) is not stored again: a command
+    /// repeated, or a key change already shown in each conversation with the contact.
     pub(super) fn record_security(
         &self,
         tx: &impl StoreTx,
@@ -20,6 +23,13 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         from: Option<&Username>,
         reason: &str,
     ) -> Result<(), ClientError> {
+        let waiting = tx.unshown(Unshown::Security)?.into_iter().any(|e| {
+            (group.is_none() || e.record.group.as_ref() == group)
+                && matches!(&e.record.item, HistoryItem::Security { reason: r, .. } if r == reason)
+        });
+        if waiting {
+            return Ok(());
+        }
         let id = format!("local-{}", random_client_id());
         let item = HistoryItem::Security {
             from: from.cloned(),

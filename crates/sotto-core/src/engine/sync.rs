@@ -92,6 +92,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// processing a message refuses that message and the sync goes on.
     pub async fn sync(&self) -> Result<(), ClientError> {
         let result = self.exchange().await;
+        if result.is_ok() {
+            self.check_vouched_roots().await;
+        }
         self.recorded(result)
     }
 

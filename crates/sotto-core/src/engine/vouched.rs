@@ -15,6 +15,12 @@
 //!   an epoch this device holds nothing for is kept (up to [`VOUCHED_AHEAD`] epochs past its
 //!   own), so that a proof this device later verifies at that epoch is compared with it
 //!   (`note_head`, which alarms the same way).
+//! - A root for an epoch this device passed without verifying it is compared, at a later
+//!   sync, with the log's signed checkpoint of that epoch ([`Engine::check_vouched_roots`]):
+//!   another root there, a checkpoint that does not verify, or no record of an epoch the
+//!   server records, raises the same alarm. On a device that requires witnesses, a root
+//!   their cosignatures vouch for (they checked the log's chain through it) is kept as
+//!   verified; without witnesses it is the server's word, so it stays the member's.
 //!
 //! The first message a device sees from a sender in a group sets where its count starts: a
 //! message withheld before it cannot show.
@@ -23,11 +29,22 @@ use super::Engine;
 use crate::events::Event;
 use crate::store::{ClientStore, HistoryItem, StoreTx};
 use crate::{ClientError, Envelope, Transport};
-use sotto_proto::{DeviceAddr, GroupId};
+use sotto_proto::{DeviceAddr, ErrorCode, GroupId};
 
 /// How far past the newest epoch this device verified a vouched root is kept: about a day of
 /// epochs published every second.
 pub(super) const VOUCHED_AHEAD: u64 = 100_000;
+
+/// Most vouched roots compared with the log's checkpoints at one sync (one request each).
+const VOUCHED_CHECKS: usize = 8;
+
+/// What comparing one vouched root with the log found.
+enum Compared {
+    /// Done with it: it matched, or an alarm was raised, or it can never be compared.
+    Settled,
+    /// The server could not answer now: try again at a later sync.
+    Later,
+}
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// The next counter of this device's messages in `gid`, counted as used from now on
@@ -124,6 +141,119 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             }
         }
         Ok(())
+    }
+}
+
+impl<S: ClientStore, T: Transport> Engine<S, T> {
+    /// Compares roots members vouched for, at epochs up to the newest this device verified
+    /// but never verified itself, with the log's signed checkpoints of those epochs: at most
+    /// [`VOUCHED_CHECKS`] at a time, newest first, each once. Never fails: what it finds is
+    /// kept as security events (once each), and what the server cannot answer now waits for
+    /// a later sync.
+    pub(super) async fn check_vouched_roots(&self) {
+        let Ok(Some(head)) = self.log_head() else {
+            return;
+        };
+        let Ok(vouched) = self
+            .store
+            .read(|tx| tx.unchecked_vouched_roots(head, VOUCHED_CHECKS))
+        else {
+            return;
+        };
+        let mut first = None;
+        for (epoch, kept) in vouched {
+            let Some(by) = kept.vouched_by.clone() else {
+                continue;
+            };
+            match self
+                .compare_with_log(epoch, &kept.root, &by, head, &mut first)
+                .await
+            {
+                Ok(Compared::Settled) => {}
+                Ok(Compared::Later) => return,
+                // The server's doing, not the member's: its checkpoint, or its record.
+                Err(ClientError::Security(reason)) => {
+                    let item = HistoryItem::Security { from: None, reason };
+                    let id = format!("vouched-check-{epoch}");
+                    let kept = self.tx(|tx| self.record_notice(tx, id, None, item));
+                    if kept.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+            if self
+                .tx(|tx| Ok(tx.mark_vouched_root_checked(epoch)?))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Compares `root`, which `by` vouched for at `epoch`, with the log's signed checkpoint
+    /// of that epoch. `first` is the oldest epoch the server records, once learned.
+    async fn compare_with_log(
+        &self,
+        epoch: u64,
+        root: &[u8; 32],
+        by: &DeviceAddr,
+        head: u64,
+        first: &mut Option<u64>,
+    ) -> Result<Compared, ClientError> {
+        let found = match self.transport.kt_epoch(epoch).await {
+            Ok(found) => found,
+            Err(ClientError::Refused(b)) if b.code == ErrorCode::NotFound => {
+                // Epochs before the server kept checkpoints cannot be compared; any later one
+                // is recorded as it is published, so a missing one is hidden.
+                let first = match *first {
+                    Some(first) => first,
+                    None => match self.transport.kt_epoch(head).await {
+                        Ok(newest) => newest.first,
+                        Err(_) => return Ok(Compared::Later),
+                    },
+                };
+                if epoch < first {
+                    return Ok(Compared::Settled);
+                }
+                return Err(ClientError::Security(format!(
+                    "{by} vouched for key-transparency epoch {epoch}, which the server says it \
+                     never recorded, though it records every epoch since {first}: the server \
+                     is hiding part of its log"
+                )));
+            }
+            Err(_) => return Ok(Compared::Later),
+        };
+        *first = Some(found.first);
+        let shown: [u8; 32] = match found.root_hash.as_slice().try_into() {
+            Ok(shown) if found.epoch == epoch => shown,
+            _ => {
+                return Err(ClientError::Security(format!(
+                    "the server answered with another epoch, or a malformed root, when asked \
+                     for key-transparency epoch {epoch}, which {by} vouched for"
+                )));
+            }
+        };
+        let witnessed = self.witnessed(&found.checkpoint, epoch, &shown).await?;
+        if shown != *root {
+            let reason = format!(
+                "{by} vouched for key-transparency root {} at epoch {epoch}, but the log's \
+                 signed checkpoint for that epoch holds root {}: the server is showing its \
+                 users different logs, or a device lies",
+                short(root),
+                short(&shown)
+            );
+            // The id `check_vouched` gives the same finding.
+            let id = format!("vouched-{by}-{epoch}-{}", hex::encode(root));
+            let item = HistoryItem::Security {
+                from: Some(by.user.clone()),
+                reason,
+            };
+            self.tx(|tx| self.record_notice(tx, id, None, item))?;
+        } else if witnessed {
+            self.tx(|tx| Ok(tx.put_log_root(epoch, &shown, None)?))?;
+        }
+        Ok(Compared::Settled)
     }
 }
 

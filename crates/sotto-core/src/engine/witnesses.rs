@@ -121,6 +121,51 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         Ok(self.witness_policy()?.map_or(0, |p| p.threshold))
     }
 
+    /// Opens `checkpoint`, which must be signed with the pinned checkpoint key for exactly
+    /// `epoch` and `root`, and returns this device's witness policy (if it has one) with the
+    /// times at which its witnesses cosigned the checkpoint.
+    async fn open_checkpoint(
+        &self,
+        checkpoint: &str,
+        epoch: u64,
+        root: &[u8; 32],
+    ) -> Result<Option<(WitnessPolicy, Vec<u64>)>, ClientError> {
+        let refused = |what| {
+            ClientError::Security(format!(
+                "the server's key-transparency checkpoint for epoch {epoch} {what}"
+            ))
+        };
+        let key = self.checkpoint_key().await?;
+        let signed = SignedCheckpoint::open(checkpoint, &key, epoch, root).map_err(refused)?;
+        let Some(policy) = self.witness_policy()? else {
+            return Ok(None);
+        };
+        let keys = policy.keys()?;
+        let times = signed
+            .cosigners(&keys)
+            .map_err(refused)?
+            .into_iter()
+            .map(|(_, time)| time)
+            .collect();
+        Ok(Some((policy, times)))
+    }
+
+    /// Whether `checkpoint` is the log's signed checkpoint of `epoch` and `root` (a security
+    /// failure if it is not) cosigned, at any time, by as many of this device's witnesses as
+    /// it requires: then the witnesses checked that the log's chain runs through it. `false`
+    /// on a device that requires no witnesses.
+    pub(super) async fn witnessed(
+        &self,
+        checkpoint: &str,
+        epoch: u64,
+        root: &[u8; 32],
+    ) -> Result<bool, ClientError> {
+        Ok(self
+            .open_checkpoint(checkpoint, epoch, root)
+            .await?
+            .is_some_and(|(policy, times)| times.len() >= policy.threshold))
+    }
+
     /// Checks the checkpoint of a verified lookup answer: signed with the pinned checkpoint
     /// key for exactly its epoch and root, and cosigned as this device's witnesses require.
     pub(super) async fn check_checkpoint(
@@ -128,29 +173,19 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         checkpoint: &str,
         proven: &Proven,
     ) -> Result<(), ClientError> {
-        let key = self.checkpoint_key().await?;
         let epoch = proven.epoch;
-        let signed =
-            SignedCheckpoint::open(checkpoint, &key, epoch, &proven.root).map_err(|what| {
-                ClientError::Security(format!(
-                    "the server's key-transparency checkpoint for epoch {epoch} {what}"
-                ))
-            })?;
-        let Some(policy) = self.witness_policy()? else {
+        let Some((policy, cosigners)) = self
+            .open_checkpoint(checkpoint, epoch, &proven.root)
+            .await?
+        else {
             return Ok(());
         };
-        let keys = policy.keys()?;
-        let cosigners = signed.cosigners(&keys).map_err(|what| {
-            ClientError::Security(format!(
-                "the server's key-transparency checkpoint for epoch {epoch} {what}"
-            ))
-        })?;
         let now = self.clock.now();
         let fresh = cosigners
             .iter()
-            .filter(|(_, time)| {
+            .filter(|time| {
                 time.saturating_add(policy.max_age) >= now
-                    && *time <= now.saturating_add(WITNESS_SKEW)
+                    && **time <= now.saturating_add(WITNESS_SKEW)
             })
             .count();
         if fresh < policy.threshold {

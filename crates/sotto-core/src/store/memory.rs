@@ -27,6 +27,8 @@ struct State {
     healed: BTreeMap<GroupId, u64>,
     counters: BTreeMap<(GroupId, DeviceAddr), u64>,
     log_roots: BTreeMap<u64, KeptRoot>,
+    /// Epochs whose vouched root was compared with the log.
+    checked_roots: BTreeSet<u64>,
     logged_lists: BTreeMap<Username, (u64, Vec<u8>)>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -313,6 +315,7 @@ impl StoreTx for MemoryTx<'_> {
             Some(kept) if kept.vouched_by.is_none() || vouched_by.is_some() => {}
             _ => {
                 work.log_roots.insert(epoch, new);
+                work.checked_roots.remove(&epoch);
             }
         }
         // The newest of each kind: roots members vouched for cannot push out verified ones.
@@ -326,7 +329,32 @@ impl StoreTx for MemoryTx<'_> {
             let excess = of_kind.len().saturating_sub(LOG_ROOTS_KEPT);
             for e in of_kind.iter().take(excess) {
                 work.log_roots.remove(e);
+                work.checked_roots.remove(e);
             }
+        }
+        Ok(())
+    }
+
+    fn unchecked_vouched_roots(
+        &self,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, KeptRoot)>, StoreError> {
+        let work = self.work.borrow();
+        Ok(work
+            .log_roots
+            .range(..=up_to)
+            .rev()
+            .filter(|(e, k)| k.vouched_by.is_some() && !work.checked_roots.contains(e))
+            .take(limit)
+            .map(|(e, k)| (*e, k.clone()))
+            .collect())
+    }
+
+    fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError> {
+        let mut work = self.work.borrow_mut();
+        if work.log_roots.contains_key(&epoch) {
+            work.checked_roots.insert(epoch);
         }
         Ok(())
     }

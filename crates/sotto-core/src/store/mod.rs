@@ -372,6 +372,16 @@ pub trait StoreTx {
         root: &[u8; 32],
         vouched_by: Option<&DeviceAddr>,
     ) -> Result<(), StoreError>;
+    /// Roots members vouched for at epochs up to `up_to` (none this device verified) and
+    /// not yet compared with the log, newest first, at most `limit`.
+    fn unchecked_vouched_roots(
+        &self,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, KeptRoot)>, StoreError>;
+    /// Records that the root a member vouched for at `epoch` was compared with the log (or
+    /// never can be): it is not returned by [`StoreTx::unchecked_vouched_roots`] again.
+    fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError>;
 
     /// Stores a history entry; an id already stored is left as it is. Returns whether it
     /// was stored.

@@ -173,6 +173,16 @@ impl Kt {
         Ok(Some(self.response(epoch, &root, record.audit).await?))
     }
 
+    /// The recorded epoch `epoch` without its append-only proof: its root and checkpoint, as
+    /// a client comparing a root needs them.
+    pub async fn recorded_root(&self, epoch: u64) -> Result<Option<EpochResponse>, KtError> {
+        let Some(root) = self.storage.kt_root(epoch).await? else {
+            return Ok(None);
+        };
+        let root = checked_root(epoch, &root)?;
+        Ok(Some(self.response(epoch, &root, None).await?))
+    }
+
     /// An epoch as the server shows it: its root, its signed checkpoint with the
     /// cosignatures kept, `audit` if given, and the oldest epoch recorded.
     async fn response(
@@ -206,11 +216,8 @@ impl Kt {
             self.wait_past(after, wait).await?;
         }
         for _ in 0..50 {
-            let epoch = self.epoch().await?;
-            if let Some(root) = self.storage.kt_root(epoch).await? {
-                return self
-                    .response(epoch, &checked_root(epoch, &root)?, None)
-                    .await;
+            if let Some(found) = self.recorded_root(self.epoch().await?).await? {
+                return Ok(found);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

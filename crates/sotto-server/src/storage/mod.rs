@@ -23,7 +23,7 @@ use sotto_proto::api::{
 use sotto_proto::device_list::SignedDeviceListIn;
 use sotto_proto::device_list::ValidDeviceListUpdate;
 use sotto_proto::link::{LinkAnswer, LinkId};
-use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
+use sotto_proto::{DeviceAddr, DeviceId, GroupId, ServerId, Username};
 
 /// The storage failed (I/O, corruption, a bug), or cannot be reached. Never shown to a peer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -157,6 +157,12 @@ pub trait AccountStore {
     async fn account(&self, user: &Username) -> Result<Option<Account>, StorageError>;
     /// A device's signature (authentication) key, if the device exists.
     async fn device_key(&self, device: &DeviceAddr) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Each device the server holds for `user`, in id order, with when it last signed in
+    /// (`None` if it never has); empty for an unknown user.
+    async fn devices_seen(
+        &self,
+        user: &Username,
+    ) -> Result<Vec<(DeviceId, Option<u64>)>, StorageError>;
     /// Replaces the account's device list with `update`'s, if the stored revision is still
     /// `update.replaces` (`Ok(false)` and nothing changes otherwise), all at once: the device
     /// added gets its KeyPackages; each device removed loses its KeyPackages, tokens, queue
@@ -300,11 +306,13 @@ pub trait AuthStore {
         challenge_hash: &[u8],
         expires_at: u64,
     ) -> Result<bool, StorageError>;
-    /// Stores a token (by its hash).
+    /// Stores a token (by its hash), issued at `now`, and records `now` as the device's last
+    /// sign-in.
     async fn put_token(
         &self,
         token_hash: &[u8],
         device: &DeviceAddr,
+        now: u64,
         expires_at: u64,
     ) -> Result<(), StorageError>;
     /// The device and expiry of a token hash.

@@ -111,24 +111,82 @@ async fn keys_published_for_an_account_and_then_reverted_between_its_syncs_still
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_identity_key_published_for_a_known_contact_is_refused_when_next_fetched() {
+async fn a_new_identity_key_published_for_a_contact_is_refused_and_shown_once_in_each_conversation_with_them()
+ {
     let server = LocalServer::new().await;
     let alice = server.device("alice").await;
     let bob = server.device("bob").await;
+    let _carol = server.device("carol").await;
     alice.send_text("bob", "hi").await.unwrap();
+    alice
+        .create_group("team", &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    alice
+        .create_group("others", &["carol".into()])
+        .await
+        .unwrap();
     bob.sync().await.unwrap();
+    let shown = |d: &super::local::Device| {
+        if let Some(last) = d.unshown().unwrap().last() {
+            d.mark_shown(last.position).unwrap();
+        }
+    };
+    shown(&alice);
     let storage = alice.transport().storage();
     storage.replace_account(&forged_account("bob"), true).await;
     // Bob's own device alarms; alice, who pinned bob's key, refuses the new one when she
     // next fetches his devices.
     security_reason(&bob.sync().await.unwrap_err());
     alice.forget_lists();
-    let e = alice
-        .create_group("team", &["bob".into()])
-        .await
-        .unwrap_err();
-    let reason = security_reason(&e);
+    let before = storage.stats().await.unwrap();
+    let e = alice.send_text("bob", "still you?").await.unwrap_err();
+    let reason = security_reason(&e).to_owned();
     assert!(reason.contains("identity key of bob changed"), "{reason}");
+
+    // Shown in both conversations with bob (not in the one without him), from bob, once.
+    let notices = |d: &super::local::Device| {
+        let mut seen: Vec<(Option<String>, Option<String>)> = d
+            .unseen_security_events()
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.record.item {
+                HistoryItem::Security { from, reason: r } => {
+                    assert_eq!(r, reason);
+                    assert_eq!(from, Some(user("bob")));
+                    (e.peer, e.group_name)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let expected = [
+        (None, Some("team".to_owned())),
+        (Some("bob".to_owned()), None),
+    ];
+    assert_eq!(notices(&alice), expected);
+    // Seeing the change again, in either conversation, adds nothing; the conversation
+    // without bob is untouched.
+    alice.forget_lists();
+    let e = alice.send_group_text("team", "bob?").await.unwrap_err();
+    assert_eq!(security_reason(&e), reason);
+    alice.forget_lists();
+    security_reason(&alice.send_text("bob", "again").await.unwrap_err());
+    assert_eq!(notices(&alice), expected);
+    let after = storage.stats().await.unwrap();
+    assert_eq!(
+        after.messages, before.messages,
+        "nothing sent to bob's new key"
+    );
+    alice.send_group_text("others", "carol only").await.unwrap();
+
+    // Accepted, it is pinned; the notices stay in the history.
+    alice.accept_identity(&user("bob")).await.unwrap();
+    alice.forget_lists();
+    alice.contact_status(&user("bob")).await.unwrap();
+    assert_eq!(notices(&alice), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

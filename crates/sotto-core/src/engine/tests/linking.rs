@@ -105,13 +105,19 @@ async fn linked_device_gets_the_account_and_joins_every_conversation(suite: u16)
     assert_eq!(recv(&alice).await, [text("alice", "from the laptop")]);
 
     // Both devices list both, and neither alarms at its next syncs.
-    let listed = |d: &super::local::Device| {
-        let mut names: Vec<String> = d.devices().unwrap().into_iter().map(|i| i.name).collect();
+    async fn listed(d: &super::local::Device) -> Vec<String> {
+        let mut names: Vec<String> = d
+            .devices()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
         names.sort();
         names
-    };
-    assert_eq!(listed(&alice), ["laptop", "test"]);
-    assert_eq!(listed(&laptop), ["laptop", "test"]);
+    }
+    assert_eq!(listed(&alice).await, ["laptop", "test"]);
+    assert_eq!(listed(&laptop).await, ["laptop", "test"]);
     laptop.sync().await.unwrap();
     alice.sync().await.unwrap();
     assert!(shown(&alice).is_empty());
@@ -151,7 +157,7 @@ async fn a_third_device_linked_by_the_second_raises_no_alarm_on_the_first() {
             .all(|(_, item)| matches!(item, HistoryItem::Event(Event::DeviceAdded { .. }))),
         "{seen:?}"
     );
-    assert_eq!(alice.devices().unwrap().len(), 3);
+    assert_eq!(alice.devices().await.unwrap().len(), 3);
     bob.send_text("alice", "all three").await.unwrap();
     for d in [&alice, &laptop, &tablet] {
         assert_eq!(recv(d).await, [text("bob", "all three")]);
@@ -189,7 +195,7 @@ async fn a_code_for_another_account_is_refused_and_changes_nothing() {
     let e = bob.approve(&pending.code(), true).await.unwrap_err();
     assert!(matches!(e, ClientError::Usage(_)), "{e:?}");
     assert!(pending.poll().await.unwrap().is_none());
-    assert_eq!(bob.devices().unwrap().len(), 1);
+    assert_eq!(bob.devices().await.unwrap().len(), 1);
     drop(alice);
 }
 
@@ -388,7 +394,7 @@ async fn a_removed_device_leaves_every_conversation_members_see_it_and_the_serve
             "{members:?}"
         );
     }
-    assert_eq!(alice.devices().unwrap().len(), 1);
+    assert_eq!(alice.devices().await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +453,7 @@ async fn a_device_the_account_no_longer_lists_is_taken_out_of_its_conversations_
         )),
         "{seen:?}"
     );
-    assert_eq!(alice.devices().unwrap().len(), 2);
+    assert_eq!(alice.devices().await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,13 @@ use crate::store::memory::MemoryStore;
 use crate::{ClientError, Clock, Engine, Transport};
 use async_trait::async_trait;
 use sotto_proto::api::{
-    ChallengeRequest, ChallengeResponse, ClaimResponse, KeyPackageCount, QueueResponse,
-    RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig, TokenRequest,
-    TokenResponse, UploadKeyPackagesRequest, UserResponse, auth_signing_input,
+    ChallengeRequest, ChallengeResponse, ClaimResponse, DevicesResponse, KeyPackageCount,
+    QueueResponse, RegisterRequest, RegisterResponse, SendRequest, SendResponse, ServerConfig,
+    TokenRequest, TokenResponse, UploadKeyPackagesRequest, UserResponse, auth_signing_input,
 };
 use sotto_proto::device_list::DeviceListUpdate;
 use sotto_proto::device_list::parse_verifying_key;
-use sotto_proto::kt::LookupResponse;
+use sotto_proto::kt::{EpochResponse, LookupResponse};
 use sotto_proto::link::{
     CreateLinkRequest, CreateLinkResponse, LinkAnswer, LinkId, LinkOfferResponse, PickupRequest,
     PickupResponse,
@@ -23,13 +23,15 @@ use sotto_server::devices;
 use sotto_server::kt::{Kt, KtConfig};
 use sotto_server::storage::memory::MemoryStorage;
 use sotto_server::storage::{
-    AccountStore as _, Claim, DeliveryStore as _, KeyPackageStore as _, ServerStore as _,
+    AccountStore as _, AuthStore as _, Claim, DeliveryStore as _, KeyPackageStore as _,
+    ServerStore as _,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use super::hostile::*;
 pub use super::seen::*;
 
 /// A clock the test sets.
@@ -109,6 +111,7 @@ impl LocalServer {
         LocalTransport {
             server: self.clone(),
             log_lies: Mutex::new(HashMap::new()),
+            epoch_lies: Mutex::new(HashMap::new()),
             lies: Mutex::new(HashMap::new()),
         }
     }
@@ -207,6 +210,8 @@ pub struct LocalTransport {
     server: Arc<LocalServer>,
     /// Lookups this device is answered with instead of the log's: a server lying to it.
     log_lies: Mutex<HashMap<Username, LookupResponse>>,
+    /// Recorded epochs this device is shown instead of the log's (`None`: "not recorded").
+    epoch_lies: Mutex<HashMap<u64, Option<EpochResponse>>>,
     /// KeyPackages this device is offered when it claims those of a user: a server lying to
     /// it.
     lies: Mutex<HashMap<Username, ClaimResponse>>,
@@ -221,6 +226,12 @@ impl LocalTransport {
     /// From now on, a lookup of `user` in the log by this device gets `answer`.
     pub fn lie_about_log(&self, user: &Username, answer: LookupResponse) {
         self.log_lies.lock().unwrap().insert(user.clone(), answer);
+    }
+
+    /// From now on, this device asking for the recorded epoch `epoch` gets `answer` (`None`:
+    /// the server says it never recorded it).
+    pub fn lie_about_epoch(&self, epoch: u64, answer: Option<EpochResponse>) {
+        self.epoch_lies.lock().unwrap().insert(epoch, answer);
     }
 
     /// The server's key-transparency log.
@@ -262,6 +273,13 @@ impl Transport for LocalTransport {
             self.storage().kt_published(&ids).await.map_err(failed)?;
         }
         Ok(())
+    }
+
+    async fn devices_seen(&self, token: &str) -> Result<DevicesResponse, ClientError> {
+        let device = self.server.signed_in(token)?;
+        devices::devices_seen(self.storage(), &device)
+            .await
+            .map_err(api)
     }
 
     async fn create_link(
@@ -329,6 +347,15 @@ impl Transport for LocalTransport {
             kt_vrf_key: self.server.kt.vrf_public_key().to_vec().into(),
             kt_checkpoint_key: self.server.kt.checkpoint_key(),
         })
+    }
+
+    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
+        let lie = self.epoch_lies.lock().unwrap().get(&epoch).cloned();
+        let found = match lie {
+            Some(lie) => lie,
+            None => self.server.kt.recorded_root(epoch).await.map_err(failed)?,
+        };
+        found.ok_or_else(|| refused(ErrorCode::NotFound, "no such epoch recorded"))
     }
 
     async fn kt_lookup(
@@ -405,6 +432,10 @@ impl Transport for LocalTransport {
         key.verify_strict(&input, &signature)
             .map_err(|_| refused(ErrorCode::InvalidSignature, "signature does not verify"))?;
         let token = hex::encode(rand::random::<[u8; 16]>());
+        self.storage()
+            .put_token(token.as_bytes(), &req.device, self.server.now(), u64::MAX)
+            .await
+            .map_err(failed)?;
         self.server
             .tokens
             .lock()
@@ -530,63 +561,4 @@ impl Transport for LocalTransport {
             .map_err(failed)?;
         Ok(())
     }
-}
-
-/// `by`, a member of `group`, adds `new` with a real commit that it posts past its own
-/// engine, naming `recipients` and declaring `roster` to the server, whatever the group holds:
-/// what a malicious member can do.
-pub async fn add_declaring(
-    by: &Device,
-    group: &GroupId,
-    new: &Device,
-    recipients: Vec<DeviceAddr>,
-    roster: Vec<DeviceAddr>,
-) {
-    use crate::store::{ClientStore as _, StoreTx as _};
-    let suite = crate::suite::ciphersuite(crate::suite::XWING).unwrap();
-    let token = by.token().await.unwrap();
-    let claimed = by.transport().claim(&token, &new.me().user).await.unwrap();
-    let key = by.fetch_device_list(&new.me().user).await.unwrap().devices[0]
-        .signature_key
-        .clone();
-    let (commit, welcome) = by
-        .store()
-        .transaction(|tx| {
-            let p = tx.mls();
-            let mut g = crate::group::load(&p, group.as_bytes())?;
-            let kp = crate::group::verify_key_package(
-                &p,
-                claimed.key_packages[0].key_package.as_slice(),
-                new.me(),
-                key.as_slice(),
-                suite,
-            )?;
-            let out = crate::group::add(&p, &by.device, &mut g, &[kp], 1)?;
-            Ok::<_, ClientError>((out.commit, out.welcome.unwrap()))
-        })
-        .unwrap();
-    let request = SendRequest {
-        client_id: hex::encode(rand::random::<[u8; 16]>()),
-        message: commit.into(),
-        recipients,
-        to_roster: false,
-        roster: Some(roster),
-        welcome: Some(sotto_proto::api::WelcomeOut {
-            message: welcome.into(),
-            recipients: vec![new.me().clone()],
-        }),
-    };
-    by.transport().send(&token, group, &request).await.unwrap();
-}
-
-/// What the server holds in `device`'s queue, as its operator sees it.
-pub async fn queued(device: &Device) -> Vec<sotto_proto::api::QueuedMessage> {
-    use sotto_server::storage::DeliveryStore as _;
-    device
-        .transport()
-        .storage()
-        .fetch(device.me(), 0, 100, sotto_proto::limits::MAX_FETCH_BYTES)
-        .await
-        .unwrap()
-        .messages
 }

@@ -9,6 +9,7 @@
 mod compelled;
 mod compelled_devices;
 mod healing;
+mod hostile;
 mod large_group;
 mod linking;
 mod local;

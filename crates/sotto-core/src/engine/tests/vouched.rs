@@ -228,3 +228,188 @@ async fn a_proof_at_an_epoch_a_member_vouched_another_root_for_raises_an_alarm_n
         "{alarms:?}"
     );
 }
+
+/// Alice vouches, to bob, for roots at epochs that bob's device then passes without
+/// verifying: the next three epochs, made after bob's last lookup. Returns them.
+async fn epochs_bob_skips(
+    server: &std::sync::Arc<LocalServer>,
+    alice: &Device,
+    bob: &Device,
+) -> [u64; 3] {
+    alice.send_text("bob", "one").await.unwrap();
+    assert_eq!(recv(bob).await, [text("alice", "one")]);
+    let kt = bob.transport().kt();
+    let mut made = [0; 3];
+    for (i, name) in ["carol", "dave", "erin"].into_iter().enumerate() {
+        let _ = server.device(name).await;
+        made[i] = kt.publish_pending().await.unwrap().unwrap();
+    }
+    assert!(made[0] > head(bob));
+    made
+}
+
+/// The log's signed checkpoint of `epoch`, as the server records it.
+async fn recorded(device: &Device, epoch: u64) -> sotto_proto::kt::EpochResponse {
+    device
+        .transport()
+        .kt()
+        .recorded_root(epoch)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn root_of(found: &sotto_proto::kt::EpochResponse) -> [u8; 32] {
+    found.root_hash.as_slice().try_into().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_vouched_for_at_an_epoch_this_device_skipped_is_compared_once_with_the_logs_checkpoint()
+ {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let [forked, honest, _] = epochs_bob_skips(&server, &alice, &bob).await;
+    let real = root_of(&recorded(&bob, honest).await);
+    send_vouching(
+        &alice,
+        &bob,
+        "two",
+        LogRoot {
+            epoch: forked,
+            root: [0xee; 32],
+        },
+    )
+    .await;
+    send_vouching(
+        &alice,
+        &bob,
+        "three",
+        LogRoot {
+            epoch: honest,
+            root: real,
+        },
+    )
+    .await;
+    // Bob's sync takes both while his newest epoch is older than theirs, then looks his own
+    // account up at the log's newest (past both) and compares them with the log.
+    bob.sync().await.unwrap();
+    assert!(head(&bob) > honest);
+    let alarms = bob.unseen_security_events().unwrap();
+    assert!(
+        matches!(&alarms[..], [a] if matches!(&a.record.item, HistoryItem::Security { from: Some(from), reason }
+            if *from == user("alice") && is_split_view(reason)
+                && reason.contains(&format!("at epoch {forked}"))
+                && reason.contains("signed checkpoint"))),
+        "{alarms:?}"
+    );
+    // Each is compared once: nothing waits, a later sync adds nothing, and without
+    // witnesses the matching root stays the member's word, not this device's.
+    let unchecked = bob
+        .store()
+        .read(|tx| tx.unchecked_vouched_roots(u64::MAX, 100))
+        .unwrap();
+    assert!(unchecked.is_empty(), "{unchecked:?}");
+    bob.sync().await.unwrap();
+    assert_eq!(bob.unseen_security_events().unwrap().len(), 1);
+    let kept = bob.store().read(|tx| tx.log_root(honest)).unwrap().unwrap();
+    assert_eq!(kept.vouched_by.as_ref(), Some(alice.me()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vouched_epoch_the_server_hides_or_signs_badly_raises_one_alarm_and_never_fails_the_sync()
+{
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let [hidden, garbled, later] = epochs_bob_skips(&server, &alice, &bob).await;
+    for epoch in [hidden, garbled, later] {
+        let root = root_of(&recorded(&bob, epoch).await);
+        send_vouching(&alice, &bob, "vouching", LogRoot { epoch, root }).await;
+    }
+    // The server says it never recorded one epoch, and signs another badly.
+    bob.transport().lie_about_epoch(hidden, None);
+    let mut bad = recorded(&bob, garbled).await;
+    bad.checkpoint = bad.checkpoint.replacen('\n', "\nX", 1);
+    bob.transport().lie_about_epoch(garbled, Some(bad));
+
+    bob.sync().await.unwrap();
+    let mut reasons: Vec<String> = bob
+        .unseen_security_events()
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.record.item {
+            HistoryItem::Security { from: None, reason } => reason,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains(&format!("vouched for key-transparency epoch {hidden}")));
+    assert!(reasons[0].contains("hiding part of its log"), "{reasons:?}");
+    assert!(
+        reasons[1].contains(&format!("checkpoint for epoch {garbled}")),
+        "{reasons:?}"
+    );
+    bob.sync().await.unwrap();
+    assert_eq!(bob.unseen_security_events().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vouched_root_is_kept_as_verified_only_with_the_cosignatures_of_this_devices_witnesses() {
+    use ed25519_dalek::Signer as _;
+    use sotto_proto::checkpoint::{
+        WitnessKey, checkpoint_body, cosignature_line, cosigned_message, origin_of, witness_vkey,
+    };
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let [bare, cosigned, _] = epochs_bob_skips(&server, &alice, &bob).await;
+    // As a message from alice leaves them; a send (not a sync) then takes bob past them.
+    for epoch in [bare, cosigned] {
+        let root = root_of(&recorded(&bob, epoch).await);
+        bob.store()
+            .transaction(|tx| tx.put_log_root(epoch, &root, Some(alice.me())))
+            .unwrap();
+    }
+    bob.send_text("alice", "next").await.unwrap();
+    assert!(head(&bob) > cosigned);
+    // From now on bob requires one witness; the server shows its cosignature on one epoch.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let vkey = witness_vkey("witness-1", &key.verifying_key());
+    let policy = crate::engine::WitnessPolicy::new(std::slice::from_ref(&vkey), None, 600)
+        .unwrap()
+        .unwrap();
+    bob.store()
+        .transaction(|tx| {
+            tx.set_setting(
+                crate::store::Setting::KtWitnesses,
+                &policy.to_setting().unwrap(),
+            )
+        })
+        .unwrap();
+    let mut shown = recorded(&bob, cosigned).await;
+    let origin = origin_of(&server_checkpoint_key(&bob).await).to_owned();
+    let body = checkpoint_body(&origin, cosigned, &root_of(&shown)).unwrap();
+    let signature = key.sign(&cosigned_message(1, &body)).to_bytes();
+    let witness = WitnessKey::parse(&vkey).unwrap();
+    shown
+        .checkpoint
+        .push_str(&cosignature_line(&witness, 1, &signature));
+    shown.checkpoint.push('\n');
+    bob.transport().lie_about_epoch(cosigned, Some(shown));
+
+    bob.check_vouched_roots().await;
+    assert!(bob.unseen_security_events().unwrap().is_empty());
+    let kept = |epoch| bob.store().read(|tx| tx.log_root(epoch)).unwrap().unwrap();
+    assert_eq!(kept(cosigned).vouched_by, None, "witnessed: verified");
+    assert_eq!(
+        kept(bare).vouched_by.as_ref(),
+        Some(alice.me()),
+        "not witnessed"
+    );
+}
+
+async fn server_checkpoint_key(device: &Device) -> String {
+    device.transport().config().await.unwrap().kt_checkpoint_key
+}

@@ -46,7 +46,7 @@ pub async fn a_challenge_is_used_once_and_tokens_are_found_by_hash(s: Arc<dyn St
     let alice = account(&*s, "alice").await;
     assert!(s.use_challenge(b"c1", 50).await.unwrap());
     assert!(!s.use_challenge(b"c1", 50).await.unwrap(), "a replay");
-    s.put_token(b"t1", &alice, 50).await.unwrap();
+    s.put_token(b"t1", &alice, 40, 50).await.unwrap();
     assert_eq!(s.token(b"t1").await.unwrap(), Some((alice, 50)));
     assert_eq!(s.token(b"t2").await.unwrap(), None);
     // Expired at 50: purged then, not before.

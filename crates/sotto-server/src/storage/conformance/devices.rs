@@ -8,7 +8,7 @@ use sotto_proto::device_list::ValidDeviceListUpdate;
 use sotto_proto::device_list::{DeviceList, parse_verifying_key};
 use sotto_proto::framing::MessageKind;
 use sotto_proto::link::{LinkAnswer, LinkId};
-use sotto_proto::{DeviceAddr, Username};
+use sotto_proto::{DeviceAddr, DeviceId, Username};
 use std::sync::Arc;
 
 /// An account `name` with one device, and what signs its lists.
@@ -116,10 +116,10 @@ pub async fn a_device_removed_loses_its_key_packages_tokens_queue_and_roster_pla
     ));
     let two = update(&identity, &reg.device_list, devices, added);
     assert!(s.update_device_list(&two).await.expect("updated"));
-    s.put_token(b"laptop-token", laptop.addr(), u64::MAX)
+    s.put_token(b"laptop-token", laptop.addr(), 1, u64::MAX)
         .await
         .expect("token");
-    s.put_token(b"phone-token", &phone, u64::MAX)
+    s.put_token(b"phone-token", &phone, 1, u64::MAX)
         .await
         .expect("token");
     // A group of both devices, with a commit queued for the laptop.
@@ -147,6 +147,63 @@ pub async fn a_device_removed_loses_its_key_packages_tokens_queue_and_roster_pla
     // The device that stays keeps what it had.
     assert!(s.token(b"phone-token").await.expect("read").is_some());
     assert!(s.device_key(&phone).await.expect("read").is_some());
+}
+
+pub async fn each_devices_last_sign_in_is_recorded_and_forgotten_with_the_device(
+    s: Arc<dyn Storage>,
+) {
+    let (identity, phone, reg) = account_with_identity(&*s, "alice").await;
+    let (_, bob, _) = account_with_identity(&*s, "bob").await;
+    let laptop = DeviceKey::generate(phone.user.clone());
+    let mut devices = reg.device_list.list().devices.clone();
+    devices.push(laptop.entry("laptop", 2));
+    let added = Some((laptop.addr().clone(), Vec::new(), b"l-last".to_vec()));
+    let two = update(&identity, &reg.device_list, devices, added);
+    assert!(s.update_device_list(&two).await.expect("updated"));
+    let seen = |mut v: Vec<(DeviceId, Option<u64>)>| {
+        v.sort();
+        v
+    };
+    // Registered and linked, but neither signed in yet.
+    assert_eq!(
+        s.devices_seen(&phone.user).await.expect("read"),
+        seen(vec![(phone.device, None), (laptop.addr().device, None)])
+    );
+    s.put_token(b"phone-1", &phone, 100, 3700)
+        .await
+        .expect("token");
+    s.put_token(b"laptop-1", laptop.addr(), 120, 3720)
+        .await
+        .expect("token");
+    s.put_token(b"phone-2", &phone, 150, 3750)
+        .await
+        .expect("token");
+    s.put_token(b"bob-1", &bob, 200, 3800).await.expect("token");
+    assert_eq!(
+        s.devices_seen(&phone.user).await.expect("read"),
+        seen(vec![
+            (phone.device, Some(150)),
+            (laptop.addr().device, Some(120))
+        ])
+    );
+    assert_eq!(
+        s.devices_seen(&bob.user).await.expect("read"),
+        [(bob.device, Some(200))]
+    );
+    let nobody = Username::parse("nobody").expect("a valid name");
+    assert!(s.devices_seen(&nobody).await.expect("read").is_empty());
+
+    let one = update(
+        &identity,
+        &two.device_list,
+        vec![reg.device_list.list().devices[0].clone()],
+        None,
+    );
+    assert!(s.update_device_list(&one).await.expect("updated"));
+    assert_eq!(
+        s.devices_seen(&phone.user).await.expect("read"),
+        [(phone.device, Some(150))]
+    );
 }
 
 pub async fn a_link_is_answered_once_and_not_found_once_expired(s: Arc<dyn Storage>) {

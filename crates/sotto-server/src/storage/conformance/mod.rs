@@ -420,6 +420,7 @@ macro_rules! conformance {
                 the_server_identity_and_challenge_key_stay_the_same,
                 an_account_is_created_once_with_its_device_and_key_packages,
                 a_challenge_is_used_once_and_tokens_are_found_by_hash,
+                each_devices_last_sign_in_is_recorded_and_forgotten_with_the_device,
                 key_packages_are_claimed_oldest_first_then_the_last_resort_one,
                 a_claim_without_one_time_hands_out_the_last_resort_and_takes_nothing,
                 concurrent_claims_each_get_a_different_key_package_until_only_the_last_resort_is_left,

@@ -47,6 +47,7 @@ impl MemoryStorage {
         }
         for gone in &update.removed {
             s.devices.remove(gone);
+            s.last_seen.remove(gone);
             s.key_packages.remove(gone);
             s.last_resort.remove(gone);
             s.tokens.retain(|_, (d, _)| d != gone);

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use sotto_proto::api::{
     ClaimedKeyPackage, KeyPackageCount, QueuedKind, SendResponse, ValidRegistration, ValidUpload,
 };
-use sotto_proto::{DeviceAddr, GroupId, ServerId, Username};
+use sotto_proto::{DeviceAddr, DeviceId, GroupId, ServerId, Username};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -50,6 +50,8 @@ struct State {
     kt_last_pending: u64,
     accounts: BTreeMap<Username, Account>,
     devices: BTreeMap<DeviceAddr, Vec<u8>>,
+    /// When each device last signed in.
+    last_seen: BTreeMap<DeviceAddr, u64>,
     used_challenges: BTreeMap<Vec<u8>, u64>,
     tokens: BTreeMap<Vec<u8>, (DeviceAddr, u64)>,
     key_packages: BTreeMap<DeviceAddr, VecDeque<Vec<u8>>>,
@@ -98,6 +100,7 @@ impl MemoryStorage {
                 kt_last_pending: 0,
                 accounts: BTreeMap::new(),
                 devices: BTreeMap::new(),
+                last_seen: BTreeMap::new(),
                 used_challenges: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 key_packages: BTreeMap::new(),
@@ -155,6 +158,7 @@ impl MemoryStorage {
         let mut s = self.state.lock().await;
         let list = account.device_list.list();
         s.devices.retain(|d, _| d.user != list.user);
+        s.last_seen.retain(|d, _| d.user != list.user);
         s.accounts.remove(&list.user);
         insert_account(&mut s, account);
         if publish {
@@ -268,6 +272,18 @@ impl AccountStore for MemoryStorage {
         Ok(self.state.lock().await.devices.get(device).cloned())
     }
 
+    async fn devices_seen(
+        &self,
+        user: &Username,
+    ) -> Result<Vec<(DeviceId, Option<u64>)>, StorageError> {
+        let s = self.state.lock().await;
+        Ok(s.devices
+            .keys()
+            .filter(|d| &d.user == user)
+            .map(|d| (d.device, s.last_seen.get(d).copied()))
+            .collect())
+    }
+
     async fn update_device_list(
         &self,
         update: &sotto_proto::device_list::ValidDeviceListUpdate,
@@ -296,6 +312,7 @@ impl AuthStore for MemoryStorage {
         &self,
         token_hash: &[u8],
         device: &DeviceAddr,
+        now: u64,
         expires_at: u64,
     ) -> Result<(), StorageError> {
         let mut s = self.state.lock().await;
@@ -304,6 +321,9 @@ impl AuthStore for MemoryStorage {
         }
         s.tokens
             .insert(token_hash.to_vec(), (device.clone(), expires_at));
+        if s.devices.contains_key(device) {
+            s.last_seen.insert(device.clone(), now);
+        }
         Ok(())
     }
 

@@ -365,6 +365,27 @@ impl AccountStore for PostgresStorage {
         Ok(row.map(|r| r.get(0)))
     }
 
+    async fn devices_seen(
+        &self,
+        user: &Username,
+    ) -> Result<Vec<(DeviceId, Option<u64>)>, StorageError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT device, last_seen FROM devices WHERE username = $1 ORDER BY device",
+                &[&user.as_str()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let device =
+                    DeviceId::parse(r.get(0)).map_err(|_| StorageError::corrupt("device"))?;
+                Ok((device, r.get::<_, Option<i64>>(1).map(to_u64)))
+            })
+            .collect()
+    }
+
     async fn update_device_list(
         &self,
         update: &sotto_proto::device_list::ValidDeviceListUpdate,
@@ -397,18 +418,24 @@ impl AuthStore for PostgresStorage {
         &self,
         token_hash: &[u8],
         device: &DeviceAddr,
+        now: u64,
         expires_at: u64,
     ) -> Result<(), StorageError> {
+        // One statement, so the token and the sign-in time are stored together.
         self.client()
             .await?
             .execute(
-                "INSERT INTO tokens (token_hash, username, device, expires_at)
-                 VALUES ($1, $2, $3, $4)",
+                "WITH token AS (
+                     INSERT INTO tokens (token_hash, username, device, expires_at)
+                     VALUES ($1, $2, $3, $4)
+                 )
+                 UPDATE devices SET last_seen = $5 WHERE username = $2 AND device = $3",
                 &[
                     &token_hash,
                     &device.user.as_str(),
                     &device.device.to_string(),
                     &to_i64(expires_at),
+                    &to_i64(now),
                 ],
             )
             .await?;

@@ -158,4 +158,6 @@ CREATE TABLE kt_cosignatures (
     PRIMARY KEY (epoch, witness)
 );
 "#,
+    // When each device last signed in, for its owner's `devices list`.
+    "ALTER TABLE devices ADD COLUMN last_seen BIGINT;",
 ];

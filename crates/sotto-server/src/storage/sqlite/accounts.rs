@@ -1,12 +1,12 @@
 //! Accounts, their devices, and sign-in (used challenges and token hashes) in SQLite.
 
-use super::{SqliteStorage, addr, to_i64, to_u64};
+use super::{SqliteStorage, addr, corrupt, to_i64, to_u64};
 use crate::storage::{Account, AccountStore, AuthStore, StorageError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sotto_proto::api::ValidRegistration;
 use sotto_proto::device_list::ValidDeviceListUpdate;
-use sotto_proto::{DeviceAddr, Username};
+use sotto_proto::{DeviceAddr, DeviceId, Username};
 
 #[async_trait]
 impl AccountStore for SqliteStorage {
@@ -95,6 +95,29 @@ impl AccountStore for SqliteStorage {
         .await
     }
 
+    async fn devices_seen(
+        &self,
+        user: &Username,
+    ) -> Result<Vec<(DeviceId, Option<u64>)>, StorageError> {
+        let user = user.clone();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT device, last_seen FROM devices WHERE user = ?1 ORDER BY device",
+            )?;
+            let rows = statement.query_map([user.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })?;
+            let mut seen = Vec::new();
+            for row in rows {
+                let (device, last_seen) = row?;
+                let device = DeviceId::parse(&device).map_err(|_| corrupt("device"))?;
+                seen.push((device, last_seen.map(to_u64)));
+            }
+            Ok(seen)
+        })
+        .await
+    }
+
     async fn update_device_list(
         &self,
         update: &ValidDeviceListUpdate,
@@ -127,19 +150,22 @@ impl AuthStore for SqliteStorage {
         &self,
         token_hash: &[u8],
         device: &DeviceAddr,
+        now: u64,
         expires_at: u64,
     ) -> Result<(), StorageError> {
         let (token_hash, device) = (token_hash.to_vec(), device.clone());
         self.run(move |conn| {
-            conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (user, id) = (device.user.as_str(), device.device.to_string());
+            tx.execute(
                 "INSERT INTO tokens (token_hash, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    &token_hash,
-                    device.user.as_str(),
-                    device.device.to_string(),
-                    to_i64(expires_at)
-                ],
+                params![&token_hash, user, &id, to_i64(expires_at)],
             )?;
+            tx.execute(
+                "UPDATE devices SET last_seen = ?3 WHERE user = ?1 AND device = ?2",
+                params![user, &id, to_i64(now)],
+            )?;
+            tx.commit()?;
             Ok(())
         })
         .await

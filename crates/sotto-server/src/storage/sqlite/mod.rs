@@ -182,6 +182,8 @@ CREATE TABLE kt_cosignatures (
     PRIMARY KEY (epoch, witness)
 );
 "#,
+    // When each device last signed in, for its owner's `devices list`.
+    "ALTER TABLE devices ADD COLUMN last_seen INTEGER;",
 ];
 
 /// SQLite-backed [`super::Storage`]: one writing connection, used by one operation at a time,
