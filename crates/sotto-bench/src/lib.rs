@@ -139,7 +139,11 @@ impl Transport for Offline {
     async fn user(&self, _: &str, _: &Username) -> Result<UserResponse, ClientError> {
         offline()
     }
-    async fn kt_epoch(&self, _: u64) -> Result<sotto_proto::kt::EpochResponse, ClientError> {
+    async fn kt_epoch(
+        &self,
+        _: u64,
+        _: bool,
+    ) -> Result<sotto_proto::kt::EpochResponse, ClientError> {
         offline()
     }
     async fn kt_lookup(

@@ -212,11 +212,14 @@ pub async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, C
                     println!("{}", to_json(&d));
                 } else {
                     let this = if d.this { "\t(this device)" } else { "" };
-                    let seen = d
-                        .last_seen
-                        .map_or_else(|| "never".to_owned(), |t| format!("{} UTC", utc(t)));
+                    let seen = match (d.on_server, d.last_seen) {
+                        (Some(false), _) => "not on the server".to_owned(),
+                        (None, _) => "last seen unknown (the server did not say)".to_owned(),
+                        (Some(true), None) => "last seen never".to_owned(),
+                        (Some(true), Some(t)) => format!("last seen {} UTC", utc(t)),
+                    };
                     println!(
-                        "{}\t{}\tadded {} UTC\tlast seen {seen}{this}",
+                        "{}\t{}\tadded {} UTC\t{seen}{this}",
                         d.id,
                         printable(&d.name),
                         utc(d.added_at)

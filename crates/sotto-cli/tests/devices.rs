@@ -1,5 +1,6 @@
 //! `sotto devices` with real server processes and the `sotto` binary: a device linked with
-//! its history joins the conversations and everyone sees it; the device limit.
+//! its history joins the conversations and everyone sees it; the device limit; when the
+//! server last saw each device.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failed unwrap is a failed test"
@@ -99,15 +100,6 @@ fn a_device_linked_from_the_command_line_joins_the_conversations_and_once_remove
             .iter()
             .any(|d| d["name"] == "laptop" && d["this"] == true)
     );
-    // The server saw each sign in after it was added, and says when; the plain list says so.
-    assert!(
-        listed.iter().all(|d| d["last_seen"]
-            .as_u64()
-            .is_some_and(|seen| seen >= d["added_at"].as_u64().unwrap())),
-        "{listed:?}"
-    );
-    let plain = ok(&laptop, &["devices", "list"]);
-    assert_eq!(plain.matches("\tlast seen 2").count(), 2, "{plain}");
 
     // Removed from the other device: out of the conversation (bob sees it), and the server
     // no longer serves it.
@@ -153,5 +145,53 @@ fn linking_past_the_servers_device_limit_is_refused_with_a_clear_error() {
     assert_eq!(
         json_lines(&ok(&alice, &["devices", "list", "--json"])).len(),
         1
+    );
+}
+
+#[test]
+fn devices_list_shows_when_each_device_last_signed_in_and_one_the_server_no_longer_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"));
+    let alice = dir.path().join("alice");
+    ok(
+        &alice,
+        &["init", "--server", &server.url(), "--user", "alice"],
+    );
+    let laptop = dir.path().join("laptop");
+    let (mut linking, out, code) = start_linking(&laptop, &server, &["--name", "laptop"]);
+    ok(&alice, &["devices", "approve", &code]);
+    let linked: serde_json::Value = serde_json::from_str(&out.wait_for("device")).unwrap();
+    assert!(linking.wait().unwrap().success());
+
+    // Each signed in after it was added; the server says when.
+    let listed = json_lines(&ok(&alice, &["devices", "list", "--json"]));
+    assert_eq!(listed.len(), 2);
+    for d in &listed {
+        let seen = d["last_seen"].as_u64().unwrap();
+        assert!(seen >= d["added_at"].as_u64().unwrap(), "{d}");
+        assert_eq!(d["on_server"], true, "{d}");
+    }
+
+    // The operator deletes the laptop from the server: the signed list still names it,
+    // and the list says the server does not hold it.
+    let id = linked["device"].as_str().unwrap();
+    let db = rusqlite::Connection::open(server.sqlite_file()).unwrap();
+    let deleted = db
+        .execute("DELETE FROM devices WHERE device = ?1", [id])
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let plain = ok(&alice, &["devices", "list"]);
+    let line = |needle: &str| {
+        plain
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{plain}"))
+            .to_owned()
+    };
+    assert!(line(id).ends_with("\tnot on the server"), "{plain}");
+    let this = line("(this device)");
+    assert!(
+        this.contains("\tlast seen ") && this.ends_with(" UTC\t(this device)"),
+        "{plain}"
     );
 }

@@ -184,18 +184,6 @@ impl Api {
         .await
     }
 
-    /// `GET /v1/kt/epochs/{epoch}`, with its append-only proof.
-    pub async fn kt_epoch_proof(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
-        self.json::<(), _>(
-            Method::GET,
-            &format!("/v1/kt/epochs/{epoch}"),
-            None,
-            None,
-            Repeat::Safe,
-        )
-        .await
-    }
-
     /// `POST /v1/kt/cosignatures`.
     pub async fn kt_cosign(&self, req: &CosignRequest) -> Result<(), ClientError> {
         self.call::<_, ()>(
@@ -212,11 +200,11 @@ impl Api {
 
 #[async_trait]
 impl Transport for Api {
-    /// `GET /v1/kt/epochs/{epoch}?proof=false`.
-    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
+    /// `GET /v1/kt/epochs/{epoch}`.
+    async fn kt_epoch(&self, epoch: u64, proof: bool) -> Result<EpochResponse, ClientError> {
         self.json::<(), _>(
             Method::GET,
-            &format!("/v1/kt/epochs/{epoch}?proof=false"),
+            &format!("/v1/kt/epochs/{epoch}?proof={proof}"),
             None,
             None,
             Repeat::Safe,

@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use sotto_client::log::audit::audit;
 use sotto_client::log::witness::Witness;
 use sotto_client::{Api, Client, ClientError, InitOptions, KdfParams, WitnessPolicy};
+use sotto_core::Transport as _;
 use sotto_proto::checkpoint::{
     SignedCheckpoint, WitnessKey, checkpoint_body, cosignature_line, cosigned_message,
 };
@@ -112,7 +113,7 @@ async fn an_audit_verifies_a_hundred_epochs_keeps_every_root_and_next_time_only_
     assert_eq!(lines.len() as u64, newest + 1);
     let api = Api::new(&server.url, false).unwrap();
     for epoch in [0, 50, newest] {
-        let shown = api.kt_epoch_proof(epoch).await.unwrap();
+        let shown = api.kt_epoch(epoch, true).await.unwrap();
         assert_eq!(
             lines[epoch as usize],
             format!("{epoch} {}", hex::encode(shown.root_hash.as_slice()))
@@ -225,7 +226,7 @@ async fn a_witness_cosigns_each_epoch_whose_proof_verifies_and_refuses_a_root_th
     assert!(newest >= start + 2);
     // The server serves the cosignature with the checkpoint, and it verifies.
     let api = Api::new(&server.url, false).unwrap();
-    let shown = api.kt_epoch_proof(newest).await.unwrap();
+    let shown = api.kt_epoch(newest, true).await.unwrap();
     assert_eq!(api.kt_checkpoint(None).await.unwrap().epoch, newest);
     let config = sotto_core::Transport::config(&api).await.unwrap();
     let root: [u8; 32] = shown.root_hash.as_slice().try_into().unwrap();
@@ -290,7 +291,7 @@ async fn cosign_at(
     let config = sotto_core::Transport::config(&api).await.unwrap();
     let origin = config.kt_checkpoint_key.split('+').next().unwrap();
     let root: [u8; 32] = api
-        .kt_epoch_proof(signed_epoch)
+        .kt_epoch(signed_epoch, true)
         .await
         .unwrap()
         .root_hash
@@ -376,7 +377,7 @@ async fn an_epoch_left_unrecorded_is_recorded_with_its_proof_at_the_publishers_n
         .unwrap();
     let api = Api::new(&server.url, false).unwrap();
     assert_eq!(api.kt_checkpoint(None).await.unwrap().epoch, newest);
-    assert!(api.kt_epoch_proof(newest).await.unwrap().audit.is_some());
+    assert!(api.kt_epoch(newest, true).await.unwrap().audit.is_some());
     // The same root, and its proof verifies: the auditor takes it.
     let later = new_epochs(&server, "alice", 1).await;
     let report = audit(&record, &server.url, false, &mut |_, _| {})

@@ -43,8 +43,9 @@ pub trait Transport: Send + Sync {
         cosigned: usize,
     ) -> Result<LookupResponse, ClientError>;
     /// The log's epoch `epoch` as the server recorded it: its root and signed checkpoint,
-    /// without its append-only proof. `Refused` with `not_found` if it is not recorded.
-    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError>;
+    /// and its append-only proof if `proof`. `Refused` with `not_found` if it is not
+    /// recorded. Needs no sign-in.
+    async fn kt_epoch(&self, epoch: u64, proof: bool) -> Result<EpochResponse, ClientError>;
     /// Uploads KeyPackages of the signed-in device.
     async fn upload_key_packages(
         &self,

@@ -71,7 +71,8 @@ pub struct EpochResponse {
     /// Its signed checkpoint, with the cosignatures the server holds.
     pub checkpoint: String,
     /// akd's proof that this epoch's tree extends the previous epoch's (a protobuf
-    /// `SingleAppendOnlyProof`); none for the oldest epoch the server recorded.
+    /// `SingleAppendOnlyProof`); none for the oldest epoch the server recorded, for the
+    /// newest epoch at `/v1/kt/checkpoint`, and with `?proof=false`.
     pub audit: Option<Bytes>,
     /// The oldest epoch the server recorded: an auditor starting out starts there.
     pub first: u64,

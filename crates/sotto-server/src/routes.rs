@@ -102,8 +102,8 @@ pub struct CheckpointQuery {
     after: Option<u64>,
 }
 
-/// `GET /v1/kt/checkpoint`: the log's newest epoch, its signed checkpoint and its proof
-/// that it extends the epoch before. Anyone may ask (witnesses, auditors).
+/// `GET /v1/kt/checkpoint`: the log's newest epoch and its signed checkpoint, without its
+/// append-only proof (at `GET /v1/kt/epochs/{epoch}`). Anyone may ask (witnesses, auditors).
 pub async fn kt_checkpoint(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -143,12 +143,11 @@ pub async fn kt_epoch(
             "an epoch is a number",
         )
     })?;
-    let found = if query.proof.unwrap_or(true) {
-        state.kt.recorded(epoch).await
-    } else {
-        state.kt.recorded_root(epoch).await
-    }
-    .map_err(ApiError::internal)?;
+    let found = state
+        .kt
+        .recorded(epoch, query.proof.unwrap_or(true))
+        .await
+        .map_err(ApiError::internal)?;
     found.map(ApiJson).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod witness;
 
 use crate::ClientError;
+use sotto_core::Transport as _;
 use sotto_proto::checkpoint::SignedCheckpoint;
 use sotto_proto::kt::{EpochResponse, KtConfiguration};
 use std::path::Path;
@@ -102,7 +103,7 @@ pub(crate) async fn fetch_epoch(
     api: &crate::Api,
     epoch: u64,
 ) -> Result<EpochResponse, ClientError> {
-    let found = api.kt_epoch_proof(epoch).await?;
+    let found = api.kt_epoch(epoch, true).await?;
     if found.epoch != epoch {
         return Err(ClientError::Security(format!(
             "the server answered epoch {} when asked for epoch {epoch}",

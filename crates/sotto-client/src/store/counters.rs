@@ -84,7 +84,7 @@ pub(super) fn unchecked_vouched_roots(
     let mut get = conn.prepare_cached(
         "SELECT epoch, root, vouched_user, vouched_device FROM log_roots
          WHERE vouched_user IS NOT NULL AND checked = 0 AND epoch <= ?1
-         ORDER BY epoch DESC LIMIT ?2",
+         ORDER BY epoch LIMIT ?2",
     )?;
     let rows = get.query_map(
         params![integer(up_to), i64::try_from(limit).unwrap_or(i64::MAX)],
@@ -102,6 +102,21 @@ pub(super) fn mark_vouched_root_checked(conn: &Connection, epoch: u64) -> rusqli
     conn.prepare_cached("UPDATE log_roots SET checked = 1 WHERE epoch = ?1")?
         .execute([integer(epoch)])?;
     Ok(())
+}
+
+pub(super) fn vouched_root_unanswered(
+    conn: &Connection,
+    epoch: u64,
+    now: u64,
+) -> rusqlite::Result<u64> {
+    let since: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE log_roots SET unanswered_since = COALESCE(unanswered_since, ?2)
+             WHERE epoch = ?1 RETURNING unanswered_since",
+        )?
+        .query_row(params![integer(epoch), integer(now)], |r| r.get(0))
+        .optional()?;
+    Ok(since.map_or(now, unsigned))
 }
 
 fn kept_root((root, user, device): RootRow) -> Result<KeptRoot, StoreError> {

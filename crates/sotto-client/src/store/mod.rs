@@ -119,9 +119,11 @@ CREATE TABLE logged_lists (user TEXT PRIMARY KEY, epoch INTEGER NOT NULL, body B
 ALTER TABLE outbox ADD COLUMN counter INTEGER;
 ALTER TABLE conversations ADD COLUMN healed_at INTEGER;
 "#,
-    // Whether a root a member vouched for was compared with the log's signed checkpoint.
+    // Whether a root a member vouched for was compared with the log's signed checkpoint, and
+    // since when the server has not answered for it.
     r#"
 ALTER TABLE log_roots ADD COLUMN checked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE log_roots ADD COLUMN unanswered_since INTEGER;
 "#,
 ];
 
@@ -483,6 +485,10 @@ impl StoreTx for SqlTx<'_> {
 
     fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError> {
         Ok(counters::mark_vouched_root_checked(&self.conn, epoch)?)
+    }
+
+    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<u64, StoreError> {
+        Ok(counters::vouched_root_unanswered(&self.conn, epoch, now)?)
     }
 
     fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError> {

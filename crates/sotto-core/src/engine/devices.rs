@@ -28,8 +28,11 @@ pub struct DeviceInfo {
     pub added_at: u64,
     /// When it last signed in to the server, seconds since the Unix epoch, as the server
     /// reports it (a device that keeps running signs in again within the hour); `None` if
-    /// it never has.
+    /// it never has, or the server did not say.
     pub last_seen: Option<u64>,
+    /// Whether the server holds the device (it cannot sign in otherwise); `None` if the
+    /// server did not answer.
+    pub on_server: Option<bool>,
     /// Whether it is the device asking.
     pub this: bool,
 }
@@ -183,26 +186,31 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// This account's devices as of the last sync (its signed list, never the server's
-    /// word), with when the server last saw each.
+    /// word), with when the server last saw each, if it says (it is a hint: the list does
+    /// not wait for it).
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         let (_, list) = self.own_list()?;
         let token = self.token().await?;
-        let seen = self.transport.devices_seen(&token).await?;
-        let last_seen = |id| {
-            seen.devices
-                .iter()
-                .find(|d| d.device == id)
-                .and_then(|d| d.last_seen)
+        let seen = match self.transport.devices_seen(&token).await {
+            Ok(seen) => Some(seen.devices),
+            Err(ClientError::Unreachable(_) | ClientError::Refused(_)) => None,
+            Err(e) => return Err(e),
         };
         Ok(list
             .devices
             .iter()
-            .map(|d| DeviceInfo {
-                id: d.id.to_string(),
-                name: d.name.clone(),
-                added_at: d.added_at,
-                last_seen: last_seen(d.id),
-                this: d.id == self.me().device,
+            .map(|d| {
+                let held = seen
+                    .as_ref()
+                    .map(|seen| seen.iter().find(|s| s.device == d.id));
+                DeviceInfo {
+                    id: d.id.to_string(),
+                    name: d.name.clone(),
+                    added_at: d.added_at,
+                    last_seen: held.flatten().and_then(|s| s.last_seen),
+                    on_server: held.map(|s| s.is_some()),
+                    this: d.id == self.me().device,
+                }
             })
             .collect())
     }

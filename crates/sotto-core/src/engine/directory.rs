@@ -98,7 +98,11 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         }
         // Signed by the key the server gave is not enough: the list must be the one the
         // key-transparency log holds for this user, which the user's own devices monitor.
-        let epoch = self.check_in_log(user, verified.signed()).await?;
+        let epoch = if changed {
+            self.check_new_key_in_log(user, verified.signed()).await?
+        } else {
+            self.check_in_log(user, verified.signed()).await?
+        };
         // A new key the log does not hold was refused above as the server's lie; one it
         // holds is a key change that the contact's own devices see too.
         if changed && on_new_key == OnNewKey::Refuse {
@@ -147,10 +151,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 continue;
             }
             let member = c.peer.as_ref() == Some(user)
-                || group::load(&tx.mls(), c.group.as_bytes())
-                    .ok()
-                    .and_then(|g| group::members(&g).ok())
-                    .is_some_and(|m| m.iter().any(|d| d.addr.user == *user));
+                || group::members(&group::load(&tx.mls(), c.group.as_bytes())?)?
+                    .iter()
+                    .any(|d| d.addr.user == *user);
             if member {
                 with_them.push(c.group);
             }

@@ -91,9 +91,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// security failure met on the way is stored as a security event; one met while
     /// processing a message refuses that message and the sync goes on.
     pub async fn sync(&self) -> Result<(), ClientError> {
-        let result = self.exchange().await;
+        let mut result = self.exchange().await;
         if result.is_ok() {
-            self.check_vouched_roots().await;
+            result = self.check_vouched_roots().await;
         }
         self.recorded(result)
     }

@@ -72,12 +72,54 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Checks that `signed` is `user`'s device list in the log, waiting a bounded time for
     /// the log to publish it; returns the epoch the log was proven to hold it at. `Security`
     /// if the log holds another value, or if the server's proof fails; `Unreachable` if the
-    /// user is still not in the log.
+    /// user is still not in the log (or the log still holds the list before this one).
     pub(super) async fn check_in_log(
         &self,
         user: &Username,
         signed: &SignedDeviceListIn,
     ) -> Result<u64, ClientError> {
+        match self.find_in_log(user, signed).await? {
+            Ok(epoch) => Ok(epoch),
+            // Nothing in the log to trust (or only the list before this one): not a proven
+            // lie (the publisher may be late), so whatever needed the list waits for the
+            // next sync.
+            Err(Logged::Absent(epoch)) => Err(ClientError::Unreachable(format!(
+                "the devices of {user} are not in the server's key-transparency log yet \
+                 (epoch {epoch}); try again shortly"
+            ))),
+            Err(Logged::Value(epoch, ..)) => Err(ClientError::Security(format!(
+                "the device list the server gave for {user} is not the one in the \
+                 key-transparency log (epoch {epoch}); refusing to trust it"
+            ))),
+        }
+    }
+
+    /// [`Engine::check_in_log`] for a list signed with a contact's new identity key: a key
+    /// the log does not hold within the bounded wait is refused (`Security`), not waited
+    /// for, since the contact's pinned key is in the log and the server gave another.
+    pub(super) async fn check_new_key_in_log(
+        &self,
+        user: &Username,
+        signed: &SignedDeviceListIn,
+    ) -> Result<u64, ClientError> {
+        match self.find_in_log(user, signed).await? {
+            Ok(epoch) => Ok(epoch),
+            Err(Logged::Absent(epoch) | Logged::Value(epoch, ..)) => {
+                Err(ClientError::Security(format!(
+                    "the server gave {user} a new identity key that its key-transparency log \
+                     does not hold (epoch {epoch}); refusing to trust it"
+                )))
+            }
+        }
+    }
+
+    /// Looks `user` up until the log holds `signed` (its epoch) or the bounded wait is over
+    /// (what the log held last).
+    async fn find_in_log(
+        &self,
+        user: &Username,
+        signed: &SignedDeviceListIn,
+    ) -> Result<Result<u64, Logged>, ClientError> {
         let want = device_list_value(signed);
         // The list this one replaces, as it names it: the log holding that one is behind,
         // not lying (the signature on `signed` is checked by the caller).
@@ -90,7 +132,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         for _ in 0..=LOG_WAITS {
             seen = self.look_up(user, after).await?;
             let epoch = match seen {
-                Logged::Value(epoch, value, _) if value == want => return Ok(epoch),
+                Logged::Value(epoch, value, _) if value == want => return Ok(Ok(epoch)),
                 Logged::Value(epoch, value, _)
                     if previous.as_ref().map(sotto_proto::Bytes::as_slice) == Some(&value[..]) =>
                 {
@@ -101,19 +143,7 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             };
             after = Some(epoch);
         }
-        Err(match seen {
-            // Nothing in the log to trust (or only the list before this one): not a proven
-            // lie (the publisher may be late), so whatever needed the list waits for the
-            // next sync.
-            Logged::Absent(epoch) => ClientError::Unreachable(format!(
-                "the devices of {user} are not in the server's key-transparency log yet \
-                 (epoch {epoch}); try again shortly"
-            )),
-            Logged::Value(epoch, ..) => ClientError::Security(format!(
-                "the device list the server gave for {user} is not the one in the \
-                 key-transparency log (epoch {epoch}); refusing to trust it"
-            )),
-        })
+        Ok(Err(seen))
     }
 
     /// Checks this account's own entry in the log. Alarms (once each: a security event,

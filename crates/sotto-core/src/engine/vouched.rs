@@ -27,7 +27,7 @@
 
 use super::Engine;
 use crate::events::Event;
-use crate::store::{ClientStore, HistoryItem, StoreTx};
+use crate::store::{ClientStore, HistoryItem, Setting, StoreTx};
 use crate::{ClientError, Envelope, Transport};
 use sotto_proto::{DeviceAddr, ErrorCode, GroupId};
 
@@ -35,16 +35,12 @@ use sotto_proto::{DeviceAddr, ErrorCode, GroupId};
 /// epochs published every second.
 pub(super) const VOUCHED_AHEAD: u64 = 100_000;
 
-/// Most vouched roots compared with the log's checkpoints at one sync (one request each).
+/// Most vouched roots compared with the log's checkpoints at one sync (a request each, and
+/// one more for an epoch the server says it did not record).
 const VOUCHED_CHECKS: usize = 8;
 
-/// What comparing one vouched root with the log found.
-enum Compared {
-    /// Done with it: it matched, or an alarm was raised, or it can never be compared.
-    Settled,
-    /// The server could not answer now: try again at a later sync.
-    Later,
-}
+/// How long the server may go on not answering for a vouched epoch before that is an alarm.
+const VOUCHED_PATIENCE: u64 = 24 * 3600;
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// The next counter of this device's messages in `gid`, counted as used from now on
@@ -107,24 +103,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                         || "this device verified".to_owned(),
                         |d| format!("{d} vouched for"),
                     );
-                    let reason = format!(
-                        "{sender} vouched for key-transparency root {} at epoch {}, but \
-                         {holder} root {} for that epoch: the server is showing its users \
-                         different logs, or a device lies",
-                        short(&vouched.root),
-                        vouched.epoch,
-                        short(&kept.root)
-                    );
+                    let held = format!("{holder} root {} for that epoch", short(&kept.root));
                     // Once per member, epoch and root, however many messages repeat it.
-                    let id = format!(
-                        "vouched-{sender}-{}-{}",
-                        vouched.epoch,
-                        hex::encode(vouched.root)
-                    );
-                    let item = HistoryItem::Security {
-                        from: Some(sender.user.clone()),
-                        reason,
-                    };
+                    let (id, item) = split_view(sender, vouched.epoch, &vouched.root, &held);
                     self.record_notice(tx, id, Some(gid), item)?;
                 }
                 Some(_) => {}
@@ -147,74 +128,81 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Compares roots members vouched for, at epochs up to the newest this device verified
     /// but never verified itself, with the log's signed checkpoints of those epochs: at most
-    /// [`VOUCHED_CHECKS`] at a time, newest first, each once. Never fails: what it finds is
-    /// kept as security events (once each), and what the server cannot answer now waits for
-    /// a later sync.
-    pub(super) async fn check_vouched_roots(&self) {
-        let Ok(Some(head)) = self.log_head() else {
-            return;
+    /// [`VOUCHED_CHECKS`] at a time, oldest first, each until it is settled. What it finds is
+    /// kept as security events (once each); an epoch the server does not answer for is
+    /// asked again at later syncs, and after [`VOUCHED_PATIENCE`] raises an alarm. Fails
+    /// only on a damaged store: the server's answers never fail a sync.
+    pub(super) async fn check_vouched_roots(&self) -> Result<(), ClientError> {
+        let Some(head) = self.log_head()? else {
+            return Ok(());
         };
-        let Ok(vouched) = self
+        let vouched = self
             .store
-            .read(|tx| tx.unchecked_vouched_roots(head, VOUCHED_CHECKS))
-        else {
-            return;
-        };
-        let mut first = None;
+            .read(|tx| tx.unchecked_vouched_roots(head, VOUCHED_CHECKS))?;
         for (epoch, kept) in vouched {
-            let Some(by) = kept.vouched_by.clone() else {
+            let Some(by) = kept.vouched_by else {
                 continue;
             };
-            match self
-                .compare_with_log(epoch, &kept.root, &by, head, &mut first)
-                .await
-            {
-                Ok(Compared::Settled) => {}
-                Ok(Compared::Later) => return,
+            let finding = match self.compare_with_log(epoch, &kept.root, &by, head).await {
+                Ok(finding) => finding,
+                Err(e @ ClientError::Store(_)) => return Err(e),
                 // The server's doing, not the member's: its checkpoint, or its record.
-                Err(ClientError::Security(reason)) => {
-                    let item = HistoryItem::Security { from: None, reason };
-                    let id = format!("vouched-check-{epoch}");
-                    let kept = self.tx(|tx| self.record_notice(tx, id, None, item));
-                    if kept.is_err() {
-                        return;
+                Err(ClientError::Security(reason)) => Some((
+                    format!("vouched-check-{epoch}"),
+                    HistoryItem::Security { from: None, reason },
+                )),
+                Err(_) => {
+                    let now = self.now();
+                    let since = self.tx(|tx| Ok(tx.vouched_root_unanswered(epoch, now)?))?;
+                    if now.saturating_sub(since) < VOUCHED_PATIENCE {
+                        continue;
                     }
+                    let reason = format!(
+                        "for a day the server has not shown key-transparency epoch {epoch}, \
+                         which {by} vouched for in a message: it may be hiding part of its log"
+                    );
+                    Some((
+                        format!("vouched-check-{epoch}"),
+                        HistoryItem::Security { from: None, reason },
+                    ))
                 }
-                Err(_) => return,
-            }
-            if self
-                .tx(|tx| Ok(tx.mark_vouched_root_checked(epoch)?))
-                .is_err()
-            {
-                return;
-            }
+            };
+            self.tx(|tx| {
+                if let Some((id, item)) = finding {
+                    self.record_notice(tx, id, None, item)?;
+                }
+                Ok(tx.mark_vouched_root_checked(epoch)?)
+            })?;
         }
+        Ok(())
     }
 
     /// Compares `root`, which `by` vouched for at `epoch`, with the log's signed checkpoint
-    /// of that epoch. `first` is the oldest epoch the server records, once learned.
+    /// of that epoch. Returns the alarm to keep, if any; an error if the server did not
+    /// answer (or, `Security`, answered what cannot be true).
     async fn compare_with_log(
         &self,
         epoch: u64,
         root: &[u8; 32],
         by: &DeviceAddr,
         head: u64,
-        first: &mut Option<u64>,
-    ) -> Result<Compared, ClientError> {
-        let found = match self.transport.kt_epoch(epoch).await {
+    ) -> Result<Option<(String, HistoryItem)>, ClientError> {
+        // Older than the server's records: never comparable, so not asked for.
+        if self
+            .kept_first_recorded()?
+            .is_some_and(|first| epoch < first)
+        {
+            return Ok(None);
+        }
+        let found = match self.transport.kt_epoch(epoch, false).await {
             Ok(found) => found,
             Err(ClientError::Refused(b)) if b.code == ErrorCode::NotFound => {
-                // Epochs before the server kept checkpoints cannot be compared; any later one
-                // is recorded as it is published, so a missing one is hidden.
-                let first = match *first {
-                    Some(first) => first,
-                    None => match self.transport.kt_epoch(head).await {
-                        Ok(newest) => newest.first,
-                        Err(_) => return Ok(Compared::Later),
-                    },
-                };
+                // Epochs before the server kept checkpoints cannot be compared; every later
+                // one is recorded as it is published, so a missing one is hidden.
+                let first =
+                    self.first_recorded(self.transport.kt_epoch(head, false).await?.first)?;
                 if epoch < first {
-                    return Ok(Compared::Settled);
+                    return Ok(None);
                 }
                 return Err(ClientError::Security(format!(
                     "{by} vouched for key-transparency epoch {epoch}, which the server says it \
@@ -222,9 +210,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                      is hiding part of its log"
                 )));
             }
-            Err(_) => return Ok(Compared::Later),
+            Err(e) => return Err(e),
         };
-        *first = Some(found.first);
+        self.first_recorded(found.first)?;
         let shown: [u8; 32] = match found.root_hash.as_slice().try_into() {
             Ok(shown) if found.epoch == epoch => shown,
             _ => {
@@ -235,26 +223,61 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             }
         };
         let witnessed = self.witnessed(&found.checkpoint, epoch, &shown).await?;
-        if shown != *root {
-            let reason = format!(
-                "{by} vouched for key-transparency root {} at epoch {epoch}, but the log's \
-                 signed checkpoint for that epoch holds root {}: the server is showing its \
-                 users different logs, or a device lies",
-                short(root),
-                short(&shown)
-            );
-            // The id `check_vouched` gives the same finding.
-            let id = format!("vouched-{by}-{epoch}-{}", hex::encode(root));
-            let item = HistoryItem::Security {
-                from: Some(by.user.clone()),
-                reason,
-            };
-            self.tx(|tx| self.record_notice(tx, id, None, item))?;
-        } else if witnessed {
+        // Witnessed, the log's root is this device's own from now on: a member who later
+        // vouches for it is not blamed for differing from the one who lied.
+        if witnessed {
             self.tx(|tx| Ok(tx.put_log_root(epoch, &shown, None)?))?;
         }
-        Ok(Compared::Settled)
+        if shown != *root {
+            let held = format!(
+                "the log's signed checkpoint for that epoch holds root {}",
+                short(&shown)
+            );
+            return Ok(Some(split_view(by, epoch, root, &held)));
+        }
+        Ok(None)
     }
+
+    /// The oldest epoch the server said it records, if it ever said.
+    fn kept_first_recorded(&self) -> Result<Option<u64>, ClientError> {
+        self.store
+            .read(|tx| tx.setting(Setting::KtFirstRecorded))?
+            .map(|b| {
+                <[u8; 8]>::try_from(b.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| ClientError::damaged("the log's first recorded epoch"))
+            })
+            .transpose()
+    }
+
+    /// The oldest epoch the server records: the lowest it ever said (`said`, now, or
+    /// earlier), since it keeps every epoch it recorded. Raising it would hide the epochs
+    /// below it.
+    fn first_recorded(&self, said: u64) -> Result<u64, ClientError> {
+        let kept = self.kept_first_recorded()?;
+        let first = kept.map_or(said, |kept| kept.min(said));
+        if kept != Some(first) {
+            self.tx(|tx| Ok(tx.set_setting(Setting::KtFirstRecorded, &first.to_be_bytes())?))?;
+        }
+        Ok(first)
+    }
+}
+
+/// The alarm of `by` vouching for `root` at `epoch` where this device holds another root
+/// (`held` says which, and where from): its id names the member, the epoch and the root, so
+/// that every way of finding it shows it once.
+fn split_view(by: &DeviceAddr, epoch: u64, root: &[u8; 32], held: &str) -> (String, HistoryItem) {
+    let reason = format!(
+        "{by} vouched for key-transparency root {} at epoch {epoch}, but {held}: the server is \
+         showing its users different logs, or a device lies",
+        short(root)
+    );
+    let id = format!("vouched-{by}-{epoch}-{}", hex::encode(root));
+    let item = HistoryItem::Security {
+        from: Some(by.user.clone()),
+        reason,
+    };
+    (id, item)
 }
 
 /// The first 8 bytes of a root, in hex: enough to tell two apart when shown.

@@ -29,6 +29,8 @@ struct State {
     log_roots: BTreeMap<u64, KeptRoot>,
     /// Epochs whose vouched root was compared with the log.
     checked_roots: BTreeSet<u64>,
+    /// Since when the server has not answered for a vouched root, by epoch.
+    unanswered_roots: BTreeMap<u64, u64>,
     logged_lists: BTreeMap<Username, (u64, Vec<u8>)>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -316,6 +318,7 @@ impl StoreTx for MemoryTx<'_> {
             _ => {
                 work.log_roots.insert(epoch, new);
                 work.checked_roots.remove(&epoch);
+                work.unanswered_roots.remove(&epoch);
             }
         }
         // The newest of each kind: roots members vouched for cannot push out verified ones.
@@ -330,6 +333,7 @@ impl StoreTx for MemoryTx<'_> {
             for e in of_kind.iter().take(excess) {
                 work.log_roots.remove(e);
                 work.checked_roots.remove(e);
+                work.unanswered_roots.remove(e);
             }
         }
         Ok(())
@@ -344,7 +348,6 @@ impl StoreTx for MemoryTx<'_> {
         Ok(work
             .log_roots
             .range(..=up_to)
-            .rev()
             .filter(|(e, k)| k.vouched_by.is_some() && !work.checked_roots.contains(e))
             .take(limit)
             .map(|(e, k)| (*e, k.clone()))
@@ -357,6 +360,14 @@ impl StoreTx for MemoryTx<'_> {
             work.checked_roots.insert(epoch);
         }
         Ok(())
+    }
+
+    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<u64, StoreError> {
+        let mut work = self.work.borrow_mut();
+        if !work.log_roots.contains_key(&epoch) {
+            return Ok(now);
+        }
+        Ok(*work.unanswered_roots.entry(epoch).or_insert(now))
     }
 
     fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError> {

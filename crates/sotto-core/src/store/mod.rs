@@ -63,6 +63,9 @@ pub enum Setting {
     /// The revision of the account's device list (8 bytes big-endian) up to which every
     /// conversation holds only the account's listed devices.
     OwnDevicesMended,
+    /// The oldest key-transparency epoch the server said it recorded (8 bytes big-endian):
+    /// the lowest it ever said, since it keeps every epoch it recorded.
+    KtFirstRecorded,
 }
 
 impl Setting {
@@ -87,6 +90,7 @@ impl Setting {
             Setting::KtOwnVersion => "kt_own_version",
             Setting::KtOwnPosted => "kt_own_posted",
             Setting::OwnDevicesMended => "own_devices_mended",
+            Setting::KtFirstRecorded => "kt_first_recorded",
         }
     }
 }
@@ -373,7 +377,7 @@ pub trait StoreTx {
         vouched_by: Option<&DeviceAddr>,
     ) -> Result<(), StoreError>;
     /// Roots members vouched for at epochs up to `up_to` (none this device verified) and
-    /// not yet compared with the log, newest first, at most `limit`.
+    /// not yet compared with the log, oldest first, at most `limit`.
     fn unchecked_vouched_roots(
         &self,
         up_to: u64,
@@ -382,6 +386,9 @@ pub trait StoreTx {
     /// Records that the root a member vouched for at `epoch` was compared with the log (or
     /// never can be): it is not returned by [`StoreTx::unchecked_vouched_roots`] again.
     fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError>;
+    /// Records that the server did not answer for the vouched root at `epoch` at `now`;
+    /// returns when it first did not (`now`, unless it failed before).
+    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<u64, StoreError>;
 
     /// Stores a history entry; an id already stored is left as it is. Returns whether it
     /// was stored.

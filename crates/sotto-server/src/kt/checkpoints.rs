@@ -163,24 +163,27 @@ impl Kt {
         Ok(self.cosignatures(epoch).await?.len())
     }
 
-    /// The recorded epoch `epoch`, with its append-only proof, as witnesses and auditors
-    /// read it.
-    pub async fn recorded(&self, epoch: u64) -> Result<Option<EpochResponse>, KtError> {
-        let Some(record) = self.storage.kt_epoch(epoch).await? else {
-            return Ok(None);
-        };
-        let root = checked_root(epoch, &record.root)?;
-        Ok(Some(self.response(epoch, &root, record.audit).await?))
-    }
-
-    /// The recorded epoch `epoch` without its append-only proof: its root and checkpoint, as
-    /// a client comparing a root needs them.
-    pub async fn recorded_root(&self, epoch: u64) -> Result<Option<EpochResponse>, KtError> {
-        let Some(root) = self.storage.kt_root(epoch).await? else {
-            return Ok(None);
+    /// The recorded epoch `epoch`: with its append-only proof if `proof` (as witnesses and
+    /// auditors read it), or only its root and checkpoint (as a client comparing a root
+    /// needs them, without reading the proof from storage).
+    pub async fn recorded(
+        &self,
+        epoch: u64,
+        proof: bool,
+    ) -> Result<Option<EpochResponse>, KtError> {
+        let (root, audit) = if proof {
+            match self.storage.kt_epoch(epoch).await? {
+                Some(record) => (record.root, record.audit),
+                None => return Ok(None),
+            }
+        } else {
+            match self.storage.kt_root(epoch).await? {
+                Some(root) => (root, None),
+                None => return Ok(None),
+            }
         };
         let root = checked_root(epoch, &root)?;
-        Ok(Some(self.response(epoch, &root, None).await?))
+        Ok(Some(self.response(epoch, &root, audit).await?))
     }
 
     /// An epoch as the server shows it: its root, its signed checkpoint with the
@@ -201,7 +204,7 @@ impl Kt {
     }
 
     /// The newest epoch, recorded, without its append-only proof (which is read at
-    /// [`Kt::recorded`]), waiting up to `wait` for one newer than `after` if given and not
+    /// [`Kt::recorded`] with `proof`), waiting up to `wait` for one newer than `after` if given and not
     /// past the newest. The publisher records an epoch right after publishing it: one not
     /// recorded yet is waited for (briefly) too.
     pub async fn newest_recorded(
@@ -216,7 +219,7 @@ impl Kt {
             self.wait_past(after, wait).await?;
         }
         for _ in 0..50 {
-            if let Some(found) = self.recorded_root(self.epoch().await?).await? {
+            if let Some(found) = self.recorded(self.epoch().await?, false).await? {
                 return Ok(found);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -307,7 +307,7 @@ pub trait AuthStore {
         expires_at: u64,
     ) -> Result<bool, StorageError>;
     /// Stores a token (by its hash), issued at `now`, and records `now` as the device's last
-    /// sign-in.
+    /// sign-in (unless a later one is recorded: two sign-ins racing never move it back).
     async fn put_token(
         &self,
         token_hash: &[u8],

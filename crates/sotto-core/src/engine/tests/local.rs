@@ -210,8 +210,8 @@ pub struct LocalTransport {
     server: Arc<LocalServer>,
     /// Lookups this device is answered with instead of the log's: a server lying to it.
     log_lies: Mutex<HashMap<Username, LookupResponse>>,
-    /// Recorded epochs this device is shown instead of the log's (`None`: "not recorded").
-    epoch_lies: Mutex<HashMap<u64, Option<EpochResponse>>>,
+    /// Recorded epochs this device is shown instead of the log's, or the error it gets.
+    epoch_lies: Mutex<HashMap<u64, Result<EpochResponse, ErrorCode>>>,
     /// KeyPackages this device is offered when it claims those of a user: a server lying to
     /// it.
     lies: Mutex<HashMap<Username, ClaimResponse>>,
@@ -228,9 +228,9 @@ impl LocalTransport {
         self.log_lies.lock().unwrap().insert(user.clone(), answer);
     }
 
-    /// From now on, this device asking for the recorded epoch `epoch` gets `answer` (`None`:
-    /// the server says it never recorded it).
-    pub fn lie_about_epoch(&self, epoch: u64, answer: Option<EpochResponse>) {
+    /// From now on, this device asking for the recorded epoch `epoch` gets `answer`, or a
+    /// refusal with that code (`not_found`: the server says it never recorded it).
+    pub fn lie_about_epoch(&self, epoch: u64, answer: Result<EpochResponse, ErrorCode>) {
         self.epoch_lies.lock().unwrap().insert(epoch, answer);
     }
 
@@ -349,12 +349,16 @@ impl Transport for LocalTransport {
         })
     }
 
-    async fn kt_epoch(&self, epoch: u64) -> Result<EpochResponse, ClientError> {
-        let lie = self.epoch_lies.lock().unwrap().get(&epoch).cloned();
-        let found = match lie {
-            Some(lie) => lie,
-            None => self.server.kt.recorded_root(epoch).await.map_err(failed)?,
-        };
+    async fn kt_epoch(&self, epoch: u64, proof: bool) -> Result<EpochResponse, ClientError> {
+        if let Some(lie) = self.epoch_lies.lock().unwrap().get(&epoch).cloned() {
+            return lie.map_err(|code| refused(code, "as the operator wants it"));
+        }
+        let found = self
+            .server
+            .kt
+            .recorded(epoch, proof)
+            .await
+            .map_err(failed)?;
         found.ok_or_else(|| refused(ErrorCode::NotFound, "no such epoch recorded"))
     }
 

@@ -90,3 +90,51 @@ async fn a_new_identity_key_is_refused_until_accepted_and_then_is_not_verified()
     let now = alice.contact_status(&user("bob")).await.unwrap();
     assert_eq!(now.safety_number, accepted.safety_number);
 }
+
+/// A compelled server gives bob a new identity key it does not publish, with a list that
+/// names bob's logged list as the one it replaces (so the log looks merely behind): a
+/// refusal, not a wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_identity_key_the_log_does_not_hold_is_refused_even_as_the_next_revision() {
+    use crate::{DeviceKey, IdentityKey};
+    use sotto_proto::api::ValidRegistration;
+    use sotto_proto::device_list::parse_verifying_key;
+    use sotto_proto::kt::device_list_value;
+    use sotto_server::storage::AccountStore as _;
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let _bob = server.device("bob").await;
+    alice.contact_status(&user("bob")).await.unwrap();
+    let storage = alice.transport().storage();
+    let logged = storage.account(&user("bob")).await.unwrap().unwrap();
+    let identity = IdentityKey::generate();
+    let device = DeviceKey::generate(user("bob"));
+    let mut list = device.first_device_list("laptop", 1);
+    list.revision = 2;
+    list.previous = Some(
+        device_list_value(&logged.signed_device_list())
+            .to_vec()
+            .into(),
+    );
+    let signed = identity.sign_device_list(&list);
+    let key = parse_verifying_key(&identity.public()).unwrap();
+    let forged = ValidRegistration {
+        identity_key: identity.public().to_vec(),
+        device_list: signed.verify(&key).unwrap(),
+        key_packages: vec![b"attacker key package".to_vec()],
+        last_resort: b"attacker last resort".to_vec(),
+    };
+    storage.replace_account(&forged, false).await;
+
+    alice.forget_lists();
+    let e = alice.contact_status(&user("bob")).await.unwrap_err();
+    let ClientError::Security(reason) = e else {
+        panic!("not a security failure: {e:?}");
+    };
+    assert!(
+        reason.contains("new identity key that its key-transparency log does not hold"),
+        "{reason}"
+    );
+    let e = alice.send_text("bob", "for bob only").await.unwrap_err();
+    assert!(matches!(e, ClientError::Security(_)), "{e:?}");
+}

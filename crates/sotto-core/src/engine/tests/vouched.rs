@@ -238,14 +238,53 @@ async fn epochs_bob_skips(
 ) -> [u64; 3] {
     alice.send_text("bob", "one").await.unwrap();
     assert_eq!(recv(bob).await, [text("alice", "one")]);
-    let kt = bob.transport().kt();
-    let mut made = [0; 3];
-    for (i, name) in ["carol", "dave", "erin"].into_iter().enumerate() {
-        let _ = server.device(name).await;
-        made[i] = kt.publish_pending().await.unwrap().unwrap();
-    }
+    let made = new_epochs(server, bob, ["carol", "dave", "erin"]).await;
     assert!(made[0] > head(bob));
     made
+}
+
+/// One new epoch for each account made, in order.
+async fn new_epochs<const N: usize>(
+    server: &std::sync::Arc<LocalServer>,
+    any: &Device,
+    names: [&str; N],
+) -> [u64; N] {
+    let mut made = [0; N];
+    for (i, name) in names.into_iter().enumerate() {
+        let _ = server.device(name).await;
+        made[i] = any
+            .transport()
+            .kt()
+            .publish_pending()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    made
+}
+
+/// Bob's vouched roots not compared with the log yet.
+fn unchecked(bob: &Device) -> Vec<u64> {
+    let rows = bob
+        .store()
+        .read(|tx| tx.unchecked_vouched_roots(u64::MAX, 100))
+        .unwrap();
+    rows.into_iter().map(|(epoch, _)| epoch).collect()
+}
+
+/// The reasons of the security events `device` has not shown, sorted.
+fn alarms(device: &Device) -> Vec<String> {
+    let mut reasons: Vec<String> = device
+        .unseen_security_events()
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.record.item {
+            HistoryItem::Security { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    reasons.sort();
+    reasons
 }
 
 /// The log's signed checkpoint of `epoch`, as the server records it.
@@ -253,7 +292,7 @@ async fn recorded(device: &Device, epoch: u64) -> sotto_proto::kt::EpochResponse
     device
         .transport()
         .kt()
-        .recorded_root(epoch)
+        .recorded(epoch, false)
         .await
         .unwrap()
         .unwrap()
@@ -305,11 +344,7 @@ async fn a_root_vouched_for_at_an_epoch_this_device_skipped_is_compared_once_wit
     );
     // Each is compared once: nothing waits, a later sync adds nothing, and without
     // witnesses the matching root stays the member's word, not this device's.
-    let unchecked = bob
-        .store()
-        .read(|tx| tx.unchecked_vouched_roots(u64::MAX, 100))
-        .unwrap();
-    assert!(unchecked.is_empty(), "{unchecked:?}");
+    assert_eq!(unchecked(&bob), [0u64; 0]);
     bob.sync().await.unwrap();
     assert_eq!(bob.unseen_security_events().unwrap().len(), 1);
     let kept = bob.store().read(|tx| tx.log_root(honest)).unwrap().unwrap();
@@ -317,8 +352,8 @@ async fn a_root_vouched_for_at_an_epoch_this_device_skipped_is_compared_once_wit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vouched_epoch_the_server_hides_or_signs_badly_raises_one_alarm_and_never_fails_the_sync()
-{
+async fn a_vouched_epoch_the_server_hides_or_signs_badly_raises_an_alarm_for_each_and_the_sync_succeeds()
+ {
     let server = LocalServer::new().await;
     let alice = server.device("alice").await;
     let bob = server.device("bob").await;
@@ -328,22 +363,14 @@ async fn a_vouched_epoch_the_server_hides_or_signs_badly_raises_one_alarm_and_ne
         send_vouching(&alice, &bob, "vouching", LogRoot { epoch, root }).await;
     }
     // The server says it never recorded one epoch, and signs another badly.
-    bob.transport().lie_about_epoch(hidden, None);
+    bob.transport()
+        .lie_about_epoch(hidden, Err(sotto_proto::ErrorCode::NotFound));
     let mut bad = recorded(&bob, garbled).await;
     bad.checkpoint = bad.checkpoint.replacen('\n', "\nX", 1);
-    bob.transport().lie_about_epoch(garbled, Some(bad));
+    bob.transport().lie_about_epoch(garbled, Ok(bad));
 
     bob.sync().await.unwrap();
-    let mut reasons: Vec<String> = bob
-        .unseen_security_events()
-        .unwrap()
-        .into_iter()
-        .map(|e| match e.record.item {
-            HistoryItem::Security { from: None, reason } => reason,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    reasons.sort();
+    let reasons = alarms(&bob);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[0].contains(&format!("vouched for key-transparency epoch {hidden}")));
     assert!(reasons[0].contains("hiding part of its log"), "{reasons:?}");
@@ -351,8 +378,97 @@ async fn a_vouched_epoch_the_server_hides_or_signs_badly_raises_one_alarm_and_ne
         reasons[1].contains(&format!("checkpoint for epoch {garbled}")),
         "{reasons:?}"
     );
+    assert_eq!(unchecked(&bob), [0u64; 0], "each settled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_below_the_oldest_the_server_records_is_not_compared_unless_it_once_said_a_lower_one()
+ {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let [old, honest, _] = epochs_bob_skips(&server, &alice, &bob).await;
+    // Bob's next lookup will be at the epoch the next account makes.
+    let _frank = server.device("frank").await;
+    let newest = bob
+        .transport()
+        .kt()
+        .publish_pending()
+        .await
+        .unwrap()
+        .unwrap();
+    let mut claims = recorded(&bob, newest).await;
+    claims.first = old + 1;
+    bob.transport().lie_about_epoch(newest, Ok(claims));
+    // The server says its records start after `old` and it has none of it: bob, who never
+    // heard otherwise, cannot compare it, and says nothing. `honest` is answered, saying
+    // that the records start at the first epoch.
+    bob.transport()
+        .lie_about_epoch(old, Err(sotto_proto::ErrorCode::NotFound));
+    for epoch in [old, honest] {
+        let root = root_of(&recorded(&bob, epoch).await);
+        send_vouching(&alice, &bob, "vouching", LogRoot { epoch, root }).await;
+    }
     bob.sync().await.unwrap();
-    assert_eq!(bob.unseen_security_events().unwrap().len(), 2);
+    assert_eq!(head(&bob), newest);
+    assert_eq!(alarms(&bob), [""; 0]);
+    assert_eq!(unchecked(&bob), [0u64; 0]);
+
+    // Now that bob heard the records start lower, the same claim hides an epoch.
+    let [hidden, newest] = new_epochs(&server, &bob, ["grace", "heidi"]).await;
+    let mut claims = recorded(&bob, newest).await;
+    claims.first = hidden + 1;
+    bob.transport().lie_about_epoch(newest, Ok(claims));
+    bob.transport()
+        .lie_about_epoch(hidden, Err(sotto_proto::ErrorCode::NotFound));
+    let root = root_of(&recorded(&bob, hidden).await);
+    send_vouching(
+        &alice,
+        &bob,
+        "vouching",
+        LogRoot {
+            epoch: hidden,
+            root,
+        },
+    )
+    .await;
+    bob.sync().await.unwrap();
+    assert_eq!(head(&bob), newest);
+    let reasons = alarms(&bob);
+    assert!(
+        matches!(&reasons[..], [r] if r.contains(&format!("epoch {hidden}")) && r.contains("hiding part of its log")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vouched_epoch_the_server_will_not_show_waits_and_after_a_day_raises_an_alarm() {
+    let server = LocalServer::new().await;
+    let alice = server.device("alice").await;
+    let bob = server.device("bob").await;
+    let [withheld, honest, _] = epochs_bob_skips(&server, &alice, &bob).await;
+    bob.transport()
+        .lie_about_epoch(withheld, Err(sotto_proto::ErrorCode::Internal));
+    for epoch in [withheld, honest] {
+        let root = root_of(&recorded(&bob, epoch).await);
+        send_vouching(&alice, &bob, "vouching", LogRoot { epoch, root }).await;
+    }
+    // The server fails for one epoch: it waits, and the one after it is still compared.
+    bob.sync().await.unwrap();
+    assert_eq!(alarms(&bob), [""; 0]);
+    assert_eq!(unchecked(&bob), [withheld]);
+    server.clock.advance(12 * 3600);
+    bob.sync().await.unwrap();
+    assert_eq!(unchecked(&bob), [withheld]);
+    // A day after it first failed, that is an alarm, and the epoch is settled.
+    server.clock.advance(12 * 3600);
+    bob.sync().await.unwrap();
+    let reasons = alarms(&bob);
+    assert!(
+        matches!(&reasons[..], [r] if r.contains(&format!("for a day the server has not shown key-transparency epoch {withheld}"))),
+        "{reasons:?}"
+    );
+    assert_eq!(unchecked(&bob), [0u64; 0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,9 +513,9 @@ async fn a_vouched_root_is_kept_as_verified_only_with_the_cosignatures_of_this_d
         .checkpoint
         .push_str(&cosignature_line(&witness, 1, &signature));
     shown.checkpoint.push('\n');
-    bob.transport().lie_about_epoch(cosigned, Some(shown));
+    bob.transport().lie_about_epoch(cosigned, Ok(shown));
 
-    bob.check_vouched_roots().await;
+    bob.check_vouched_roots().await.unwrap();
     assert!(bob.unseen_security_events().unwrap().is_empty());
     let kept = |epoch| bob.store().read(|tx| tx.log_root(epoch)).unwrap().unwrap();
     assert_eq!(kept(cosigned).vouched_by, None, "witnessed: verified");

@@ -179,6 +179,10 @@ pub async fn each_devices_last_sign_in_is_recorded_and_forgotten_with_the_device
         .await
         .expect("token");
     s.put_token(b"bob-1", &bob, 200, 3800).await.expect("token");
+    // A sign-in that raced a later one and was stored after it does not move it back.
+    s.put_token(b"phone-0", &phone, 90, 3690)
+        .await
+        .expect("token");
     assert_eq!(
         s.devices_seen(&phone.user).await.expect("read"),
         seen(vec![

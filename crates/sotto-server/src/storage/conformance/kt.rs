@@ -94,7 +94,7 @@ pub async fn each_epoch_is_recorded_with_a_proof_that_it_extends_the_one_before(
         .await
         .expect("read")
         .expect("epoch 1 recorded");
-    let shown = kt.recorded(1).await.expect("read").expect("epoch 1");
+    let shown = kt.recorded(1, true).await.expect("read").expect("epoch 1");
     assert_eq!(shown.root_hash.as_slice(), one.root.as_slice());
     let proof: akd::proto::specs::types::SingleAppendOnlyProof =
         protobuf::Message::parse_from_bytes(&one.audit.clone().expect("a proof"))

@@ -322,7 +322,8 @@ impl AuthStore for MemoryStorage {
         s.tokens
             .insert(token_hash.to_vec(), (device.clone(), expires_at));
         if s.devices.contains_key(device) {
-            s.last_seen.insert(device.clone(), now);
+            let seen = s.last_seen.entry(device.clone()).or_insert(now);
+            *seen = (*seen).max(now);
         }
         Ok(())
     }

@@ -429,7 +429,8 @@ impl AuthStore for PostgresStorage {
                      INSERT INTO tokens (token_hash, username, device, expires_at)
                      VALUES ($1, $2, $3, $4)
                  )
-                 UPDATE devices SET last_seen = $5 WHERE username = $2 AND device = $3",
+                 UPDATE devices SET last_seen = GREATEST(COALESCE(last_seen, 0), $5)
+                 WHERE username = $2 AND device = $3",
                 &[
                     &token_hash,
                     &device.user.as_str(),

@@ -162,7 +162,8 @@ impl AuthStore for SqliteStorage {
                 params![&token_hash, user, &id, to_i64(expires_at)],
             )?;
             tx.execute(
-                "UPDATE devices SET last_seen = ?3 WHERE user = ?1 AND device = ?2",
+                "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?3)
+                 WHERE user = ?1 AND device = ?2",
                 params![user, &id, to_i64(now)],
             )?;
             tx.commit()?;
