@@ -84,7 +84,7 @@ pub(super) fn unchecked_vouched_roots(
     let mut get = conn.prepare_cached(
         "SELECT epoch, root, vouched_user, vouched_device FROM log_roots
          WHERE vouched_user IS NOT NULL AND checked = 0 AND epoch <= ?1
-         ORDER BY epoch LIMIT ?2",
+         ORDER BY unanswered_since IS NOT NULL, epoch LIMIT ?2",
     )?;
     let rows = get.query_map(
         params![integer(up_to), i64::try_from(limit).unwrap_or(i64::MAX)],
@@ -108,15 +108,20 @@ pub(super) fn vouched_root_unanswered(
     conn: &Connection,
     epoch: u64,
     now: u64,
-) -> rusqlite::Result<u64> {
-    let since: Option<i64> = conn
+) -> rusqlite::Result<(u64, u64)> {
+    let row: Option<(i64, i64)> = conn
         .prepare_cached(
-            "UPDATE log_roots SET unanswered_since = COALESCE(unanswered_since, ?2)
-             WHERE epoch = ?1 RETURNING unanswered_since",
+            "UPDATE log_roots SET unanswered_since = COALESCE(unanswered_since, ?2),
+                 unanswered_tries = unanswered_tries + 1
+             WHERE epoch = ?1 RETURNING unanswered_since, unanswered_tries",
         )?
-        .query_row(params![integer(epoch), integer(now)], |r| r.get(0))
+        .query_row(params![integer(epoch), integer(now)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
-    Ok(since.map_or(now, unsigned))
+    Ok(row.map_or((now, 1), |(since, tries)| {
+        (unsigned(since), unsigned(tries))
+    }))
 }
 
 fn kept_root((root, user, device): RootRow) -> Result<KeptRoot, StoreError> {

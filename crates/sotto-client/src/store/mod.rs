@@ -120,10 +120,11 @@ ALTER TABLE outbox ADD COLUMN counter INTEGER;
 ALTER TABLE conversations ADD COLUMN healed_at INTEGER;
 "#,
     // Whether a root a member vouched for was compared with the log's signed checkpoint, and
-    // since when the server has not answered for it.
+    // since when (and how many times) the server has not answered for it.
     r#"
 ALTER TABLE log_roots ADD COLUMN checked INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE log_roots ADD COLUMN unanswered_since INTEGER;
+ALTER TABLE log_roots ADD COLUMN unanswered_tries INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -487,7 +488,7 @@ impl StoreTx for SqlTx<'_> {
         Ok(counters::mark_vouched_root_checked(&self.conn, epoch)?)
     }
 
-    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<u64, StoreError> {
+    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<(u64, u64), StoreError> {
         Ok(counters::vouched_root_unanswered(&self.conn, epoch, now)?)
     }
 

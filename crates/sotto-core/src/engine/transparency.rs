@@ -401,6 +401,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 self.record_security(tx, None, from, &reason)?;
             }
             tx.put_log_root(epoch, &root, None)?;
+            // Its checkpoint came with the proof: the server records this epoch.
+            super::vouched::lower_first_recorded(tx, epoch)?;
             let head = [&epoch.to_be_bytes()[..], &root[..]].concat();
             Ok(tx.set_setting(Setting::KtHead, &head)?)
         })

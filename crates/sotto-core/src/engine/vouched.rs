@@ -39,8 +39,12 @@ pub(super) const VOUCHED_AHEAD: u64 = 100_000;
 /// one more for an epoch the server says it did not record).
 const VOUCHED_CHECKS: usize = 8;
 
-/// How long the server may go on not answering for a vouched epoch before that is an alarm.
+/// How long, and how many times, the server may fail to answer for a vouched epoch before
+/// that is an alarm: both, so that neither a device asleep through an outage nor a few
+/// failures in a row raise it.
 const VOUCHED_PATIENCE: u64 = 24 * 3600;
+/// See [`VOUCHED_PATIENCE`].
+const VOUCHED_TRIES: u64 = 3;
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// The next counter of this device's messages in `gid`, counted as used from now on
@@ -125,12 +129,22 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 }
 
+/// What comparing one vouched root with the log found.
+#[derive(Default)]
+struct Compared {
+    /// The alarm to keep.
+    alarm: Option<(String, HistoryItem)>,
+    /// The log's root for the epoch, cosigned by this device's witnesses: kept as verified.
+    witnessed: Option<[u8; 32]>,
+}
+
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// Compares roots members vouched for, at epochs up to the newest this device verified
     /// but never verified itself, with the log's signed checkpoints of those epochs: at most
-    /// [`VOUCHED_CHECKS`] at a time, oldest first, each until it is settled. What it finds is
-    /// kept as security events (once each); an epoch the server does not answer for is
-    /// asked again at later syncs, and after [`VOUCHED_PATIENCE`] raises an alarm. Fails
+    /// [`VOUCHED_CHECKS`] at a time, oldest first (those the server never failed to answer
+    /// for before the others), each until it is settled. What it finds is kept as security
+    /// events (once each). An epoch the server does not answer for is asked again at later
+    /// syncs; failing [`VOUCHED_TRIES`] times over [`VOUCHED_PATIENCE`] is an alarm. Fails
     /// only on a damaged store: the server's answers never fail a sync.
     pub(super) async fn check_vouched_roots(&self) -> Result<(), ClientError> {
         let Some(head) = self.log_head()? else {
@@ -143,32 +157,38 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             let Some(by) = kept.vouched_by else {
                 continue;
             };
-            let finding = match self.compare_with_log(epoch, &kept.root, &by, head).await {
-                Ok(finding) => finding,
+            let found = match self.compare_with_log(epoch, &kept.root, &by, head).await {
+                Ok(found) => found,
                 Err(e @ ClientError::Store(_)) => return Err(e),
                 // The server's doing, not the member's: its checkpoint, or its record.
-                Err(ClientError::Security(reason)) => Some((
-                    format!("vouched-check-{epoch}"),
-                    HistoryItem::Security { from: None, reason },
-                )),
+                Err(ClientError::Security(reason)) => Compared {
+                    alarm: Some(server_alarm(epoch, reason)),
+                    witnessed: None,
+                },
                 Err(_) => {
                     let now = self.now();
-                    let since = self.tx(|tx| Ok(tx.vouched_root_unanswered(epoch, now)?))?;
-                    if now.saturating_sub(since) < VOUCHED_PATIENCE {
+                    let (since, tries) =
+                        self.tx(|tx| Ok(tx.vouched_root_unanswered(epoch, now)?))?;
+                    if now.saturating_sub(since) < VOUCHED_PATIENCE || tries < VOUCHED_TRIES {
                         continue;
                     }
                     let reason = format!(
-                        "for a day the server has not shown key-transparency epoch {epoch}, \
-                         which {by} vouched for in a message: it may be hiding part of its log"
+                        "for a day ({tries} tries) the server has not shown key-transparency \
+                         epoch {epoch}, which {by} vouched for in a message: it may be hiding \
+                         part of its log"
                     );
-                    Some((
-                        format!("vouched-check-{epoch}"),
-                        HistoryItem::Security { from: None, reason },
-                    ))
+                    Compared {
+                        alarm: Some(server_alarm(epoch, reason)),
+                        witnessed: None,
+                    }
                 }
             };
+            // All at once: a crash cannot keep the log's root and lose the alarm.
             self.tx(|tx| {
-                if let Some((id, item)) = finding {
+                if let Some(root) = found.witnessed {
+                    tx.put_log_root(epoch, &root, None)?;
+                }
+                if let Some((id, item)) = found.alarm {
                     self.record_notice(tx, id, None, item)?;
                 }
                 Ok(tx.mark_vouched_root_checked(epoch)?)
@@ -178,31 +198,32 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 
     /// Compares `root`, which `by` vouched for at `epoch`, with the log's signed checkpoint
-    /// of that epoch. Returns the alarm to keep, if any; an error if the server did not
-    /// answer (or, `Security`, answered what cannot be true).
+    /// of that epoch. An error if the server did not answer (or, `Security`, answered what
+    /// cannot be true).
     async fn compare_with_log(
         &self,
         epoch: u64,
         root: &[u8; 32],
         by: &DeviceAddr,
         head: u64,
-    ) -> Result<Option<(String, HistoryItem)>, ClientError> {
+    ) -> Result<Compared, ClientError> {
         // Older than the server's records: never comparable, so not asked for.
         if self
-            .kept_first_recorded()?
+            .store
+            .read(|tx| kept_first_recorded(tx))?
             .is_some_and(|first| epoch < first)
         {
-            return Ok(None);
+            return Ok(Compared::default());
         }
         let found = match self.transport.kt_epoch(epoch, false).await {
             Ok(found) => found,
             Err(ClientError::Refused(b)) if b.code == ErrorCode::NotFound => {
                 // Epochs before the server kept checkpoints cannot be compared; every later
                 // one is recorded as it is published, so a missing one is hidden.
-                let first =
-                    self.first_recorded(self.transport.kt_epoch(head, false).await?.first)?;
+                let said = self.transport.kt_epoch(head, false).await?.first;
+                let first = self.tx(|tx| lower_first_recorded(tx, said.min(head)))?;
                 if epoch < first {
-                    return Ok(None);
+                    return Ok(Compared::default());
                 }
                 return Err(ClientError::Security(format!(
                     "{by} vouched for key-transparency epoch {epoch}, which the server says it \
@@ -212,7 +233,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
             }
             Err(e) => return Err(e),
         };
-        self.first_recorded(found.first)?;
+        // It recorded this epoch, whatever it says of its oldest.
+        self.tx(|tx| lower_first_recorded(tx, found.first.min(epoch)))?;
         let shown: [u8; 32] = match found.root_hash.as_slice().try_into() {
             Ok(shown) if found.epoch == epoch => shown,
             _ => {
@@ -222,45 +244,54 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 )));
             }
         };
-        let witnessed = self.witnessed(&found.checkpoint, epoch, &shown).await?;
+        let mut compared = Compared::default();
         // Witnessed, the log's root is this device's own from now on: a member who later
         // vouches for it is not blamed for differing from the one who lied.
-        if witnessed {
-            self.tx(|tx| Ok(tx.put_log_root(epoch, &shown, None)?))?;
+        if self.witnessed(&found.checkpoint, epoch, &shown).await? {
+            compared.witnessed = Some(shown);
         }
         if shown != *root {
             let held = format!(
                 "the log's signed checkpoint for that epoch holds root {}",
                 short(&shown)
             );
-            return Ok(Some(split_view(by, epoch, root, &held)));
+            compared.alarm = Some(split_view(by, epoch, root, &held));
         }
-        Ok(None)
+        Ok(compared)
     }
+}
 
-    /// The oldest epoch the server said it records, if it ever said.
-    fn kept_first_recorded(&self) -> Result<Option<u64>, ClientError> {
-        self.store
-            .read(|tx| tx.setting(Setting::KtFirstRecorded))?
-            .map(|b| {
-                <[u8; 8]>::try_from(b.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| ClientError::damaged("the log's first recorded epoch"))
-            })
-            .transpose()
-    }
+/// The oldest epoch the server records, as far as this device knows, if it knows.
+fn kept_first_recorded(tx: &impl StoreTx) -> Result<Option<u64>, ClientError> {
+    tx.setting(Setting::KtFirstRecorded)?
+        .map(|b| {
+            <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| ClientError::damaged("the log's first recorded epoch"))
+        })
+        .transpose()
+}
 
-    /// The oldest epoch the server records: the lowest it ever said (`said`, now, or
-    /// earlier), since it keeps every epoch it recorded. Raising it would hide the epochs
-    /// below it.
-    fn first_recorded(&self, said: u64) -> Result<u64, ClientError> {
-        let kept = self.kept_first_recorded()?;
-        let first = kept.map_or(said, |kept| kept.min(said));
-        if kept != Some(first) {
-            self.tx(|tx| Ok(tx.set_setting(Setting::KtFirstRecorded, &first.to_be_bytes())?))?;
-        }
-        Ok(first)
+/// Lowers the oldest epoch the server records, as this device knows it, to `at_most` (an
+/// epoch the server said is its oldest, or one it is known to have recorded: the log's
+/// checkpoint of every epoch this device verified a proof at is recorded). It is never
+/// raised: the server keeps every epoch it recorded, so raising it would hide the epochs
+/// below. Returns the one kept now.
+pub(super) fn lower_first_recorded(tx: &impl StoreTx, at_most: u64) -> Result<u64, ClientError> {
+    let kept = kept_first_recorded(tx)?;
+    let first = kept.map_or(at_most, |kept| kept.min(at_most));
+    if kept != Some(first) {
+        tx.set_setting(Setting::KtFirstRecorded, &first.to_be_bytes())?;
     }
+    Ok(first)
+}
+
+/// An alarm about the server's answer for `epoch`: one per epoch.
+fn server_alarm(epoch: u64, reason: String) -> (String, HistoryItem) {
+    (
+        format!("vouched-check-{epoch}"),
+        HistoryItem::Security { from: None, reason },
+    )
 }
 
 /// The alarm of `by` vouching for `root` at `epoch` where this device holds another root

@@ -29,8 +29,9 @@ struct State {
     log_roots: BTreeMap<u64, KeptRoot>,
     /// Epochs whose vouched root was compared with the log.
     checked_roots: BTreeSet<u64>,
-    /// Since when the server has not answered for a vouched root, by epoch.
-    unanswered_roots: BTreeMap<u64, u64>,
+    /// Since when, and how many times, the server has not answered for a vouched root, by
+    /// epoch.
+    unanswered_roots: BTreeMap<u64, (u64, u64)>,
     logged_lists: BTreeMap<Username, (u64, Vec<u8>)>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -345,13 +346,16 @@ impl StoreTx for MemoryTx<'_> {
         limit: usize,
     ) -> Result<Vec<(u64, KeptRoot)>, StoreError> {
         let work = self.work.borrow();
-        Ok(work
+        let mut unchecked: Vec<(u64, KeptRoot)> = work
             .log_roots
             .range(..=up_to)
             .filter(|(e, k)| k.vouched_by.is_some() && !work.checked_roots.contains(e))
-            .take(limit)
             .map(|(e, k)| (*e, k.clone()))
-            .collect())
+            .collect();
+        // Stable: oldest first within each kind.
+        unchecked.sort_by_key(|(e, _)| work.unanswered_roots.contains_key(e));
+        unchecked.truncate(limit);
+        Ok(unchecked)
     }
 
     fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError> {
@@ -362,12 +366,14 @@ impl StoreTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<u64, StoreError> {
+    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<(u64, u64), StoreError> {
         let mut work = self.work.borrow_mut();
         if !work.log_roots.contains_key(&epoch) {
-            return Ok(now);
+            return Ok((now, 1));
         }
-        Ok(*work.unanswered_roots.entry(epoch).or_insert(now))
+        let (since, tries) = work.unanswered_roots.entry(epoch).or_insert((now, 0));
+        *tries = tries.saturating_add(1);
+        Ok((*since, *tries))
     }
 
     fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError> {

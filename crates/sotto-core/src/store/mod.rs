@@ -377,7 +377,8 @@ pub trait StoreTx {
         vouched_by: Option<&DeviceAddr>,
     ) -> Result<(), StoreError>;
     /// Roots members vouched for at epochs up to `up_to` (none this device verified) and
-    /// not yet compared with the log, oldest first, at most `limit`.
+    /// not yet compared with the log, at most `limit`: oldest first, those the server never
+    /// failed to answer for before the others.
     fn unchecked_vouched_roots(
         &self,
         up_to: u64,
@@ -387,8 +388,8 @@ pub trait StoreTx {
     /// never can be): it is not returned by [`StoreTx::unchecked_vouched_roots`] again.
     fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError>;
     /// Records that the server did not answer for the vouched root at `epoch` at `now`;
-    /// returns when it first did not (`now`, unless it failed before).
-    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<u64, StoreError>;
+    /// returns when it first did not, and how many times it has not (this one included).
+    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<(u64, u64), StoreError>;
 
     /// Stores a history entry; an id already stored is left as it is. Returns whether it
     /// was stored.
