@@ -108,14 +108,19 @@ pub(super) fn vouched_root_unanswered(
     conn: &Connection,
     epoch: u64,
     now: u64,
+    gap: u64,
 ) -> rusqlite::Result<(u64, u64)> {
+    // Every expression reads the row as it was before the update.
     let row: Option<(i64, i64)> = conn
         .prepare_cached(
             "UPDATE log_roots SET unanswered_since = COALESCE(unanswered_since, ?2),
-                 unanswered_tries = unanswered_tries + 1
+                 unanswered_tries = unanswered_tries
+                     + (unanswered_last IS NULL OR ?2 - unanswered_last >= ?3),
+                 unanswered_last = CASE WHEN unanswered_last IS NULL
+                     OR ?2 - unanswered_last >= ?3 THEN ?2 ELSE unanswered_last END
              WHERE epoch = ?1 RETURNING unanswered_since, unanswered_tries",
         )?
-        .query_row(params![integer(epoch), integer(now)], |r| {
+        .query_row(params![integer(epoch), integer(now), integer(gap)], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;

@@ -124,6 +124,7 @@ ALTER TABLE conversations ADD COLUMN healed_at INTEGER;
     r#"
 ALTER TABLE log_roots ADD COLUMN checked INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE log_roots ADD COLUMN unanswered_since INTEGER;
+ALTER TABLE log_roots ADD COLUMN unanswered_last INTEGER;
 ALTER TABLE log_roots ADD COLUMN unanswered_tries INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
@@ -488,8 +489,15 @@ impl StoreTx for SqlTx<'_> {
         Ok(counters::mark_vouched_root_checked(&self.conn, epoch)?)
     }
 
-    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<(u64, u64), StoreError> {
-        Ok(counters::vouched_root_unanswered(&self.conn, epoch, now)?)
+    fn vouched_root_unanswered(
+        &self,
+        epoch: u64,
+        now: u64,
+        gap: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        Ok(counters::vouched_root_unanswered(
+            &self.conn, epoch, now, gap,
+        )?)
     }
 
     fn add_history(&self, entry: &HistoryRecord) -> Result<bool, StoreError> {

@@ -45,6 +45,9 @@ const VOUCHED_CHECKS: usize = 8;
 const VOUCHED_PATIENCE: u64 = 24 * 3600;
 /// See [`VOUCHED_PATIENCE`].
 const VOUCHED_TRIES: u64 = 3;
+/// Failures closer together than this count as one try (`recv --follow` syncs every few
+/// seconds).
+const VOUCHED_RETRY_GAP: u64 = 3600;
 
 impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// The next counter of this device's messages in `gid`, counted as used from now on
@@ -144,7 +147,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     /// [`VOUCHED_CHECKS`] at a time, oldest first (those the server never failed to answer
     /// for before the others), each until it is settled. What it finds is kept as security
     /// events (once each). An epoch the server does not answer for is asked again at later
-    /// syncs; failing [`VOUCHED_TRIES`] times over [`VOUCHED_PATIENCE`] is an alarm. Fails
+    /// syncs; failing [`VOUCHED_TRIES`] times (an hour or more apart) over at least
+    /// [`VOUCHED_PATIENCE`] is an alarm. Fails
     /// only on a damaged store: the server's answers never fail a sync.
     pub(super) async fn check_vouched_roots(&self) -> Result<(), ClientError> {
         let Some(head) = self.log_head()? else {
@@ -167,8 +171,9 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
                 },
                 Err(_) => {
                     let now = self.now();
-                    let (since, tries) =
-                        self.tx(|tx| Ok(tx.vouched_root_unanswered(epoch, now)?))?;
+                    let (since, tries) = self.tx(|tx| {
+                        Ok(tx.vouched_root_unanswered(epoch, now, VOUCHED_RETRY_GAP)?)
+                    })?;
                     if now.saturating_sub(since) < VOUCHED_PATIENCE || tries < VOUCHED_TRIES {
                         continue;
                     }
@@ -207,19 +212,12 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
         by: &DeviceAddr,
         head: u64,
     ) -> Result<Compared, ClientError> {
-        // Older than the server's records: never comparable, so not asked for.
-        if self
-            .store
-            .read(|tx| kept_first_recorded(tx))?
-            .is_some_and(|first| epoch < first)
-        {
-            return Ok(Compared::default());
-        }
         let found = match self.transport.kt_epoch(epoch, false).await {
             Ok(found) => found,
             Err(ClientError::Refused(b)) if b.code == ErrorCode::NotFound => {
                 // Epochs before the server kept checkpoints cannot be compared; every later
-                // one is recorded as it is published, so a missing one is hidden.
+                // one is recorded as it is published, so a missing one is hidden. Where the
+                // records start is the server's word, bounded by what this device knows.
                 let said = self.transport.kt_epoch(head, false).await?.first;
                 let first = self.tx(|tx| lower_first_recorded(tx, said.min(head)))?;
                 if epoch < first {
@@ -261,7 +259,8 @@ impl<S: ClientStore, T: Transport> Engine<S, T> {
     }
 }
 
-/// The oldest epoch the server records, as far as this device knows, if it knows.
+/// An epoch at or after which the server records every epoch, as far as this device knows,
+/// if it knows one.
 fn kept_first_recorded(tx: &impl StoreTx) -> Result<Option<u64>, ClientError> {
     tx.setting(Setting::KtFirstRecorded)?
         .map(|b| {
@@ -272,11 +271,12 @@ fn kept_first_recorded(tx: &impl StoreTx) -> Result<Option<u64>, ClientError> {
         .transpose()
 }
 
-/// Lowers the oldest epoch the server records, as this device knows it, to `at_most` (an
-/// epoch the server said is its oldest, or one it is known to have recorded: the log's
-/// checkpoint of every epoch this device verified a proof at is recorded). It is never
-/// raised: the server keeps every epoch it recorded, so raising it would hide the epochs
-/// below. Returns the one kept now.
+/// Lowers the epoch from which the server records every epoch, as this device knows it, to
+/// `at_most`: an epoch the server said is its oldest, or one it is known to have recorded
+/// (the log's checkpoint of every epoch this device verified a proof at is recorded, and
+/// so is every one after). It is never raised: the server keeps every epoch it recorded,
+/// so raising it would hide the epochs below. Only a 404 below it is taken as the records
+/// not reaching back that far. Returns the one kept now.
 pub(super) fn lower_first_recorded(tx: &impl StoreTx, at_most: u64) -> Result<u64, ClientError> {
     let kept = kept_first_recorded(tx)?;
     let first = kept.map_or(at_most, |kept| kept.min(at_most));

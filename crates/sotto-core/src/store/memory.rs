@@ -29,9 +29,9 @@ struct State {
     log_roots: BTreeMap<u64, KeptRoot>,
     /// Epochs whose vouched root was compared with the log.
     checked_roots: BTreeSet<u64>,
-    /// Since when, and how many times, the server has not answered for a vouched root, by
-    /// epoch.
-    unanswered_roots: BTreeMap<u64, (u64, u64)>,
+    /// Since when, when last counted, and how many times the server has not answered for a
+    /// vouched root, by epoch.
+    unanswered_roots: BTreeMap<u64, (u64, u64, u64)>,
     logged_lists: BTreeMap<Username, (u64, Vec<u8>)>,
     mls: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -366,13 +366,21 @@ impl StoreTx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<(u64, u64), StoreError> {
+    fn vouched_root_unanswered(
+        &self,
+        epoch: u64,
+        now: u64,
+        gap: u64,
+    ) -> Result<(u64, u64), StoreError> {
         let mut work = self.work.borrow_mut();
         if !work.log_roots.contains_key(&epoch) {
             return Ok((now, 1));
         }
-        let (since, tries) = work.unanswered_roots.entry(epoch).or_insert((now, 0));
-        *tries = tries.saturating_add(1);
+        let (since, last, tries) = work.unanswered_roots.entry(epoch).or_insert((now, now, 0));
+        if *tries == 0 || now.saturating_sub(*last) >= gap {
+            *tries = tries.saturating_add(1);
+            *last = now;
+        }
         Ok((*since, *tries))
     }
 

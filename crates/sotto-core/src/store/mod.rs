@@ -388,8 +388,14 @@ pub trait StoreTx {
     /// never can be): it is not returned by [`StoreTx::unchecked_vouched_roots`] again.
     fn mark_vouched_root_checked(&self, epoch: u64) -> Result<(), StoreError>;
     /// Records that the server did not answer for the vouched root at `epoch` at `now`;
-    /// returns when it first did not, and how many times it has not (this one included).
-    fn vouched_root_unanswered(&self, epoch: u64, now: u64) -> Result<(u64, u64), StoreError>;
+    /// returns when it first did not, and how many times it has not (this one included; a
+    /// failure less than `gap` seconds after the last one counted does not count).
+    fn vouched_root_unanswered(
+        &self,
+        epoch: u64,
+        now: u64,
+        gap: u64,
+    ) -> Result<(u64, u64), StoreError>;
 
     /// Stores a history entry; an id already stored is left as it is. Returns whether it
     /// was stored.
